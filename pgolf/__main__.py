@@ -1,0 +1,5 @@
+import sys
+
+from pgolf.cli import main
+
+sys.exit(main())

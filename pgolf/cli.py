@@ -1,0 +1,145 @@
+"""The ``pgolf`` command line (tooling: not part of the one-file export).
+
+    pgolf train    [--preset NAME] [KEY=value ...]   train, quantize, pack, round-trip, report
+    pgolf eval     RUN_DIR [--json]                  re-score a run's saved artifact
+    pgolf describe [--preset NAME] [KEY=value ...] [--json]   resolved config and parameter count
+
+Configuration precedence: preset defaults < environment variables < ``KEY=value`` arguments. Keys are
+the challenge's flat names in any case (``NUM_LAYERS=6`` or ``num_layers=6``). With ``DATA_PATH`` and
+``TOKENIZER_PATH`` both empty (the ``tiny_cpu`` default), the embedded default dataset is built from
+Python's own documentation and cached.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from pgolf.config import (Config, apply_config_overrides, config_differences, config_from_dict,
+                          environment_overrides, flatten_config, parse_cli_overrides, validate_config)
+from pgolf.errors import ConfigError, PgolfError
+from pgolf.presets import DEFAULT_PRESET, PRESETS, preset_config
+
+PRESET_ENV_VAR = "PGOLF_PRESET"
+
+
+def resolve_config(preset_name: str | None, cli_items: list[str], environ=os.environ) -> tuple[Config, Config, str]:
+    """(config, preset config, preset name) after applying environment then command-line overrides."""
+    name = preset_name or environ.get(PRESET_ENV_VAR) or DEFAULT_PRESET
+    preset = preset_config(name)
+    cfg = apply_config_overrides(preset, environment_overrides(environ), source="environment")
+    cfg = apply_config_overrides(cfg, parse_cli_overrides(cli_items), source="command line")
+    return validate_config(cfg), preset, name
+
+
+def fill_default_data(cfg: Config) -> Config:
+    """Point an empty DATA_PATH/TOKENIZER_PATH at the embedded default dataset (built once, cached)."""
+    if cfg.data.data_path or cfg.data.tokenizer_path:
+        if not (cfg.data.data_path and cfg.data.tokenizer_path):
+            raise ConfigError("set both DATA_PATH and TOKENIZER_PATH, or neither (to use the embedded default data).")
+        return cfg
+    from pgolf.data.corpus import DEFAULT_CORPUS_VOCAB_SIZE, ensure_default_dataset
+
+    if cfg.model.vocab_size != DEFAULT_CORPUS_VOCAB_SIZE:
+        raise ConfigError(f"the embedded default dataset has a {DEFAULT_CORPUS_VOCAB_SIZE}-token vocabulary but "
+                          f"VOCAB_SIZE={cfg.model.vocab_size}; set VOCAB_SIZE={DEFAULT_CORPUS_VOCAB_SIZE} or give DATA_PATH/TOKENIZER_PATH.")
+    dataset = ensure_default_dataset(log=_print_main_rank)
+    return apply_config_overrides(cfg, {"data_path": str(dataset.data_path),
+                                        "tokenizer_path": str(dataset.tokenizer_path)}, source="default data")
+
+
+def _print_main_rank(text: str) -> None:
+    if os.environ.get("RANK", "0") == "0":
+        print(text, flush=True)
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from pgolf.run import main as run_main
+
+    cfg, preset, name = resolve_config(args.preset, args.overrides)
+    cfg = fill_default_data(cfg)
+    report = run_main(cfg, preset_name=name, preset_cfg=preset)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"val_bpb:{report['val_bpb']:.4f} (round trip) total_bytes:{report.get('total_bytes')} "
+              f"run:{report['run_dir']}")
+    return 0
+
+
+def command_describe(args: argparse.Namespace) -> int:
+    from pgolf.model.gpt import GPT, count_parameters
+
+    cfg, preset, name = resolve_config(args.preset, args.overrides)
+    params = count_parameters(GPT(cfg.model))
+    diffs = config_differences(cfg, preset)
+    if args.json:
+        print(json.dumps({"preset": name, "config": flatten_config(cfg), "model_params": params,
+                          "differences": {k: {"preset": a, "value": b} for k, (a, b) in diffs.items()}},
+                         indent=2, default=list))
+        return 0
+    print(f"preset: {name}   model_params: {params}")
+    for key, value in flatten_config(cfg).items():
+        marker = f"   (preset: {diffs[key][0]!r})" if key in diffs else ""
+        print(f"  {key.upper():<36} {value!r}{marker}")
+    return 0
+
+
+def command_eval(args: argparse.Namespace) -> int:
+    from pgolf.dist import init_distributed
+    from pgolf.run import load_artifact_into_fresh_model, make_evaluator, prepare_validation_data
+
+    run_dir = Path(args.run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise PgolfError(f"{config_path} not found; RUN_DIR must be a directory written by `pgolf train`.")
+    cfg = config_from_dict(json.loads(config_path.read_text()))
+    cfg = apply_config_overrides(cfg, parse_cli_overrides(args.overrides), source="command line")
+    ctx = init_distributed()
+    data = prepare_validation_data(cfg)
+    model = load_artifact_into_fresh_model(run_dir / "artifact" / "final_model.int8.ptz", cfg, ctx.device)
+    sums = make_evaluator(cfg, ctx, data)(model)
+    if ctx.is_main:
+        result = {"run_dir": str(run_dir), **sums.as_dict()}
+        print(json.dumps(result, indent=2) if args.json else
+              f"val_loss:{sums.val_loss:.8f} val_bpb:{sums.val_bpb:.8f} tokens:{sums.token_count} bytes:{sums.byte_count}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgolf", description="Parameter Golf toolkit.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    presets_help = f"preset name ({', '.join(sorted(PRESETS))}; default {DEFAULT_PRESET}, or ${PRESET_ENV_VAR})"
+
+    train = sub.add_parser("train", help="train, quantize, pack, round-trip evaluate, report")
+    train.add_argument("--preset", help=presets_help)
+    train.add_argument("overrides", nargs="*", metavar="KEY=value")
+    train.set_defaults(handler=command_train)
+
+    describe = sub.add_parser("describe", help="print the resolved config and parameter count")
+    describe.add_argument("--preset", help=presets_help)
+    describe.add_argument("--json", action="store_true")
+    describe.add_argument("overrides", nargs="*", metavar="KEY=value")
+    describe.set_defaults(handler=command_describe)
+
+    evaluate = sub.add_parser("eval", help="re-score a run's saved artifact")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument("overrides", nargs="*", metavar="KEY=value", help="e.g. DATA_PATH=... to move data")
+    evaluate.set_defaults(handler=command_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except PgolfError as error:
+        print(f"pgolf {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pgolf {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

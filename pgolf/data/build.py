@@ -1,0 +1,260 @@
+"""Train a SentencePiece tokenizer and export documents to challenge shards (SPEC 1.3, 1.4).
+
+The challenge's recipe: a BPE tokenizer with byte fallback trained on the documents' text, then every
+document becomes ``[BOS] + encode(text)`` (no EOS), the first ``num_val_docs`` documents go to the
+validation split and the rest to training, packed into fixed-size shards that never mix the splits.
+"""
+
+import io
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+
+from pgolf.data.shards import SHARD_GLOBS, SHARD_MAX_TOKEN_ID, SHARD_MAX_TOKENS, write_shard
+from pgolf.errors import DataError
+from pgolf.fsutil import write_bytes_atomic, write_text_atomic
+
+SENTENCEPIECE_TRAINER_SETTINGS = {
+    "model_type": "bpe",
+    "character_coverage": 0.999,
+    "byte_fallback": True,
+    "split_digits": True,
+    "normalization_rule_name": "nmt_nfkc",
+    "add_dummy_prefix": False,
+    "pad_id": 0,
+    "bos_id": 1,
+    "eos_id": 2,
+    "unk_id": 3,
+    "hard_vocab_limit": False,
+}
+# SentencePiece silently skips training sentences longer than max_sentence_length (default 4192
+# bytes), which would drop most long web documents. 16 MiB keeps every realistic document; anything
+# longer is reported with a warning rather than dropped silently.
+TOKENIZER_MAX_SENTENCE_BYTES = 1 << 24
+EXPORT_MANIFEST_NAME = "manifest.json"
+EXPORT_MANIFEST_VERSION = 1
+EXPORT_ENCODE_BATCH_DOCS = 1024
+
+
+def clean_tokenizer_training_texts(texts: Iterable[str], too_long: list[int]) -> Iterator[str]:
+    """Training text as the challenge prepares it: NUL -> space, stripped, empty documents skipped.
+
+    Appends the byte length of each document over the sentence limit to ``too_long``.
+    """
+    for text in texts:
+        cleaned = text.replace("\x00", " ").strip()
+        if not cleaned:
+            continue
+        size = len(cleaned.encode("utf-8"))
+        if size > TOKENIZER_MAX_SENTENCE_BYTES:
+            too_long.append(size)
+        yield cleaned
+
+
+def train_sentencepiece_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int,
+    model_prefix: str | os.PathLike,
+    *,
+    num_threads: int = 2,
+    overrides: dict | None = None,
+) -> Path:
+    """Train a BPE tokenizer with the challenge's settings; write ``<prefix>.model`` and ``.vocab``.
+
+    Deterministic: the same texts, vocab size, thread count and overrides give a byte-identical model
+    (the thread count is recorded inside the model). Returns the ``.model`` path. Refuses to
+    overwrite existing files.
+    """
+    model_path = Path(f"{model_prefix}.model")
+    vocab_path = Path(f"{model_prefix}.vocab")
+    for path in (model_path, vocab_path):
+        if path.exists():
+            raise DataError(f"{path} already exists; refusing to overwrite a tokenizer. Choose another model prefix.")
+    too_long: list[int] = []
+    settings = dict(SENTENCEPIECE_TRAINER_SETTINGS, vocab_size=vocab_size, num_threads=num_threads,
+                    max_sentence_length=TOKENIZER_MAX_SENTENCE_BYTES, minloglevel=2)
+    settings.update(overrides or {})
+    model_bytes = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=clean_tokenizer_training_texts(texts, too_long), model_writer=model_bytes, **settings
+        )
+    except RuntimeError as exc:
+        raise DataError(
+            f"SentencePiece training for {model_path} failed: {exc}. Check vocab_size={vocab_size} (it must exceed "
+            "the 256 byte pieces, 4 special pieces and every required character) and that the texts are not empty."
+        ) from exc
+    if too_long:
+        warnings.warn(f"{len(too_long)} documents longer than {TOKENIZER_MAX_SENTENCE_BYTES} bytes were skipped by "
+                      "SentencePiece while training the tokenizer.", stacklevel=2)
+    processor = spm.SentencePieceProcessor(model_proto=model_bytes.getvalue())
+    write_bytes_atomic(model_path, model_bytes.getvalue())
+    write_text_atomic(vocab_path, format_sentencepiece_vocab(processor))
+    return model_path
+
+
+def format_sentencepiece_vocab(sp: spm.SentencePieceProcessor) -> str:
+    """The ``.vocab`` text SentencePiece writes itself: ``piece<TAB>score`` per line, C++ number format."""
+    return "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.vocab_size()))
+
+
+class _ShardWriter:
+    """Packs one split's documents into fixed-size shards named ``fineweb_<split>_%06d.bin``.
+
+    Pending tokens are kept as a list of pieces rather than a preallocated ``shard_tokens`` buffer, so a
+    small export does not reserve 200 MB per split.
+    """
+
+    def __init__(self, out_dir: Path, split: str, shard_tokens: int, written: list[Path]):
+        self.out_dir, self.split, self.shard_tokens, self.written = out_dir, split, shard_tokens, written
+        self.pending: list[np.ndarray] = []
+        self.filled = 0
+        self.num_files = 0
+        self.num_tokens = 0
+        self.num_docs = 0
+
+    def add_document(self, tokens: np.ndarray) -> None:
+        self.num_docs += 1
+        start = 0
+        while start < len(tokens):
+            count = min(len(tokens) - start, self.shard_tokens - self.filled)
+            self.pending.append(tokens[start : start + count])
+            self.filled += count
+            start += count
+            if self.filled == self.shard_tokens:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.filled == 0:
+            return
+        path = self.out_dir / f"fineweb_{self.split}_{self.num_files:06d}.bin"
+        write_shard(path, np.concatenate(self.pending))
+        self.written.append(path)
+        self.num_files += 1
+        self.num_tokens += self.filled
+        self.pending, self.filled = [], 0
+
+
+def _encode_document_batches(
+    docs: Iterable[str], sp: spm.SentencePieceProcessor, batch_docs: int, num_threads: int
+) -> Iterator[list[np.ndarray]]:
+    """Yield lists of per-document uint16 arrays ``[bos] + encode(text)``, encoding ``batch_docs`` at a time."""
+    bos = sp.bos_id()
+    batch: list[str] = []
+    for text in docs:
+        batch.append(text)
+        if len(batch) == batch_docs:
+            yield [np.array([bos, *ids], dtype=np.uint16) for ids in sp.encode(batch, num_threads=num_threads)]
+            batch = []
+    if batch:
+        yield [np.array([bos, *ids], dtype=np.uint16) for ids in sp.encode(batch, num_threads=num_threads)]
+
+
+def _refuse_existing_export(out_dir: Path) -> None:
+    existing = [p for pattern in SHARD_GLOBS.values() for p in out_dir.glob(pattern)]
+    if (out_dir / EXPORT_MANIFEST_NAME).exists():
+        existing.append(out_dir / EXPORT_MANIFEST_NAME)
+    if existing:
+        raise DataError(
+            f"{out_dir} already holds an export ({existing[0].name} and {len(existing) - 1} more); refusing to "
+            "overwrite shards. Choose an empty output directory or delete the old export."
+        )
+
+
+def export_documents_to_shards(
+    docs: Iterable[str],
+    sp: spm.SentencePieceProcessor,
+    out_dir: str | os.PathLike,
+    *,
+    num_val_docs: int,
+    shard_tokens: int = 10**8,
+    tokenizer_path: str | os.PathLike | None = None,
+    num_threads: int = 2,
+    batch_docs: int = EXPORT_ENCODE_BATCH_DOCS,
+) -> dict:
+    """Tokenize ``docs`` into validation then training shards in ``out_dir`` and write ``manifest.json``.
+
+    The first ``num_val_docs`` documents are validation, the rest training. Text is encoded as given
+    (the tokenizer's normalizer does the cleaning). All or nothing: on any failure, including too few
+    documents for a training split, the shards written so far are removed. Returns the manifest.
+    """
+    out_dir = Path(out_dir)
+    if num_val_docs < 1:
+        raise DataError(f"num_val_docs must be at least 1 (got {num_val_docs}); the validation split cannot be empty.")
+    if not 1 <= shard_tokens <= SHARD_MAX_TOKENS:
+        raise DataError(f"shard_tokens must be between 1 and {SHARD_MAX_TOKENS}, got {shard_tokens}.")
+    if sp.vocab_size() > SHARD_MAX_TOKEN_ID + 1:
+        raise DataError(f"tokenizer vocabulary {sp.vocab_size()} does not fit the uint16 shard format (at most 65536).")
+    _refuse_existing_export(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    writers = {split: _ShardWriter(out_dir, split, shard_tokens, written) for split in ("val", "train")}
+    try:
+        _write_split_shards(docs, sp, writers, num_val_docs, num_threads, batch_docs)
+        if writers["train"].num_docs == 0:
+            raise DataError(
+                f"only {writers['val'].num_docs} documents were given but num_val_docs={num_val_docs}, leaving no "
+                "training documents. Provide more documents or lower num_val_docs."
+            )
+        manifest = _export_manifest(out_dir, sp, writers, shard_tokens, tokenizer_path)
+        write_text_atomic(out_dir / EXPORT_MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+    except BaseException:
+        for path in written:  # only files this call created
+            path.unlink(missing_ok=True)
+        raise
+    return manifest
+
+
+def _write_split_shards(docs, sp, writers, num_val_docs: int, num_threads: int, batch_docs: int) -> None:
+    """Route each encoded document to its split; the val buffer is flushed before train starts."""
+    docs_seen = 0
+    for batch in _encode_document_batches(docs, sp, batch_docs, num_threads):
+        for tokens in batch:
+            if docs_seen == num_val_docs:
+                writers["val"].flush()  # val and train never share a shard
+            writers["val" if docs_seen < num_val_docs else "train"].add_document(tokens)
+            docs_seen += 1
+    writers["val"].flush()
+    writers["train"].flush()
+
+
+def _relative_to_root(path: Path, root: Path) -> str:
+    try:
+        return os.path.relpath(path.resolve(), root.resolve())
+    except ValueError:  # different drive on Windows
+        return str(path)
+
+
+def _export_manifest(out_dir: Path, sp, writers, shard_tokens: int, tokenizer_path) -> dict:
+    """The manifest in the challenge's layout (SPEC 1.3), paths relative to ``out_dir``."""
+    vocab_size = sp.vocab_size()
+    name = f"sp_bpe_{vocab_size}"
+    model_path = _relative_to_root(Path(tokenizer_path), out_dir) if tokenizer_path else None
+    vocab_path = model_path[: -len(".model")] + ".vocab" if model_path and model_path.endswith(".model") else None
+    bigram = math.ceil(vocab_size / 128) * 128 * 5
+    common = {"vocab_size": vocab_size, "bos_id": sp.bos_id(), "eos_id": sp.eos_id(), "recommended_bigram_vocab_size": bigram}
+    val, train = writers["val"], writers["train"]
+    stats = {
+        "docs_total": val.num_docs + train.num_docs, "docs_val": val.num_docs, "docs_train": train.num_docs,
+        "files_total": val.num_files + train.num_files, "files_val": val.num_files, "files_train": train.num_files,
+        "tokens_total": val.num_tokens + train.num_tokens, "tokens_val": val.num_tokens, "tokens_train": train.num_tokens,
+    }
+    return {
+        "version": EXPORT_MANIFEST_VERSION,
+        "num_docs": stats["docs_total"],
+        "num_val_docs": val.num_docs,
+        "shuffle_seed": None,
+        "shard_size": shard_tokens,
+        "append_eos": False,
+        "tokenizers": [{"name": name, "kind": "sentencepiece_bpe", **common, "model_path": model_path, "vocab_path": vocab_path}],
+        "datasets": [{
+            "name": out_dir.name, "tokenizer_name": name, "tokenizer_kind": "sentencepiece_bpe", "path": ".",
+            "train_glob": SHARD_GLOBS["train"], "val_glob": SHARD_GLOBS["val"], **common, "stats": stats,
+        }],
+    }

@@ -1,0 +1,91 @@
+"""Build the optimizers of SPEC 2.6 from the model and the ``optim`` config section.
+
+| group  | optimizer | base LR                                        |
+|--------|-----------|------------------------------------------------|
+| token  | Adam      | ``tied_embed_lr`` if tied else ``embed_lr``    |
+| head   | Adam      | ``head_lr`` (untied only)                      |
+| matrix | Muon      | ``matrix_lr``                                  |
+| scalar | Adam      | ``scalar_lr``                                  |
+
+Adam uses betas ``(beta1, beta2)``, ``adam_eps`` and no weight decay. Every param group records its
+``base_lr`` (and ``group_name``), so the training loop applies the schedule with
+``apply_lr_and_momentum`` as ``lr = base_lr * multiplier``.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from pgolf.optim.groups import GroupMembers, assign_parameter_groups
+from pgolf.optim.muon import Muon, OrthogonalizeFn, zeropower_via_newton_schulz
+
+
+def _make_group_adam(group_name: str, members: GroupMembers, lr: float, optim_cfg: Any) -> torch.optim.Adam:
+    params = [p for _, p in members]
+    # The fused kernel is a CUDA win; elsewhere the plain implementation is the portable choice.
+    fused = all(p.is_cuda for p in params)
+    param_group = {"params": params, "lr": lr, "base_lr": lr, "group_name": group_name}
+    return torch.optim.Adam(
+        [param_group],
+        betas=(optim_cfg.beta1, optim_cfg.beta2),
+        eps=optim_cfg.adam_eps,
+        weight_decay=0.0,
+        fused=fused,
+    )
+
+
+def build_optimizers(
+    model: nn.Module,
+    optim_cfg: Any,
+    *,
+    tie_embeddings: bool,
+    control_patterns: Sequence[str],
+    rank: int = 0,
+    world_size: int = 1,
+    orthogonalize: OrthogonalizeFn | None = None,
+) -> list[torch.optim.Optimizer]:
+    """One optimizer per non-empty group, in the order token, head, matrix (Muon), scalar.
+
+    ``optim_cfg`` is the ``OptimConfig`` section (any object with its field names works).
+    ``rank``/``world_size`` tell Muon which matrices this process orthogonalises. ``orthogonalize``
+    replaces ``zeropower_via_newton_schulz`` (pass the ``torch.compile``d version on GPU).
+    """
+    groups = assign_parameter_groups(model, tie_embeddings=tie_embeddings, control_patterns=control_patterns)
+    token_lr = optim_cfg.tied_embed_lr if tie_embeddings else optim_cfg.embed_lr
+    optimizers: list[torch.optim.Optimizer] = [_make_group_adam("token", groups["token"], token_lr, optim_cfg)]
+    if groups["head"]:
+        optimizers.append(_make_group_adam("head", groups["head"], optim_cfg.head_lr, optim_cfg))
+    if groups["matrix"]:
+        matrix_group = {
+            "params": [p for _, p in groups["matrix"]],
+            "lr": optim_cfg.matrix_lr,
+            "base_lr": optim_cfg.matrix_lr,
+            "group_name": "matrix",
+        }
+        optimizers.append(
+            Muon(
+                [matrix_group],
+                lr=optim_cfg.matrix_lr,
+                momentum=optim_cfg.muon_momentum,
+                backend_steps=optim_cfg.muon_backend_steps,
+                rank=rank,
+                world_size=world_size,
+                orthogonalize=orthogonalize or zeropower_via_newton_schulz,
+            )
+        )
+    if groups["scalar"]:
+        optimizers.append(_make_group_adam("scalar", groups["scalar"], optim_cfg.scalar_lr, optim_cfg))
+    return optimizers
+
+
+def apply_lr_and_momentum(
+    optimizers: Sequence[torch.optim.Optimizer], *, lr_mult: float, muon_momentum: float | None = None
+) -> None:
+    """Set every group's ``lr = base_lr * lr_mult`` and, when given, every Muon group's momentum."""
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * lr_mult
+            if muon_momentum is not None and isinstance(optimizer, Muon):
+                group["momentum"] = muon_momentum

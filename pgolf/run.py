@@ -1,0 +1,253 @@
+"""``main(cfg)``: train -> evaluate -> quantize -> pack -> round-trip evaluate -> report.
+
+This is the entry point the one-file export will call. Everything it writes goes into a fresh
+``runs/<RUN_ID>/`` directory that is never overwritten. The round-trip ``val_bpb`` (the artifact loaded
+into a fresh model and re-scored) is the score.
+"""
+
+import json
+import random
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from pgolf.artifact.container import pack_tensor_container
+from pgolf.artifact.pack import load_artifact_file, pack_model_artifact, save_artifact, unpack_model_artifact
+from pgolf.artifact.size import (ARTIFACT_CAP_BYTES, SizeReport, check_artifact_fits, loaded_pgolf_modules,
+                                 source_bytes_of_modules)
+from pgolf.config import Config, config_differences, config_to_json, flatten_config, validate_config
+from pgolf.data.loader import DistributedTokenLoader, assert_disjoint_splits, load_validation_tokens
+from pgolf.data.shards import find_shards
+from pgolf.data.tokenizer import ByteTables, build_byte_tables, check_tokenizer_vocab, load_sentencepiece
+from pgolf.dist import DistContext, barrier, broadcast_object_from_main, init_distributed
+from pgolf.errors import ConfigError
+from pgolf.eval.bpb import EvalSums, evaluate_bpb, uniform_guess_bpb
+from pgolf.fsutil import write_bytes_atomic, write_text_atomic
+from pgolf.log import RunLogger
+from pgolf.model.gpt import GPT, build_model, count_parameters
+from pgolf.optim.build import build_optimizers
+from pgolf.provenance import environment_summary, pgolf_code_hash
+from pgolf.train.loop import TrainingParts, train_model
+
+
+@dataclass
+class ValidationData:
+    tokens: torch.Tensor
+    byte_tables: ByteTables
+    train_files: list[Path]
+    val_files: list[Path]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d_%H%M%S')}_{secrets.token_hex(3)}"
+
+
+def create_run_directory(cfg: Config, ctx: DistContext) -> Path:
+    """A fresh directory for this run, agreed across ranks. An existing one is never reused."""
+    run_id = broadcast_object_from_main(cfg.run.run_id or new_run_id())
+    run_dir = Path(cfg.run.runs_dir) / run_id
+    if ctx.is_main:
+        if run_dir.exists():
+            raise ConfigError(f"run directory {run_dir} already exists; pgolf never overwrites a run. "
+                              "Choose another RUN_ID (or leave it empty for a fresh one).")
+        run_dir.mkdir(parents=True)
+    barrier()
+    return run_dir
+
+
+def prepare_validation_data(cfg: Config) -> ValidationData:
+    """Shards, tokenizer and byte tables, with every consistency check before any training starts."""
+    train_files = find_shards(cfg.data.data_path, "train")
+    val_files = find_shards(cfg.data.data_path, "val")
+    assert_disjoint_splits(train_files, val_files)
+    sp = load_sentencepiece(cfg.data.tokenizer_path)
+    check_tokenizer_vocab(sp, cfg.model.vocab_size, cfg.data.tokenizer_path)
+    tokens = load_validation_tokens(val_files, cfg.train.train_seq_len)
+    if cfg.eval.val_max_tokens > 0:
+        keep = max(cfg.eval.val_max_tokens // cfg.train.train_seq_len, 1) * cfg.train.train_seq_len + 1
+        tokens = tokens[:keep]
+    return ValidationData(tokens, build_byte_tables(sp, cfg.model.vocab_size), train_files, val_files)
+
+
+def make_evaluator(cfg: Config, ctx: DistContext, data: ValidationData):
+    """A function model -> EvalSums over the validation split, split across ranks."""
+    seq_len = cfg.train.train_seq_len
+    batch_sequences = max(cfg.eval.val_batch_size // (ctx.world_size * ctx.grad_accum_steps) // seq_len, 1)
+
+    def evaluate(model: torch.nn.Module) -> EvalSums:
+        return evaluate_bpb(model, data.tokens, seq_len=seq_len, batch_sequences=batch_sequences,
+                            byte_tables=data.byte_tables, device=ctx.device, rank=ctx.rank, world_size=ctx.world_size)
+
+    return evaluate
+
+
+def log_header(logger: RunLogger, cfg: Config, preset_name: str, preset_cfg: Config | None, ctx: DistContext,
+               data: ValidationData, model: GPT) -> dict:
+    env = environment_summary(ctx.device)
+    code_hash = pgolf_code_hash()
+    logger.line(f"pgolf run preset:{preset_name} code_hash:{code_hash}")
+    for key, value in env.items():
+        logger.line(f"env:{key}={value}")
+    if preset_cfg is not None:
+        for name, (before, after) in config_differences(cfg, preset_cfg).items():
+            logger.line(f"override:{name.upper()}={after!r} (preset {before!r})")
+    logger.line(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={cfg.data.tokenizer_path}")
+    logger.line(f"train_loader:dataset:{Path(cfg.data.data_path).name} train_shards:{len(data.train_files)}")
+    logger.line(f"val_loader:shards pattern={Path(cfg.data.data_path) / 'fineweb_val_*.bin'} tokens:{data.tokens.numel()}")
+    logger.line(f"model_params:{count_parameters(model)}")
+    logger.line(f"world_size:{ctx.world_size} grad_accum_steps:{ctx.grad_accum_steps}")
+    m, o, t = cfg.model, cfg.optim, cfg.train
+    logger.line(f"attention_mode:gqa num_heads:{m.num_heads} num_kv_heads:{m.num_kv_heads}")
+    logger.line(f"tie_embeddings:{m.tie_embeddings} embed_lr:{o.embed_lr} head_lr:{o.head_lr} "
+                f"matrix_lr:{o.matrix_lr} scalar_lr:{o.scalar_lr}")
+    logger.line(f"train_batch_tokens:{t.train_batch_tokens} train_seq_len:{t.train_seq_len} iterations:{t.iterations} "
+                f"warmup_steps:{t.warmup_steps} max_wallclock_seconds:{t.max_wallclock_seconds:.3f}")
+    logger.line(f"seed:{t.seed}")
+    logger.event("header", preset=preset_name, code_hash=code_hash, env=env, config=flatten_config(cfg),
+                 model_params=count_parameters(model))
+    return {"code_hash": code_hash, "env": env}
+
+
+def wrap_for_training(model: GPT, cfg: Config, ctx: DistContext) -> torch.nn.Module:
+    forward_model: torch.nn.Module = model
+    if cfg.train.compile:
+        forward_model = torch.compile(model, dynamic=False, fullgraph=True)
+    if ctx.is_distributed:
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        forward_model = DistributedDataParallel(forward_model, device_ids=device_ids, broadcast_buffers=False)
+    return forward_model
+
+
+def log_eval(logger: RunLogger, label: str, sums: EvalSums, seconds: float) -> None:
+    logger.line(f"{label} val_loss:{sums.val_loss:.4f} val_bpb:{sums.val_bpb:.4f} eval_time:{seconds * 1000:.0f}ms")
+    logger.line(f"{label}_exact val_loss:{sums.val_loss:.8f} val_bpb:{sums.val_bpb:.8f}")
+    logger.event("eval", label=label, seconds=seconds, **sums.as_dict())
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - start
+
+
+def write_artifact(model: GPT, cfg: Config, run_dir: Path, logger: RunLogger) -> tuple[Path, SizeReport]:
+    """Quantize, compress and save; also keep the full-precision weights for later re-quantization."""
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    write_bytes_atomic(run_dir / "final_weights.pgtc", pack_tensor_container(state, {"kind": "full_precision"}))
+    blob = pack_model_artifact(state, keep_float_patterns=cfg.quant.int8_keep_float_fp32_name_patterns,
+                               compressor=cfg.quant.compressor, shuffle_stride=cfg.quant.byte_shuffle_stride)
+    artifact_path = save_artifact(run_dir / "artifact" / "final_model.int8.ptz", blob)
+    code_bytes = source_bytes_of_modules(loaded_pgolf_modules())
+    size = SizeReport(code_bytes=code_bytes, model_bytes=len(blob), cap=ARTIFACT_CAP_BYTES,
+                      code_bytes_note="upper bound: total source bytes of the pgolf modules this run imported "
+                                      "(the one-file export will measure the real train_gpt.py)")
+    logger.line(f"Serialized model int8+{cfg.quant.compressor}: {len(blob)} bytes")
+    logger.line(f"Code size: {code_bytes} bytes ({size.code_bytes_note})")
+    logger.line(f"Total submission size int8+{cfg.quant.compressor}: {size.total_bytes} bytes "
+                f"(cap {size.cap}, margin {size.margin_bytes})")
+    logger.event("artifact", path=str(artifact_path), **size.as_dict())
+    return artifact_path, size
+
+
+def load_artifact_into_fresh_model(path: Path, cfg: Config, device: torch.device) -> GPT:
+    state, _meta = unpack_model_artifact(load_artifact_file(path))
+    model = build_model(cfg.model, device)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def main(cfg: Config, *, preset_name: str = "custom", preset_cfg: Config | None = None, echo: bool = True) -> dict:
+    """Run the whole pipeline; returns the report (also written to ``report.json``)."""
+    validate_config(cfg)
+    ctx = init_distributed()
+    seed_everything(cfg.train.seed)
+    run_dir = create_run_directory(cfg, ctx)
+    logger = RunLogger(run_dir, enabled=ctx.is_main, echo=echo)
+    try:
+        return _run_pipeline(cfg, preset_name, preset_cfg, ctx, run_dir, logger)
+    finally:
+        logger.close()
+
+
+def _run_pipeline(cfg: Config, preset_name: str, preset_cfg: Config | None, ctx: DistContext, run_dir: Path,
+                  logger: RunLogger) -> dict:
+    if ctx.is_main:
+        write_text_atomic(run_dir / "config.json", config_to_json(cfg))
+    data = prepare_validation_data(cfg)
+    model = build_model(cfg.model, ctx.device)
+    header = log_header(logger, cfg, preset_name, preset_cfg, ctx, data, model)
+    evaluate = make_evaluator(cfg, ctx, data)
+    loader = DistributedTokenLoader(data.train_files, ctx.rank, ctx.world_size, ctx.device,
+                                    vocab_size=cfg.model.vocab_size)
+    optimizers = build_optimizers(model, cfg.optim, tie_embeddings=cfg.model.tie_embeddings,
+                                  control_patterns=cfg.model.control_tensor_name_patterns,
+                                  rank=ctx.rank, world_size=ctx.world_size)
+    parts = TrainingParts(model, wrap_for_training(model, cfg, ctx), optimizers, loader)
+
+    def validate_during_training(step: int) -> None:
+        sums, seconds = timed(evaluate, model)
+        logger.line(f"step:{step}/{cfg.train.iterations} val_loss:{sums.val_loss:.4f} val_bpb:{sums.val_bpb:.4f}")
+        logger.event("val", step=step, seconds=seconds, **sums.as_dict())
+
+    outcome = train_model(parts, cfg.train, cfg.optim, ctx, logger, validate_during_training)
+    logger.line(f"train_done steps:{outcome.steps} train_time:{outcome.train_seconds * 1000:.0f}ms "
+                f"tokens_per_s:{outcome.tokens_per_second:.0f} stopped_by:{outcome.stopped_by}")
+    prequant, prequant_seconds = timed(evaluate, model)
+    log_eval(logger, "final_prequant", prequant, prequant_seconds)
+
+    artifact_path, size = (None, None)
+    if ctx.is_main:
+        artifact_path, size = write_artifact(model, cfg, run_dir, logger)
+    artifact_path = broadcast_object_from_main(artifact_path)
+    roundtrip_model = load_artifact_into_fresh_model(artifact_path, cfg, ctx.device)
+    roundtrip, roundtrip_seconds = timed(evaluate, roundtrip_model)
+    log_eval(logger, f"final_int8_{cfg.quant.compressor}_roundtrip", roundtrip, roundtrip_seconds)
+
+    report = build_report(cfg, preset_name, run_dir, model, outcome, prequant, roundtrip, roundtrip_seconds, size, header)
+    if ctx.is_main:
+        write_text_atomic(run_dir / "report.json", json.dumps(report, indent=2, sort_keys=True))
+        logger.line(f"report: {run_dir / 'report.json'}")
+        check_artifact_fits(size)
+    return report
+
+
+def build_report(cfg, preset_name, run_dir, model, outcome, prequant, roundtrip, eval_seconds, size, header) -> dict:
+    report = {
+        "run_id": run_dir.name,
+        "run_dir": str(run_dir),
+        "preset": preset_name,
+        "steps": outcome.steps,
+        "train_seconds": outcome.train_seconds,
+        "tokens_per_second": outcome.tokens_per_second,
+        "stopped_by": outcome.stopped_by,
+        "val_loss": roundtrip.val_loss,
+        "val_bpb": roundtrip.val_bpb,
+        "val_loss_prequant": prequant.val_loss,
+        "val_bpb_prequant": prequant.val_bpb,
+        "quant_gap_bpb": roundtrip.val_bpb - prequant.val_bpb,
+        "uniform_guess_bpb": uniform_guess_bpb(cfg.model.vocab_size, roundtrip),
+        "val_tokens": roundtrip.token_count,
+        "val_bytes": roundtrip.byte_count,
+        "val_subset": cfg.eval.val_max_tokens > 0,
+        "eval_seconds": eval_seconds,
+        "model_params": count_parameters(model),
+        "seed": cfg.train.seed,
+        "code_hash": header["code_hash"],
+        "env": header["env"],
+    }
+    if size is not None:
+        report.update(artifact_bytes=size.model_bytes, code_bytes=size.code_bytes, total_bytes=size.total_bytes,
+                      cap_bytes=size.cap, margin_bytes=size.margin_bytes, fits=size.fits,
+                      code_bytes_note=size.code_bytes_note)
+    return report
