@@ -64,7 +64,10 @@ def init_distributed() -> DistContext:
 
 
 def shutdown_distributed() -> None:
+    """Leave the process group cleanly. The barrier keeps one rank from tearing down its gloo/NCCL
+    threads while another is still talking to it (which aborts the slower process)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -24,7 +24,7 @@ from pgolf.config import Config, config_differences, config_to_json, flatten_con
 from pgolf.data.loader import DistributedTokenLoader, assert_disjoint_splits, load_validation_tokens
 from pgolf.data.shards import find_shards
 from pgolf.data.tokenizer import ByteTables, build_byte_tables, check_tokenizer_vocab, load_sentencepiece
-from pgolf.dist import DistContext, barrier, broadcast_object_from_main, init_distributed
+from pgolf.dist import DistContext, barrier, broadcast_object_from_main, init_distributed, shutdown_distributed
 from pgolf.errors import ConfigError
 from pgolf.eval.bpb import EvalSums, evaluate_bpb, uniform_guess_bpb
 from pgolf.fsutil import write_bytes_atomic, write_text_atomic
@@ -175,9 +175,11 @@ def main(cfg: Config, *, preset_name: str = "custom", preset_cfg: Config | None 
     run_dir = create_run_directory(cfg, ctx)
     logger = RunLogger(run_dir, enabled=ctx.is_main, echo=echo)
     try:
-        return _run_pipeline(cfg, preset_name, preset_cfg, ctx, run_dir, logger)
+        report = _run_pipeline(cfg, preset_name, preset_cfg, ctx, run_dir, logger)
     finally:
         logger.close()
+    shutdown_distributed()
+    return report
 
 
 def _run_pipeline(cfg: Config, preset_name: str, preset_cfg: Config | None, ctx: DistContext, run_dir: Path,

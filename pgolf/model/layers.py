@@ -31,25 +31,22 @@ class CastedLinear(nn.Linear):
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding tables, cached per sequence length and device.
+    """Rotary position embedding tables: ``inv_freq[i] = base^(-2i/dim)``, angle = position * inv_freq.
 
-    ``inv_freq[i] = base^(-2i/dim)``; the angle of position t is ``t * inv_freq``.
+    The tables are recomputed on every call: that costs a (T x dim/2) outer product, nothing next to
+    attention, and keeps the forward free of Python-side caches that would break ``torch.compile``.
     """
 
     def __init__(self, dim: int, base: float = 10000.0):
         super().__init__()
         inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self._cache: tuple[int, torch.device, torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of shape (1, 1, T, dim/2) for the (B, H, T, D) attention layout."""
-        if self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
-            positions = torch.arange(seq_len, device=device, dtype=torch.float32)
-            angles = torch.outer(positions, self.inv_freq.to(device))
-            self._cache = (seq_len, device, angles.cos()[None, None], angles.sin()[None, None])
-        _, _, cos, sin = self._cache
-        return cos.to(dtype), sin.to(dtype)
+        positions = torch.arange(seq_len, device=device, dtype=torch.float32)
+        angles = torch.outer(positions, self.inv_freq.to(device))
+        return angles.cos()[None, None].to(dtype), angles.sin()[None, None].to(dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
