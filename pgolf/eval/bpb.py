@@ -12,6 +12,7 @@ import torch
 
 from pgolf.data.tokenizer import ByteTables, count_target_bytes
 from pgolf.dist import all_reduce_sum_
+from pgolf.log import ProgressBar
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,10 @@ def evaluate_bpb(model: torch.nn.Module, val_tokens: torch.Tensor, *, seq_len: i
     byte_tables = byte_tables.to(device)  # once, not per batch
     was_training = model.training
     model.eval()
+    bar = ProgressBar("eval", last - first, enabled=rank == 0)
     with torch.no_grad():
         for start in range(first, last, batch_sequences):
+            bar.update(start - first)
             stop = min(start + batch_sequences, last)
             window = val_tokens[start * seq_len: stop * seq_len + 1].to(device=device, dtype=torch.int64)
             x, y = window[:-1].view(-1, seq_len), window[1:].view(-1, seq_len)
@@ -70,6 +73,7 @@ def evaluate_bpb(model: torch.nn.Module, val_tokens: torch.Tensor, *, seq_len: i
             sums[0] += loss_sum.double()
             sums[1] += y.numel()
             sums[2] += count_target_bytes(byte_tables, x, y).sum().double()
+    bar.close()
     model.train(was_training)
     all_reduce_sum_(sums)
     loss_sum, token_count, byte_count = sums.tolist()
