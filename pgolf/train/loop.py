@@ -16,7 +16,7 @@ import torch
 
 from pgolf.config import OptimConfig, TrainConfig
 from pgolf.data.loader import DistributedTokenLoader
-from pgolf.dist import DistContext, all_ranks_agree_any
+from pgolf.dist import DistContext, all_ranks_agree_any, all_reduce_sum_
 from pgolf.errors import TrainingError
 from pgolf.eval.bpb import autocast_context
 from pgolf.log import ProgressBar, RunLogger
@@ -121,7 +121,8 @@ def train_model(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfig, 
         loss = run_training_step(parts, cfg, optim_cfg, ctx, lr_mult=lr_multiplier_at(progress, warmdown_frac=cfg.warmdown_frac),
                                  muon_momentum=_momentum_for(step, optim_cfg))
         step += 1
-        loss_value = loss.item()
+        # The mean over all ranks: the log shows the global loss, and a non-finite loss stops every rank.
+        loss_value = all_reduce_sum_(loss.detach().clone()).item() / ctx.world_size
         if not math.isfinite(loss_value):
             clock.pause()
             raise TrainingError(
