@@ -50,11 +50,12 @@ class RunLogger:
 class ProgressBar:
     """A dependency-free progress bar: redrawn in place on a terminal, silent otherwise."""
 
-    def __init__(self, label: str, total: float, *, enabled: bool = True, stream: TextIO | None = None):
+    def __init__(self, label: str, total: float | None, *, enabled: bool = True, stream: TextIO | None = None):
+        """``total=None`` when the amount of work is unknown: only the suffix is shown then."""
         self.stream = stream or sys.stderr
         self.enabled = enabled and self.stream.isatty()
         self.label = label
-        self.total = max(float(total), 1e-9)
+        self.total = None if total is None else max(float(total), 1e-9)
         self._last_draw = 0.0
 
     def update(self, done: float, suffix: str = "") -> None:
@@ -62,6 +63,10 @@ class ProgressBar:
         if not self.enabled or now - self._last_draw < 0.2:
             return
         self._last_draw = now
+        if self.total is None:
+            self.stream.write(f"\r{self.label} {suffix}\033[K")
+            self.stream.flush()
+            return
         fraction = min(max(done / self.total, 0.0), 1.0)
         filled = int(fraction * 30)
         bar = "#" * filled + "-" * (30 - filled)

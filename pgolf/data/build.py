@@ -19,6 +19,7 @@ import sentencepiece as spm
 from pgolf.data.shards import SHARD_GLOBS, SHARD_MAX_TOKEN_ID, SHARD_MAX_TOKENS, write_shard
 from pgolf.errors import DataError
 from pgolf.fsutil import write_bytes_atomic, write_text_atomic
+from pgolf.log import ProgressBar
 
 SENTENCEPIECE_TRAINER_SETTINGS = {
     "model_type": "bpe",
@@ -214,12 +215,16 @@ def export_documents_to_shards(
 def _write_split_shards(docs, sp, writers, num_val_docs: int, num_threads: int, batch_docs: int) -> None:
     """Route each encoded document to its split; the val buffer is flushed before train starts."""
     docs_seen = 0
+    # The total is known only for sized inputs (lists); a generator shows documents done so far.
+    bar = ProgressBar("export", len(docs) if hasattr(docs, "__len__") else None)
     for batch in _encode_document_batches(docs, sp, batch_docs, num_threads):
         for tokens in batch:
             if docs_seen == num_val_docs:
                 writers["val"].flush()  # val and train never share a shard
             writers["val" if docs_seen < num_val_docs else "train"].add_document(tokens)
             docs_seen += 1
+        bar.update(docs_seen, f"{docs_seen} docs")
+    bar.close()
     writers["val"].flush()
     writers["train"].flush()
 
