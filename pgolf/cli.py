@@ -3,6 +3,7 @@
     pgolf train    [--preset NAME] [KEY=value ...]   train, quantize, pack, round-trip, report
     pgolf eval     RUN_DIR [--json]                  re-score a run's saved artifact
     pgolf describe [--preset NAME] [KEY=value ...] [--json]   resolved config and parameter count
+    pgolf data     build|stats|verify ...             make, describe and check token shard datasets
 
 Configuration precedence: preset defaults < environment variables < ``KEY=value`` arguments. Keys are
 the challenge's flat names in any case (``NUM_LAYERS=6`` or ``num_layers=6``). With ``DATA_PATH`` and
@@ -105,6 +106,41 @@ def command_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_data(args: argparse.Namespace) -> int:
+    from pgolf.data.tools import run_data_command
+
+    return run_data_command(args)
+
+
+def add_data_parser(sub) -> None:
+    """``pgolf data build|stats|verify`` (handlers live in pgolf/data/tools.py)."""
+    data = sub.add_parser("data", help="build, describe and check token shard datasets")
+    data.set_defaults(handler=command_data)
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+
+    build = data_sub.add_parser("build", help="train a tokenizer (unless given) and export documents to shards")
+    source = build.add_mutually_exclusive_group(required=True)
+    source.add_argument("--docs", metavar="FILE.jsonl", help='JSON lines, one {"text": ...} document per line')
+    source.add_argument("--text", nargs="+", metavar="FILE", help="text files, one document each")
+    build.add_argument("--vocab-size", type=int, required=True)
+    build.add_argument("--tokenizer", metavar="MODEL", help="use this SentencePiece .model instead of training one")
+    build.add_argument("--num-val-docs", type=int, default=50_000, help="first N documents are validation (50000)")
+    build.add_argument("--out", required=True, metavar="DIR",
+                       help="writes DIR/tokenizers/ and DIR/datasets/<name>_sp<V>/")
+    build.add_argument("--name", help="dataset name (default: the input file's stem)")
+    build.add_argument("--threads", type=int, default=2)
+
+    stats = data_sub.add_parser("stats", help="shards, tokens, documents and BPB bytes per split")
+    stats.add_argument("data_dir", metavar="DIR")
+    stats.add_argument("--tokenizer", metavar="MODEL")
+    stats.add_argument("--json", action="store_true")
+
+    verify = data_sub.add_parser("verify", help="check shards, token ids, BOS and val/train disjointness")
+    verify.add_argument("data_dir", metavar="DIR")
+    verify.add_argument("--tokenizer", metavar="MODEL")
+    verify.add_argument("--vocab-size", type=int)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pgolf", description="Parameter Golf toolkit.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true")
     evaluate.add_argument("overrides", nargs="*", metavar="KEY=value", help="e.g. DATA_PATH=... to move data")
     evaluate.set_defaults(handler=command_eval)
+
+    add_data_parser(sub)
     return parser
 
 
