@@ -61,9 +61,8 @@ def command_train(args: argparse.Namespace) -> int:
     cfg, preset, name = resolve_config(args.preset, args.overrides)
     cfg = fill_default_data(cfg)
     report = run_main(cfg, preset_name=name, preset_cfg=preset)
-    if os.environ.get("RANK", "0") == "0":
-        print(f"val_bpb:{report['val_bpb']:.4f} (round trip) total_bytes:{report.get('total_bytes')} "
-              f"run:{report['run_dir']}")
+    _print_main_rank(f"val_bpb:{report['val_bpb']:.4f} (round trip) total_bytes:{report.get('total_bytes')} "
+                     f"run:{report['run_dir']}")
     return 0
 
 
