@@ -149,6 +149,12 @@ def check_token_ids(tokens, vocab_size: int, path: str | os.PathLike) -> None:
     )
 
 
+def list_split_shards(directory: str | os.PathLike, split: str) -> list[Path]:
+    """Sorted shard files of ``split`` in ``directory``, byte sidecars excluded; empty when none."""
+    files = sorted(Path(directory).glob(SHARD_GLOBS[split]))
+    return [f for f in files if SHARD_SIDECAR_MARKER not in f.name]
+
+
 def find_shards(data_path: str | os.PathLike, split: str) -> list[Path]:
     """Sorted shard files of ``split`` ("train" or "val") in the directory ``data_path``."""
     if split not in SHARD_GLOBS:
@@ -157,9 +163,7 @@ def find_shards(data_path: str | os.PathLike, split: str) -> list[Path]:
     pattern = SHARD_GLOBS[split]
     if not directory.is_dir():
         raise DataError(f"data directory {directory} does not exist (looking for {pattern}). Check DATA_PATH. {_GET_DATA_HINT}")
-    files = sorted(directory.glob(pattern))
-    if split == "val":
-        files = [f for f in files if SHARD_SIDECAR_MARKER not in f.name]
+    files = list_split_shards(directory, split)
     if not files:
         raise DataError(f"no {split} shards matching {pattern} in {directory}. Check DATA_PATH. {_GET_DATA_HINT}")
     return files

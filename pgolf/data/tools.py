@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from pgolf.data.build import EXPORT_MANIFEST_NAME, export_documents_to_shards, train_sentencepiece_tokenizer
-from pgolf.data.shards import SHARD_GLOBS, SHARD_MAX_TOKEN_ID, SHARD_SIDECAR_MARKER, read_shard
+from pgolf.data.shards import SHARD_GLOBS, SHARD_MAX_TOKEN_ID, list_split_shards, read_shard
 from pgolf.data.tokenizer import build_byte_tables, check_tokenizer_vocab, count_target_bytes, load_sentencepiece
 from pgolf.errors import DataError
 
@@ -142,12 +142,6 @@ def command_data_build(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- streaming shards
 
 
-def split_shard_files(data_dir: Path, split: str) -> list[Path]:
-    """Sorted shard files of ``split`` in ``data_dir`` (empty list when there are none)."""
-    files = sorted(data_dir.glob(SHARD_GLOBS[split]))
-    return [f for f in files if SHARD_SIDECAR_MARKER not in f.name]
-
-
 def iter_shard_chunks(tokens: np.ndarray, chunk_tokens: int) -> Iterator[np.ndarray]:
     """Consecutive in-memory copies of at most ``chunk_tokens`` tokens of a (memory-mapped) shard."""
     for start in range(0, len(tokens), chunk_tokens):
@@ -216,7 +210,7 @@ def dataset_stats(data_dir: str | os.PathLike, tokenizer_path: str | os.PathLike
     if tokenizer_path is not None:
         sp = load_sentencepiece(tokenizer_path)
         tables, bos_id = build_byte_tables(sp, SHARD_MAX_TOKEN_ID + 1), sp.bos_id()
-    splits = {split: _split_stats(split_shard_files(data_dir, split), tables, bos_id, chunk_tokens)
+    splits = {split: _split_stats(list_split_shards(data_dir, split), tables, bos_id, chunk_tokens)
               for split in DATA_TOOLS_SPLITS}
     return {"data_dir": str(data_dir), "tokenizer": str(tokenizer_path) if tokenizer_path else None,
             "bos_id": bos_id, "splits": {split: stats.as_dict() for split, stats in splits.items()}}
@@ -322,7 +316,7 @@ def _checked_shard_chunks(path: Path, vocab_size: int | None, check: DatasetChec
 def _scan_split(data_dir: Path, split: str, vocab_size, bos_id: int, check: DatasetCheck, chunk_tokens: int,
                 on_document: Callable[[Path, np.ndarray], None]) -> None:
     """Stream every shard of ``split`` through the shard checks and hand each complete document on."""
-    files = split_shard_files(data_dir, split)
+    files = list_split_shards(data_dir, split)
     if not files:
         check.problems.append(f"{data_dir}: no {split} shards ({SHARD_GLOBS[split]}). Export the {split} split "
                               "(pgolf data build) or point at the folder that holds it.")
