@@ -39,7 +39,8 @@ class ModelConfig:
     model_dim: int = 512
     num_heads: int = 8
     num_kv_heads: int = 4
-    mlp_mult: int = 2
+    # MLP hidden width = int(mlp_mult * model_dim); a float so 3.5x or 4x widths are one flag.
+    mlp_mult: float = 2.0
     tie_embeddings: bool = True
     rope_base: float = 10000.0
     logit_softcap: float = 30.0
@@ -47,6 +48,38 @@ class ModelConfig:
     tied_embed_init_std: float = 0.005
     # Substring patterns naming "control" tensors: optimized by Adam, kept in fp32 in the artifact.
     control_tensor_name_patterns: tuple[str, ...] = BASELINE_CONTROL_PATTERNS
+    # Token id that starts every document (SPEC 1.4); features that look back stop at it.
+    bos_token_id: int = 1
+    # ---- record-stack features (SPEC 4-5); every default is "off" and reproduces the baseline.
+    # MLP activation, resolved through ACTIVATIONS in pgolf/model/block.py.
+    activation: Literal["relu2", "leaky_relu2"] = "relu2"
+    # Rotate only the first ROPE_DIMS dims of each head (0 = the whole head, the baseline).
+    rope_dims: int = 0
+    # NTK-style base rescale when the sequence is longer than this (0 = never rescale).
+    rope_train_seq_len: int = 0
+    # Multiply both RMSNorm outputs of physical block i by 1/sqrt(i+1).
+    ln_scale: bool = False
+    # Exclusive self-attention on the last N layers (0 = off).
+    xsa_last_n: int = 0
+    # Sigmoid gates on the U-Net skip connections: x = g*x + (1-g)*skip.
+    skip_gates_enabled: bool = False
+    # Depth recurrence: blocks LOOP_START..LOOP_END (inclusive) run NUM_LOOPS extra times once looping
+    # is switched on (ENABLE_LOOPING_AT). NUM_LOOPS=0 = off.
+    num_loops: int = 0
+    loop_start: int = 0
+    loop_end: int = 0
+    # Parallel residuals from this physical layer on (-1 = off); "single" = GPT-J form (SPEC 4.4.1),
+    # "two_lane" = attention and MLP lanes with learned lambdas (SPEC 5.1).
+    parallel_residual_start: int = -1
+    parallel_residual_mode: Literal["single", "two_lane"] = "single"
+    # Input-dependent SmearGate on the embeddings (SPEC 5.4), with the BOS fix.
+    smear_gate_enabled: bool = False
+    # Per-head attention output gate (SPEC 5.5): "attn_out" (identity at init), "gated" (Qwen-style),
+    # "sparse" (the TOP record's). "none" = off.
+    attn_out_gate: Literal["none", "attn_out", "gated", "sparse"] = "none"
+    sparse_attn_gate_scale: float = 1.0
+    # Orthogonal init (gain 1) for every non-zero-init linear with both dims >= 64 (SPEC 4.5).
+    ortho_init: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,7 +96,16 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     adam_eps: float = 1e-8
+    # Global gradient-norm clip over all parameters before stepping (0 = off).
     grad_clip_norm: float = 0.0
+    # MuonEq-R: normalise each row of the momentum update before Newton-Schulz (SPEC 4.6).
+    muon_row_normalize: bool = False
+    # Newton-Schulz coefficients: the baseline's fixed quintic or the Polar Express schedule (SPEC 5.7).
+    muon_ns_coefficients: Literal["quintic", "polar_express"] = "quintic"
+    # Decoupled weight decays, scaled by the scheduled LR: Muon matrices, scalar AdamW, embedding AdamW.
+    muon_wd: float = 0.0
+    adam_wd: float = 0.0
+    embed_wd: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,12 +117,24 @@ class TrainConfig:
     # Fraction of the budget (wall clock, or iterations without a cap) over which the LR decays to 0.
     # The baseline's 1200 steps of ~13,780 on 8xH100 is about 0.087 of its 600 s.
     warmdown_frac: float = 0.087
+    # Floor of the warm-down LR multiplier (SPEC 5.9; 0 = decay to zero).
+    min_lr: float = 0.0
     # Compile-priming steps run before the clock starts; model and optimizer state are restored after.
     warmup_steps: int = 20
     max_wallclock_seconds: float = 600.0
     train_log_every: int = 200
     val_loss_every: int = 1000
     compile: bool = False
+    # Seconds taken off MAX_WALLCLOCK_SECONDS for GPTQ calibration on training data (SPEC 4.7).
+    gptq_reserve_seconds: float = 0.0
+    # Fraction of training progress at which depth recurrence switches on (with NUM_LOOPS > 0).
+    enable_looping_at: float = 0.0
+    # EMA of the weights (0 = off), updated after every step from EMA_START_STEP; applied before
+    # evaluation and export (SPEC 4.9).
+    ema_decay: float = 0.0
+    ema_start_step: int = 0
+    # "sequential" = the baseline stream (SPEC 2.3); "shuffled" = the record's ShuffledSequenceLoader (SPEC 4.3).
+    train_loader: Literal["sequential", "shuffled"] = "sequential"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,6 +295,44 @@ def config_from_dict(sections: Mapping[str, Mapping[str, Any]]) -> Config:
     return apply_config_overrides(Config(), flat, source="config.json")
 
 
+def _record_feature_problems(m: ModelConfig) -> list[str]:
+    """Inconsistent settings of the optional model features."""
+    problems = []
+    head_dim = m.model_dim // m.num_heads if m.num_heads > 0 else 0
+    if m.rope_dims < 0 or m.rope_dims % 2 or m.rope_dims > head_dim:
+        problems.append(f"ROPE_DIMS={m.rope_dims} must be 0 (whole head) or an even number <= the head dim {head_dim}")
+    if not 0 <= m.xsa_last_n <= m.num_layers:
+        problems.append(f"XSA_LAST_N={m.xsa_last_n} must be in [0, NUM_LAYERS={m.num_layers}]")
+    if m.num_loops < 0:
+        problems.append(f"NUM_LOOPS={m.num_loops} must be >= 0 (0 = no depth recurrence)")
+    elif m.num_loops > 0 and not 0 <= m.loop_start <= m.loop_end < m.num_layers:
+        problems.append(f"LOOP_START={m.loop_start} and LOOP_END={m.loop_end} must satisfy "
+                        f"0 <= LOOP_START <= LOOP_END < NUM_LAYERS={m.num_layers}")
+    if m.parallel_residual_start != -1 and not 0 <= m.parallel_residual_start < m.num_layers:
+        problems.append(f"PARALLEL_RESIDUAL_START={m.parallel_residual_start} must be -1 (off) or a layer "
+                        f"index in [0, {m.num_layers})")
+    if m.rope_train_seq_len < 0:
+        problems.append(f"ROPE_TRAIN_SEQ_LEN={m.rope_train_seq_len} must be >= 0 (0 = no NTK rescale)")
+    return problems
+
+
+def _training_feature_problems(cfg: Config) -> list[str]:
+    """Inconsistent settings of the optional optimizer and training features."""
+    o, t = cfg.optim, cfg.train
+    problems = [f"{name.upper()}={getattr(o, name)} must be >= 0"
+                for name in ("muon_wd", "adam_wd", "embed_wd", "grad_clip_norm") if getattr(o, name) < 0]
+    if not 0.0 <= t.min_lr <= 1.0:
+        problems.append(f"MIN_LR={t.min_lr} must be in [0, 1] (a fraction of each base LR)")
+    if not 0.0 <= t.enable_looping_at <= 1.0:
+        problems.append(f"ENABLE_LOOPING_AT={t.enable_looping_at} must be in [0, 1]")
+    if not 0.0 <= t.ema_decay < 1.0:
+        problems.append(f"EMA_DECAY={t.ema_decay} must be in [0, 1) (0 = no EMA)")
+    if t.gptq_reserve_seconds < 0 or (t.max_wallclock_seconds > 0 and t.gptq_reserve_seconds >= t.max_wallclock_seconds):
+        problems.append(f"GPTQ_RESERVE_SECONDS={t.gptq_reserve_seconds} must be >= 0 and less than "
+                        f"MAX_WALLCLOCK_SECONDS={t.max_wallclock_seconds}")
+    return problems
+
+
 def validate_config(cfg: Config) -> Config:
     """Check values that are individually valid but inconsistent together. Returns ``cfg``."""
     m, t = cfg.model, cfg.train
@@ -256,6 +348,8 @@ def validate_config(cfg: Config) -> Config:
     for name in ("vocab_size", "num_layers", "mlp_mult"):
         if getattr(m, name) <= 0:
             problems.append(f"{name.upper()}={getattr(m, name)} must be > 0")
+    problems += _record_feature_problems(m)
+    problems += _training_feature_problems(cfg)
     if not 0.0 <= t.warmdown_frac <= 1.0:
         problems.append(f"WARMDOWN_FRAC={t.warmdown_frac} must be in [0, 1]")
     if t.max_wallclock_seconds <= 0 and t.iterations <= 0:

@@ -13,17 +13,18 @@ def relu_squared(x: torch.Tensor) -> torch.Tensor:
 
 
 class MLP(nn.Module):
-    def __init__(self, model_dim: int, mlp_mult: int):
+    def __init__(self, model_dim: int, mlp_mult: float):
         super().__init__()
-        self.fc = CastedLinear(model_dim, mlp_mult * model_dim)
-        self.proj = CastedLinear(mlp_mult * model_dim, model_dim, zero_init=True)
+        hidden = int(mlp_mult * model_dim)
+        self.fc = CastedLinear(model_dim, hidden)
+        self.proj = CastedLinear(hidden, model_dim, zero_init=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(relu_squared(self.fc(x)))
 
 
 class Block(nn.Module):
-    def __init__(self, model_dim: int, num_heads: int, num_kv_heads: int, mlp_mult: int, *,
+    def __init__(self, model_dim: int, num_heads: int, num_kv_heads: int, mlp_mult: float, *,
                  rope_base: float, qk_gain_init: float):
         super().__init__()
         self.attn_norm = RMSNorm()
