@@ -23,6 +23,12 @@ BASELINE_CONTROL_PATTERNS = (
     "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
     "q_gain", "skip_weight", "skip_weights",
 )
+# Small tensors of the optional features (gates, lambdas): AdamW-trained and kept in float like the
+# baseline's controls. They do not exist unless their feature is on, so the baseline is unchanged.
+FEATURE_CONTROL_PATTERNS = (
+    "skip_gates", "attn_gate", "smear_gate", "parallel_resid_lambdas", "parallel_post_lambdas",
+)
+DEFAULT_CONTROL_PATTERNS = BASELINE_CONTROL_PATTERNS + FEATURE_CONTROL_PATTERNS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +53,7 @@ class ModelConfig:
     qk_gain_init: float = 1.5
     tied_embed_init_std: float = 0.005
     # Substring patterns naming "control" tensors: optimized by Adam, kept in fp32 in the artifact.
-    control_tensor_name_patterns: tuple[str, ...] = BASELINE_CONTROL_PATTERNS
+    control_tensor_name_patterns: tuple[str, ...] = DEFAULT_CONTROL_PATTERNS
     # Token id that starts every document (SPEC 1.4); features that look back stop at it.
     bos_token_id: int = 1
     # ---- record-stack features (SPEC 4-5); every default is "off" and reproduces the baseline.
@@ -150,7 +156,7 @@ class QuantConfig:
     compressor: Literal["zlib", "lzma", "brotli", "zstd", "auto"] = "zlib"
     # 0 = no byte shuffle; 2 groups low and high bytes of 16-bit values before compression.
     byte_shuffle_stride: int = 0
-    int8_keep_float_fp32_name_patterns: tuple[str, ...] = BASELINE_CONTROL_PATTERNS
+    int8_keep_float_fp32_name_patterns: tuple[str, ...] = DEFAULT_CONTROL_PATTERNS
 
 
 @dataclass(frozen=True, kw_only=True)

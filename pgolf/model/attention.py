@@ -4,22 +4,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pgolf.config import ModelConfig
 from pgolf.model.layers import CastedLinear, Rotary, apply_rotary
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, model_dim: int, num_heads: int, num_kv_heads: int, *, rope_base: float, qk_gain_init: float):
+    """Attention of physical block ``layer_index``; per-layer features (XSA on the last N) read it."""
+
+    def __init__(self, cfg: ModelConfig, layer_index: int):
         super().__init__()
-        self.num_heads = num_heads
-        self.num_kv_heads = num_kv_heads
-        self.head_dim = model_dim // num_heads
-        kv_dim = num_kv_heads * self.head_dim
+        model_dim = cfg.model_dim
+        self.num_heads = cfg.num_heads
+        self.num_kv_heads = cfg.num_kv_heads
+        self.head_dim = model_dim // cfg.num_heads
+        kv_dim = cfg.num_kv_heads * self.head_dim
         self.c_q = CastedLinear(model_dim, model_dim)
         self.c_k = CastedLinear(model_dim, kv_dim)
         self.c_v = CastedLinear(model_dim, kv_dim)
         self.proj = CastedLinear(model_dim, model_dim, zero_init=True)
-        self.q_gain = nn.Parameter(torch.full((num_heads,), float(qk_gain_init)))
-        self.rotary = Rotary(self.head_dim, base=rope_base)
+        self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), float(cfg.qk_gain_init)))
+        self.rotary = Rotary(self.head_dim, base=cfg.rope_base)
 
     def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
         B, T, D = x_BTD.shape

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pgolf.config import ModelConfig
 from pgolf.model.attention import CausalSelfAttention
 from pgolf.model.layers import CastedLinear, RMSNorm
 
@@ -24,14 +25,13 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, model_dim: int, num_heads: int, num_kv_heads: int, mlp_mult: float, *,
-                 rope_base: float, qk_gain_init: float):
+    def __init__(self, cfg: ModelConfig, layer_index: int):
         super().__init__()
+        model_dim = cfg.model_dim
         self.attn_norm = RMSNorm()
         self.mlp_norm = RMSNorm()
-        self.attn = CausalSelfAttention(model_dim, num_heads, num_kv_heads, rope_base=rope_base,
-                                        qk_gain_init=qk_gain_init)
-        self.mlp = MLP(model_dim, mlp_mult)
+        self.attn = CausalSelfAttention(cfg, layer_index)
+        self.mlp = MLP(model_dim, cfg.mlp_mult)
         self.attn_scale = nn.Parameter(torch.ones(model_dim))
         self.mlp_scale = nn.Parameter(torch.ones(model_dim))
         # Row 0 weighs the running residual, row 1 the block-0 input x0; starts as "residual only".

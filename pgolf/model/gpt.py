@@ -23,11 +23,7 @@ class GPT(nn.Module):
         self.schedule = unet_layer_schedule(cfg.num_layers)
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
         nn.init.normal_(self.tok_emb.weight, mean=0.0, std=cfg.tied_embed_init_std)
-        self.blocks = nn.ModuleList(
-            Block(cfg.model_dim, cfg.num_heads, cfg.num_kv_heads, cfg.mlp_mult,
-                  rope_base=cfg.rope_base, qk_gain_init=cfg.qk_gain_init)
-            for _ in range(cfg.num_layers)
-        )
+        self.blocks = nn.ModuleList(Block(cfg, layer_index) for layer_index in range(cfg.num_layers))
         self.skip_weights = nn.Parameter(torch.ones(self.schedule.num_skip, cfg.model_dim))
         self.final_norm = RMSNorm()
         self.lm_head = None if cfg.tie_embeddings else CastedLinear(cfg.model_dim, cfg.vocab_size, zero_init=True)
