@@ -1,12 +1,13 @@
 """Speed of `pgolf data build`: tokenizer training and shard export, timed separately; one JSON line.
 
     python bench/data_build.py                                  # FineWeb text sample if present, else default corpus
-    python bench/data_build.py --docs FILE.jsonl --vocab-size 1024 --num-val-docs 100 --threads 2
+    python bench/data_build.py --docs FILE.jsonl --vocab-size 1024 --num-val-docs 100 --workers 1,2
 
 The corpus is ``shared/data/fineweb-text-sample/fineweb_val_sample_decoded.jsonl`` (5.6 MB of real
 FineWeb text) when the repository sits beside ``shared/``, else the embedded default corpus (Python's
 own documentation). Rates are documents and UTF-8 text megabytes (10**6 bytes) per second over the
 whole corpus for each phase. `data stats` and `data verify` of the result are timed as well.
+One JSON line per worker count (tokenizer-training threads = encoding processes = workers).
 """
 
 import argparse
@@ -47,12 +48,18 @@ def main() -> None:
     parser.add_argument("--docs", help="JSONL corpus (default: the FineWeb sample, else the default corpus)")
     parser.add_argument("--vocab-size", type=int, default=1024)
     parser.add_argument("--num-val-docs", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 16))
+    parser.add_argument("--workers", default=f"1,{os.cpu_count() or 1}",
+                        help="comma-separated worker counts to time (default: 1 and all cores)")
     args = parser.parse_args()
     docs, source = load_corpus(args.docs)
+    for workers in sorted({int(part) for part in args.workers.split(",")}):
+        bench_one(docs, source, args, workers)
+
+
+def bench_one(docs: list[str], source: str, args: argparse.Namespace, workers: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         result = build_dataset(lambda: iter(docs), args.vocab_size, tmp, name="bench",
-                               num_val_docs=args.num_val_docs, num_threads=args.threads)
+                               num_val_docs=args.num_val_docs, num_workers=workers)
         started = time.perf_counter()
         stats = dataset_stats(result["data_dir"])
         stats_seconds = time.perf_counter() - started
@@ -63,7 +70,7 @@ def main() -> None:
     tokens = stats["splits"]["val"]["tokens"] + stats["splits"]["train"]["tokens"]
     print(json.dumps({
         "bench": "data_build", "corpus": source, "docs": num_docs, "text_bytes": text_bytes, "tokens": tokens,
-        "vocab_size": args.vocab_size, "threads": args.threads,
+        "vocab_size": args.vocab_size, "workers": workers,
         "tokenizer_training": rates(num_docs, text_bytes, result["tokenizer_seconds"]),
         "export": rates(num_docs, text_bytes, result["export_seconds"]),
         "stats_seconds": round(stats_seconds, 3), "verify_seconds": round(verify_seconds, 3), "verify_ok": check.ok,

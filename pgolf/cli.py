@@ -3,7 +3,7 @@
     pgolf train    [--preset NAME] [KEY=value ...]   train, quantize, pack, round-trip, report
     pgolf eval     RUN_DIR [--json]                  re-score a run's saved artifact
     pgolf describe [--preset NAME] [KEY=value ...] [--json]   resolved config and parameter count
-    pgolf data     build|stats|verify ...             make, describe and check token shard datasets
+    pgolf data     fineweb|build|stats|verify ...     fetch, make, describe and check token shard datasets
 
 Configuration precedence: preset defaults < environment variables < ``KEY=value`` arguments. Keys are
 the challenge's flat names in any case (``NUM_LAYERS=6`` or ``num_layers=6``). With ``DATA_PATH`` and
@@ -112,10 +112,24 @@ def command_data(args: argparse.Namespace) -> int:
 
 
 def add_data_parser(sub) -> None:
-    """``pgolf data build|stats|verify`` (handlers live in pgolf/data/tools.py)."""
-    data = sub.add_parser("data", help="build, describe and check token shard datasets")
+    """``pgolf data fineweb|build|stats|verify`` (handlers: pgolf/data/fineweb.py and pgolf/data/tools.py)."""
+    data = sub.add_parser("data", help="fetch, build, describe and check token shard datasets")
     data.set_defaults(handler=command_data)
     data_sub = data.add_subparsers(dest="data_command", required=True)
+
+    fineweb = data_sub.add_parser("fineweb", help="download the challenge's tokenized FineWeb from the hub")
+    fineweb.add_argument("--variant", default="sp1024", help="sp1024 (default), sp4096, sp8192, byte260, ...")
+    fineweb.add_argument("--train-shards", type=int, default=80,
+                         help="the first N training shards (default 80; 100M tokens each); all validation shards always")
+    fineweb.add_argument("--out", default="./data", metavar="DIR", help="the challenge's data/ layout (default ./data)")
+    fineweb.add_argument("--repo-id", help="hub dataset (default $MATCHED_FINEWEB_REPO_ID or willdepueoai/parameter-golf; "
+                                           "sp4096/sp8192: kevclark/parameter-golf)")
+    fineweb.add_argument("--prefix", help="folder in the repository (default $MATCHED_FINEWEB_REMOTE_ROOT_PREFIX or datasets)")
+    fineweb.add_argument("--revision", help="branch, tag or commit (default main)")
+    fineweb.add_argument("--endpoint", help="hub URL (default $HF_ENDPOINT or https://huggingface.co)")
+    fineweb.add_argument("--cache-dir", help="hub cache (default the Hugging Face cache); files are hard-linked from it")
+    fineweb.add_argument("--skip-manifest", action="store_true",
+                         help="reuse the manifest saved by an earlier run instead of fetching it")
 
     build = data_sub.add_parser("build", help="train a tokenizer (unless given) and export documents to shards")
     source = build.add_mutually_exclusive_group(required=True)
@@ -127,7 +141,9 @@ def add_data_parser(sub) -> None:
     build.add_argument("--out", required=True, metavar="DIR",
                        help="writes DIR/tokenizers/ and DIR/datasets/<name>_sp<V>/")
     build.add_argument("--name", help="dataset name (default: the input file's stem)")
-    build.add_argument("--threads", type=int, default=2)
+    build.add_argument("--workers", "--threads", dest="workers", type=int, default=os.cpu_count() or 1,
+                       help="tokenizer-training threads and encoding processes (default: all cores); "
+                            "the output does not depend on it")
 
     stats = data_sub.add_parser("stats", help="shards, tokens, documents and BPB bytes per split")
     stats.add_argument("data_dir", metavar="DIR")

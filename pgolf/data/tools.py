@@ -86,7 +86,7 @@ def build_dataset(
     name: str = "dataset",
     tokenizer_path: str | os.PathLike | None = None,
     num_val_docs: int = DATA_TOOLS_DEFAULT_NUM_VAL_DOCS,
-    num_threads: int = 2,
+    num_workers: int = 1,
 ) -> dict:
     """Train (unless given) a tokenizer and export ``documents()`` as shards under ``out_root``.
 
@@ -109,14 +109,14 @@ def build_dataset(
     if train_tokenizer:
         model_prefix = out_root / "tokenizers" / f"fineweb_{vocab_size}_bpe"
         model_prefix.parent.mkdir(parents=True, exist_ok=True)
-        tokenizer_path = train_sentencepiece_tokenizer(documents(), vocab_size, model_prefix, num_threads=num_threads)
+        tokenizer_path = train_sentencepiece_tokenizer(documents(), vocab_size, model_prefix, num_threads=num_workers)
     tokenizer_seconds = time.perf_counter() - started if train_tokenizer else 0.0
     sp = load_sentencepiece(tokenizer_path)
     check_tokenizer_vocab(sp, vocab_size, tokenizer_path)
     data_dir = out_root / "datasets" / _dataset_dir_name(name, vocab_size)
     started = time.perf_counter()
     manifest = export_documents_to_shards(documents(), sp, data_dir, num_val_docs=num_val_docs,
-                                          tokenizer_path=tokenizer_path, num_threads=num_threads)
+                                          tokenizer_path=tokenizer_path, num_workers=num_workers)
     export_seconds = time.perf_counter() - started
     return {"data_dir": str(data_dir), "tokenizer_path": str(tokenizer_path), "num_docs": num_docs,
             "text_bytes": text_bytes, "stats": manifest["datasets"][0]["stats"], "count_seconds": count_seconds,
@@ -128,7 +128,7 @@ def command_data_build(args: argparse.Namespace) -> int:
     documents, default_name = _document_source(args.docs, args.text)
     given_tokenizer = args.tokenizer is not None
     result = build_dataset(documents, args.vocab_size, args.out, name=args.name or default_name,
-                           tokenizer_path=args.tokenizer, num_val_docs=args.num_val_docs, num_threads=args.threads)
+                           tokenizer_path=args.tokenizer, num_val_docs=args.num_val_docs, num_workers=args.workers)
     stats = result["stats"]
     print(f"tokenizer: {result['tokenizer_path']}" + (" (given)" if given_tokenizer else
                                                        f" (trained in {result['tokenizer_seconds']:.1f}s)"))
@@ -201,6 +201,22 @@ def dataset_stats(data_dir: str | os.PathLike, tokenizer_path: str | os.PathLike
                   chunk_tokens: int = DATA_TOOLS_CHUNK_TOKENS) -> dict:
     """Per-split stats of the shards in ``data_dir``; bytes are the BPB denominator (SPEC 2.8):
     targets are ``tokens[1:]`` of the split's whole stream with ``prev = tokens[:-1]``."""
+    data_dir, tokenizer_path, tables, bos_id = _stats_inputs(data_dir, tokenizer_path)
+    splits = {split: _split_stats(list_split_shards(data_dir, split), tables, bos_id, chunk_tokens)
+              for split in DATA_TOOLS_SPLITS}
+    return {"data_dir": str(data_dir), "tokenizer": str(tokenizer_path) if tokenizer_path else None,
+            "bos_id": bos_id, "splits": {split: stats.as_dict() for split, stats in splits.items()}}
+
+
+def dataset_split_stats(data_dir: str | os.PathLike, split: str, tokenizer_path: str | os.PathLike | None = None, *,
+                        chunk_tokens: int = DATA_TOOLS_CHUNK_TOKENS) -> dict:
+    """:func:`dataset_stats` of one split only (``SplitStats.as_dict`` keys)."""
+    data_dir, _, tables, bos_id = _stats_inputs(data_dir, tokenizer_path)
+    return _split_stats(list_split_shards(data_dir, split), tables, bos_id, chunk_tokens).as_dict()
+
+
+def _stats_inputs(data_dir, tokenizer_path):
+    """The folder, the tokenizer (given or found from the manifest), its byte tables and BOS id."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"data directory {data_dir} does not exist; give the folder holding the .bin shards.")
@@ -210,10 +226,7 @@ def dataset_stats(data_dir: str | os.PathLike, tokenizer_path: str | os.PathLike
     if tokenizer_path is not None:
         sp = load_sentencepiece(tokenizer_path)
         tables, bos_id = build_byte_tables(sp, SHARD_MAX_TOKEN_ID + 1), sp.bos_id()
-    splits = {split: _split_stats(list_split_shards(data_dir, split), tables, bos_id, chunk_tokens)
-              for split in DATA_TOOLS_SPLITS}
-    return {"data_dir": str(data_dir), "tokenizer": str(tokenizer_path) if tokenizer_path else None,
-            "bos_id": bos_id, "splits": {split: stats.as_dict() for split, stats in splits.items()}}
+    return data_dir, tokenizer_path, tables, bos_id
 
 
 def _split_stats(files: list[Path], tables, bos_id: int, chunk_tokens: int) -> SplitStats:
@@ -416,7 +429,14 @@ def command_data_verify(args: argparse.Namespace) -> int:
     return 0 if check.ok else 1
 
 
-DATA_COMMANDS = {"build": command_data_build, "stats": command_data_stats, "verify": command_data_verify}
+def command_data_fineweb(args: argparse.Namespace) -> int:
+    from pgolf.data.fineweb import command_data_fineweb as download_command
+
+    return download_command(args)
+
+
+DATA_COMMANDS = {"fineweb": command_data_fineweb, "build": command_data_build, "stats": command_data_stats,
+                 "verify": command_data_verify}
 
 
 def run_data_command(args: argparse.Namespace) -> int:

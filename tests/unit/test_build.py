@@ -127,6 +127,17 @@ def test_export_splits_and_packs_documents(tmp_path, small_sp):
     assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == manifest
 
 
+def test_export_with_worker_processes_is_identical(tmp_path, small_sp):
+    docs = _texts(60, seed=4)
+    shards = {}
+    for workers in (1, 3):
+        out = tmp_path / f"w{workers}"
+        export_documents_to_shards(docs, small_sp, out, num_val_docs=9, shard_tokens=70, batch_docs=5,
+                                   num_workers=workers)
+        shards[workers] = {p.name: p.read_bytes() for p in sorted(out.glob("*.bin"))}
+    assert len(shards[1]) > 4 and shards[1] == shards[3]
+
+
 def test_export_never_overwrites(tmp_path, small_sp):
     export_documents_to_shards(_texts(5), small_sp, tmp_path, num_val_docs=2)
     before = sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir())

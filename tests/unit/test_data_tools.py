@@ -164,6 +164,27 @@ def test_stats_bytes_on_real_fineweb_head(tmp_path):
     assert 2.3 < stats["bytes_per_target_token"] < 2.6
 
 
+@pytest.mark.parametrize("vocab", [1024, 8192])
+def test_stats_bytes_equal_utf8_of_real_validation_text(tmp_path, vocab):
+    """`data build` with the official tokenizer, then `data stats`: the validation bytes (the BPB
+    denominator) equal the UTF-8 length of the documents' text, for sp1024 and sp8192."""
+    sample = SHARED_DATA / "fineweb-text-sample" / "fineweb_val_sample_decoded.jsonl"
+    model = SHARED_DATA / "parameter-golf-tokenizers" / f"fineweb_{vocab}_bpe.model"
+    if not (sample.is_file() and model.is_file()):
+        pytest.skip("shared/data (real FineWeb text and tokenizers) is absent")
+    records = [json.loads(line) for line in sample.read_text(encoding="utf-8").splitlines()[:400]]
+    docs = [r["text"] for r in records if not r.get("maybe_truncated")][:300]
+    source = tmp_path / "docs.jsonl"
+    source.write_text("".join(json.dumps({"text": text}) + "\n" for text in docs), encoding="utf-8")
+    assert command_data_build(build_parser().parse_args(
+        ["data", "build", "--docs", str(source), "--vocab-size", str(vocab), "--tokenizer", str(model),
+         "--num-val-docs", "200", "--out", str(tmp_path / "out"), "--workers", "2"])) == 0
+    stats = dataset_stats(tmp_path / "out" / "datasets" / f"docs_sp{vocab}", model)["splits"]
+    assert stats["val"]["documents"] == 200 and stats["train"]["documents"] == 100
+    assert stats["val"]["bytes"] == sum(len(text.encode("utf-8")) for text in docs[:200])
+    assert stats["train"]["bytes"] == sum(len(text.encode("utf-8")) for text in docs[200:])
+
+
 def test_build_round_trips_jsonl(tmp_path, capsys):
     docs = _ascii_docs(120, seed=2)
     source = tmp_path / "docs.jsonl"
