@@ -26,11 +26,19 @@ PRESET_ENV_VAR = "PGOLF_PRESET"
 
 
 def resolve_config(preset_name: str | None, cli_items: list[str], environ=os.environ) -> tuple[Config, Config, str]:
-    """(config, preset config, preset name) after applying environment then command-line overrides."""
-    name = preset_name or environ.get(PRESET_ENV_VAR) or DEFAULT_PRESET
+    """(config, preset config, preset name) after applying environment then command-line overrides.
+
+    The preset comes from ``--preset``, else a ``preset=NAME`` item among the overrides, else
+    ``$PGOLF_PRESET``, else the default.
+    """
+    overrides = parse_cli_overrides(cli_items)
+    item_preset = next((overrides.pop(key) for key in list(overrides) if key.lower() == "preset"), None)
+    if preset_name and item_preset and preset_name != item_preset:
+        raise ConfigError(f"two presets given: --preset {preset_name} and preset={item_preset}; give one.")
+    name = preset_name or item_preset or environ.get(PRESET_ENV_VAR) or DEFAULT_PRESET
     preset = preset_config(name)
     cfg = apply_config_overrides(preset, environment_overrides(environ), source="environment")
-    cfg = apply_config_overrides(cfg, parse_cli_overrides(cli_items), source="command line")
+    cfg = apply_config_overrides(cfg, overrides, source="command line")
     return validate_config(cfg), preset, name
 
 

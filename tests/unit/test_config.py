@@ -92,3 +92,18 @@ def test_json_round_trip():
 def test_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Config().model.num_layers = 3
+
+
+def test_preset_can_be_named_among_the_overrides():
+    cfg, _, name = resolve_config(None, ["preset=seq4096", "SEED=3"], environ={})
+    assert name == "seq4096" and cfg.train.train_seq_len == 4096 and cfg.train.seed == 3
+    with pytest.raises(ConfigError, match="two presets"):
+        resolve_config("tiny_cpu", ["PRESET=seq4096"], environ={})
+
+
+def test_one_gpu_presets_keep_the_step_and_stretch_the_clock():
+    for name in ("baseline_sp1024", "record_sp8192"):
+        eight, one = preset_config(name), preset_config(f"{name}_1gpu")
+        assert one.train.max_wallclock_seconds == 8 * eight.train.max_wallclock_seconds
+        assert one.train.gptq_reserve_seconds == 8 * eight.train.gptq_reserve_seconds
+        assert config_differences(one, eight).keys() <= {"max_wallclock_seconds", "gptq_reserve_seconds"}
