@@ -157,6 +157,31 @@ class QuantConfig:
     # 0 = no byte shuffle; 2 groups low and high bytes of 16-bit values before compression.
     byte_shuffle_stride: int = 0
     int8_keep_float_fp32_name_patterns: tuple[str, ...] = DEFAULT_CONTROL_PATTERNS
+    # ---- quantization of the large matrices (SPEC 2.9, 4.10, 5.1, 5.6); defaults = the baseline's int8.
+    # "rtn" = round to nearest; "gptq" = full-Hessian GPTQ on training-data calibration batches.
+    quant_method: Literal["rtn", "gptq"] = "rtn"
+    # Bits of the block matrices and of the embedding (2..8; codes stored one per int8 byte).
+    matrix_bits: int = 8
+    embed_bits: int = 8
+    # Row scales: "percentile" (the baseline's 99.99984th percentile of |w|) or "sdclip" (k * row std / R).
+    clip_method: Literal["percentile", "sdclip"] = "percentile"
+    # SDClip k per group; 0 for MLP/attention means "use MATRIX_CLIP_SIGMAS".
+    matrix_clip_sigmas: float = 12.85
+    mlp_clip_sigmas: float = 0.0
+    attn_clip_sigmas: float = 0.0
+    embed_clip_sigmas: float = 20.0
+    gptq_calibration_batches: int = 64
+    gptq_damping: float = 0.01
+    gptq_block_size: int = 128
+    # Low-rank error correction of the LQER_TOP_K worst quantized tensors (SPEC 5.6).
+    lqer_enabled: bool = False
+    lqer_top_k: int = 3
+    lqer_rank: int = 4
+    lqer_asym: bool = True
+    # Quantization-aware training: fake-quantize the chosen scheme from this fraction of training (0 = off).
+    qat_start_frac: float = 0.0
+    # Over the cap: 0 = fail with the margin; 1 = prune the cheapest +-1 codes until it fits, and report it.
+    fit_to_cap: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -339,6 +364,22 @@ def _training_feature_problems(cfg: Config) -> list[str]:
     return problems
 
 
+def _quant_problems(q: QuantConfig) -> list[str]:
+    """Inconsistent quantization settings."""
+    problems = [f"{name.upper()}={getattr(q, name)} must be between 2 and 8"
+                for name in ("matrix_bits", "embed_bits") if not 2 <= getattr(q, name) <= 8]
+    problems += [f"{name.upper()}={getattr(q, name)} must be >= 0" for name in
+                 ("matrix_clip_sigmas", "mlp_clip_sigmas", "attn_clip_sigmas", "embed_clip_sigmas", "gptq_damping")
+                 if getattr(q, name) < 0]
+    if q.gptq_calibration_batches < 1 or q.gptq_block_size < 1:
+        problems.append("GPTQ_CALIBRATION_BATCHES and GPTQ_BLOCK_SIZE must be >= 1")
+    if q.lqer_top_k < 0 or q.lqer_rank < 1:
+        problems.append(f"LQER_TOP_K={q.lqer_top_k} must be >= 0 and LQER_RANK={q.lqer_rank} >= 1")
+    if not 0.0 <= q.qat_start_frac < 1.0:
+        problems.append(f"QAT_START_FRAC={q.qat_start_frac} must be in [0, 1) (0 = no QAT)")
+    return problems
+
+
 def validate_config(cfg: Config) -> Config:
     """Check values that are individually valid but inconsistent together. Returns ``cfg``."""
     m, t = cfg.model, cfg.train
@@ -364,6 +405,7 @@ def validate_config(cfg: Config) -> Config:
         problems.append(
             f"TRAIN_BATCH_TOKENS={t.train_batch_tokens} must be a multiple of TRAIN_SEQ_LEN={t.train_seq_len}"
         )
+    problems += _quant_problems(cfg.quant)
     if cfg.quant.byte_shuffle_stride < 0:
         problems.append(f"BYTE_SHUFFLE_STRIDE={cfg.quant.byte_shuffle_stride} must be >= 0")
     if problems:
