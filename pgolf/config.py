@@ -149,6 +149,33 @@ class EvalConfig:
     # 0 = the whole validation split. A positive value scores only the first N tokens (quick looks;
     # never for a reported score, and the report says so).
     val_max_tokens: int = 0
+    # Evaluation sequence (window) length; 0 = TRAIN_SEQ_LEN.
+    eval_seq_len: int = 0
+    # Sliding-window evaluation (SPEC 4.12): windows of EVAL_SEQ_LEN every EVAL_STRIDE tokens, each
+    # target scored once with the most context; EVAL_BATCH_WINDOWS windows per rank per batch.
+    sliding_window_enabled: bool = False
+    eval_stride: int = 64
+    eval_batch_windows: int = 32
+    # The challenge's evaluation budget, for the time projection in the report.
+    eval_budget_seconds: float = 600.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TTTConfig:
+    # Legal score-first test-time training (SPEC 4.13): every chunk is scored before it is trained on.
+    ttt_enabled: bool = False
+    # "full": SGD on every parameter, state kept across chunks; "lora": low-rank adapters on
+    # TTT_LORA_TARGETS, reset at every document start.
+    ttt_mode: Literal["full", "lora"] = "full"
+    ttt_chunk_tokens: int = 32_768
+    ttt_lr: float = 0.005
+    ttt_epochs: int = 3
+    ttt_momentum: float = 0.9
+    ttt_grad_clip: float = 1.0
+    ttt_batch_seqs: int = 32
+    ttt_lora_rank: int = 96
+    ttt_lora_alpha: float = 144.0
+    ttt_lora_targets: tuple[str, ...] = ("c_q", "c_k", "c_v", "proj")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,6 +225,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ttt: TTTConfig = field(default_factory=TTTConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -380,6 +408,24 @@ def _quant_problems(q: QuantConfig) -> list[str]:
     return problems
 
 
+def _evaluation_problems(cfg: Config) -> list[str]:
+    """Inconsistent sliding-window and test-time-training settings."""
+    e, t = cfg.eval, cfg.ttt
+    problems = []
+    window = e.eval_seq_len or cfg.train.train_seq_len
+    if e.eval_seq_len < 0 or not 0 < e.eval_stride <= window:
+        problems.append(f"EVAL_STRIDE={e.eval_stride} must be in [1, EVAL_SEQ_LEN={window}] and EVAL_SEQ_LEN >= 0")
+    if e.eval_batch_windows < 1 or t.ttt_batch_seqs < 1:
+        problems.append("EVAL_BATCH_WINDOWS and TTT_BATCH_SEQS must be >= 1")
+    if t.ttt_chunk_tokens < window:
+        problems.append(f"TTT_CHUNK_TOKENS={t.ttt_chunk_tokens} must be at least one window ({window} tokens)")
+    if t.ttt_epochs < 1 or t.ttt_lr < 0 or not 0 <= t.ttt_momentum < 1 or t.ttt_grad_clip < 0:
+        problems.append("TTT_EPOCHS must be >= 1, TTT_LR >= 0, TTT_MOMENTUM in [0, 1), TTT_GRAD_CLIP >= 0")
+    if t.ttt_lora_rank < 1 or t.ttt_lora_alpha <= 0:
+        problems.append(f"TTT_LORA_RANK={t.ttt_lora_rank} must be >= 1 and TTT_LORA_ALPHA > 0")
+    return problems
+
+
 def validate_config(cfg: Config) -> Config:
     """Check values that are individually valid but inconsistent together. Returns ``cfg``."""
     m, t = cfg.model, cfg.train
@@ -406,6 +452,7 @@ def validate_config(cfg: Config) -> Config:
             f"TRAIN_BATCH_TOKENS={t.train_batch_tokens} must be a multiple of TRAIN_SEQ_LEN={t.train_seq_len}"
         )
     problems += _quant_problems(cfg.quant)
+    problems += _evaluation_problems(cfg)
     if cfg.quant.byte_shuffle_stride < 0:
         problems.append(f"BYTE_SHUFFLE_STRIDE={cfg.quant.byte_shuffle_stride} must be >= 0")
     if problems:
