@@ -1,0 +1,100 @@
+"""Sliding-window evaluation (SPEC 4.12): every target scored exactly once, with the most context.
+
+Windows of ``window`` tokens start every ``stride`` tokens. The first window scores all its positions;
+every later window scores only its last ``stride`` positions, so each target is scored once, by the
+window that gives it ``window - stride`` tokens of context or more (all of the past, near the start).
+Windows are split contiguously over ranks and batched; a short final window is padded with zeros
+after its real tokens, which causal attention cannot see. Bytes are counted with each target's true
+previous token (the window's input at the same position), as in the plain evaluation.
+
+With ``stride == window`` this is exactly the plain evaluation of non-overlapping windows.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from pgolf.data.tokenizer import ByteTables, count_target_bytes
+from pgolf.dist import all_reduce_sum_
+from pgolf.eval.bpb import EvalSums, autocast_context, rank_sequence_range
+from pgolf.log import ProgressBar
+
+
+@dataclass(frozen=True)
+class ScoringWindow:
+    """A window over targets ``[start, start + length)``; it scores positions ``[first_scored, length)``."""
+
+    start: int
+    length: int
+    first_scored: int
+
+    @property
+    def scored_targets(self) -> range:
+        """Absolute indices of the targets this window scores (target i predicts token i + 1)."""
+        return range(self.start + self.first_scored, self.start + self.length)
+
+
+def sliding_windows(num_targets: int, window: int, stride: int) -> list[ScoringWindow]:
+    """The windows of SPEC 4.12 over ``num_targets`` targets: starts 0, stride, 2*stride, ... while the
+    window still has a target to score."""
+    if not 0 < stride <= window:
+        raise ValueError(f"stride must be in [1, window={window}], got {stride}")
+    context = window - stride
+    windows = [ScoringWindow(0, min(window, num_targets), 0)] if num_targets > 0 else []
+    start = stride
+    while start + context < num_targets:
+        windows.append(ScoringWindow(start, min(window, num_targets - start), context))
+        start += stride
+    return windows
+
+
+def window_batch(val_tokens: torch.Tensor, windows: list[ScoringWindow], window: int,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs, targets (B, window) zero-padded, and the boolean mask of the positions to score."""
+    x = torch.zeros(len(windows), window, dtype=torch.int64)
+    y = torch.zeros_like(x)
+    scored = torch.zeros(len(windows), window, dtype=torch.bool)
+    for row, w in enumerate(windows):
+        span = val_tokens[w.start: w.start + w.length + 1].to(torch.int64)
+        x[row, : w.length], y[row, : w.length] = span[:-1], span[1:]
+        scored[row, w.first_scored: w.length] = True
+    return x.to(device), y.to(device), scored.to(device)
+
+
+def score_windows(model: torch.nn.Module, val_tokens: torch.Tensor, windows: list[ScoringWindow], *,
+                  window: int, byte_tables: ByteTables, device: torch.device) -> torch.Tensor:
+    """(loss sum, tokens, bytes) of ``windows`` as a float64 tensor, under no-grad (one batch)."""
+    x, y, scored = window_batch(val_tokens, windows, window, device)
+    with torch.no_grad(), autocast_context(device):
+        loss = model(x, y, reduction="none").float()
+    bytes_per_target = count_target_bytes(byte_tables, x, y)
+    return torch.stack((loss[scored].double().sum(), scored.sum().double(),
+                        bytes_per_target[scored].double().sum()))
+
+
+def iter_window_batches(items: list, batch_size: int) -> Iterator[list]:
+    for start in range(0, len(items), batch_size):
+        yield items[start: start + batch_size]
+
+
+def evaluate_sliding_bpb(model: torch.nn.Module, val_tokens: torch.Tensor, *, window: int, stride: int,
+                         batch_windows: int, byte_tables: ByteTables, device: torch.device, rank: int = 0,
+                         world_size: int = 1) -> EvalSums:
+    """Sliding-window BPB over all ``val_tokens.numel() - 1`` targets, sums reduced once across ranks."""
+    windows = sliding_windows(val_tokens.numel() - 1, window, stride)
+    first, last = rank_sequence_range(len(windows), rank, world_size)
+    mine = windows[first:last]
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    byte_tables = byte_tables.to(device)
+    was_training = model.training
+    model.eval()
+    bar = ProgressBar("sliding eval", len(mine), enabled=rank == 0)
+    for done, batch in enumerate(iter_window_batches(mine, batch_windows)):
+        sums += score_windows(model, val_tokens, batch, window=window, byte_tables=byte_tables, device=device)
+        bar.update(done * batch_windows)
+    bar.close()
+    model.train(was_training)
+    all_reduce_sum_(sums)
+    loss_sum, token_count, byte_count = sums.tolist()
+    return EvalSums(loss_sum=loss_sum, token_count=int(token_count), byte_count=int(byte_count))
