@@ -1,0 +1,77 @@
+"""Compliance checks the field lacks, as library functions (used by tests and ``pgolf check``).
+
+* score-before-update: from a ``TTTObserver`` record of the real TTT code path, every trained target
+  must have been scored by an earlier event;
+* causality: changing tokens after position t leaves the log-probabilities up to t bit-identical;
+* normalization: the scorer's distribution over the full vocabulary sums to 1 at every position.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+from pgolf.eval.ttt import TTTObserver
+
+
+@dataclass
+class ComplianceResult:
+    name: str
+    passed: bool
+    details: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"check": self.name, "passed": self.passed, "details": self.details}
+
+
+def check_score_before_update(observer: TTTObserver, num_targets: int) -> ComplianceResult:
+    """Every target of every training step was scored by an event before that step."""
+    scored = torch.zeros(num_targets, dtype=torch.bool)
+    problems: list[str] = []
+    for step, (kind, targets) in enumerate(observer.events):
+        if kind == "score":
+            scored[targets] = True
+            continue
+        unseen = targets[~scored[targets]]
+        if unseen.numel():
+            problems.append(f"event {step}: an update trained on {unseen.numel()} targets not scored yet "
+                            f"(first: target {int(unseen[0])})")
+    return ComplianceResult("score_before_update", not problems, problems[:10])
+
+
+def _log_probs(model: torch.nn.Module, tokens_BT: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.log_softmax(model.forward_logits(tokens_BT).float(), dim=-1)
+
+
+def check_causality(model: torch.nn.Module, tokens_BT: torch.Tensor, cut: int, *, seed: int = 0) -> ComplianceResult:
+    """Replace every token after position ``cut``; log-probabilities at positions <= ``cut`` must not move."""
+    generator = torch.Generator().manual_seed(seed)
+    vocab = model.forward_logits(tokens_BT[:, :1]).size(-1)
+    perturbed = tokens_BT.clone()
+    tail = perturbed[:, cut + 1:]
+    tail.copy_((tail + torch.randint(1, vocab, tail.shape, generator=generator).to(tail.device)) % vocab)
+    before, after = _log_probs(model, tokens_BT)[:, : cut + 1], _log_probs(model, perturbed)[:, : cut + 1]
+    moved = (before != after).any(dim=-1).nonzero()
+    details = [f"position {int(p)} of row {int(r)} changed when only later tokens changed" for r, p in moved[:10]]
+    return ComplianceResult("causality", not details, details)
+
+
+def check_normalization(model: torch.nn.Module, tokens_T: torch.Tensor, *, tolerance: float = 1e-3,
+                        vocab_batch: int = 256) -> ComplianceResult:
+    """The scorer's probabilities of every possible target sum to 1 at every position.
+
+    It asks the scoring path itself (``model(x, y, reduction="none")``, the per-token loss that BPB
+    sums) for the loss of each vocabulary id as the target, so a scorer that tilts, mixes or rescales
+    anything after the softmax is caught, not only the logits.
+    """
+    vocab = model.forward_logits(tokens_T[None, :1]).size(-1)
+    totals = torch.zeros(tokens_T.numel(), dtype=torch.float64)
+    with torch.no_grad():
+        for first in range(0, vocab, vocab_batch):
+            ids = torch.arange(first, min(first + vocab_batch, vocab), device=tokens_T.device)
+            x = tokens_T[None, :].expand(ids.numel(), -1)
+            y = ids[:, None].expand(-1, tokens_T.numel())
+            totals += torch.exp(-model(x, y, reduction="none").double()).sum(dim=0).cpu()
+    worst = float((totals - 1).abs().max())
+    passed = worst <= tolerance
+    return ComplianceResult("normalization", passed, [] if passed else [f"probabilities sum to 1 +- {worst:.2e}"])
