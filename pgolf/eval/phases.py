@@ -1,0 +1,78 @@
+"""The evaluation phases after the artifact round trip, each timed against the evaluation budget.
+
+The quantized model is scored by the plain evaluator (the run does that as its round trip); then,
+when enabled, by sliding windows (SPEC 4.12) and by score-first TTT (SPEC 4.13) on a fresh copy of the
+artifact's model. Every phase is timed with the device synchronised, and the report states the total
+against ``EVAL_BUDGET_SECONDS``. The times are this machine's: ``speedup_needed_to_fit`` says how many
+times faster the evaluating machine must be (1 or less: it fits here already). Divide by the measured
+speed ratio between this machine and 8xH100 (``bench/``) to project the reference time.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from pgolf.config import Config
+from pgolf.data.tokenizer import ByteTables
+from pgolf.dist import DistContext
+from pgolf.eval.bpb import EvalSums
+from pgolf.eval.sliding import evaluate_sliding_bpb
+from pgolf.eval.ttt import TTTObserver, evaluate_ttt_bpb
+
+
+@dataclass(frozen=True)
+class EvalPhase:
+    label: str
+    sums: EvalSums
+    seconds: float
+
+    def log_line(self) -> str:
+        return (f"{self.label} val_loss:{self.sums.val_loss:.8f} val_bpb:{self.sums.val_bpb:.8f} "
+                f"eval_time:{self.seconds * 1000:.0f}ms")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_phase(label: str, device: torch.device, score: Callable[[], EvalSums]) -> EvalPhase:
+    """Run ``score`` with the device synchronised before and after, so the time is the phase's own."""
+    synchronize(device)
+    started = time.perf_counter()
+    sums = score()
+    synchronize(device)
+    return EvalPhase(label, sums, time.perf_counter() - started)
+
+
+def evaluation_window(cfg: Config) -> int:
+    return cfg.eval.eval_seq_len or cfg.train.train_seq_len
+
+
+def extra_evaluation_phases(cfg: Config, ctx: DistContext, val_tokens: torch.Tensor, byte_tables: ByteTables,
+                            quantized_model: torch.nn.Module, fresh_quantized_model: Callable[[], torch.nn.Module],
+                            observer: TTTObserver | None = None) -> list[EvalPhase]:
+    """The sliding-window and TTT phases that ``cfg`` enables (possibly none)."""
+    window = evaluation_window(cfg)
+    common = dict(window=window, stride=cfg.eval.eval_stride, batch_windows=cfg.eval.eval_batch_windows,
+                  byte_tables=byte_tables, device=ctx.device, rank=ctx.rank, world_size=ctx.world_size)
+    phases = []
+    if cfg.eval.sliding_window_enabled:
+        phases.append(timed_phase("quantized_sliding_window", ctx.device,
+                                  lambda: evaluate_sliding_bpb(quantized_model, val_tokens, **common)))
+    if cfg.ttt.ttt_enabled:
+        # TTT changes the weights it adapts: it gets its own freshly loaded copy of the artifact.
+        model = fresh_quantized_model()
+        phases.append(timed_phase("quantized_ttt", ctx.device,
+                                  lambda: evaluate_ttt_bpb(model, val_tokens, cfg.ttt, observer=observer, **common)))
+    return phases
+
+
+def evaluation_budget(phases: list[EvalPhase], budget_seconds: float) -> dict:
+    """Seconds per phase, their total, and whether it fits the budget on this machine."""
+    total = sum(phase.seconds for phase in phases)
+    return {"phases": {phase.label: round(phase.seconds, 3) for phase in phases}, "total_seconds": round(total, 3),
+            "budget_seconds": budget_seconds, "fits_on_this_machine": total <= budget_seconds,
+            "speedup_needed_to_fit": round(total / budget_seconds, 3) if budget_seconds > 0 else None}
