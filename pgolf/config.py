@@ -372,6 +372,12 @@ def _record_feature_problems(m: ModelConfig) -> list[str]:
                         f"index in [0, {m.num_layers})")
     if m.rope_train_seq_len < 0:
         problems.append(f"ROPE_TRAIN_SEQ_LEN={m.rope_train_seq_len} must be >= 0 (0 = no NTK rescale)")
+    elif m.rope_train_seq_len > 0 and (m.rope_dims or head_dim) <= 2:
+        problems.append("ROPE_TRAIN_SEQ_LEN > 0 needs more than 2 rotated dims (the NTK exponent rd/(rd-2)); "
+                        "raise ROPE_DIMS or set ROPE_TRAIN_SEQ_LEN=0")
+    if m.attn_out_gate in ("attn_out", "sparse") and m.model_dim < 12:
+        problems.append(f"ATTN_OUT_GATE={m.attn_out_gate} reads the first 12 channels; MODEL_DIM={m.model_dim} is "
+                        "too small (use ATTN_OUT_GATE=gated or none)")
     return problems
 
 
