@@ -1,9 +1,12 @@
-"""The GPT skeleton. Read ``GPT.forward`` top to bottom: it is the whole model.
+"""The GPT skeleton. Read ``GPT.forward_hidden`` top to bottom: it is the whole model.
 
-embed -> RMS norm -> U-Net layer schedule (encoder outputs pushed, popped into the decoder with learned
-skip weights) -> final norm -> head (tied to the embedding by default) -> soft cap -> cross-entropy.
-Every constant comes from SPEC 2.4-2.5. Optional features (later) are constructed or ``None`` in
-``__init__`` and get exactly one guarded line in ``forward``.
+embed -> input features (SmearGate) -> RMS norm -> U-Net layer schedule (encoder outputs pushed, popped
+into the decoder with learned skip weights, optionally gated) -> optional two-lane parallel decoder ->
+final norm -> head (tied to the embedding by default) -> soft cap -> cross-entropy.
+
+Baseline constants come from SPEC 2.4-2.5, the record stack from SPEC 4.4-4.5 and 5.1/5.4. Every
+optional feature is constructed or ``None`` in ``__init__`` and gets one guarded line in the forward;
+per-layer topology (depth recurrence, U-Net pairs, where the lanes start) is data from ``schedule.py``.
 """
 
 import torch
@@ -11,35 +14,100 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgolf.config import ModelConfig
+from pgolf.errors import ConfigError
 from pgolf.model.block import Block
+from pgolf.model.features.parallel_lanes import (
+    merge_lanes,
+    new_parallel_post_lambdas,
+    new_parallel_resid_lambdas,
+    two_lane_block,
+)
+from pgolf.model.features.smear_gate import SmearGate
 from pgolf.model.layers import CastedLinear, RMSNorm
-from pgolf.model.schedule import unet_layer_schedule
+from pgolf.model.schedule import LayerSchedule, build_layer_schedule, max_num_skip
 
 
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.schedule = unet_layer_schedule(cfg.num_layers)
+        # Layer order with depth recurrence off (False) and on (True); identical when NUM_LOOPS=0.
+        self.schedules = {looping: build_layer_schedule(cfg, looping) for looping in (False, True)}
+        # A plain bool, so torch.compile guards on it and both graphs can be primed (SPEC 4.8).
+        self.looping = False
+        num_skip = max_num_skip(list(self.schedules.values()))
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
         nn.init.normal_(self.tok_emb.weight, mean=0.0, std=cfg.tied_embed_init_std)
         self.blocks = nn.ModuleList(Block(cfg, layer_index) for layer_index in range(cfg.num_layers))
-        self.skip_weights = nn.Parameter(torch.ones(self.schedule.num_skip, cfg.model_dim))
+        self.skip_weights = nn.Parameter(torch.ones(num_skip, cfg.model_dim))
         self.final_norm = RMSNorm()
         self.lm_head = None if cfg.tie_embeddings else CastedLinear(cfg.model_dim, cfg.vocab_size, zero_init=True)
+        if cfg.ortho_init:
+            orthogonal_init_(self)
+        # Optional features, built after the shared weights so that switching one on leaves every
+        # other initial weight (same seed) unchanged: paired on/off comparisons start from one model.
+        self.skip_gates = nn.Parameter(torch.zeros(num_skip, cfg.model_dim)) if cfg.skip_gates_enabled else None
+        self.smear_gate = SmearGate(cfg.model_dim, cfg.bos_token_id) if cfg.smear_gate_enabled else None
+        two_lane = cfg.parallel_residual_mode == "two_lane" and cfg.parallel_residual_start >= 0
+        self.parallel_resid_lambdas = new_parallel_resid_lambdas(cfg.num_layers) if two_lane else None
+        self.parallel_post_lambdas = new_parallel_post_lambdas(cfg.num_layers) if two_lane else None
+
+    @property
+    def supports_looping(self) -> bool:
+        """Whether depth recurrence is configured (NUM_LOOPS > 0)."""
+        return self.cfg.num_loops > 0
+
+    def set_looping(self, enabled: bool) -> None:
+        """Switch depth recurrence on or off; the parameters stay the same, only the layer order changes."""
+        if enabled and not self.supports_looping:
+            raise ConfigError(
+                "depth recurrence was switched on but NUM_LOOPS=0; set NUM_LOOPS > 0 (with LOOP_START and "
+                "LOOP_END) or leave ENABLE_LOOPING_AT unused."
+            )
+        self.looping = bool(enabled)
+
+    @property
+    def layer_schedule(self) -> LayerSchedule:
+        """The layer order the next forward runs."""
+        return self.schedules[self.looping]
+
+    def merge_skip(self, x: torch.Tensor, skip: torch.Tensor, position: int) -> torch.Tensor:
+        """U-Net skip into decoder ``position``: added (baseline), or a sigmoid-gated lerp (SPEC 4.4 step 3)."""
+        weighted = self.skip_weights[position].to(x.dtype) * skip
+        if self.skip_gates is None:
+            return x + weighted
+        gate = torch.sigmoid(self.skip_gates[position].to(x.dtype))
+        return gate * x + (1 - gate) * weighted
+
+    def two_lane_decoder(self, x: torch.Tensor, x0: torch.Tensor, skips: list[torch.Tensor], schedule: LayerSchedule) -> torch.Tensor:
+        """Decoder positions from ``schedule.lane_start`` on, as two lanes (SPEC 5.1); returns their mean."""
+        lanes = (x, x)
+        for position in range(schedule.lane_start, len(schedule.decoder)):
+            layer = schedule.decoder[position]
+            if skips:  # skips go into the attention lane
+                lanes = (self.merge_skip(lanes[0], skips.pop(), position), lanes[1])
+            lanes = two_lane_block(self.blocks[layer], lanes, x0, self.parallel_resid_lambdas[layer],
+                                   self.parallel_post_lambdas[layer])
+        return merge_lanes(lanes)
 
     def forward_hidden(self, input_ids_BT: torch.Tensor) -> torch.Tensor:
         """Final-normed hidden states (B, T, D)."""
-        x = F.rms_norm(self.tok_emb(input_ids_BT), (self.cfg.model_dim,))
+        x = self.tok_emb(input_ids_BT)
+        if self.smear_gate is not None:  # SmearGate: blend in the previous token's embedding, never across BOS
+            x = self.smear_gate(x, input_ids_BT)
+        x = F.rms_norm(x, (self.cfg.model_dim,))
         x0 = x  # every block can mix the embedding back in (resid_mix)
+        schedule = self.schedules[self.looping]  # depth recurrence changes only this layer order
         skips: list[torch.Tensor] = []
-        for layer in self.schedule.encoder:
+        for layer in schedule.encoder:
             x = self.blocks[layer](x, x0)
             skips.append(x)
-        for j, layer in enumerate(self.schedule.decoder):
-            if j < self.schedule.num_skip and skips:  # U-Net: LIFO, last encoder output feeds first decoder
-                x = x + self.skip_weights[j].to(x.dtype) * skips.pop()
-            x = self.blocks[layer](x, x0)
+        for position in range(schedule.lane_start):
+            if skips:  # U-Net: LIFO, the last encoder output feeds the first decoder position
+                x = self.merge_skip(x, skips.pop(), position)
+            x = self.blocks[schedule.decoder[position]](x, x0)
+        if schedule.lane_start < len(schedule.decoder):  # two-lane parallel decoder for the remaining positions
+            x = self.two_lane_decoder(x, x0, skips, schedule)
         return self.final_norm(x)
 
     def forward_logits(self, input_ids_BT: torch.Tensor) -> torch.Tensor:
@@ -55,6 +123,17 @@ class GPT(nn.Module):
         logits = self.forward_logits(input_ids_BT)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target_ids_BT.reshape(-1), reduction=reduction)
         return loss.view_as(target_ids_BT) if reduction == "none" else loss
+
+
+def orthogonal_init_(model: nn.Module) -> None:
+    """Orthogonal init (gain 1) of every non-zero-init linear with both dims >= 64 (SPEC 4.5).
+
+    Runs once at construction, in ``modules()`` order, from the global RNG the caller seeded. Small
+    linears (gates) and the zero-init output projections keep their init.
+    """
+    for module in model.modules():
+        if isinstance(module, CastedLinear) and not module.zero_init and min(module.weight.shape) >= 64:
+            nn.init.orthogonal_(module.weight)
 
 
 def count_parameters(model: nn.Module) -> int:
