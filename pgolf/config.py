@@ -375,6 +375,8 @@ def _record_feature_problems(m: ModelConfig) -> list[str]:
     elif m.rope_train_seq_len > 0 and (m.rope_dims or head_dim) <= 2:
         problems.append("ROPE_TRAIN_SEQ_LEN > 0 needs more than 2 rotated dims (the NTK exponent rd/(rd-2)); "
                         "raise ROPE_DIMS or set ROPE_TRAIN_SEQ_LEN=0")
+    if m.smear_gate_enabled and m.model_dim < 12:
+        problems.append(f"SMEAR_GATE_ENABLED reads the first 12 channels; MODEL_DIM={m.model_dim} is too small")
     if m.attn_out_gate in ("attn_out", "sparse") and m.model_dim < 12:
         problems.append(f"ATTN_OUT_GATE={m.attn_out_gate} reads the first 12 channels; MODEL_DIM={m.model_dim} is "
                         "too small (use ATTN_OUT_GATE=gated or none)")
