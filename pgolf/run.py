@@ -23,6 +23,7 @@ from pgolf.artifact.size import (ARTIFACT_CAP_BYTES, SizeReport, check_artifact_
 from pgolf.config import Config, config_differences, config_to_json, flatten_config, validate_config
 from pgolf.data.loader import DistributedTokenLoader, assert_disjoint_splits, load_validation_tokens
 from pgolf.data.shards import find_shards
+from pgolf.data.shuffled import ShuffledSequenceLoader
 from pgolf.data.tokenizer import ByteTables, build_byte_tables, check_tokenizer_vocab, load_sentencepiece
 from pgolf.dist import DistContext, barrier, broadcast_object_from_main, init_distributed, shutdown_distributed
 from pgolf.errors import ConfigError
@@ -32,7 +33,10 @@ from pgolf.log import RunLogger
 from pgolf.model.gpt import GPT, build_model, count_parameters
 from pgolf.optim.build import build_optimizers
 from pgolf.provenance import environment_summary, pgolf_code_hash
-from pgolf.train.loop import TrainingParts, train_model
+from pgolf.train.loop import TrainingBatches, TrainingParts, train_model
+
+# TRAIN_LOADER -> training loader class (same constructor and interface).
+TRAIN_LOADERS = {"sequential": DistributedTokenLoader, "shuffled": ShuffledSequenceLoader}
 
 
 @dataclass
@@ -113,10 +117,21 @@ def log_header(logger: RunLogger, cfg: Config, preset_name: str, preset_cfg: Con
                 f"matrix_lr:{o.matrix_lr} scalar_lr:{o.scalar_lr}")
     logger.line(f"train_batch_tokens:{t.train_batch_tokens} train_seq_len:{t.train_seq_len} iterations:{t.iterations} "
                 f"warmup_steps:{t.warmup_steps} max_wallclock_seconds:{t.max_wallclock_seconds:.3f}")
+    logger.line(f"muon_row_normalize:{o.muon_row_normalize} muon_ns_coefficients:{o.muon_ns_coefficients} "
+                f"muon_wd:{o.muon_wd} adam_wd:{o.adam_wd} embed_wd:{o.embed_wd} grad_clip_norm:{o.grad_clip_norm}")
+    logger.line(f"loader:{t.train_loader} warmdown_frac:{t.warmdown_frac} min_lr:{t.min_lr} "
+                f"enable_looping_at:{t.enable_looping_at} ema_decay:{t.ema_decay} ema_start_step:{t.ema_start_step} "
+                f"gptq_reserve_seconds:{t.gptq_reserve_seconds}")
     logger.line(f"seed:{t.seed}")
     logger.event("header", preset=preset_name, code_hash=code_hash, env=env, config=flatten_config(cfg),
                  model_params=count_parameters(model))
     return {"code_hash": code_hash, "env": env}
+
+
+def build_train_loader(cfg: Config, ctx: DistContext, train_files: list[Path]) -> TrainingBatches:
+    """The loader TRAIN_LOADER names: the baseline's sequential stream or the record's shuffled sequences."""
+    loader_class = TRAIN_LOADERS[cfg.train.train_loader]
+    return loader_class(train_files, ctx.rank, ctx.world_size, ctx.device, vocab_size=cfg.model.vocab_size)
 
 
 def wrap_for_training(model: GPT, cfg: Config, ctx: DistContext) -> torch.nn.Module:
@@ -190,8 +205,7 @@ def _run_pipeline(cfg: Config, preset_name: str, preset_cfg: Config | None, ctx:
     model = build_model(cfg.model, ctx.device)
     header = log_header(logger, cfg, preset_name, preset_cfg, ctx, data, model)
     evaluate = make_evaluator(cfg, ctx, data)
-    loader = DistributedTokenLoader(data.train_files, ctx.rank, ctx.world_size, ctx.device,
-                                    vocab_size=cfg.model.vocab_size)
+    loader = build_train_loader(cfg, ctx, data.train_files)
     optimizers = build_optimizers(model, cfg.optim, tie_embeddings=cfg.model.tie_embeddings,
                                   control_patterns=cfg.model.control_tensor_name_patterns,
                                   rank=ctx.rank, world_size=ctx.world_size)
@@ -202,6 +216,7 @@ def _run_pipeline(cfg: Config, preset_name: str, preset_cfg: Config | None, ctx:
         logger.line(f"step:{step}/{cfg.train.iterations} val_loss:{sums.val_loss:.4f} val_bpb:{sums.val_bpb:.4f}")
         logger.event("val", step=step, seconds=seconds, **sums.as_dict())
 
+    # With EMA_DECAY > 0 the model comes back holding the EMA weights: everything below uses them.
     outcome = train_model(parts, cfg.train, cfg.optim, ctx, logger, validate_during_training)
     logger.line(f"train_done steps:{outcome.steps} train_time:{outcome.train_seconds * 1000:.0f}ms "
                 f"tokens_per_s:{outcome.tokens_per_second:.0f} stopped_by:{outcome.stopped_by}")
@@ -233,6 +248,8 @@ def build_report(cfg, preset_name, run_dir, model, outcome, prequant, roundtrip,
         "train_seconds": outcome.train_seconds,
         "tokens_per_second": outcome.tokens_per_second,
         "stopped_by": outcome.stopped_by,
+        "looping_enabled_step": outcome.looping_enabled_step,
+        "ema_applied": outcome.ema_applied,
         "val_loss": roundtrip.val_loss,
         "val_bpb": roundtrip.val_bpb,
         "val_loss_prequant": prequant.val_loss,

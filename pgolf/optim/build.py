@@ -1,14 +1,17 @@
 """Build the optimizers of SPEC 2.6 from the model and the ``optim`` config section.
 
-| group  | optimizer | base LR                                        |
-|--------|-----------|------------------------------------------------|
-| token  | Adam      | ``tied_embed_lr`` if tied else ``embed_lr``    |
-| head   | Adam      | ``head_lr`` (untied only)                      |
-| matrix | Muon      | ``matrix_lr``                                  |
-| scalar | Adam      | ``scalar_lr``                                  |
+| group  | optimizer                  | base LR                                     | weight decay |
+|--------|----------------------------|---------------------------------------------|--------------|
+| token  | Adam, AdamW if decay > 0   | ``tied_embed_lr`` if tied else ``embed_lr`` | ``embed_wd`` |
+| head   | Adam                       | ``head_lr`` (untied only)                   | none         |
+| matrix | Muon                       | ``matrix_lr``                               | ``muon_wd``  |
+| scalar | Adam, AdamW if decay > 0   | ``scalar_lr``                               | ``adam_wd``  |
 
-Adam uses betas ``(beta1, beta2)``, ``adam_eps`` and no weight decay. Every param group records its
-``base_lr`` (and ``group_name``), so the training loop applies the schedule with
+Adam uses betas ``(beta1, beta2)`` and ``adam_eps``. Every decay is decoupled and scaled by the
+group's scheduled LR (``p *= 1 - lr * wd``, SPEC 4.6); with a decay of 0 the group is plain Adam, as
+in the baseline, so the default numerics do not move. Muon gets MuonEq-R (``muon_row_normalize``) and
+its Newton-Schulz coefficients (``muon_ns_coefficients``) from the same section. Every param group
+records its ``base_lr`` (and ``group_name``), so the training loop applies the schedule with
 ``apply_lr_and_momentum`` as ``lr = base_lr * multiplier``.
 """
 
@@ -19,19 +22,24 @@ import torch
 from torch import nn
 
 from pgolf.optim.groups import GroupMembers, assign_parameter_groups
-from pgolf.optim.muon import Muon, OrthogonalizeFn, zeropower_via_newton_schulz
+from pgolf.optim.muon import Muon, OrthogonalizeFn, orthogonalizer_for
 
 
-def _make_group_adam(group_name: str, members: GroupMembers, lr: float, optim_cfg: Any) -> torch.optim.Adam:
+def _make_group_adam(
+    group_name: str, members: GroupMembers, lr: float, optim_cfg: Any, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
+    """Adam for one group; AdamW (decoupled decay) when ``weight_decay > 0``."""
     params = [p for _, p in members]
     # The fused kernel is a CUDA win; elsewhere the plain implementation is the portable choice.
     fused = all(p.is_cuda for p in params)
     param_group = {"params": params, "lr": lr, "base_lr": lr, "group_name": group_name}
-    return torch.optim.Adam(
+    # Plain Adam at zero decay keeps the baseline's exact code path (and numerics).
+    optimizer_class = torch.optim.AdamW if weight_decay > 0 else torch.optim.Adam
+    return optimizer_class(
         [param_group],
         betas=(optim_cfg.beta1, optim_cfg.beta2),
         eps=optim_cfg.adam_eps,
-        weight_decay=0.0,
+        weight_decay=weight_decay,
         fused=fused,
     )
 
@@ -50,11 +58,14 @@ def build_optimizers(
 
     ``optim_cfg`` is the ``OptimConfig`` section (any object with its field names works).
     ``rank``/``world_size`` tell Muon which matrices this process orthogonalises. ``orthogonalize``
-    replaces ``zeropower_via_newton_schulz`` (pass the ``torch.compile``d version on GPU).
+    replaces the Newton-Schulz function chosen by ``muon_ns_coefficients`` (pass
+    ``torch.compile(orthogonalizer_for(name))`` on GPU).
     """
     groups = assign_parameter_groups(model, tie_embeddings=tie_embeddings, control_patterns=control_patterns)
     token_lr = optim_cfg.tied_embed_lr if tie_embeddings else optim_cfg.embed_lr
-    optimizers: list[torch.optim.Optimizer] = [_make_group_adam("token", groups["token"], token_lr, optim_cfg)]
+    optimizers: list[torch.optim.Optimizer] = [
+        _make_group_adam("token", groups["token"], token_lr, optim_cfg, optim_cfg.embed_wd)
+    ]
     if groups["head"]:
         optimizers.append(_make_group_adam("head", groups["head"], optim_cfg.head_lr, optim_cfg))
     if groups["matrix"]:
@@ -70,13 +81,17 @@ def build_optimizers(
                 lr=optim_cfg.matrix_lr,
                 momentum=optim_cfg.muon_momentum,
                 backend_steps=optim_cfg.muon_backend_steps,
+                row_normalize=optim_cfg.muon_row_normalize,
+                weight_decay=optim_cfg.muon_wd,
                 rank=rank,
                 world_size=world_size,
-                orthogonalize=orthogonalize or zeropower_via_newton_schulz,
+                orthogonalize=orthogonalize or orthogonalizer_for(optim_cfg.muon_ns_coefficients),
             )
         )
     if groups["scalar"]:
-        optimizers.append(_make_group_adam("scalar", groups["scalar"], optim_cfg.scalar_lr, optim_cfg))
+        optimizers.append(
+            _make_group_adam("scalar", groups["scalar"], optim_cfg.scalar_lr, optim_cfg, optim_cfg.adam_wd)
+        )
     return optimizers
 
 

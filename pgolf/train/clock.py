@@ -1,13 +1,35 @@
-"""The training clock: counts only training time, pauses around validation, agreed across ranks."""
+"""The training clock: counts only training time, pauses around validation, agreed across ranks.
+
+The budget it runs against is ``MAX_WALLCLOCK_SECONDS - GPTQ_RESERVE_SECONDS`` (SPEC 4.7): GPTQ reads
+training data for its Hessians, so that time is carved out of the training budget.
+"""
 
 import time
 
 import torch
 
+from pgolf.errors import ConfigError
+
 
 def synchronize_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def effective_training_budget(max_wallclock_seconds: float, gptq_reserve_seconds: float) -> float:
+    """Seconds of training: the wall-clock cap less the GPTQ reserve; 0 (no cap) stays 0.
+
+    Schedules measure progress against this budget, so warm-down and the other progress-driven
+    switches complete before the reserve starts.
+    """
+    if max_wallclock_seconds <= 0:
+        return 0.0
+    if not 0 <= gptq_reserve_seconds < max_wallclock_seconds:
+        raise ConfigError(
+            f"GPTQ_RESERVE_SECONDS={gptq_reserve_seconds} must be >= 0 and less than "
+            f"MAX_WALLCLOCK_SECONDS={max_wallclock_seconds}; lower the reserve or raise the cap."
+        )
+    return max_wallclock_seconds - gptq_reserve_seconds
 
 
 class TrainingClock:

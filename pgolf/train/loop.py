@@ -1,28 +1,31 @@
 """The training loop: a plain function over a model, its optimizers and a loader.
 
 Schedules are pure functions of progress (elapsed / budget, or step / iterations without a wall-clock
-cap), so warmdown fires at the same fraction of the run on any hardware. Compile priming runs before the
-clock and is undone afterwards. Validation during training is off the clock. Every rank stops at the
-same step: the over-budget flag is agreed with a MAX all-reduce.
+cap), so warmdown, the depth-recurrence switch and the other progress-driven events fire at the same
+fraction of the run on any hardware. The budget is the wall-clock cap less the GPTQ reserve. Compile
+priming (of both graph variants when the model can loop) runs before the clock and is undone
+afterwards. Validation during training is off the clock. Every rank stops at the same step: the
+over-budget flag is agreed with a MAX all-reduce, and so is the looping switch. With EMA_DECAY > 0 the
+model leaves training holding the EMA weights.
 """
 
 import copy
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 
 from pgolf.config import OptimConfig, TrainConfig
-from pgolf.data.loader import DistributedTokenLoader
 from pgolf.dist import DistContext, all_ranks_agree_any, all_reduce_sum_
 from pgolf.errors import TrainingError
 from pgolf.eval.bpb import autocast_context
 from pgolf.log import ProgressBar, RunLogger
 from pgolf.optim.build import apply_lr_and_momentum
 from pgolf.optim.schedules import lr_multiplier_at, muon_momentum_at, training_progress
-from pgolf.train.clock import TrainingClock
+from pgolf.train.clock import TrainingClock, effective_training_budget
+from pgolf.train.ema import WeightEMA
 
 
 @dataclass(frozen=True)
@@ -32,20 +35,35 @@ class TrainOutcome:
     tokens_seen: int
     last_train_loss: float
     stopped_by: str  # "wallclock" or "iterations"
+    looping_enabled_step: int | None = None  # step at which depth recurrence switched on, if it did
+    ema_applied: bool = False
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens_seen / max(self.train_seconds, 1e-9)
 
 
+class TrainingBatches(Protocol):
+    """What the loop needs from a training loader (``DistributedTokenLoader``, ``ShuffledSequenceLoader``)."""
+
+    def next_batch(self, global_tokens: int, seq_len: int,
+                   grad_accum_steps: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def reset(self) -> None: ...
+
+
 @dataclass
 class TrainingParts:
-    """What one optimizer step needs. ``forward_model`` may be compiled and/or DDP-wrapped."""
+    """What one optimizer step needs. ``forward_model`` may be compiled and/or DDP-wrapped.
+
+    ``model`` may offer depth recurrence: a ``supports_looping`` property, a ``looping`` attribute and
+    ``set_looping(enabled)``; models without them simply never loop.
+    """
 
     model: torch.nn.Module
     forward_model: torch.nn.Module
     optimizers: list[torch.optim.Optimizer]
-    loader: DistributedTokenLoader
+    loader: TrainingBatches
 
 
 def run_training_step(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfig, ctx: DistContext,
@@ -67,6 +85,7 @@ def run_training_step(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimCo
         total_loss += loss.detach().float()
     apply_lr_and_momentum(parts.optimizers, lr_mult=lr_mult, muon_momentum=muon_momentum)
     if optim_cfg.grad_clip_norm > 0:
+        # One global norm over every parameter of the model (all groups together), as in SPEC 2.7/4.6.
         torch.nn.utils.clip_grad_norm_(parts.model.parameters(), optim_cfg.grad_clip_norm)
     for opt in parts.optimizers:
         opt.step()
@@ -78,73 +97,132 @@ def _momentum_for(step: int, optim_cfg: OptimConfig) -> float:
                             warmup_steps=optim_cfg.muon_momentum_warmup_steps)
 
 
+def model_supports_looping(model: torch.nn.Module) -> bool:
+    """True if ``model`` has a depth-recurrence switch that is configured on (NUM_LOOPS > 0)."""
+    return bool(getattr(model, "supports_looping", False))
+
+
+def _priming_steps(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfig, ctx: DistContext,
+                   logger: RunLogger, label: str) -> None:
+    for step in range(cfg.warmup_steps):
+        run_training_step(parts, cfg, optim_cfg, ctx, lr_mult=1.0, muon_momentum=_momentum_for(0, optim_cfg))
+        logger.line(f"{label}{step + 1}/{cfg.warmup_steps}")
+
+
 def prime_compiled_graphs(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfig, ctx: DistContext,
                           logger: RunLogger) -> None:
     """Run ``warmup_steps`` real steps to trigger compilation, then restore the initial state exactly.
 
-    Model weights, optimizer state and the loader position all go back to where they were, so the timed
-    run starts from the same state as an unprimed one.
+    A model that can loop is primed twice (SPEC 4.8): ``warmup_steps`` with looping off, then as many
+    with looping on, so the mid-run switch finds its graph compiled. Afterwards looping is back to
+    its previous state (off) and model weights, optimizer state and the loader position all go back
+    to where they were, so the timed run starts from the same state as an unprimed one.
     """
     if cfg.warmup_steps <= 0:
         return
     model_state = copy.deepcopy(parts.model.state_dict())
     optimizer_states = [copy.deepcopy(opt.state_dict()) for opt in parts.optimizers]
-    for step in range(cfg.warmup_steps):
-        run_training_step(parts, cfg, optim_cfg, ctx, lr_mult=1.0, muon_momentum=_momentum_for(0, optim_cfg))
-        logger.line(f"warmup_step:{step + 1}/{cfg.warmup_steps}")
+    _priming_steps(parts, cfg, optim_cfg, ctx, logger, "warmup_step:")
+    if model_supports_looping(parts.model):
+        was_looping = bool(parts.model.looping)
+        parts.model.set_looping(True)
+        logger.line(f"loop_warmup:enabled steps:{cfg.warmup_steps}")
+        _priming_steps(parts, cfg, optim_cfg, ctx, logger, "loop_warmup_step: ")
+        parts.model.set_looping(was_looping)
     parts.model.load_state_dict(model_state)
     for opt, state in zip(parts.optimizers, optimizer_states):
         opt.load_state_dict(state)
     parts.loader.reset()
 
 
+def switch_on_looping_if_due(parts: TrainingParts, cfg: TrainConfig, ctx: DistContext, logger: RunLogger,
+                             *, progress: float, step: int) -> bool:
+    """Turn depth recurrence on, once and for good, when progress reaches ``enable_looping_at``.
+
+    Returns True on the step it switches. Progress comes from each rank's own clock, so the decision is
+    agreed across ranks (any rank due = all switch), keeping every rank on the same graph.
+    """
+    model = parts.model
+    if not model_supports_looping(model) or model.looping:
+        return False
+    if not all_ranks_agree_any(progress >= cfg.enable_looping_at, ctx.device):
+        return False
+    model.set_looping(True)
+    logger.line(f"layer_loop:enabled step:{step} frac:{progress:.3f}")
+    logger.event("layer_loop", step=step, progress=progress)
+    return True
+
+
 def _should_log(step: int, cfg: TrainConfig) -> bool:
     return step <= 10 or (cfg.train_log_every > 0 and step % cfg.train_log_every == 0)
 
 
+def _mean_loss_or_raise(loss: torch.Tensor, ctx: DistContext, clock: TrainingClock, step: int,
+                        last_finite_loss: float) -> float:
+    """The mean over all ranks: the log shows the global loss, and a non-finite loss stops every rank."""
+    loss_value = all_reduce_sum_(loss.detach().clone()).item() / ctx.world_size
+    if not math.isfinite(loss_value):
+        clock.pause()
+        raise TrainingError(
+            f"training loss became {loss_value} at step {step} (last finite loss {last_finite_loss:.4f}). "
+            "Lower the learning rates (MATRIX_LR, SCALAR_LR, TIED_EMBED_LR) or set GRAD_CLIP_NORM; "
+            "the log so far is kept in the run directory."
+        )
+    return loss_value
+
+
+def _start_budget(cfg: TrainConfig, logger: RunLogger) -> float:
+    """The effective training budget in seconds (0 = none), logged when a GPTQ reserve shortens it."""
+    budget = effective_training_budget(cfg.max_wallclock_seconds, cfg.gptq_reserve_seconds)
+    if budget > 0 and cfg.gptq_reserve_seconds > 0:
+        logger.line(f"gptq:reserving {cfg.gptq_reserve_seconds:g}s, effective={budget * 1000:.0f}ms")
+    return budget
+
+
 def train_model(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfig, ctx: DistContext,
                 logger: RunLogger, validate: Callable[[int], None] | None = None) -> TrainOutcome:
-    """Train until ``ITERATIONS`` or the wall-clock budget, whichever comes first."""
+    """Train until ``ITERATIONS`` or the effective wall-clock budget, whichever comes first."""
     prime_compiled_graphs(parts, cfg, optim_cfg, ctx, logger)
-    clock = TrainingClock(ctx.device, cfg.max_wallclock_seconds)
-    bar = ProgressBar("train", cfg.max_wallclock_seconds if cfg.max_wallclock_seconds > 0 else cfg.iterations,
-                      enabled=ctx.is_main)
-    step, last_finite_loss, stopped_by = 0, float("nan"), "iterations"
+    budget = _start_budget(cfg, logger)
+    # Built from the restored initial weights, after priming, before the clock starts.
+    ema = WeightEMA(parts.model, cfg.ema_decay, cfg.ema_start_step) if cfg.ema_decay > 0 else None
+    clock = TrainingClock(ctx.device, budget)
+    bar = ProgressBar("train", budget if budget > 0 else cfg.iterations, enabled=ctx.is_main)
+    step, last_finite_loss, stopped_by, looping_step = 0, float("nan"), "iterations", None
     clock.resume()
     while step < cfg.iterations:
         if validate is not None and cfg.val_loss_every > 0 and step % cfg.val_loss_every == 0:
             clock.pause()
             validate(step)
             clock.resume()
-        progress = training_progress(elapsed_seconds=clock.elapsed_seconds, budget_seconds=cfg.max_wallclock_seconds,
+        progress = training_progress(elapsed_seconds=clock.elapsed_seconds, budget_seconds=budget,
                                      step=step, iterations=cfg.iterations)
-        loss = run_training_step(parts, cfg, optim_cfg, ctx, lr_mult=lr_multiplier_at(progress, warmdown_frac=cfg.warmdown_frac),
+        if switch_on_looping_if_due(parts, cfg, ctx, logger, progress=progress, step=step):
+            looping_step = step
+        lr_mult = lr_multiplier_at(progress, warmdown_frac=cfg.warmdown_frac, min_lr=cfg.min_lr)
+        loss = run_training_step(parts, cfg, optim_cfg, ctx, lr_mult=lr_mult,
                                  muon_momentum=_momentum_for(step, optim_cfg))
         step += 1
-        # The mean over all ranks: the log shows the global loss, and a non-finite loss stops every rank.
-        loss_value = all_reduce_sum_(loss.detach().clone()).item() / ctx.world_size
-        if not math.isfinite(loss_value):
-            clock.pause()
-            raise TrainingError(
-                f"training loss became {loss_value} at step {step} (last finite loss {last_finite_loss:.4f}). "
-                "Lower the learning rates (MATRIX_LR, SCALAR_LR, TIED_EMBED_LR) or set GRAD_CLIP_NORM; "
-                "the log so far is kept in the run directory."
-            )
-        last_finite_loss = loss_value
+        if ema is not None:
+            ema.update(parts.model, step)
+        last_finite_loss = _mean_loss_or_raise(loss, ctx, clock, step, last_finite_loss)
         elapsed = clock.elapsed_seconds
         if _should_log(step, cfg):
-            logger.line(f"step:{step}/{cfg.iterations} train_loss:{loss_value:.4f} "
+            logger.line(f"step:{step}/{cfg.iterations} train_loss:{last_finite_loss:.4f} "
                         f"train_time:{elapsed * 1000:.0f}ms step_avg:{elapsed * 1000 / step:.2f}ms")
-            logger.event("train", step=step, train_loss=loss_value, train_seconds=elapsed,
-                         lr_mult=lr_multiplier_at(progress, warmdown_frac=cfg.warmdown_frac))
-        bar.update(elapsed if cfg.max_wallclock_seconds > 0 else step, f"step {step} loss {loss_value:.3f}")
+            logger.event("train", step=step, train_loss=last_finite_loss, train_seconds=elapsed, lr_mult=lr_mult)
+        bar.update(elapsed if budget > 0 else step, f"step {step} loss {last_finite_loss:.3f}")
         if all_ranks_agree_any(clock.over_budget, ctx.device):
             stopped_by = "wallclock"
             break
     clock.pause()
     bar.close()
     if stopped_by == "wallclock":
-        logger.line(f"stopping_early: wallclock_cap train_time:{clock.elapsed_seconds * 1000:.0f}ms step:{step}/{cfg.iterations}")
-    tokens = step * cfg.train_batch_tokens
-    return TrainOutcome(steps=step, train_seconds=clock.elapsed_seconds, tokens_seen=tokens,
-                        last_train_loss=last_finite_loss, stopped_by=stopped_by)
+        logger.line(f"stopping_early: wallclock_cap train_time:{clock.elapsed_seconds * 1000:.0f}ms "
+                    f"step:{step}/{cfg.iterations}")
+    if ema is not None:
+        logger.line("ema:applying EMA weights")
+        ema.apply_to(parts.model)
+    return TrainOutcome(steps=step, train_seconds=clock.elapsed_seconds, tokens_seen=step * cfg.train_batch_tokens,
+                        last_train_loss=last_finite_loss, stopped_by=stopped_by, looping_enabled_step=looping_step,
+                        ema_applied=ema is not None)

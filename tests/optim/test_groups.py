@@ -21,6 +21,7 @@ BASELINE_OPTIM = types.SimpleNamespace(
     embed_lr=0.6, head_lr=0.008, tied_embed_lr=0.05, matrix_lr=0.04, scalar_lr=0.04,
     muon_momentum=0.95, muon_backend_steps=5, muon_momentum_warmup_start=0.85,
     muon_momentum_warmup_steps=500, beta1=0.9, beta2=0.95, adam_eps=1e-8, grad_clip_norm=0.0,
+    muon_row_normalize=False, muon_ns_coefficients="quintic", muon_wd=0.0, adam_wd=0.0, embed_wd=0.0,
 )  # fmt: skip
 
 
