@@ -28,6 +28,7 @@ from pgolf.data.tokenizer import ByteTables, build_byte_tables, check_tokenizer_
 from pgolf.dist import DistContext, barrier, broadcast_object_from_main, init_distributed, shutdown_distributed
 from pgolf.errors import ConfigError
 from pgolf.eval.bpb import EvalSums, evaluate_bpb, uniform_guess_bpb
+from pgolf.eval.phases import EvalPhase, evaluation_budget, extra_evaluation_phases
 from pgolf.fsutil import write_bytes_atomic, write_text_atomic
 from pgolf.log import RunLogger
 from pgolf.model.gpt import GPT, build_model, count_parameters
@@ -160,8 +161,10 @@ def write_artifact(model: GPT, cfg: Config, run_dir: Path, logger: RunLogger) ->
     """Quantize, compress and save; also keep the full-precision weights for later re-quantization."""
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     write_bytes_atomic(run_dir / "final_weights.pgtc", pack_tensor_container(state, {"kind": "full_precision"}))
+    # The looping state travels with the weights: a looped model is evaluated looped (SPEC 4.11).
     blob = pack_model_artifact(state, keep_float_patterns=cfg.quant.int8_keep_float_fp32_name_patterns,
-                               compressor=cfg.quant.compressor, shuffle_stride=cfg.quant.byte_shuffle_stride)
+                               compressor=cfg.quant.compressor, shuffle_stride=cfg.quant.byte_shuffle_stride,
+                               extra_meta={"looping": bool(getattr(model, "looping", False))})
     artifact_path = save_artifact(run_dir / "artifact" / "final_model.int8.ptz", blob)
     code_bytes = source_bytes_of_modules(loaded_pgolf_modules())
     size = SizeReport(code_bytes=code_bytes, model_bytes=len(blob), cap=ARTIFACT_CAP_BYTES,
@@ -176,9 +179,12 @@ def write_artifact(model: GPT, cfg: Config, run_dir: Path, logger: RunLogger) ->
 
 
 def load_artifact_into_fresh_model(path: Path, cfg: Config, device: torch.device) -> GPT:
-    state, _meta = unpack_model_artifact(load_artifact_file(path))
+    """A new model holding the artifact's weights, in the layer schedule it was trained in last."""
+    state, meta = unpack_model_artifact(load_artifact_file(path))
     model = build_model(cfg.model, device)
     model.load_state_dict(state, strict=True)
+    if meta["extra"].get("looping"):
+        model.set_looping(True)
     return model
 
 
@@ -230,13 +236,35 @@ def _run_pipeline(cfg: Config, preset_name: str, preset_cfg: Config | None, ctx:
     roundtrip_model = load_artifact_into_fresh_model(artifact_path, cfg, ctx.device)
     roundtrip, roundtrip_seconds = timed(evaluate, roundtrip_model)
     log_eval(logger, f"final_int8_{cfg.quant.compressor}_roundtrip", roundtrip, roundtrip_seconds)
+    phases = extra_evaluation_phases(cfg, ctx, data.tokens, data.byte_tables, roundtrip_model,
+                                     lambda: load_artifact_into_fresh_model(artifact_path, cfg, ctx.device))
+    for phase in phases:
+        logger.line(phase.log_line())
+        logger.event("eval", label=phase.label, seconds=phase.seconds, **phase.sums.as_dict())
+    budget = evaluation_budget([EvalPhase("quantized", roundtrip, roundtrip_seconds), *phases],
+                               cfg.eval.eval_budget_seconds)
+    logger.line(f"eval_budget: total {budget['total_seconds']:.1f}s of {budget['budget_seconds']:.0f}s "
+                f"on this machine (speedup needed to fit: {budget['speedup_needed_to_fit']})")
 
     report = build_report(cfg, preset_name, run_dir, model, outcome, prequant, roundtrip, roundtrip_seconds, size, header)
+    report.update(final_evaluation_fields(phases, budget, roundtrip))
     if ctx.is_main:
         write_text_atomic(run_dir / "report.json", json.dumps(report, indent=2, sort_keys=True))
         logger.line(f"report: {run_dir / 'report.json'}")
         check_artifact_fits(size)
     return report
+
+
+def final_evaluation_fields(phases: list[EvalPhase], budget: dict, roundtrip: EvalSums) -> dict:
+    """Report fields of the sliding/TTT phases. ``val_bpb_final`` is the last phase's score (what the
+    records report), the round trip's when no extra phase ran."""
+    fields: dict = {"eval_budget": budget, "val_bpb_final": roundtrip.val_bpb, "val_bpb_final_label": "quantized"}
+    for phase in phases:
+        fields[f"val_bpb_{phase.label}"] = phase.sums.val_bpb
+        fields[f"val_loss_{phase.label}"] = phase.sums.val_loss
+    if phases:
+        fields.update(val_bpb_final=phases[-1].sums.val_bpb, val_bpb_final_label=phases[-1].label)
+    return fields
 
 
 def build_report(cfg, preset_name, run_dir, model, outcome, prequant, roundtrip, eval_seconds, size, header) -> dict:

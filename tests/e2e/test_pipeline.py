@@ -5,12 +5,14 @@ import json
 import math
 
 import pytest
+import torch
 
 from pgolf.cli import main as cli_main
 from pgolf.config import apply_config_overrides
 from pgolf.data.corpus import ensure_default_dataset
 from pgolf.errors import ArtifactError, ConfigError, TrainingError
 from pgolf.presets import tiny_cpu
+from pgolf.run import load_artifact_into_fresh_model
 from pgolf.run import main as run_main
 
 QUICK = {"ITERATIONS": "4", "MAX_WALLCLOCK_SECONDS": "0", "TRAIN_SEQ_LEN": "64", "TRAIN_BATCH_TOKENS": "4096",
@@ -120,3 +122,29 @@ def test_tokenizer_that_does_not_match_the_model(default_data, tmp_path):
     cfg = quick_config(default_data, tmp_path, VOCAB_SIZE="2048")
     with pytest.raises(Exception, match="1024 pieces but VOCAB_SIZE is 2048"):
         run_main(cfg, echo=False)
+
+
+def test_record_features_sliding_and_ttt_run_end_to_end(default_data, tmp_path):
+    """A tiny run with the record's feature kinds on: recurrence switched on mid-run (the artifact is
+    evaluated looped, like the trained model), EMA, sliding window and score-first TTT phases."""
+    features = {"NUM_LOOPS": "1", "LOOP_START": "1", "LOOP_END": "2", "ENABLE_LOOPING_AT": "0.5",
+                "XSA_LAST_N": "2", "ROPE_DIMS": "16", "LN_SCALE": "1", "SKIP_GATES_ENABLED": "1",
+                "PARALLEL_RESIDUAL_START": "3", "SMEAR_GATE_ENABLED": "1", "ACTIVATION": "leaky_relu2",
+                "MUON_ROW_NORMALIZE": "1", "MUON_WD": "0.05", "EMA_DECAY": "0.9", "TRAIN_LOADER": "shuffled",
+                "SLIDING_WINDOW_ENABLED": "1", "EVAL_STRIDE": "32", "VAL_MAX_TOKENS": "2048",
+                "TTT_ENABLED": "1", "TTT_CHUNK_TOKENS": "512", "TTT_EPOCHS": "1", "RUN_ID": "rec"}
+    report = run_main(quick_config(default_data, tmp_path, **features), preset_name="tiny_cpu", echo=False)
+    assert report["looping_enabled_step"] == 2 and report["ema_applied"]
+    assert report["val_bpb_final_label"] == "quantized_ttt"
+    for label in ("quantized_sliding_window", "quantized_ttt"):
+        assert math.isfinite(report[f"val_bpb_{label}"])
+    assert set(report["eval_budget"]["phases"]) == {"quantized", "quantized_sliding_window", "quantized_ttt"}
+    log = (tmp_path / "runs" / "rec" / "train.log").read_text()
+    assert "layer_loop:enabled step:2" in log and "quantized_ttt val_loss:" in log
+    # The looped model that was trained is what the artifact reloads: prequant and round trip differ
+    # only by quantization, not by a different layer schedule.
+    assert abs(report["val_bpb"] - report["val_bpb_prequant"]) < 0.05
+    cfg = quick_config(default_data, tmp_path, **features)
+    reloaded = load_artifact_into_fresh_model(tmp_path / "runs" / "rec" / "artifact" / "final_model.int8.ptz", cfg,
+                                              torch.device("cpu"))
+    assert reloaded.looping
