@@ -7,7 +7,8 @@ Presets derive from one another with ``dataclasses.replace`` so each one states 
 from dataclasses import replace
 from typing import Callable
 
-from pgolf.config import Config, DataConfig, EvalConfig, ModelConfig, OptimConfig, QuantConfig, TrainConfig
+from pgolf.config import (Config, DataConfig, EvalConfig, ModelConfig, OptimConfig, QuantConfig, TrainConfig,
+                          TTTConfig)
 from pgolf.errors import ConfigError
 
 # One GPU doing the work of eight: the same global batch through 8 micro-batches of accumulation
@@ -96,7 +97,9 @@ def record_sp8192() -> Config:
                           min_lr=0.0, warmup_steps=20, max_wallclock_seconds=600.0, train_log_every=500,
                           val_loss_every=4000, compile=True, gptq_reserve_seconds=12.0, enable_looping_at=0.35,
                           ema_decay=0.9965, train_loader="shuffled"),
-        eval=EvalConfig(val_batch_size=524_288),
+        # The logged runs: sliding windows of 2048 every 64 tokens, then score-first TTT (SPEC 4.12-4.13).
+        eval=EvalConfig(val_batch_size=524_288, sliding_window_enabled=True, eval_stride=64, eval_batch_windows=32),
+        ttt=TTTConfig(ttt_enabled=True, ttt_lr=0.005, ttt_epochs=3, ttt_momentum=0.9, ttt_chunk_tokens=32_768),
         quant=QuantConfig(compressor="brotli", byte_shuffle_stride=2),
     )
 
