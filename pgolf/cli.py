@@ -113,6 +113,12 @@ def command_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_check(args: argparse.Namespace) -> int:
+    from pgolf.check import command_check as check_run
+
+    return check_run(args)
+
+
 def command_data(args: argparse.Namespace) -> int:
     from pgolf.data.tools import run_data_command
 
@@ -187,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=command_eval)
 
     add_data_parser(sub)
+
+    check = sub.add_parser("check", help="compliance checks on a finished run (writes a JSON receipt)")
+    check.add_argument("run_dir", metavar="RUN_DIR")
+    check.add_argument("overrides", nargs="*", metavar="KEY=value", help="e.g. DATA_PATH=... if the data moved")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(handler=command_check)
     return parser
 
 

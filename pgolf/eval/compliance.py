@@ -75,3 +75,67 @@ def check_normalization(model: torch.nn.Module, tokens_T: torch.Tensor, *, toler
     worst = float((totals - 1).abs().max())
     passed = worst <= tolerance
     return ComplianceResult("normalization", passed, [] if passed else [f"probabilities sum to 1 +- {worst:.2e}"])
+
+
+def check_input_document_isolation(model: torch.nn.Module, tokens_T: torch.Tensor, bos_id: int, *,
+                                   seed: int = 0) -> ComplianceResult:
+    """Changing the previous document leaves the input features (``model.embed``) of the next one unchanged.
+
+    This isolates what looks back *before* attention (SmearGate and the like), where a leak across BOS
+    is a bug; attention itself may see earlier documents in a packed window, as in every record.
+    """
+    starts = (tokens_T == bos_id).nonzero().flatten()
+    starts = starts[starts > 0]
+    if not starts.numel():
+        return ComplianceResult("input_document_isolation", True, ["no document boundary in the sample: not tested"])
+    boundary = int(starts[0])
+    vocab = model.tok_emb.num_embeddings
+    generator = torch.Generator().manual_seed(seed)
+    changed = tokens_T.clone()
+    noise = torch.randint(0, vocab, (boundary,), generator=generator).to(changed.device)
+    noise[noise == bos_id] = (bos_id + 1) % vocab  # keep the sample's document structure
+    changed[:boundary] = noise
+    with torch.no_grad():
+        before, after = model.embed(tokens_T[None])[0, boundary:], model.embed(changed[None])[0, boundary:]
+    moved = (before != after).any(dim=-1).nonzero().flatten()
+    details = [f"input features at position {boundary + int(p)} (document starting at {boundary}) changed when "
+               "only the previous document changed" for p in moved[:10]]
+    return ComplianceResult("input_document_isolation", not details, details)
+
+
+def check_validation_refused(loader_classes: dict, val_files: list, vocab_size: int) -> ComplianceResult:
+    """Every training (and calibration) loader refuses a validation shard."""
+    from pgolf.errors import DataError
+
+    details = []
+    for name, loader_class in loader_classes.items():
+        try:
+            loader_class(val_files[:1], 0, 1, torch.device("cpu"), vocab_size=vocab_size)
+        except DataError:
+            continue
+        details.append(f"the {name!r} training loader accepted validation file {val_files[0]}")
+    return ComplianceResult("validation_isolation", not details, details)
+
+
+def check_byte_accounting(tokens: torch.Tensor, decode, byte_tables, bos_id: int) -> ComplianceResult:
+    """Bytes the evaluator counts for each complete document == UTF-8 length of its decoded text.
+
+    ``decode`` maps a list of ids to text (SentencePiece ``decode``). Only documents that start and
+    end inside ``tokens`` are audited; the BOS targets count 0 bytes.
+    """
+    from pgolf.data.tokenizer import count_target_bytes
+
+    counted = count_target_bytes(byte_tables, tokens[:-1], tokens[1:])  # bytes of target i+1
+    starts = (tokens == bos_id).nonzero().flatten().tolist()
+    details, audited, total = [], 0, 0
+    for begin, end in zip(starts[:-1], starts[1:]):
+        document = tokens[begin + 1: end].tolist()
+        expected = len(decode(document).encode("utf-8"))
+        got = int(counted[begin: end - 1].sum()) if end - 1 > begin else 0
+        audited, total = audited + 1, total + expected
+        if got != expected:
+            details.append(f"document at token {begin}: counted {got} bytes, decoded text has {expected}")
+    passed = not details and audited > 0
+    if not audited:
+        details.append("no complete document in the audited span")
+    return ComplianceResult("byte_accounting", passed, details[:10] + [f"{audited} documents, {total} bytes audited"])

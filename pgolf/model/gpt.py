@@ -90,12 +90,19 @@ class GPT(nn.Module):
                                    self.parallel_post_lambdas[layer])
         return merge_lanes(lanes)
 
-    def forward_hidden(self, input_ids_BT: torch.Tensor) -> torch.Tensor:
-        """Final-normed hidden states (B, T, D)."""
+    def embed(self, input_ids_BT: torch.Tensor) -> torch.Tensor:
+        """The blocks' input (B, T, D): token embeddings through the input features, RMS-normed.
+
+        Separate so that ``pgolf check`` can test the input features' document isolation on their own.
+        """
         x = self.tok_emb(input_ids_BT)
         if self.smear_gate is not None:  # SmearGate: blend in the previous token's embedding, never across BOS
             x = self.smear_gate(x, input_ids_BT)
-        x = F.rms_norm(x, (self.cfg.model_dim,))
+        return F.rms_norm(x, (self.cfg.model_dim,))
+
+    def forward_hidden(self, input_ids_BT: torch.Tensor) -> torch.Tensor:
+        """Final-normed hidden states (B, T, D)."""
+        x = self.embed(input_ids_BT)
         x0 = x  # every block can mix the embedding back in (resid_mix)
         schedule = self.schedules[self.looping]  # depth recurrence changes only this layer order
         skips: list[torch.Tensor] = []

@@ -1,0 +1,155 @@
+"""``pgolf check RUN_DIR``: the compliance checks on a finished run, with a JSON receipt (tooling).
+
+Each check runs the run's own code path on its own artifact and validation data:
+
+1. score-before-update: score-first TTT on a validation prefix, recorded by ``TTTObserver``;
+2. causality: later tokens changed, earlier log-probabilities bit-identical;
+3. normalization: the scoring path's probabilities of every vocabulary id sum to 1;
+4. input document isolation: the previous document does not reach the next one's input features;
+5. validation isolation: every training loader refuses validation shards, and the run's training and
+   validation files are disjoint by path and content;
+6. byte accounting: counted bytes == UTF-8 length of the decoded text, document by document;
+7. budgets: training (with GPTQ calibration) and evaluation time against their caps.
+
+The receipt goes to ``RUN_DIR/check.json`` (``check_2.json``, ... if one exists: never overwritten).
+"""
+
+import argparse
+import copy
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from pgolf.config import Config, apply_config_overrides, config_from_dict, parse_cli_overrides
+from pgolf.data.loader import assert_disjoint_splits
+from pgolf.data.tokenizer import load_sentencepiece
+from pgolf.errors import PgolfError
+from pgolf.eval.compliance import (ComplianceResult, check_byte_accounting, check_causality,
+                                   check_input_document_isolation, check_normalization, check_score_before_update,
+                                   check_validation_refused)
+from pgolf.eval.phases import evaluation_window
+from pgolf.eval.ttt import TTTObserver, evaluate_ttt_bpb
+from pgolf.fsutil import write_text_atomic
+
+CHECK_BYTE_AUDIT_TOKENS = 1 << 20
+CHECK_NORMALIZATION_TOKENS = 16
+CHECK_TTT_CHUNKS = 4
+
+
+def load_run(run_dir: Path, overrides: list[str]) -> tuple[Config, dict]:
+    """The run's config (with overrides) and its report."""
+    config_path, report_path = run_dir / "config.json", run_dir / "report.json"
+    for path in (config_path, report_path):
+        if not path.is_file():
+            raise PgolfError(f"{path} not found; RUN_DIR must be a finished run written by `pgolf train`.")
+    cfg = config_from_dict(json.loads(config_path.read_text()))
+    cfg = apply_config_overrides(cfg, parse_cli_overrides(overrides), source="command line")
+    return cfg, json.loads(report_path.read_text())
+
+
+def find_artifact(run_dir: Path, report: dict) -> Path:
+    """The artifact the run wrote: named in the report, else the single ``artifact/final_model.*.ptz``."""
+    named = report.get("artifact_path")
+    if named and Path(named).is_file():
+        return Path(named)
+    found = sorted((run_dir / "artifact").glob("final_model.*.ptz"))
+    if len(found) != 1:
+        raise PgolfError(f"expected one artifact/final_model.*.ptz in {run_dir}, found {len(found)}.")
+    return found[0]
+
+
+def check_score_first_ttt(cfg: Config, model_factory, val_tokens: torch.Tensor, byte_tables,
+                          device: torch.device) -> ComplianceResult:
+    """Run the real TTT on a validation prefix of a few chunks and check its record."""
+    window = evaluation_window(cfg)
+    available = val_tokens.numel() - 1
+    chunk = max(window, min(cfg.ttt.ttt_chunk_tokens, available // CHECK_TTT_CHUNKS))
+    prefix = val_tokens[: min(available, CHECK_TTT_CHUNKS * chunk) + 1]
+    ttt_cfg = dataclasses.replace(cfg.ttt, ttt_chunk_tokens=chunk, ttt_epochs=1)
+    observer = TTTObserver()
+    evaluate_ttt_bpb(model_factory(), prefix, ttt_cfg, window=window, stride=cfg.eval.eval_stride,
+                     batch_windows=cfg.eval.eval_batch_windows, byte_tables=byte_tables, device=device,
+                     observer=observer)
+    result = check_score_before_update(observer, prefix.numel() - 1)
+    result.details.append(f"{prefix.numel() - 1} targets in {CHECK_TTT_CHUNKS} chunks of {chunk}")
+    return result
+
+
+def span_around_a_document_start(tokens: torch.Tensor, bos: int, length: int) -> torch.Tensor:
+    """``length`` tokens with the first document start after position 0 in their middle."""
+    head = tokens[:CHECK_BYTE_AUDIT_TOKENS].to(torch.int64)
+    starts = (head == bos).nonzero().flatten()
+    starts = starts[starts > 0]
+    middle = int(starts[0]) if starts.numel() else length // 2
+    begin = max(0, middle - length // 2)
+    return head[begin: begin + length]
+
+
+def check_budgets(cfg: Config, report: dict) -> ComplianceResult:
+    """Training (with calibration) and evaluation time against their caps, as measured on this machine."""
+    details, passed = [], True
+    train = report.get("train_seconds", 0.0) + report.get("gptq_calibration_seconds", 0.0)
+    cap = cfg.train.max_wallclock_seconds
+    if cap > 0:
+        passed &= train <= cap + 1.0  # the rank-agreed stop lands within one step of the cap
+        details.append(f"training + calibration {train:.1f}s of {cap:.0f}s")
+    evaluation = (report.get("eval_budget") or {}).get("total_seconds")
+    if evaluation is not None:
+        fits = evaluation <= cfg.eval.eval_budget_seconds
+        details.append(f"evaluation {evaluation:.1f}s of {cfg.eval.eval_budget_seconds:.0f}s on this machine"
+                       + ("" if fits else " (over: needs a faster machine; see eval_budget.speedup_needed_to_fit)"))
+    return ComplianceResult("budgets", passed, details)
+
+
+def run_checks(run_dir: Path, overrides: list[str]) -> dict:
+    """Every check on the run; returns the receipt."""
+    from pgolf.run import TRAIN_LOADERS, load_artifact_into_fresh_model, prepare_validation_data
+
+    cfg, report = load_run(run_dir, overrides)
+    device = torch.device("cpu")
+    data = prepare_validation_data(cfg)
+    artifact = find_artifact(run_dir, report)
+    model = load_artifact_into_fresh_model(artifact, cfg, device).eval()
+    sp = load_sentencepiece(cfg.data.tokenizer_path)
+    bos = sp.bos_id()
+    window = min(evaluation_window(cfg), data.tokens.numel() - 1)
+    sample = data.tokens[: 2 * window].to(torch.int64).view(2, window)
+    results = [
+        check_score_first_ttt(cfg, lambda: copy.deepcopy(model), data.tokens, data.byte_tables, device),
+        check_causality(model, sample, cut=window // 2),
+        check_normalization(model, data.tokens[:CHECK_NORMALIZATION_TOKENS].to(torch.int64)),
+        check_input_document_isolation(model, span_around_a_document_start(data.tokens, bos, window), bos),
+        check_validation_refused(TRAIN_LOADERS, data.val_files, cfg.model.vocab_size),
+        check_byte_accounting(data.tokens[:CHECK_BYTE_AUDIT_TOKENS].to(torch.int64), sp.decode, data.byte_tables, bos),
+        check_budgets(cfg, report),
+    ]
+    assert_disjoint_splits(data.train_files, data.val_files)  # raises DataError naming the files otherwise
+    results[4].details.append(f"{len(data.train_files)} training and {len(data.val_files)} validation files disjoint")
+    return {"run_dir": str(run_dir), "artifact": str(artifact), "checked_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "passed": all(r.passed for r in results), "checks": [r.as_dict() for r in results]}
+
+
+def write_receipt(run_dir: Path, receipt: dict) -> Path:
+    """``check.json``, or the first free ``check_<n>.json``: an earlier receipt is never replaced."""
+    path, n = run_dir / "check.json", 2
+    while path.exists():
+        path, n = run_dir / f"check_{n}.json", n + 1
+    write_text_atomic(path, json.dumps(receipt, indent=2) + "\n")
+    return path
+
+
+def command_check(args: argparse.Namespace) -> int:
+    """``pgolf check RUN_DIR``: print each check, write the receipt, exit 1 on any failure."""
+    run_dir = Path(args.run_dir)
+    receipt = run_checks(run_dir, args.overrides)
+    receipt_path = write_receipt(run_dir, receipt)
+    if args.json:
+        print(json.dumps(receipt, indent=2))
+    else:
+        for check in receipt["checks"]:
+            print(f"{'PASS' if check['passed'] else 'FAIL'}  {check['check']}: {'; '.join(check['details'])}")
+        print(f"{'all checks passed' if receipt['passed'] else 'FAILED'}; receipt: {receipt_path}")
+    return 0 if receipt["passed"] else 1

@@ -1,0 +1,48 @@
+"""`pgolf check RUN_DIR` on a real tiny run: every check passes and a receipt is written, never replaced."""
+
+import json
+
+import pytest
+
+from pgolf.cli import main as cli_main
+from pgolf.config import apply_config_overrides
+from pgolf.data.corpus import ensure_default_dataset
+from pgolf.presets import tiny_cpu
+from pgolf.run import main as run_main
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    data = ensure_default_dataset(tmp_path_factory.mktemp("cache"), log=lambda _: None)
+    runs = tmp_path_factory.mktemp("runs")
+    overrides = {"ITERATIONS": "3", "MAX_WALLCLOCK_SECONDS": "0", "TRAIN_SEQ_LEN": "64", "TRAIN_BATCH_TOKENS": "4096",
+                 "VAL_MAX_TOKENS": "8192", "SMEAR_GATE_ENABLED": "1", "DATA_PATH": str(data.data_path),
+                 "TOKENIZER_PATH": str(data.tokenizer_path), "RUNS_DIR": str(runs), "RUN_ID": "checked"}
+    run_main(apply_config_overrides(tiny_cpu(), overrides, source="test"), preset_name="tiny_cpu", echo=False)
+    return runs / "checked"
+
+
+@pytest.fixture(autouse=True)
+def single_process(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("PGOLF_DEVICE", "cpu")
+
+
+def test_check_passes_on_a_normal_run_and_writes_a_receipt(finished_run, capsys):
+    assert cli_main(["check", str(finished_run)]) == 0
+    out = capsys.readouterr().out
+    assert "all checks passed" in out
+    receipt = json.loads((finished_run / "check.json").read_text())
+    names = [c["check"] for c in receipt["checks"]]
+    assert names == ["score_before_update", "causality", "normalization", "input_document_isolation",
+                     "validation_isolation", "byte_accounting", "budgets"]
+    assert receipt["passed"] and all(c["passed"] for c in receipt["checks"])
+    assert cli_main(["check", str(finished_run), "--json"]) == 0
+    assert (finished_run / "check_2.json").is_file()  # the first receipt is kept
+    assert json.loads((finished_run / "check.json").read_text()) == receipt
+
+
+def test_check_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert cli_main(["check", str(tmp_path)]) == 2
+    assert "config.json not found" in capsys.readouterr().err
