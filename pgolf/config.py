@@ -176,6 +176,11 @@ class TTTConfig:
     ttt_lora_rank: int = 96
     ttt_lora_alpha: float = 144.0
     ttt_lora_targets: tuple[str, ...] = ("c_q", "c_k", "c_v", "proj")
+    # Document-level LoRA TTT (SPEC 5.3): chunks of this many tokens inside each document, AdamW on the
+    # adapters with betas (0, 0.999).
+    ttt_lora_chunk_tokens: int = 48
+    ttt_lora_lr: float = 1e-4
+    ttt_lora_wd: float = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -429,6 +434,8 @@ def _evaluation_problems(cfg: Config) -> list[str]:
         problems.append(f"TTT_CHUNK_TOKENS={t.ttt_chunk_tokens} must be at least one window ({window} tokens)")
     if t.ttt_epochs < 1 or t.ttt_lr < 0 or not 0 <= t.ttt_momentum < 1 or t.ttt_grad_clip < 0:
         problems.append("TTT_EPOCHS must be >= 1, TTT_LR >= 0, TTT_MOMENTUM in [0, 1), TTT_GRAD_CLIP >= 0")
+    if t.ttt_lora_chunk_tokens < 1 or t.ttt_lora_lr < 0 or t.ttt_lora_wd < 0:
+        problems.append("TTT_LORA_CHUNK_TOKENS must be >= 1, TTT_LORA_LR and TTT_LORA_WD >= 0")
     if t.ttt_lora_rank < 1 or t.ttt_lora_alpha <= 0:
         problems.append(f"TTT_LORA_RANK={t.ttt_lora_rank} must be >= 1 and TTT_LORA_ALPHA > 0")
     return problems

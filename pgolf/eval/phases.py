@@ -20,6 +20,7 @@ from pgolf.dist import DistContext
 from pgolf.eval.bpb import EvalSums
 from pgolf.eval.sliding import evaluate_sliding_bpb
 from pgolf.eval.ttt import TTTObserver, evaluate_ttt_bpb
+from pgolf.eval.ttt_lora import evaluate_lora_ttt_bpb
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,15 @@ def extra_evaluation_phases(cfg: Config, ctx: DistContext, val_tokens: torch.Ten
     if cfg.ttt.ttt_enabled:
         # TTT changes the weights it adapts: it gets its own freshly loaded copy of the artifact.
         model = fresh_quantized_model()
-        phases.append(timed_phase("quantized_ttt", ctx.device,
-                                  lambda: evaluate_ttt_bpb(model, val_tokens, cfg.ttt, observer=observer, **common)))
+        if cfg.ttt.ttt_mode == "lora":
+            lora = dict(window=window, bos_id=cfg.model.bos_token_id, byte_tables=byte_tables, device=ctx.device,
+                        rank=ctx.rank, world_size=ctx.world_size, observer=observer)
+            phases.append(timed_phase("quantized_ttt_lora", ctx.device,
+                                      lambda: evaluate_lora_ttt_bpb(model, val_tokens, cfg.ttt, **lora)))
+        else:
+            phases.append(timed_phase("quantized_ttt", ctx.device,
+                                      lambda: evaluate_ttt_bpb(model, val_tokens, cfg.ttt, observer=observer,
+                                                               **common)))
     return phases
 
 
