@@ -2,6 +2,7 @@
 
     pgolf train    [--preset NAME] [KEY=value ...]   train, quantize, pack, round-trip, report
     pgolf eval     RUN_DIR [--json]                  re-score a run's saved artifact
+    pgolf quantize RUN_DIR [KEY=value ...] [--json] [--sweep]   re-quantize a run's weights; rate-distortion table
     pgolf describe [--preset NAME] [KEY=value ...] [--json]   resolved config and parameter count
     pgolf data     fineweb|build|stats|verify ...     fetch, make, describe and check token shard datasets
 
@@ -94,6 +95,7 @@ def command_describe(args: argparse.Namespace) -> int:
 
 def command_eval(args: argparse.Namespace) -> int:
     from pgolf.dist import init_distributed
+    from pgolf.quant.tools import find_run_artifact
     from pgolf.run import load_artifact_into_fresh_model, make_evaluator, prepare_validation_data
 
     run_dir = Path(args.run_dir)
@@ -104,7 +106,7 @@ def command_eval(args: argparse.Namespace) -> int:
     cfg = apply_config_overrides(cfg, parse_cli_overrides(args.overrides), source="command line")
     ctx = init_distributed()
     data = prepare_validation_data(cfg)
-    model = load_artifact_into_fresh_model(run_dir / "artifact" / "final_model.int8.ptz", cfg, ctx.device)
+    model = load_artifact_into_fresh_model(find_run_artifact(run_dir), cfg, ctx.device)
     sums = make_evaluator(cfg, ctx, data)(model)
     if ctx.is_main:
         result = {"run_dir": str(run_dir), **sums.as_dict()}
@@ -117,6 +119,31 @@ def command_check(args: argparse.Namespace) -> int:
     from pgolf.check import command_check as check_run
 
     return check_run(args)
+
+
+def command_quantize(args: argparse.Namespace) -> int:
+    from pgolf.quant.tools import run_quantize_command
+
+    return run_quantize_command(args)
+
+
+def add_quantize_parser(sub) -> None:
+    """``pgolf quantize RUN_DIR [KEY=value ...] [--json] [--sweep] [--name NAME]`` (handler: pgolf/quant/tools.py)."""
+    quantize = sub.add_parser("quantize", help="re-quantize a run's full-precision weights into a new artifact, "
+                                               "round-trip and score it; --sweep: scheme x compressor table")
+    quantize.add_argument("run_dir", metavar="RUN_DIR")
+    quantize.add_argument("overrides", nargs="*", metavar="KEY=value",
+                          help="quantization keys (QUANT_METHOD, MATRIX_BITS, CLIP_METHOD, COMPRESSOR, FIT_TO_CAP, ...)")
+    quantize.add_argument("--sweep", action="store_true", help="rate-distortion table over schemes and compressors")
+    quantize.add_argument("--name", help="output folder RUN_DIR/quantize/NAME (default: date, time, random suffix)")
+    quantize.add_argument("--json", action="store_true")
+    quantize.set_defaults(handler=command_quantize)
+
+
+def command_significance(args: argparse.Namespace) -> int:
+    from pgolf.exp.significance import command_significance as test_runs
+
+    return test_runs(args)
 
 
 def command_data(args: argparse.Namespace) -> int:
@@ -192,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("overrides", nargs="*", metavar="KEY=value", help="e.g. DATA_PATH=... to move data")
     evaluate.set_defaults(handler=command_eval)
 
+    add_quantize_parser(sub)
     add_data_parser(sub)
 
     check = sub.add_parser("check", help="compliance checks on a finished run (writes a JSON receipt)")
@@ -199,6 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("overrides", nargs="*", metavar="KEY=value", help="e.g. DATA_PATH=... if the data moved")
     check.add_argument("--json", action="store_true")
     check.set_defaults(handler=command_check)
+
+    significance = sub.add_parser("significance", help="is an improvement significant under the challenge's rule?")
+    significance.add_argument("runs", nargs="+", metavar="RUN_OR_LOG", help="pgolf run directories or challenge logs")
+    significance.add_argument("--against", type=float, metavar="BPB", help="the record to beat (one-sample test)")
+    significance.add_argument("--baseline", nargs="+", metavar="RUN_OR_LOG", help="the record's own runs (Welch test)")
+    significance.add_argument("--margin", type=float, default=0.005, help="required improvement (default 0.005)")
+    significance.add_argument("--units", choices=("nats", "bpb"), default="nats",
+                              help="of the margin: nats per token (the README rule) or bpb")
+    significance.add_argument("--test", choices=("one-sample", "welch"), default="one-sample")
+    significance.add_argument("--alpha", type=float, default=0.01)
+    significance.add_argument("--json", action="store_true")
+    significance.set_defaults(handler=command_significance)
     return parser
 
 

@@ -1,0 +1,42 @@
+"""``pgolf significance``: is a claimed improvement real under the challenge's rule? (tooling)"""
+
+import argparse
+import json
+import statistics
+
+from pgolf.errors import PgolfError
+from pgolf.exp.logs import read_run_score
+from pgolf.exp.stats import nats_to_bpb, one_sample_improvement_test, welch_improvement_test
+
+
+def margin_in_bpb(margin: float, units: str, tokens_per_byte: float) -> float:
+    return margin if units == "bpb" else nats_to_bpb(margin, tokens_per_byte)
+
+
+def command_significance(args: argparse.Namespace) -> int:
+    """Print the test and exit 0 when the rule is met, 1 when it is not."""
+    runs = [read_run_score(path) for path in args.runs]
+    scores = [run.val_bpb for run in runs]
+    tokens_per_byte = statistics.fmean(run.tokens_per_byte for run in runs)
+    margin = margin_in_bpb(args.margin, args.units, tokens_per_byte)
+    if args.test == "welch":
+        if not args.baseline:
+            raise PgolfError("--test welch compares two run sets: give the previous record's runs with --baseline.")
+        baseline = [read_run_score(path).val_bpb for path in args.baseline]
+        result = welch_improvement_test(scores, baseline, margin, args.alpha)
+    else:
+        if args.against is None:
+            raise PgolfError("--test one-sample needs --against BPB (the record to beat).")
+        result = one_sample_improvement_test(scores, args.against - margin, args.alpha)
+    summary = {**result.as_dict(), "margin": args.margin, "units": args.units, "margin_bpb": margin,
+               "tokens_per_byte": tokens_per_byte, "runs": [run.__dict__ for run in runs]}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for run in runs:
+            print(f"  {run.val_bpb:.8f}  {run.label}  seed {run.seed}  {run.source}")
+        print(f"n={result.n} mean={result.mean:.8f} std={result.std:.8f} threshold={result.threshold:.8f} "
+              f"(margin {args.margin} {args.units} = {margin:.5f} bpb)")
+        print(f"{result.test} t={result.t:.3f} df={result.df:.2f} p={result.p:.5f}: "
+              f"{'significant' if result.significant else 'NOT significant'} at alpha {args.alpha}")
+    return 0 if result.significant else 1
