@@ -3,10 +3,13 @@
 Schedules are pure functions of progress (elapsed / budget, or step / iterations without a wall-clock
 cap), so warmdown, the depth-recurrence switch and the other progress-driven events fire at the same
 fraction of the run on any hardware. The budget is the wall-clock cap less the GPTQ reserve. Compile
-priming (of both graph variants when the model can loop) runs before the clock and is undone
-afterwards. Validation during training is off the clock. Every rank stops at the same step: the
-over-budget flag is agreed with a MAX all-reduce, and so is the looping switch. With EMA_DECAY > 0 the
-model leaves training holding the EMA weights.
+priming (of every graph variant the run will use) runs before the clock and is undone afterwards.
+Validation during training is off the clock. Every rank stops at the same step: the over-budget flag
+is agreed with a MAX all-reduce, and so are the looping and QAT switches. With EMA_DECAY > 0 the model
+leaves training holding the EMA weights.
+
+Graph variants: the timed run passes through up to three (looping, QAT) states, in the order of their
+switch fractions; priming runs each of them for ``warmup_steps`` so no switch compiles on the clock.
 """
 
 import copy
@@ -24,6 +27,7 @@ from pgolf.eval.bpb import autocast_context
 from pgolf.log import ProgressBar, RunLogger
 from pgolf.optim.build import apply_lr_and_momentum
 from pgolf.optim.schedules import lr_multiplier_at, muon_momentum_at, training_progress
+from pgolf.quant.qat import QATController
 from pgolf.train.clock import TrainingClock, effective_training_budget
 from pgolf.train.ema import WeightEMA
 
@@ -37,6 +41,7 @@ class TrainOutcome:
     stopped_by: str  # "wallclock" or "iterations"
     looping_enabled_step: int | None = None  # step at which depth recurrence switched on, if it did
     ema_applied: bool = False
+    qat_enabled_step: int | None = None  # step at which fake quantization switched on, if it did
 
     @property
     def tokens_per_second(self) -> float:
@@ -57,13 +62,15 @@ class TrainingParts:
     """What one optimizer step needs. ``forward_model`` may be compiled and/or DDP-wrapped.
 
     ``model`` may offer depth recurrence: a ``supports_looping`` property, a ``looping`` attribute and
-    ``set_looping(enabled)``; models without them simply never loop.
+    ``set_looping(enabled)``; models without them simply never loop. ``qat`` is the controller of the
+    model's fake-quant modules (``pgolf.quant.qat.attach_qat``), or None for no QAT.
     """
 
     model: torch.nn.Module
     forward_model: torch.nn.Module
     optimizers: list[torch.optim.Optimizer]
     loader: TrainingBatches
+    qat: QATController | None = None
 
 
 def run_training_step(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfig, ctx: DistContext,
@@ -109,26 +116,62 @@ def _priming_steps(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfi
         logger.line(f"{label}{step + 1}/{cfg.warmup_steps}")
 
 
+def _qat_active(parts: TrainingParts) -> bool:
+    """True if the model has fake-quant modules the loop can switch on."""
+    return parts.qat is not None and bool(parts.qat.modules)
+
+
+def _graph_state(parts: TrainingParts) -> dict[str, bool]:
+    """Which graph the next forward runs: depth recurrence and fake quantization on or off."""
+    looping = model_supports_looping(parts.model) and bool(parts.model.looping)
+    return {"looping": looping, "qat": _qat_active(parts) and parts.qat.enabled}
+
+
+def _set_graph_state(parts: TrainingParts, state: dict[str, bool]) -> None:
+    current = _graph_state(parts)
+    if state["looping"] != current["looping"]:
+        parts.model.set_looping(state["looping"])
+    if state["qat"] != current["qat"]:
+        parts.qat.set_enabled(state["qat"])
+
+
+def _later_graph_states(parts: TrainingParts, cfg: TrainConfig, initial: dict[str, bool]) -> list[dict[str, bool]]:
+    """The states the timed run switches into after ``initial``, in switch order (equal fractions merge)."""
+    switches = []
+    if model_supports_looping(parts.model):
+        switches.append((cfg.enable_looping_at, "looping"))
+    if _qat_active(parts):
+        switches.append((parts.qat.start_frac, "qat"))
+    state, states = dict(initial), []
+    for frac in sorted({at for at, _ in switches}):
+        state = dict(state, **{name: True for at, name in switches if at == frac})
+        if state != initial and state not in states:
+            states.append(state)
+    return states
+
+
 def prime_compiled_graphs(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfig, ctx: DistContext,
                           logger: RunLogger) -> None:
     """Run ``warmup_steps`` real steps to trigger compilation, then restore the initial state exactly.
 
-    A model that can loop is primed twice (SPEC 4.8): ``warmup_steps`` with looping off, then as many
-    with looping on, so the mid-run switch finds its graph compiled. Afterwards looping is back to
-    its previous state (off) and model weights, optimizer state and the loader position all go back
-    to where they were, so the timed run starts from the same state as an unprimed one.
+    Every graph variant the run will use is primed (SPEC 4.8): ``warmup_steps`` in the initial state
+    (looping and QAT off), then as many in each state the switches lead to, in switch order (looping
+    on; QAT on; both), so no mid-run switch compiles on the clock. Afterwards the switches are back
+    in their initial state and model weights, optimizer state and the loader position all go back to
+    where they were, so the timed run starts from the same state as an unprimed one.
     """
     if cfg.warmup_steps <= 0:
         return
     model_state = copy.deepcopy(parts.model.state_dict())
     optimizer_states = [copy.deepcopy(opt.state_dict()) for opt in parts.optimizers]
+    initial = _graph_state(parts)
     _priming_steps(parts, cfg, optim_cfg, ctx, logger, "warmup_step:")
-    if model_supports_looping(parts.model):
-        was_looping = bool(parts.model.looping)
-        parts.model.set_looping(True)
-        logger.line(f"loop_warmup:enabled steps:{cfg.warmup_steps}")
-        _priming_steps(parts, cfg, optim_cfg, ctx, logger, "loop_warmup_step: ")
-        parts.model.set_looping(was_looping)
+    for state in _later_graph_states(parts, cfg, initial):
+        _set_graph_state(parts, state)
+        label = "_".join(short for name, short in (("looping", "loop"), ("qat", "qat")) if state[name])
+        logger.line(f"{label}_warmup:enabled steps:{cfg.warmup_steps}")
+        _priming_steps(parts, cfg, optim_cfg, ctx, logger, f"{label}_warmup_step: ")
+    _set_graph_state(parts, initial)
     parts.model.load_state_dict(model_state)
     for opt, state in zip(parts.optimizers, optimizer_states):
         opt.load_state_dict(state)
@@ -150,6 +193,22 @@ def switch_on_looping_if_due(parts: TrainingParts, cfg: TrainConfig, ctx: DistCo
     model.set_looping(True)
     logger.line(f"layer_loop:enabled step:{step} frac:{progress:.3f}")
     logger.event("layer_loop", step=step, progress=progress)
+    return True
+
+
+def switch_on_qat_if_due(parts: TrainingParts, ctx: DistContext, logger: RunLogger, *, progress: float,
+                         step: int) -> bool:
+    """Turn fake quantization on, once and for good, when progress reaches ``parts.qat.start_frac``.
+
+    Returns True on the step it switches. Agreed across ranks like the looping switch.
+    """
+    if not _qat_active(parts) or parts.qat.enabled:
+        return False
+    if not all_ranks_agree_any(progress >= parts.qat.start_frac, ctx.device):
+        return False
+    parts.qat.set_enabled(True)
+    logger.line(f"qat:enabled step:{step} frac:{progress:.3f}")
+    logger.event("qat", step=step, progress=progress)
     return True
 
 
@@ -188,7 +247,7 @@ def train_model(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfig, 
     ema = WeightEMA(parts.model, cfg.ema_decay, cfg.ema_start_step) if cfg.ema_decay > 0 else None
     clock = TrainingClock(ctx.device, budget)
     bar = ProgressBar("train", budget if budget > 0 else cfg.iterations, enabled=ctx.is_main)
-    step, last_finite_loss, stopped_by, looping_step = 0, float("nan"), "iterations", None
+    step, last_finite_loss, stopped_by, looping_step, qat_step = 0, float("nan"), "iterations", None, None
     clock.resume()
     while step < cfg.iterations:
         if validate is not None and cfg.val_loss_every > 0 and step % cfg.val_loss_every == 0:
@@ -199,6 +258,8 @@ def train_model(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfig, 
                                      step=step, iterations=cfg.iterations)
         if switch_on_looping_if_due(parts, cfg, ctx, logger, progress=progress, step=step):
             looping_step = step
+        if switch_on_qat_if_due(parts, ctx, logger, progress=progress, step=step):
+            qat_step = step
         lr_mult = lr_multiplier_at(progress, warmdown_frac=cfg.warmdown_frac, min_lr=cfg.min_lr)
         loss = run_training_step(parts, cfg, optim_cfg, ctx, lr_mult=lr_mult,
                                  muon_momentum=_momentum_for(step, optim_cfg))
@@ -225,4 +286,4 @@ def train_model(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfig, 
         ema.apply_to(parts.model)
     return TrainOutcome(steps=step, train_seconds=clock.elapsed_seconds, tokens_seen=step * cfg.train_batch_tokens,
                         last_train_loss=last_finite_loss, stopped_by=stopped_by, looping_enabled_step=looping_step,
-                        ema_applied=ema is not None)
+                        ema_applied=ema is not None, qat_enabled_step=qat_step)
