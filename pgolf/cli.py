@@ -5,6 +5,7 @@
     pgolf quantize RUN_DIR [KEY=value ...] [--json] [--sweep]   re-quantize a run's weights; rate-distortion table
     pgolf describe [--preset NAME] [KEY=value ...] [--json]   resolved config and parameter count
     pgolf data     fineweb|build|stats|verify ...     fetch, make, describe and check token shard datasets
+    pgolf export   RUN_DIR|PRESET [KEY=value ...] [-o train_gpt.py]   the one-file submission script
 
 Configuration precedence: preset defaults < environment variables < ``KEY=value`` arguments. Keys are
 the challenge's flat names in any case (``NUM_LAYERS=6`` or ``num_layers=6``). With ``DATA_PATH`` and
@@ -146,6 +147,23 @@ def command_significance(args: argparse.Namespace) -> int:
     return test_runs(args)
 
 
+def command_export(args: argparse.Namespace) -> int:
+    from pgolf.export.bundle import run_export_command
+
+    return run_export_command(args)
+
+
+def add_export_parser(sub) -> None:
+    """``pgolf export RUN_DIR|PRESET [KEY=value ...] [-o train_gpt.py] [--json]`` (handler: pgolf/export/bundle.py)."""
+    export = sub.add_parser("export", help="write the one-file train_gpt.py (flattened, minified, wrapped: its size "
+                                           "is the code size) and train_gpt.readable.py beside it")
+    export.add_argument("target", metavar="RUN_DIR|PRESET", help="a run directory (its config.json) or a preset name")
+    export.add_argument("overrides", nargs="*", metavar="KEY=value", help="config changes baked into the script")
+    export.add_argument("-o", "--output", default="train_gpt.py", help="wrapped script path (default train_gpt.py)")
+    export.add_argument("--json", action="store_true")
+    export.set_defaults(handler=command_export)
+
+
 def command_data(args: argparse.Namespace) -> int:
     from pgolf.data.tools import run_data_command
 
@@ -221,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_quantize_parser(sub)
     add_data_parser(sub)
+    add_export_parser(sub)
 
     check = sub.add_parser("check", help="compliance checks on a finished run (writes a JSON receipt)")
     check.add_argument("run_dir", metavar="RUN_DIR")

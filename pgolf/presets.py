@@ -78,8 +78,8 @@ def record_sp8192() -> Config:
     """Record R1081 (SPEC 4, val_bpb 1.0810 with TTT; 1.0827 sliding window): SP8192, 11 x 512, MLP 4x,
     LeakyReLU(0.5)^2, partial RoPE 16/64, LN scale, XSA on all layers, skip gates, blocks 3-5 looped twice
     more from 35% of training, GPT-J parallel residuals from block 7, QK gain 5.25, MuonEq-R with weight
-    decay, AdamW, grad clip 0.3, EMA 0.9965, shuffled-sequence loader, brotli with byte shuffle,
-    35,944,536 parameters. Every constant is SPEC 4.2's (QK_GAIN_INIT as in the logged runs)."""
+    decay, AdamW, grad clip 0.3, EMA 0.9965, shuffled-sequence loader, GPTQ int6 SDClip (int8 embedding),
+    brotli with byte shuffle, 35,944,536 parameters. Every constant is SPEC 4.2's (QK_GAIN_INIT as in the logged runs)."""
     return Config(
         data=DataConfig(data_path="./data/datasets/fineweb10B_sp8192",
                         tokenizer_path="./data/tokenizers/fineweb_8192_bpe.model"),
@@ -100,7 +100,11 @@ def record_sp8192() -> Config:
         # The logged runs: sliding windows of 2048 every 64 tokens, then score-first TTT (SPEC 4.12-4.13).
         eval=EvalConfig(val_batch_size=524_288, sliding_window_enabled=True, eval_stride=64, eval_batch_windows=32),
         ttt=TTTConfig(ttt_enabled=True, ttt_lr=0.005, ttt_epochs=3, ttt_momentum=0.9, ttt_chunk_tokens=32_768),
-        quant=QuantConfig(compressor="brotli", byte_shuffle_stride=2),
+        # SPEC 4.10/4.11: GPTQ on 64 training batches, int6 SDClip k=12.85 blocks, int8 k=20 embedding,
+        # byte shuffle + brotli (calibration fits in the 12 s GPTQ reserve).
+        quant=QuantConfig(compressor="brotli", byte_shuffle_stride=2, quant_method="gptq", matrix_bits=6,
+                          clip_method="sdclip", matrix_clip_sigmas=12.85, embed_bits=8, embed_clip_sigmas=20.0,
+                          gptq_calibration_batches=64),
     )
 
 

@@ -17,7 +17,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from pgolf.artifact.container import pack_tensor_container
-from pgolf.artifact.pack import load_artifact_file, pack_model_artifact, save_artifact, unpack_model_artifact
+from pgolf.artifact.pack import (artifact_file_name, build_model_artifact, describe_artifact_pruning,
+                                 load_artifact_file, save_artifact, unpack_model_artifact)
 from pgolf.artifact.size import (ARTIFACT_CAP_BYTES, SizeReport, check_artifact_fits, loaded_pgolf_modules,
                                  source_bytes_of_modules)
 from pgolf.config import Config, config_differences, config_to_json, flatten_config, validate_config
@@ -34,6 +35,10 @@ from pgolf.log import RunLogger
 from pgolf.model.gpt import GPT, build_model, count_parameters
 from pgolf.optim.build import build_optimizers
 from pgolf.provenance import environment_summary, pgolf_code_hash
+from pgolf.quant.artifact_quant import format_quantized_weights
+from pgolf.quant.calibration import collect_hessians, training_calibration_batches
+from pgolf.quant.policy import describe_quant_plan, format_quant_plan
+from pgolf.train.clock import synchronize_device
 from pgolf.train.loop import TrainingBatches, TrainingParts, train_model
 
 # TRAIN_LOADER -> training loader class (same constructor and interface).
@@ -157,25 +162,88 @@ def timed(fn, *args):
     return result, time.perf_counter() - start
 
 
-def write_artifact(model: GPT, cfg: Config, run_dir: Path, logger: RunLogger) -> tuple[Path, SizeReport]:
-    """Quantize, compress and save; also keep the full-precision weights for later re-quantization."""
+def collect_gptq_hessians(model: GPT, cfg: Config, ctx: DistContext, train_files: list[Path],
+                          logger: RunLogger) -> tuple[dict[str, torch.Tensor] | None, float]:
+    """GPTQ Hessians (None with QUANT_METHOD=rtn) and the seconds they took, on every rank.
+
+    The batches come from a FRESH training loader (the sequences the run started with, SPEC 4.10):
+    training data only, never validation. ``model`` must be the bare model, not its compiled/DDP wrapper.
+    Reading training data is training, so these seconds belong inside MAX_WALLCLOCK_SECONDS (the reserve).
+    """
+    if cfg.quant.quant_method != "gptq":
+        return None, 0.0
+    logger.line("GPTQ:collecting Hessians from calibration data...")
+    synchronize_device(ctx.device)
+    start = time.perf_counter()
+    loader = build_train_loader(cfg, ctx, train_files)
+    batches = training_calibration_batches(loader, cfg.quant.gptq_calibration_batches,
+                                           global_tokens=cfg.train.train_batch_tokens, seq_len=cfg.train.train_seq_len,
+                                           grad_accum_steps=ctx.grad_accum_steps)
+    hessians = collect_hessians(model, batches)
+    synchronize_device(ctx.device)
+    seconds = time.perf_counter() - start
+    logger.line(f"GPTQ:collected {len(hessians)} Hessians in {seconds:.1f}s")
+    return hessians, seconds
+
+
+def calibration_budget_fields(cfg: Config, train_seconds: float, calibration_seconds: float,
+                              logger: RunLogger) -> dict:
+    """Training + calibration seconds against MAX_WALLCLOCK_SECONDS (report fields; logged with GPTQ)."""
+    cap = cfg.train.max_wallclock_seconds
+    total = train_seconds + calibration_seconds
+    fits = total <= cap if cap > 0 else None
+    if cfg.quant.quant_method == "gptq":
+        verdict = "no cap" if fits is None else (f"fits, {cap - total:.1f}s to spare" if fits else
+                                                 f"OVER by {total - cap:.1f}s: raise GPTQ_RESERVE_SECONDS")
+        logger.line(f"GPTQ:train_time {train_seconds:.1f}s + calibration {calibration_seconds:.1f}s = {total:.1f}s "
+                    f"of MAX_WALLCLOCK_SECONDS={cap:g} ({verdict})")
+    return {"calibration_seconds": calibration_seconds, "train_plus_calibration_seconds": total,
+            "wallclock_cap_seconds": cap, "train_plus_calibration_fits": fits}
+
+
+def write_artifact(model: GPT, cfg: Config, run_dir: Path, logger: RunLogger,
+                   hessians: dict[str, torch.Tensor] | None = None) -> tuple[Path, SizeReport, dict]:
+    """Keep the full-precision weights (for ``pgolf quantize``), then write the quantized artifact."""
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    write_bytes_atomic(run_dir / "final_weights.pgtc", pack_tensor_container(state, {"kind": "full_precision"}))
     # The looping state travels with the weights: a looped model is evaluated looped (SPEC 4.11).
-    blob = pack_model_artifact(state, keep_float_patterns=cfg.quant.int8_keep_float_fp32_name_patterns,
-                               compressor=cfg.quant.compressor, shuffle_stride=cfg.quant.byte_shuffle_stride,
-                               extra_meta={"looping": bool(getattr(model, "looping", False))})
-    artifact_path = save_artifact(run_dir / "artifact" / "final_model.int8.ptz", blob)
-    code_bytes = source_bytes_of_modules(loaded_pgolf_modules())
-    size = SizeReport(code_bytes=code_bytes, model_bytes=len(blob), cap=ARTIFACT_CAP_BYTES,
+    looping = bool(getattr(model, "looping", False))
+    write_bytes_atomic(run_dir / "final_weights.pgtc",
+                       pack_tensor_container(state, {"kind": "full_precision", "looping": looping}))
+    return write_quantized_artifact(state, cfg, run_dir / "artifact", logger, hessians=hessians, looping=looping)
+
+
+def write_quantized_artifact(state: dict[str, torch.Tensor], cfg: Config, out_dir: Path, logger: RunLogger, *,
+                             hessians: dict[str, torch.Tensor] | None, looping: bool,
+                             code_bytes: int | None = None) -> tuple[Path, SizeReport, dict]:
+    """Quantize, compress (pruning to the cap with FIT_TO_CAP=1) and save into ``out_dir``, logging the
+    per-tensor plan and the result. ``code_bytes`` defaults to the sources this process imported.
+    Returns (artifact path, size, report fields)."""
+    for line in format_quant_plan(describe_quant_plan(state, cfg.quant)):
+        logger.line(line)
+    if code_bytes is None:
+        code_bytes = source_bytes_of_modules(loaded_pgolf_modules())
+    artifact, quantize_seconds = timed(lambda: build_model_artifact(
+        state, cfg.quant, hessians=hessians, extra_meta={"looping": looping}, code_bytes=code_bytes,
+        cap=ARTIFACT_CAP_BYTES))
+    for line in format_quantized_weights(artifact.quant_meta):
+        logger.line(line)
+    artifact_path = save_artifact(out_dir / artifact_file_name(cfg.quant), artifact.blob)
+    size = SizeReport(code_bytes=code_bytes, model_bytes=len(artifact.blob), cap=ARTIFACT_CAP_BYTES,
                       code_bytes_note="upper bound: total source bytes of the pgolf modules this run imported "
                                       "(the one-file export will measure the real train_gpt.py)")
-    logger.line(f"Serialized model int8+{cfg.quant.compressor}: {len(blob)} bytes")
+    what = f"{artifact_path.name.split('.')[1]}+{artifact.compressor}"
+    logger.line(f"Serialized model {what}: {len(artifact.blob)} bytes (quantize+compress {quantize_seconds:.1f}s)")
     logger.line(f"Code size: {code_bytes} bytes ({size.code_bytes_note})")
-    logger.line(f"Total submission size int8+{cfg.quant.compressor}: {size.total_bytes} bytes "
-                f"(cap {size.cap}, margin {size.margin_bytes})")
-    logger.event("artifact", path=str(artifact_path), **size.as_dict())
-    return artifact_path, size
+    prune_lines, prune_fields = describe_artifact_pruning(artifact, code_bytes)
+    for line in prune_lines:
+        logger.line(line)
+    logger.line(f"Total submission size {what}: {size.total_bytes} bytes (cap {size.cap}, margin {size.margin_bytes})")
+    fields = {"artifact_file": artifact_path.name, "artifact_path": str(artifact_path),
+              "artifact_compressor": artifact.compressor,
+              "artifact_shuffle_stride": artifact.shuffle_stride, "quant_method": cfg.quant.quant_method,
+              "quantize_seconds": quantize_seconds, **prune_fields}
+    logger.event("artifact", path=str(artifact_path), **size.as_dict(), **fields)
+    return artifact_path, size, fields
 
 
 def load_artifact_into_fresh_model(path: Path, cfg: Config, device: torch.device) -> GPT:
@@ -229,13 +297,17 @@ def _run_pipeline(cfg: Config, preset_name: str, preset_cfg: Config | None, ctx:
     prequant, prequant_seconds = timed(evaluate, model)
     log_eval(logger, "final_prequant", prequant, prequant_seconds)
 
+    hessians, calibration_seconds = collect_gptq_hessians(model, cfg, ctx, data.train_files, logger)
+    quant_fields = calibration_budget_fields(cfg, outcome.train_seconds, calibration_seconds, logger)
     artifact_path, size = (None, None)
     if ctx.is_main:
-        artifact_path, size = write_artifact(model, cfg, run_dir, logger)
+        artifact_path, size, artifact_fields = write_artifact(model, cfg, run_dir, logger, hessians)
+        quant_fields.update(artifact_fields)
     artifact_path = broadcast_object_from_main(artifact_path)
     roundtrip_model = load_artifact_into_fresh_model(artifact_path, cfg, ctx.device)
     roundtrip, roundtrip_seconds = timed(evaluate, roundtrip_model)
-    log_eval(logger, f"final_int8_{cfg.quant.compressor}_roundtrip", roundtrip, roundtrip_seconds)
+    what = artifact_file_name(cfg.quant).split(".")[1]  # int8, int6, gptq_int6 ...
+    log_eval(logger, f"final_{what}_{cfg.quant.compressor}_roundtrip", roundtrip, roundtrip_seconds)
     phases = extra_evaluation_phases(cfg, ctx, data.tokens, data.byte_tables, roundtrip_model,
                                      lambda: load_artifact_into_fresh_model(artifact_path, cfg, ctx.device))
     for phase in phases:
@@ -248,6 +320,7 @@ def _run_pipeline(cfg: Config, preset_name: str, preset_cfg: Config | None, ctx:
 
     report = build_report(cfg, preset_name, run_dir, model, outcome, prequant, roundtrip, roundtrip_seconds, size, header)
     report.update(final_evaluation_fields(phases, budget, roundtrip))
+    report.update(quant_fields)
     if ctx.is_main:
         write_text_atomic(run_dir / "report.json", json.dumps(report, indent=2, sort_keys=True))
         logger.line(f"report: {run_dir / 'report.json'}")

@@ -1,0 +1,307 @@
+"""``pgolf quantize RUN_DIR [KEY=value ...] [--json] [--sweep] [--name NAME]`` (tooling, not exported).
+
+Re-quantizes a finished run's full-precision weights (``final_weights.pgtc``) with other quantization
+settings, without retraining: a new artifact goes into ``RUN_DIR/quantize/<name>/`` (the run's own
+artifact is never touched), is round-tripped into a fresh model (in the looping state the run ended
+in) and scored. GPTQ recalibrates on the run's TRAINING shards, exactly as a run does.
+
+``--sweep`` is the rate-distortion view: every scheme of :data:`SWEEP_SCHEMES` is quantized and scored
+once, then compressed with every available compressor; the table (scheme x compressor -> bytes,
+round-trip BPB) is printed and saved as JSON and CSV (and a PNG when matplotlib is importable).
+"""
+
+import argparse
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from pgolf.artifact.compress import available_compressor_names
+from pgolf.artifact.container import unpack_tensor_container
+from pgolf.artifact.pack import pack_quantized_tensors, unpack_model_artifact
+from pgolf.artifact.size import ARTIFACT_CAP_BYTES, loaded_pgolf_modules, source_bytes_of_modules
+from pgolf.config import (Config, apply_config_overrides, config_field_index, config_from_dict, config_to_json,
+                          parse_cli_overrides, validate_config)
+from pgolf.dist import init_distributed
+from pgolf.errors import ArtifactError, ConfigError, PgolfError
+from pgolf.fsutil import write_text_atomic
+from pgolf.model.gpt import build_model
+from pgolf.quant.artifact_quant import quantize_for_artifact
+from pgolf.run import (collect_gptq_hessians, load_artifact_into_fresh_model, make_evaluator, new_run_id,
+                       prepare_validation_data, write_quantized_artifact)
+
+# Besides the quant section: where the data lives (as for `pgolf eval`), which does not change what is measured.
+QUANTIZE_EXTRA_KEYS = ("data_path", "tokenizer_path")
+# Quant-section keys that act during training, so they cannot change after it.
+QUANTIZE_TRAINING_ONLY_KEYS = ("qat_start_frac",)
+
+# Rate-distortion sweep: each scheme sets these keys on top of the run's config and the user's overrides.
+SWEEP_SCHEMES: dict[str, dict[str, object]] = {
+    "rtn int8 percentile": {"quant_method": "rtn", "matrix_bits": 8, "clip_method": "percentile"},
+    "rtn int6 percentile": {"quant_method": "rtn", "matrix_bits": 6, "clip_method": "percentile"},
+    "rtn int5 percentile": {"quant_method": "rtn", "matrix_bits": 5, "clip_method": "percentile"},
+    "rtn int6 sdclip": {"quant_method": "rtn", "matrix_bits": 6, "clip_method": "sdclip"},
+    "gptq int6 sdclip": {"quant_method": "gptq", "matrix_bits": 6, "clip_method": "sdclip"},
+    "gptq int5 sdclip": {"quant_method": "gptq", "matrix_bits": 5, "clip_method": "sdclip"},
+}
+
+
+class ToolLog:
+    """The ``line``/``event`` interface of RunLogger, collected for ``quantize.log`` and printed unless quiet."""
+
+    def __init__(self, echo: bool):
+        self.echo = echo
+        self.lines: list[str] = []
+
+    def line(self, text: str) -> None:
+        self.lines.append(text)
+        if self.echo:
+            print(text, flush=True)
+
+    def event(self, kind: str, **fields) -> None:
+        pass
+
+
+@dataclasses.dataclass
+class QuantizeSession:
+    """A run's full-precision weights, loaded and scored once, ready to be re-quantized."""
+
+    run_dir: Path
+    cfg: Config
+    ctx: object
+    data: object
+    evaluate: object
+    state: dict[str, torch.Tensor]
+    looping: bool
+    prequant: object
+
+
+def find_run_artifact(run_dir: str | Path) -> Path:
+    """The model artifact a run wrote: report.json's ``artifact_file``, else the one ``artifact/final_model.*.ptz``."""
+    run_dir = Path(run_dir)
+    report_path = run_dir / "report.json"
+    if report_path.is_file():
+        name = json.loads(report_path.read_text()).get("artifact_file")
+        if name and (run_dir / "artifact" / name).is_file():
+            return run_dir / "artifact" / name
+    found = sorted((run_dir / "artifact").glob("final_model.*.ptz"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ArtifactError(f"no artifact/final_model.*.ptz in {run_dir}; RUN_DIR must be a run written by `pgolf train`.")
+    raise ArtifactError(f"several artifacts in {run_dir / 'artifact'} ({', '.join(p.name for p in found)}) and "
+                        "report.json does not say which one the run wrote; move the others away.")
+
+
+def check_quantize_overrides(overrides: dict[str, str]) -> None:
+    """Only quantization keys (and where the data lives) may change: the weights are already trained."""
+    index = config_field_index()
+    for raw_key in overrides:
+        key = raw_key.strip().lower()
+        if key in QUANTIZE_TRAINING_ONLY_KEYS or (key in index and index[key][0] != "quant"
+                                                  and key not in QUANTIZE_EXTRA_KEYS):
+            quant_keys = ", ".join(sorted(name.upper() for name, (section, _) in index.items()
+                                          if section == "quant" and name not in QUANTIZE_TRAINING_ONLY_KEYS))
+            why = "acts during training" if key in QUANTIZE_TRAINING_ONLY_KEYS else f"is in the {index[key][0]} section"
+            raise ConfigError(f"{raw_key.upper()} {why}; `pgolf quantize` re-quantizes trained "
+                              f"weights and only accepts quantization keys ({quant_keys}) and DATA_PATH/TOKENIZER_PATH. "
+                              "Train a new run to change anything else.")
+
+
+def load_run_config(run_dir: Path, overrides: dict[str, str]) -> Config:
+    """The run's config.json with the (checked) overrides applied."""
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise PgolfError(f"{config_path} not found; RUN_DIR must be a directory written by `pgolf train`.")
+    check_quantize_overrides(overrides)
+    cfg = config_from_dict(json.loads(config_path.read_text()))
+    return validate_config(apply_config_overrides(cfg, overrides, source="command line"))
+
+
+def load_full_precision_weights(run_dir: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """(state dict, looping) from ``final_weights.pgtc``; older runs take the looping state from their artifact."""
+    path = run_dir / "final_weights.pgtc"
+    if not path.is_file():
+        raise PgolfError(f"{path} not found: this run kept no full-precision weights, so it cannot be "
+                         "re-quantized. Runs written by `pgolf train` keep them; re-run training.")
+    state, meta = unpack_tensor_container(path.read_bytes())
+    if "looping" in meta:
+        return state, bool(meta["looping"])
+    _, artifact_meta = unpack_model_artifact(find_run_artifact(run_dir).read_bytes())
+    return state, bool(artifact_meta["extra"].get("looping"))
+
+
+def model_from_state(state: dict[str, torch.Tensor], cfg: Config, device: torch.device, looping: bool):
+    model = build_model(cfg.model, device)
+    model.load_state_dict(state, strict=True)
+    if looping:
+        model.set_looping(True)
+    return model
+
+
+def open_session(run_dir: Path, overrides: dict[str, str], log: ToolLog) -> QuantizeSession:
+    """Load the run, its data and its weights, and score the full-precision model (``val_bpb_prequant``)."""
+    cfg = load_run_config(run_dir, overrides)
+    state, looping = load_full_precision_weights(run_dir)
+    ctx = init_distributed()
+    data = prepare_validation_data(cfg)
+    evaluate = make_evaluator(cfg, ctx, data)
+    prequant = evaluate(model_from_state(state, cfg, ctx.device, looping))
+    log.line(f"quantize: {run_dir} looping:{looping} val_bpb_prequant:{prequant.val_bpb:.6f}")
+    return QuantizeSession(run_dir, cfg, ctx, data, evaluate, state, looping, prequant)
+
+
+def new_output_dir(run_dir: Path, name: str | None, prefix: str = "") -> Path:
+    """``RUN_DIR/quantize/<name>``, which must not exist yet (nothing is ever overwritten)."""
+    out_dir = run_dir / "quantize" / (name or prefix + new_run_id())
+    if out_dir.exists():
+        raise ConfigError(f"{out_dir} already exists; pgolf never overwrites. Choose another --name.")
+    out_dir.mkdir(parents=True)
+    return out_dir
+
+
+def gptq_hessians_for(session: QuantizeSession, cfg: Config, log: ToolLog):
+    """Hessians from the run's training shards (None unless ``cfg`` asks for GPTQ), and their seconds."""
+    if cfg.quant.quant_method != "gptq":
+        return None, 0.0
+    model = model_from_state(session.state, cfg, session.ctx.device, session.looping)
+    return collect_gptq_hessians(model, cfg, session.ctx, session.data.train_files, log)
+
+
+def original_run_fields(run_dir: Path) -> dict:
+    """The run's own figures from its report.json (``run_val_bpb`` ...), for comparison; {} without one."""
+    report_path = run_dir / "report.json"
+    if not report_path.is_file():
+        return {}
+    report = json.loads(report_path.read_text())
+    keys = ("val_bpb", "val_bpb_prequant", "artifact_bytes", "code_bytes", "total_bytes", "artifact_file")
+    return {f"run_{key}": report.get(key) for key in keys}
+
+
+def code_bytes_of(run_dir: Path) -> int:
+    """The code bytes the run counted (so sizes compare with the run's), else those of the sources imported now."""
+    recorded = original_run_fields(run_dir).get("run_code_bytes")
+    return recorded if isinstance(recorded, int) else source_bytes_of_modules(loaded_pgolf_modules())
+
+
+def quantize_run(run_dir: Path, overrides: dict[str, str], *, name: str | None = None, echo: bool = True) -> dict:
+    """Re-quantize a run into ``RUN_DIR/quantize/<name>/``, round-trip it and report; returns the report."""
+    log = ToolLog(echo)
+    session = open_session(run_dir, overrides, log)
+    cfg = session.cfg
+    out_dir = new_output_dir(run_dir, name)
+    write_text_atomic(out_dir / "config.json", config_to_json(cfg))
+    hessians, calibration_seconds = gptq_hessians_for(session, cfg, log)
+    path, size, fields = write_quantized_artifact(session.state, cfg, out_dir, log, hessians=hessians,
+                                                  looping=session.looping, code_bytes=code_bytes_of(run_dir))
+    roundtrip = session.evaluate(load_artifact_into_fresh_model(path, cfg, session.ctx.device))
+    report = {"run_dir": str(run_dir), "output_dir": str(out_dir), "artifact_path": str(path),
+              "overrides": {key.upper(): value for key, value in overrides.items()},
+              "val_bpb_prequant": session.prequant.val_bpb, "val_loss_prequant": session.prequant.val_loss,
+              "val_bpb": roundtrip.val_bpb, "val_loss": roundtrip.val_loss,
+              "quant_gap_bpb": roundtrip.val_bpb - session.prequant.val_bpb, "calibration_seconds": calibration_seconds,
+              "artifact_bytes": size.model_bytes, "code_bytes": size.code_bytes, "total_bytes": size.total_bytes,
+              "cap_bytes": size.cap, "margin_bytes": size.margin_bytes, "fits": size.fits, **fields,
+              **original_run_fields(run_dir)}
+    log.line(f"val_bpb_prequant:{report['val_bpb_prequant']:.6f} val_bpb:{report['val_bpb']:.6f} "
+             f"gap:{report['quant_gap_bpb']:+.6f} total_bytes:{size.total_bytes} "
+             f"({'fits' if size.fits else 'OVER'} the {size.cap:,}-byte cap by {abs(size.margin_bytes):,} bytes)")
+    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, sort_keys=True))
+    write_text_atomic(out_dir / "quantize.log", "\n".join(log.lines) + "\n")
+    return report
+
+
+def sweep_scheme_rows(session: QuantizeSession, label: str, cfg: Config, hessians, code_bytes: int,
+                      compressors: list[str]) -> list[dict]:
+    """Quantize once as ``cfg`` says, score the round trip once, compress with every compressor."""
+    tensors, meta = quantize_for_artifact(session.state, cfg.quant, hessians if cfg.quant.quant_method == "gptq" else None)
+    stride = cfg.quant.byte_shuffle_stride
+    blobs = {name: pack_quantized_tensors(tensors, meta, name, stride, {"looping": session.looping}) for name in compressors}
+    restored, _ = unpack_model_artifact(blobs[compressors[0]])
+    sums = session.evaluate(model_from_state(restored, cfg, session.ctx.device, session.looping))
+    q = cfg.quant
+    common = {"scheme": label, "quant_method": q.quant_method, "matrix_bits": q.matrix_bits, "embed_bits": q.embed_bits,
+              "clip_method": q.clip_method, "shuffle_stride": stride, "val_bpb": sums.val_bpb,
+              "quant_gap_bpb": sums.val_bpb - session.prequant.val_bpb, "code_bytes": code_bytes}
+    return [{**common, "compressor": name, "model_bytes": len(blob), "total_bytes": code_bytes + len(blob),
+             "fits": code_bytes + len(blob) <= ARTIFACT_CAP_BYTES} for name, blob in blobs.items()]
+
+
+def format_sweep_table(rows: list[dict], prequant_bpb: float) -> list[str]:
+    """One line per scheme: round-trip BPB, gap, and model bytes under each compressor."""
+    compressors = list(dict.fromkeys(row["compressor"] for row in rows))
+    schemes = list(dict.fromkeys(row["scheme"] for row in rows))
+    lines = [f"rate-distortion sweep (val_bpb_prequant {prequant_bpb:.4f}; model bytes, code bytes not included)",
+             f"{'scheme':<22} {'val_bpb':>8} {'gap':>8} " + " ".join(f"{name:>11}" for name in compressors)]
+    for scheme in schemes:
+        mine = {row["compressor"]: row for row in rows if row["scheme"] == scheme}
+        first = next(iter(mine.values()))
+        sizes = " ".join(f"{mine[name]['model_bytes']:>11,}" for name in compressors)
+        lines.append(f"{scheme:<22} {first['val_bpb']:>8.4f} {first['quant_gap_bpb']:>+8.4f} {sizes}")
+    return lines
+
+
+def write_sweep_files(out_dir: Path, rows: list[dict], summary: dict) -> list[str]:
+    """sweep.json, sweep.csv and, when matplotlib is importable, sweep.png; returns notes for the log."""
+    write_text_atomic(out_dir / "sweep.json", json.dumps({**summary, "rows": rows}, indent=2, sort_keys=True))
+    with open(out_dir / "sweep.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    try:
+        import matplotlib
+    except ImportError:
+        return [f"sweep: wrote {out_dir / 'sweep.json'} and sweep.csv; no plot (matplotlib is not installed)"]
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for compressor in dict.fromkeys(row["compressor"] for row in rows):
+        mine = [row for row in rows if row["compressor"] == compressor]
+        axes.plot([row["total_bytes"] / 1e6 for row in mine], [row["val_bpb"] for row in mine], "o", label=compressor)
+    for row in rows:
+        if row["compressor"] == rows[0]["compressor"]:
+            axes.annotate(row["scheme"], (row["total_bytes"] / 1e6, row["val_bpb"]), fontsize=7)
+    axes.set_xlabel("code + model bytes (MB)")
+    axes.set_ylabel("round-trip val_bpb")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(out_dir / "sweep.png", dpi=120)
+    plt.close(figure)
+    return [f"sweep: wrote {out_dir / 'sweep.json'}, sweep.csv and sweep.png"]
+
+
+def sweep_run(run_dir: Path, overrides: dict[str, str], *, name: str | None = None, echo: bool = True) -> dict:
+    """The rate-distortion table of a run; saved under ``RUN_DIR/quantize/<name>/``; returns the summary."""
+    log = ToolLog(echo)
+    session = open_session(run_dir, overrides, log)
+    out_dir = new_output_dir(run_dir, name, prefix="sweep_")
+    compressors = available_compressor_names()
+    code_bytes = code_bytes_of(run_dir)
+    configs = {label: apply_config_overrides(session.cfg, settings, source=f"sweep scheme {label!r}")
+               for label, settings in SWEEP_SCHEMES.items()}
+    gptq_cfg = next((cfg for cfg in configs.values() if cfg.quant.quant_method == "gptq"), None)
+    hessians, _ = gptq_hessians_for(session, gptq_cfg, log) if gptq_cfg is not None else (None, 0.0)
+    rows = []
+    for label, cfg in configs.items():
+        rows += sweep_scheme_rows(session, label, validate_config(cfg), hessians, code_bytes, compressors)
+        log.line(f"sweep: {label} val_bpb:{rows[-1]['val_bpb']:.6f}")
+    summary = {"run_dir": str(run_dir), "output_dir": str(out_dir), "val_bpb_prequant": session.prequant.val_bpb,
+               "code_bytes": code_bytes, "cap_bytes": ARTIFACT_CAP_BYTES, "compressors": compressors,
+               "overrides": {key.upper(): value for key, value in overrides.items()}}
+    for line in format_sweep_table(rows, session.prequant.val_bpb) + write_sweep_files(out_dir, rows, summary):
+        log.line(line)
+    write_text_atomic(out_dir / "quantize.log", "\n".join(log.lines) + "\n")
+    return {**summary, "rows": rows}
+
+
+def run_quantize_command(args: argparse.Namespace) -> int:
+    """Handler of ``pgolf quantize`` (registered in pgolf/cli.py)."""
+    overrides = parse_cli_overrides(args.overrides)
+    action = sweep_run if args.sweep else quantize_run
+    result = action(Path(args.run_dir), overrides, name=args.name, echo=not args.json)
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    return 0
