@@ -34,6 +34,7 @@ from pgolf.fsutil import write_bytes_atomic, write_text_atomic
 from pgolf.log import RunLogger
 from pgolf.model.gpt import GPT, build_model, count_parameters
 from pgolf.optim.build import build_optimizers
+from pgolf.quant.qat import attach_qat, describe_qat
 from pgolf.provenance import environment_summary, pgolf_code_hash
 from pgolf.quant.artifact_quant import format_quantized_weights
 from pgolf.quant.calibration import collect_hessians, training_calibration_batches
@@ -283,7 +284,14 @@ def _run_pipeline(cfg: Config, preset_name: str, preset_cfg: Config | None, ctx:
     optimizers = build_optimizers(model, cfg.optim, tie_embeddings=cfg.model.tie_embeddings,
                                   control_patterns=cfg.model.control_tensor_name_patterns,
                                   rank=ctx.rank, world_size=ctx.world_size)
-    parts = TrainingParts(model, wrap_for_training(model, cfg, ctx), optimizers, loader)
+    # QAT attaches by module replacement before compile/DDP wrap the model; removed after training.
+    qat = attach_qat(model, cfg.quant)
+    if qat is not None:
+        for line in describe_qat(qat):
+            logger.line(line)
+    elif cfg.quant.qat_start_frac > 0:
+        logger.line("qat:off (no per-row block matrices to fake-quantize)")
+    parts = TrainingParts(model, wrap_for_training(model, cfg, ctx), optimizers, loader, qat)
 
     def validate_during_training(step: int) -> None:
         sums, seconds = timed(evaluate, model)
@@ -292,6 +300,8 @@ def _run_pipeline(cfg: Config, preset_name: str, preset_cfg: Config | None, ctx:
 
     # With EMA_DECAY > 0 the model comes back holding the EMA weights: everything below uses them.
     outcome = train_model(parts, cfg.train, cfg.optim, ctx, logger, validate_during_training)
+    if qat is not None:
+        qat.remove()  # plain linears for evaluation, calibration, export and TTT
     logger.line(f"train_done steps:{outcome.steps} train_time:{outcome.train_seconds * 1000:.0f}ms "
                 f"tokens_per_s:{outcome.tokens_per_second:.0f} stopped_by:{outcome.stopped_by}")
     prequant, prequant_seconds = timed(evaluate, model)
@@ -351,6 +361,7 @@ def build_report(cfg, preset_name, run_dir, model, outcome, prequant, roundtrip,
         "stopped_by": outcome.stopped_by,
         "looping_enabled_step": outcome.looping_enabled_step,
         "ema_applied": outcome.ema_applied,
+        "qat_enabled_step": outcome.qat_enabled_step,
         "val_loss": roundtrip.val_loss,
         "val_bpb": roundtrip.val_bpb,
         "val_loss_prequant": prequant.val_loss,

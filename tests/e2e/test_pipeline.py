@@ -148,3 +148,10 @@ def test_record_features_sliding_and_ttt_run_end_to_end(default_data, tmp_path):
     reloaded = load_artifact_into_fresh_model(tmp_path / "runs" / "rec" / "artifact" / "final_model.int8.ptz", cfg,
                                               torch.device("cpu"))
     assert reloaded.looping
+
+
+def test_qat_switches_on_in_a_run_and_the_artifact_round_trips(default_data, tmp_path):
+    report = run_main(quick_config(default_data, tmp_path, RUN_ID="qat", MATRIX_BITS="5", CLIP_METHOD="sdclip", MODEL_DIM="256",
+                                   QAT_START_FRAC="0.5"), preset_name="tiny_cpu", echo=False)
+    assert report["qat_enabled_step"] == 2 and math.isfinite(report["val_bpb"])
+    assert "qat:enabled step:2" in (tmp_path / "runs" / "qat" / "train.log").read_text()

@@ -1,0 +1,317 @@
+"""``pgolf export``: dependency order, flattening, minification, the wrapper, baking, refusals.
+
+Small synthetic ``pgolf`` packages written into tmp folders exercise each flattening rule; the real
+package is exported once (module fixture) for the checks on what actually ships.
+"""
+
+import ast
+import json
+import math
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+
+from pgolf.cli import main as cli_main
+from pgolf.config import apply_config_overrides, config_to_json
+from pgolf.errors import ConfigError, PgolfError
+from pgolf.export.bundle import (_settle_code_bytes, baked_config_values, build_exported_script, export_ready_config,
+                                 exported_code_bytes, write_exported_script)
+from pgolf.export.flatten import ExportError, core_module_order, flatten_core_modules
+from pgolf.export.minify import minify_source, unwrap_script, wrap_source
+from pgolf.presets import tiny_cpu
+from pgolf.provenance import pgolf_code_hash
+
+PACKAGE_DIR = Path(__file__).resolve().parents[2] / "pgolf"
+# Written out here rather than imported, so the test does not trust the implementation's own list.
+TOOLING_PREFIXES = ("pgolf.cli", "pgolf.check", "pgolf.data.corpus", "pgolf.data.fineweb", "pgolf.data.tools",
+                    "pgolf.quant.tools", "pgolf.export", "pgolf.exp.")
+DATA = {"DATA_PATH": "/data/datasets/fineweb10B_sp1024", "TOKENIZER_PATH": "/data/tokenizers/sp1024.model"}
+
+
+def make_package(root: Path, files: dict[str, str]) -> Path:
+    """A throwaway ``pgolf`` package (never imported: the exporter only reads files)."""
+    package = root / "pgolf"
+    for relative, text in files.items():
+        path = package / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip())
+    for folder in [package, *[p for p in package.rglob("*") if p.is_dir()]]:
+        (folder / "__init__.py").touch()
+    return package
+
+
+def pgolf_imports(path: Path, top_level_only: bool) -> list[str]:
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    return [node.module for node in nodes if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pgolf.")]
+
+
+@pytest.fixture(scope="module")
+def real_script():
+    cfg = apply_config_overrides(tiny_cpu(), {**DATA, "RUN_ID": "fixed_run"}, source="test")
+    return cfg, build_exported_script(cfg, preset_name="tiny_cpu")
+
+
+def test_real_package_order_every_module_after_its_imports_and_no_tooling():
+    names = [module.name for module in core_module_order("pgolf.run")]
+    assert len(names) == len(set(names)) and "pgolf.run" in names
+    for name in names:
+        assert not name.startswith(TOOLING_PREFIXES), name
+        path = PACKAGE_DIR.joinpath(*name.split(".")[1:]).with_suffix(".py")
+        for dep in pgolf_imports(path, top_level_only=True):
+            assert names.index(dep) < names.index(name), f"{name} comes before its import {dep}"
+    # Independent closure: everything pgolf.run imports, at any depth, is bundled, and nothing else.
+    closure, todo = set(), ["pgolf.run"]
+    while todo:
+        name = todo.pop()
+        if name not in closure:
+            closure.add(name)
+            todo += pgolf_imports(PACKAGE_DIR.joinpath(*name.split(".")[1:]).with_suffix(".py"), top_level_only=False)
+    assert set(names) == closure
+
+
+def test_a_core_module_importing_tooling_is_refused(tmp_path):
+    package = make_package(tmp_path, {
+        "run.py": "def main():\n    from pgolf.data.corpus import ensure_default_dataset\n",
+        "data/corpus.py": "def ensure_default_dataset():\n    pass\n"})
+    with pytest.raises(ExportError, match="tooling"):
+        core_module_order("pgolf.run", package)
+
+
+def test_flattened_fake_package_keeps_aliases_nested_imports_and_type_checking(tmp_path):
+    package = make_package(tmp_path, {
+        "errors.py": "class BoomError(Exception):\n    pass\n",
+        "util.py": '''
+            import math
+            from typing import Callable
+
+
+            def double(x):
+                """Twice x."""
+                return 2 * x  # a comment
+
+
+            SCALE = math.pi
+            ''',
+        "run.py": '''
+            import math
+            from collections.abc import Callable
+            from typing import TYPE_CHECKING
+
+            from pgolf.util import SCALE, double as twice
+
+            if TYPE_CHECKING:
+                from pgolf.errors import BoomError
+
+
+            def main(x):
+                from pgolf.errors import BoomError as Boom
+                if x < 0:
+                    raise Boom("negative")
+                return twice(x) * SCALE + math.floor(0.5)
+            '''})
+    flat = flatten_core_modules("pgolf.run", package)
+    assert [m.name for m in flat.modules] == ["pgolf.util", "pgolf.run", "pgolf.errors"]
+    assert "from pgolf" not in flat.text and flat.text.count("import math\n") == 1
+    namespace: dict = {}
+    exec(compile(flat.text, "flat.py", "exec"), namespace)
+    assert namespace["main"](3) == 6 * math.pi and namespace["twice"] is namespace["double"]
+    with pytest.raises(namespace["BoomError"], match="negative"):
+        namespace["main"](-1)
+    minified: dict = {}
+    exec(compile(minify_source(flat.text), "min.py", "exec"), minified)
+    assert minified["main"](3) == 6 * math.pi
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"run.py": "import pgolf.util\n", "util.py": "X = 1\n"}, "from pgolf.x import name"),
+    ({"run.py": "from .util import X\n", "util.py": "X = 1\n"}, "relative import"),
+    ({"run.py": "from os import path\nfrom pgolf.util import X\n", "util.py": "from sys import path\nX = 1\n"},
+     "one namespace"),
+    ({"run.py": "from pgolf.util import X\n\n\ndef path():\n    pass\n", "util.py": "from os import path\nX = 1\n"},
+     "rename one"),
+    ({"run.py": "from pgolf.util import X\nX2 = 2\n", "util.py": "X2 = 1\nX = 1\n"}, "unique"),
+    ({"run.py": "from pgolf.model import gpt\n", "model/gpt.py": "X = 1\n"}, "not defined"),
+    ({"run.py": "import os; from pgolf.util import X\n", "util.py": "X = 1\n"}, "lines of its own"),
+])
+def test_what_cannot_be_flattened_faithfully_is_refused(tmp_path, files, message):
+    with pytest.raises(ExportError, match=message):
+        flatten_core_modules("pgolf.run", make_package(tmp_path, files))
+
+
+MINIFY_SAMPLE = '''
+"""Module docstring."""
+import math
+
+
+def tricky(n, word="a # not a comment"):
+    """Docstring.
+
+    With a blank line."""
+    # a comment
+    text = """keep
+
+    these   lines"""
+    values = [1 if n else 2, n * 2, -n, n ** -1 if n else 0, 1.5e3, 0x1F, math.floor(2.5), (1).real]
+    label = f"{n!r:>5} {{braces}} {word}"
+    if not n:
+        "a literal statement"
+    return values, text, label, not n, n in (1, 2), [x for x in range(3) if x is not None]
+
+
+class Box:
+    "only a docstring"
+'''
+
+
+def test_minified_source_behaves_identically_and_is_smaller():
+    minified = minify_source(MINIFY_SAMPLE)
+    original, compact = {}, {}
+    exec(compile(MINIFY_SAMPLE, "original.py", "exec"), original)
+    exec(compile(minified, "minified.py", "exec"), compact)
+    for n in (0, 3):
+        assert compact["tricky"](n) == original["tricky"](n)
+    assert "Docstring" not in minified and "# a comment" not in minified and "literal statement" not in minified
+    assert "\n\n" not in minified.replace("keep\n\n", "") and "\n  return" not in minified  # one space per level
+    assert len(minified) < 0.8 * len(MINIFY_SAMPLE)
+
+
+def test_wrapped_file_decompresses_to_the_minified_source_and_counts_its_disk_bytes(real_script, tmp_path):
+    _, script = real_script
+    assert unwrap_script(script.wrapped) == script.minified
+    assert minify_source(script.readable) == script.minified  # the readable file is the same program
+    compile(script.readable, "train_gpt.readable.py", "exec")
+    lines = script.wrapped.decode("ascii").splitlines()
+    assert len(lines) == 2 and lines[0] == "import lzma,base64"
+    wrapped, readable = write_exported_script(script, tmp_path / "train_gpt.py")
+    assert wrapped.stat().st_size == script.wrapped_bytes == len(wrapped.read_bytes())
+    assert readable.name == "train_gpt.readable.py" and readable.read_text() == script.readable
+    assert script.wrapped_bytes < script.minified_bytes < script.readable_bytes
+    assert not any(isinstance(node, (ast.Import, ast.ImportFrom)) and "pgolf" in ast.unparse(node)
+                   for node in ast.walk(ast.parse(script.minified)))
+
+
+def test_an_existing_file_is_never_overwritten(real_script, tmp_path):
+    _, script = real_script
+    (tmp_path / "train_gpt.readable.py").write_text("mine")
+    with pytest.raises(PgolfError, match="already exists"):
+        write_exported_script(script, tmp_path / "train_gpt.py")
+    assert not (tmp_path / "train_gpt.py").exists() and (tmp_path / "train_gpt.readable.py").read_text() == "mine"
+    write_exported_script(script, tmp_path / "other.py")
+    with pytest.raises(PgolfError, match="already exists"):
+        write_exported_script(script, tmp_path / "other.py")
+
+
+def test_entry_bakes_the_config_and_the_environment_overrides_it(real_script, monkeypatch, capsys):
+    cfg, script = real_script
+    module = types.ModuleType("exported_train_gpt_under_test")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(script.readable, "train_gpt.readable.py", "exec"), module.__dict__)
+    calls = []
+    module.main = lambda cfg, **kwargs: calls.append((cfg, kwargs))
+    monkeypatch.setenv("SEED", "42")
+    monkeypatch.delenv("NUM_LAYERS", raising=False)
+    assert module._run_exported_script() == 0
+    ran, kwargs = calls[0]
+    assert ran.train.seed == 42 and kwargs["preset_cfg"].train.seed == 1337 and kwargs["preset_name"] == "tiny_cpu"
+    assert (ran.model.num_layers, ran.model.model_dim, ran.data.data_path) == (4, 128, DATA["DATA_PATH"])
+    assert ran.run.run_id == "" and cfg.run.run_id == "fixed_run"  # each run of the script picks its own id
+    assert module.pgolf_code_hash() == script.code_hash == pgolf_code_hash()
+    monkeypatch.setenv("SEED", "not_a_number")
+    assert module._run_exported_script() == 2 and "SEED" in capsys.readouterr().err
+
+
+def test_baked_values_are_the_differences_from_the_defaults(real_script):
+    cfg, _ = real_script
+    values = baked_config_values(export_ready_config(cfg))
+    assert values["NUM_LAYERS"] == 4 and values["DATA_PATH"] == DATA["DATA_PATH"]
+    assert "RUN_ID" not in values and "SEED" not in values and "VOCAB_SIZE" not in values
+    with pytest.raises(ConfigError, match="DATA_PATH"):
+        export_ready_config(tiny_cpu())
+
+
+@pytest.mark.parametrize("padding", [0, 1, 500, 5000])
+def test_a_script_that_states_its_own_size_states_it_exactly(padding):
+    template = minify_source(f"PAD = {'x' * padding!r}\n_EXPORT_CODE_BYTES = 0\n")
+    _, stated, wrapped = _settle_code_bytes(template)
+    namespace: dict = {}
+    exec(unwrap_script(wrapped), namespace)
+    assert namespace["_EXPORT_CODE_BYTES"] == stated == len(wrapped)
+
+
+def test_a_size_that_never_settles_is_padded_to_the_largest_seen(monkeypatch):
+    """A wrapper whose size flips between 100 and 101 bytes with the number it states: no fixed point,
+    so the exporter states 101 and pads the 100-byte file with one newline."""
+    def flipping_wrap(source: str) -> bytes:
+        stated = int(source.rsplit("=", 1)[1])
+        return b"x" * (101 if stated == 100 else 100)
+
+    monkeypatch.setattr("pgolf.export.bundle.wrap_source", flipping_wrap)
+    source, stated, wrapped = _settle_code_bytes("x=1\n_EXPORT_CODE_BYTES=0\n")
+    assert stated == 101 == len(wrapped) and wrapped.endswith(b"x\n") and "_EXPORT_CODE_BYTES=101" in source
+
+
+def test_main_with_a_code_bytes_parameter_receives_the_scripts_own_size(tmp_path):
+    package = make_package(tmp_path, {
+        "errors.py": "class PgolfError(Exception):\n    pass\n",
+        "config.py": '''
+            class Config:
+                pass
+
+
+            def apply_config_overrides(cfg, overrides, *, source):
+                return {**(cfg if isinstance(cfg, dict) else {}), **overrides}
+
+
+            def environment_overrides(environ):
+                return {"SEED": environ["SEED"]} if "SEED" in environ else {}
+            ''',
+        "run.py": '''
+            from pgolf.config import Config
+            from pgolf.errors import PgolfError
+
+            CALLS = []
+
+
+            def main(cfg, *, preset_name, preset_cfg, code_bytes=None):
+                CALLS.append((cfg, preset_name, code_bytes))
+            '''})
+    cfg = apply_config_overrides(tiny_cpu(), DATA, source="test")
+    script = build_exported_script(cfg, preset_name="tiny_cpu", package_dir=package, code_hash="0" * 16)
+    assert script.baked_code_bytes and minify_source(script.readable) == script.minified
+    namespace = {"__name__": "__main__"}
+    with pytest.raises(SystemExit) as exit_info:
+        exec(unwrap_script(script.wrapped), namespace)
+    assert exit_info.value.code == 0
+    baked, preset, code_bytes = namespace["CALLS"][0]
+    assert code_bytes == script.wrapped_bytes and preset == "tiny_cpu" and baked["NUM_LAYERS"] == 4
+
+
+def test_exported_code_bytes_is_the_written_files_size(real_script, tmp_path):
+    cfg, script = real_script
+    assert exported_code_bytes(cfg, preset_name="tiny_cpu") == script.wrapped_bytes
+    assert len(wrap_source(script.minified)) == script.wrapped_bytes
+
+
+def test_cli_exports_a_preset_and_a_run_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SEED", raising=False)
+    overrides = [f"{key}={value}" for key, value in DATA.items()]
+    assert cli_main(["export", "tiny_cpu", *overrides, "-o", str(tmp_path / "a.py"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["wrapped_bytes"] == (tmp_path / "a.py").stat().st_size and report["preset"] == "tiny_cpu"
+    assert (tmp_path / "a.readable.py").is_file()
+    assert cli_main(["export", "tiny_cpu", *overrides, "-o", str(tmp_path / "a.py")]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(config_to_json(apply_config_overrides(tiny_cpu(), DATA, source="test")))
+    (run_dir / "report.json").write_text(json.dumps({"preset": "tiny_cpu"}))
+    assert cli_main(["export", str(run_dir), "-o", str(tmp_path / "b.py"), "--json"]) == 0
+    from_run = json.loads(capsys.readouterr().out)
+    assert from_run["wrapped_bytes"] == report["wrapped_bytes"]  # same config, same script
+    assert cli_main(["export", "no_such_preset_or_dir"]) == 2
+    assert "neither a run directory nor a preset" in capsys.readouterr().err
