@@ -231,7 +231,7 @@ def write_quantized_artifact(state: dict[str, torch.Tensor], cfg: Config, out_di
     artifact_path = save_artifact(out_dir / artifact_file_name(cfg.quant), artifact.blob)
     size = SizeReport(code_bytes=code_bytes, model_bytes=len(artifact.blob), cap=ARTIFACT_CAP_BYTES,
                       code_bytes_note="upper bound: total source bytes of the pgolf modules this run imported "
-                                      "(the one-file export will measure the real train_gpt.py)")
+                                      "(`pgolf export` measures the real wrapped train_gpt.py)")
     what = f"{artifact_path.name.split('.')[1]}+{artifact.compressor}"
     logger.line(f"Serialized model {what}: {len(artifact.blob)} bytes (quantize+compress {quantize_seconds:.1f}s)")
     logger.line(f"Code size: {code_bytes} bytes ({size.code_bytes_note})")
