@@ -65,6 +65,13 @@ class TokenStream:
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.uint16)
 
 
+def check_loader_inputs(files: list, rank: int, world_size: int) -> None:
+    """What every training loader refuses: validation shards, and a rank outside the world."""
+    refuse_validation_files(files)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is not valid for world size {world_size}; check RANK and WORLD_SIZE.")
+
+
 class DistributedTokenLoader:
     """Training batches for one rank: the same stream on every rank, each keeping a disjoint slice."""
 
@@ -77,9 +84,7 @@ class DistributedTokenLoader:
         *,
         vocab_size: int | None = None,
     ):
-        refuse_validation_files(files)
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ConfigError(f"rank {rank} is not valid for world size {world_size}; check RANK and WORLD_SIZE.")
+        check_loader_inputs(files, rank, world_size)
         self.files = [Path(f) for f in files]
         self.rank = rank
         self.world_size = world_size

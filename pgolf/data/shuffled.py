@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pgolf.data.loader import local_batch_tokens, refuse_validation_files
+from pgolf.data.loader import check_loader_inputs, local_batch_tokens
 from pgolf.data.shards import check_token_ids, read_shard
-from pgolf.errors import ConfigError, DataError
+from pgolf.errors import DataError
 
 
 @dataclass
@@ -70,9 +70,7 @@ class ShuffledSequenceLoader:
         *,
         vocab_size: int | None = None,
     ):
-        refuse_validation_files(files)
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ConfigError(f"rank {rank} is not valid for world size {world_size}; check RANK and WORLD_SIZE.")
+        check_loader_inputs(files, rank, world_size)
         self.files = sorted(Path(f) for f in files)[rank::world_size]
         if not self.files:
             raise DataError(
