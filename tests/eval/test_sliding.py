@@ -5,12 +5,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from testkit import small_scoring_gpt
 
-from pgolf.config import ModelConfig
 from pgolf.data.tokenizer import ByteTables, count_target_bytes
 from pgolf.eval.bpb import evaluate_bpb
 from pgolf.eval.sliding import evaluate_sliding_bpb, sliding_windows
-from pgolf.model.gpt import GPT
 
 VOCAB = 48
 
@@ -28,13 +27,7 @@ def byte_tables() -> ByteTables:
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    gpt = GPT(ModelConfig(vocab_size=VOCAB, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2))
-    with torch.no_grad():
-        for module in gpt.modules():
-            if getattr(module, "zero_init", False):
-                module.weight.normal_(0, 0.05)
-    return gpt.eval()
+    return small_scoring_gpt(VOCAB)
 
 
 def tokens(n: int, seed: int = 1) -> torch.Tensor:

@@ -5,8 +5,9 @@ import dataclasses
 
 import pytest
 import torch
+from testkit import small_scoring_gpt
 
-from pgolf.config import ModelConfig, TTTConfig
+from pgolf.config import TTTConfig
 from pgolf.data.tokenizer import ByteTables
 from pgolf.eval.compliance import check_causality, check_normalization, check_score_before_update
 from pgolf.eval.sliding import evaluate_sliding_bpb
@@ -25,13 +26,7 @@ def tables() -> ByteTables:
 
 
 def fresh_model(seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    model = GPT(ModelConfig(vocab_size=VOCAB, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2))
-    with torch.no_grad():
-        for module in model.modules():
-            if getattr(module, "zero_init", False):
-                module.weight.normal_(0, 0.05)
-    return model
+    return small_scoring_gpt(VOCAB, seed)
 
 
 def repeated_text(repeats: int, period: int = 24, seed: int = 0) -> torch.Tensor:

@@ -6,8 +6,9 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from testkit import small_scoring_gpt
 
-from pgolf.config import ModelConfig, TTTConfig
+from pgolf.config import TTTConfig
 from pgolf.data.tokenizer import ByteTables
 from pgolf.eval.compliance import check_score_before_update
 from pgolf.eval.ttt import TTTObserver
@@ -28,13 +29,7 @@ def tables() -> ByteTables:
 
 
 def model() -> GPT:
-    torch.manual_seed(0)
-    gpt = GPT(ModelConfig(vocab_size=VOCAB, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2))
-    with torch.no_grad():
-        for module in gpt.modules():
-            if getattr(module, "zero_init", False):
-                module.weight.normal_(0, 0.05)
-    return gpt.eval()
+    return small_scoring_gpt(VOCAB)
 
 
 def stream(*documents: list[int]) -> torch.Tensor:

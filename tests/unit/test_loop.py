@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from testkit import RecordingLogger
 import torch.nn.functional as F
 from torch import nn
 
@@ -88,16 +89,6 @@ def test_validation_is_called_on_schedule_and_kept_off_the_clock(shard):
 # ---- record-stack training features: looping switch, priming both variants, GPTQ reserve, MIN_LR, EMA, clip
 
 
-class RecordingLogger(RunLogger):
-    def __init__(self):
-        super().__init__(None, echo=False)
-        self.lines, self.events = [], []
-
-    def line(self, text):
-        self.lines.append(text)
-
-    def event(self, kind, **fields):
-        self.events.append((kind, fields))
 
 
 class LoopingToyModel(nn.Module):

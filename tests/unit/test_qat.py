@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from testkit import RecordingLogger
 import torch.nn.functional as F
 
 from pgolf.config import ModelConfig, OptimConfig, QuantConfig, TrainConfig
@@ -16,7 +17,6 @@ from pgolf.data.loader import DistributedTokenLoader
 from pgolf.data.shards import write_shard
 from pgolf.dist import DistContext
 from pgolf.errors import ConfigError
-from pgolf.log import RunLogger
 from pgolf.model.gpt import GPT
 from pgolf.model.layers import CastedLinear
 from pgolf.optim.build import build_optimizers
@@ -166,16 +166,6 @@ def shard(tmp_path):
     return path
 
 
-class RecordingLogger(RunLogger):
-    def __init__(self):
-        super().__init__(None, echo=False)
-        self.lines, self.events = [], []
-
-    def line(self, text):
-        self.lines.append(text)
-
-    def event(self, kind, **fields):
-        self.events.append((kind, fields))
 
 
 def block_linears(model) -> list[str]:
