@@ -6,6 +6,14 @@
     pgolf describe [--preset NAME] [KEY=value ...] [--json]   resolved config and parameter count
     pgolf data     fineweb|build|stats|verify ...     fetch, make, describe and check token shard datasets
     pgolf export   RUN_DIR|PRESET [KEY=value ...] [-o train_gpt.py]   the one-file submission script
+    pgolf check    RUN_DIR [--json]                  compliance checks, JSON receipt
+    pgolf significance RUN_OR_LOG... --against BPB   the challenge's significance rule
+    pgolf record   RUN_DIR... --name NAME            a records/ submission folder; record-check verifies one
+    pgolf seeds    --seeds 42,314,999 [KEY=value ...]   one configuration under several seeds
+    pgolf sweep    KEY=v1,v2 [--seeds ...] [--ablate]   paired comparisons and leave-one-out ablations
+    pgolf plot     RUN_OR_LOG... [-o FILE.png]        loss and BPB curves against step and time
+    pgolf doctor   [--json]                          this machine: GPU, backends, compressors, probes
+    pgolf profile  [--preset NAME] [KEY=value ...]   profiler trace, top kernels, step-time breakdown
 
 Configuration precedence: preset defaults < environment variables < ``KEY=value`` arguments. Keys are
 the challenge's flat names in any case (``NUM_LAYERS=6`` or ``num_layers=6``). With ``DATA_PATH`` and
@@ -70,10 +78,17 @@ def command_train(args: argparse.Namespace) -> int:
 
     cfg, preset, name = resolve_config(args.preset, args.overrides)
     cfg = fill_default_data(cfg)
-    report = run_main(cfg, preset_name=name, preset_cfg=preset)
+    report = run_main(cfg, preset_name=name, preset_cfg=preset, code_bytes=exact_code_bytes(cfg, name))
     _print_main_rank(f"val_bpb:{report['val_bpb']:.4f} (round trip) total_bytes:{report.get('total_bytes')} "
                      f"run:{report['run_dir']}")
     return 0
+
+
+def exact_code_bytes(cfg: Config, preset_name: str) -> int:
+    """The size of the train_gpt.py ``pgolf export`` would write for this run: its counted code bytes."""
+    from pgolf.export.bundle import exported_code_bytes
+
+    return exported_code_bytes(cfg, preset_name=preset_name)
 
 
 def command_describe(args: argparse.Namespace) -> int:
@@ -164,6 +179,80 @@ def add_export_parser(sub) -> None:
     export.set_defaults(handler=command_export)
 
 
+def add_record_parsers(sub) -> None:
+    """``pgolf record`` and ``pgolf record-check`` (handlers: pgolf/exp/record.py)."""
+    record = sub.add_parser("record", help="write a records/track_10min_16mb/<date>_<name>/ submission folder "
+                                           "from runs that differ only in SEED")
+    record.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one finished run per seed")
+    record.add_argument("--name", required=True, help="record name (folder suffix)")
+    record.add_argument("--author", default="", help="author name for submission.json")
+    record.add_argument("--github-id", default="", help="GitHub user name for submission.json")
+    record.add_argument("--out", default="records/track_10min_16mb", metavar="DIR", help="parent folder")
+    record.add_argument("--json", action="store_true")
+    record.set_defaults(handler=_tooling_handler("pgolf.exp.record", "run_record_command"))
+
+    check = sub.add_parser("record-check", help="verify a record folder: files, submission.json schema, "
+                                                "sizes under the cap, one code hash across seeds")
+    check.add_argument("folder", metavar="RECORD_DIR")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(handler=_tooling_handler("pgolf.exp.record", "run_record_check_command"))
+
+
+def add_experiment_parsers(sub, presets_help: str) -> None:
+    """``pgolf seeds``, ``pgolf sweep`` and ``pgolf plot`` (handlers: pgolf/exp/seeds.py, sweep.py, plot.py)."""
+    seeds = sub.add_parser("seeds", help="train one configuration under several seeds")
+    seeds.add_argument("--preset", help=presets_help)
+    seeds.add_argument("--seeds", required=True, help="comma-separated seeds, e.g. 42,314,999")
+    seeds.add_argument("--name", help="seed-group folder name under RUNS_DIR (default: date, time, suffix)")
+    seeds.add_argument("--json", action="store_true")
+    seeds.add_argument("overrides", nargs="*", metavar="KEY=value")
+    seeds.set_defaults(handler=_tooling_handler("pgolf.exp.seeds", "run_seeds_command"))
+
+    sweep = sub.add_parser("sweep", help="paired fixed-seed comparisons over KEY=v1,v2 arms, or leave-one-out "
+                                         "ablations of a preset's features")
+    sweep.add_argument("--preset", help=presets_help)
+    sweep.add_argument("--seeds", default="1337", help="comma-separated seeds; every arm runs each (default 1337)")
+    sweep.add_argument("--ablate", action="store_true", help="one arm per feature the preset enables, with it off")
+    sweep.add_argument("--unpaired", action="store_true", help="Welch comparison instead of per-seed pairs")
+    sweep.add_argument("--name", help="sweep folder name under RUNS_DIR (default: date, time, suffix)")
+    sweep.add_argument("--json", action="store_true")
+    sweep.add_argument("overrides", nargs="*", metavar="KEY=value|KEY=v1,v2",
+                       help="a comma list makes an axis; a single value is fixed for every arm")
+    sweep.set_defaults(handler=_tooling_handler("pgolf.exp.sweep", "run_sweep_command"))
+
+    plot = sub.add_parser("plot", help="train loss and val BPB against step and wall-clock time, runs overlaid")
+    plot.add_argument("runs", nargs="+", metavar="RUN_OR_LOG", help="pgolf run directories or challenge logs")
+    plot.add_argument("-o", "--output", default="curves.png", help="image path (default curves.png; .svg/.pdf too)")
+    plot.set_defaults(handler=_tooling_handler("pgolf.exp.plot", "run_plot_command"))
+
+
+def add_machine_parsers(sub, presets_help: str) -> None:
+    """``pgolf doctor`` and ``pgolf profile`` (handlers: pgolf/doctor.py, pgolf/profiler.py)."""
+    doctor = sub.add_parser("doctor", help="GPU, torch/CUDA, attention backends, bf16/FP8, compressors, and "
+                                           "matmul/bandwidth probes against the GPU's expected figures")
+    doctor.add_argument("--json", action="store_true")
+    doctor.add_argument("--quick", action="store_true", help="skip the timing probes")
+    doctor.set_defaults(handler=_tooling_handler("pgolf.doctor", "run_doctor_command"))
+
+    profile = sub.add_parser("profile", help="a few training steps under the PyTorch profiler: trace, top kernels, "
+                                             "step-time breakdown")
+    profile.add_argument("--preset", help=presets_help)
+    profile.add_argument("--steps", type=int, default=5, help="profiled steps after the warm-up (default 5)")
+    profile.add_argument("-o", "--output", default="profile", metavar="DIR", help="trace folder (default ./profile)")
+    profile.add_argument("--json", action="store_true")
+    profile.add_argument("overrides", nargs="*", metavar="KEY=value")
+    profile.set_defaults(handler=_tooling_handler("pgolf.profiler", "run_profile_command"))
+
+
+def _tooling_handler(module_name: str, function_name: str):
+    """A handler that imports its tooling module only when the command runs (fast start-up)."""
+    def handler(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module_name), function_name)(args)
+    return handler
+
+
 def command_data(args: argparse.Namespace) -> int:
     from pgolf.data.tools import run_data_command
 
@@ -222,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train, quantize, pack, round-trip evaluate, report")
     train.add_argument("--preset", help=presets_help)
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue RUN_DIR from its newest complete checkpoint (its config; KEY=value ignored "
+                            "except where the checkpoint allows)")
     train.add_argument("overrides", nargs="*", metavar="KEY=value")
     train.set_defaults(handler=command_train)
 
@@ -240,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_quantize_parser(sub)
     add_data_parser(sub)
     add_export_parser(sub)
+    add_record_parsers(sub)
+    add_experiment_parsers(sub, presets_help)
+    add_machine_parsers(sub, presets_help)
 
     check = sub.add_parser("check", help="compliance checks on a finished run (writes a JSON receipt)")
     check.add_argument("run_dir", metavar="RUN_DIR")

@@ -86,6 +86,19 @@ class ModelConfig:
     sparse_attn_gate_scale: float = 1.0
     # Orthogonal init (gain 1) for every non-zero-init linear with both dims >= 64 (SPEC 4.5).
     ortho_init: bool = False
+    # Attention kernel: "auto" picks FlashAttention 3 on Hopper when installed, else PyTorch SDPA
+    # (which picks flash / memory-efficient / math itself); the others force one. "eager" is the
+    # plain matmul-softmax reference (any device).
+    attention_backend: Literal["auto", "fa3", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_math", "eager"] = "auto"
+    # VarLen attention (SPEC 5.2): no token attends across a BOS document boundary, in training and
+    # evaluation (FA3 varlen on GPU, a block-diagonal causal mask elsewhere).
+    doc_isolated_attention: bool = False
+    # Fused Triton kernels (GPU; the eager reference elsewhere): softcapped cross-entropy (SPEC 5.8)
+    # and the LeakyReLU^2 / ReLU^2 MLP.
+    fused_cross_entropy: bool = False
+    fused_mlp: bool = False
+    # FP8 (e4m3, per-tensor scaled) matmuls for the large block linears on GPUs that support them.
+    fp8_matmul: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +125,9 @@ class OptimConfig:
     muon_wd: float = 0.0
     adam_wd: float = 0.0
     embed_wd: float = 0.0
+    # Several ranks: reduce-scatter the matrix gradients, Newton-Schulz on each rank's shard, all-gather
+    # the updates (same results as the replicated optimizer; less communication and memory).
+    muon_sharded: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,6 +157,13 @@ class TrainConfig:
     ema_start_step: int = 0
     # "sequential" = the baseline stream (SPEC 2.3); "shuffled" = the record's ShuffledSequenceLoader (SPEC 4.3).
     train_loader: Literal["sequential", "shuffled"] = "sequential"
+    # Checkpoints (off the clock) every N steps and/or every N seconds of training time; 0 = off.
+    # The newest CHECKPOINT_KEEP complete checkpoints are kept in RUN_DIR/checkpoints.
+    checkpoint_every: int = 0
+    checkpoint_every_seconds: float = 0.0
+    checkpoint_keep: int = 2
+    # Autocast dtype on CUDA: "auto" = bf16 where supported, else fp16 with loss scaling (T4).
+    autocast_dtype: Literal["auto", "bf16", "fp16"] = "auto"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,11 +204,21 @@ class TTTConfig:
     ttt_lora_chunk_tokens: int = 48
     ttt_lora_lr: float = 1e-4
     ttt_lora_wd: float = 1.0
+    # LoRA mode: documents per batched step (sorted by length, longest batches first) and whether the
+    # A factors stay warm across batches (B is always zeroed).
+    ttt_lora_batch_docs: int = 64
+    ttt_lora_warm_start_a: bool = False
+    # Phased TTT (SPEC 5.3): after TTT_PHASES cumulative boundaries of the first TTT_PHASE_PREFIX_DOCS
+    # scored documents, global SGD on the base model over the already-scored documents (lr TTT_PHASE_LR,
+    # TTT_MOMENTUM, TTT_CHUNK_TOKENS chunks, TTT_GRAD_CLIP, one epoch); 0 = off.
+    ttt_phases: int = 0
+    ttt_phase_prefix_docs: int = 2000
+    ttt_phase_lr: float = 0.001
 
 
 @dataclass(frozen=True, kw_only=True)
 class QuantConfig:
-    compressor: Literal["zlib", "lzma", "brotli", "zstd", "auto"] = "zlib"
+    compressor: Literal["zlib", "lzma", "brotli", "zstd", "auto", "pergroup"] = "zlib"
     # 0 = no byte shuffle; 2 groups low and high bytes of 16-bit values before compression.
     byte_shuffle_stride: int = 0
     int8_keep_float_fp32_name_patterns: tuple[str, ...] = DEFAULT_CONTROL_PATTERNS
@@ -438,6 +471,21 @@ def _evaluation_problems(cfg: Config) -> list[str]:
         problems.append("TTT_LORA_CHUNK_TOKENS must be >= 1, TTT_LORA_LR and TTT_LORA_WD >= 0")
     if t.ttt_lora_rank < 1 or t.ttt_lora_alpha <= 0:
         problems.append(f"TTT_LORA_RANK={t.ttt_lora_rank} must be >= 1 and TTT_LORA_ALPHA > 0")
+    if t.ttt_lora_batch_docs < 1:
+        problems.append(f"TTT_LORA_BATCH_DOCS={t.ttt_lora_batch_docs} must be >= 1")
+    if t.ttt_phases < 0 or t.ttt_phase_prefix_docs < 1 or t.ttt_phase_lr < 0:
+        problems.append(f"TTT_PHASES={t.ttt_phases} must be >= 0, TTT_PHASE_PREFIX_DOCS={t.ttt_phase_prefix_docs} "
+                        f">= 1 and TTT_PHASE_LR={t.ttt_phase_lr} >= 0")
+    return problems
+
+
+def _checkpoint_problems(t: TrainConfig) -> list[str]:
+    problems = []
+    if t.checkpoint_every < 0 or t.checkpoint_every_seconds < 0:
+        problems.append(f"CHECKPOINT_EVERY={t.checkpoint_every} and CHECKPOINT_EVERY_SECONDS="
+                        f"{t.checkpoint_every_seconds} must be >= 0 (0 = off)")
+    if t.checkpoint_keep < 1:
+        problems.append(f"CHECKPOINT_KEEP={t.checkpoint_keep} must be >= 1 (the newest checkpoints kept)")
     return problems
 
 
@@ -468,6 +516,7 @@ def validate_config(cfg: Config) -> Config:
         )
     problems += _quant_problems(cfg.quant)
     problems += _evaluation_problems(cfg)
+    problems += _checkpoint_problems(t)
     if cfg.quant.byte_shuffle_stride < 0:
         problems.append(f"BYTE_SHUFFLE_STRIDE={cfg.quant.byte_shuffle_stride} must be >= 0")
     if problems:

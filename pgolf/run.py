@@ -202,27 +202,37 @@ def calibration_budget_fields(cfg: Config, train_seconds: float, calibration_sec
             "wallclock_cap_seconds": cap, "train_plus_calibration_fits": fits}
 
 
+EXACT_CODE_BYTES_NOTE = "exact: the wrapped train_gpt.py that `pgolf export` writes for this configuration"
+UPPER_BOUND_CODE_BYTES_NOTE = ("upper bound: total source bytes of the pgolf modules this run imported "
+                               "(`pgolf export` measures the real wrapped train_gpt.py)")
+
+
 def write_artifact(model: GPT, cfg: Config, run_dir: Path, logger: RunLogger,
-                   hessians: dict[str, torch.Tensor] | None = None) -> tuple[Path, SizeReport, dict]:
+                   hessians: dict[str, torch.Tensor] | None = None,
+                   code_bytes: int | None = None) -> tuple[Path, SizeReport, dict]:
     """Keep the full-precision weights (for ``pgolf quantize``), then write the quantized artifact."""
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     # The looping state travels with the weights: a looped model is evaluated looped (SPEC 4.11).
     looping = bool(getattr(model, "looping", False))
     write_bytes_atomic(run_dir / "final_weights.pgtc",
                        pack_tensor_container(state, {"kind": "full_precision", "looping": looping}))
-    return write_quantized_artifact(state, cfg, run_dir / "artifact", logger, hessians=hessians, looping=looping)
+    return write_quantized_artifact(state, cfg, run_dir / "artifact", logger, hessians=hessians, looping=looping,
+                                    code_bytes=code_bytes)
 
 
 def write_quantized_artifact(state: dict[str, torch.Tensor], cfg: Config, out_dir: Path, logger: RunLogger, *,
                              hessians: dict[str, torch.Tensor] | None, looping: bool,
                              code_bytes: int | None = None) -> tuple[Path, SizeReport, dict]:
     """Quantize, compress (pruning to the cap with FIT_TO_CAP=1) and save into ``out_dir``, logging the
-    per-tensor plan and the result. ``code_bytes`` defaults to the sources this process imported.
+    per-tensor plan and the result. ``code_bytes``: the exact size of the exported train_gpt.py when the
+    caller knows it; None = an upper bound, the sources this process imported.
     Returns (artifact path, size, report fields)."""
     for line in format_quant_plan(describe_quant_plan(state, cfg.quant)):
         logger.line(line)
+    code_bytes_note = EXACT_CODE_BYTES_NOTE
     if code_bytes is None:
         code_bytes = source_bytes_of_modules(loaded_pgolf_modules())
+        code_bytes_note = UPPER_BOUND_CODE_BYTES_NOTE
     artifact, quantize_seconds = timed(lambda: build_model_artifact(
         state, cfg.quant, hessians=hessians, extra_meta={"looping": looping}, code_bytes=code_bytes,
         cap=ARTIFACT_CAP_BYTES))
@@ -230,8 +240,7 @@ def write_quantized_artifact(state: dict[str, torch.Tensor], cfg: Config, out_di
         logger.line(line)
     artifact_path = save_artifact(out_dir / artifact_file_name(cfg.quant), artifact.blob)
     size = SizeReport(code_bytes=code_bytes, model_bytes=len(artifact.blob), cap=ARTIFACT_CAP_BYTES,
-                      code_bytes_note="upper bound: total source bytes of the pgolf modules this run imported "
-                                      "(`pgolf export` measures the real wrapped train_gpt.py)")
+                      code_bytes_note=code_bytes_note)
     what = f"{artifact_path.name.split('.')[1]}+{artifact.compressor}"
     logger.line(f"Serialized model {what}: {len(artifact.blob)} bytes (quantize+compress {quantize_seconds:.1f}s)")
     logger.line(f"Code size: {code_bytes} bytes ({size.code_bytes_note})")
@@ -257,15 +266,19 @@ def load_artifact_into_fresh_model(path: Path, cfg: Config, device: torch.device
     return model
 
 
-def main(cfg: Config, *, preset_name: str = "custom", preset_cfg: Config | None = None, echo: bool = True) -> dict:
-    """Run the whole pipeline; returns the report (also written to ``report.json``)."""
+def main(cfg: Config, *, preset_name: str = "custom", preset_cfg: Config | None = None, echo: bool = True,
+         code_bytes: int | None = None) -> dict:
+    """Run the whole pipeline; returns the report (also written to ``report.json``).
+
+    ``code_bytes``: the exact counted code size (``pgolf train`` passes the size of the train_gpt.py
+    ``pgolf export`` would write; the exported script passes its own); None = an upper bound."""
     validate_config(cfg)
     ctx = init_distributed()
     seed_everything(cfg.train.seed)
     run_dir = create_run_directory(cfg, ctx)
     logger = RunLogger(run_dir, enabled=ctx.is_main, echo=echo)
     try:
-        report = _run_pipeline(cfg, preset_name, preset_cfg, ctx, run_dir, logger)
+        report = _run_pipeline(cfg, preset_name, preset_cfg, ctx, run_dir, logger, code_bytes)
     finally:
         logger.close()
     shutdown_distributed()
@@ -273,7 +286,7 @@ def main(cfg: Config, *, preset_name: str = "custom", preset_cfg: Config | None 
 
 
 def _run_pipeline(cfg: Config, preset_name: str, preset_cfg: Config | None, ctx: DistContext, run_dir: Path,
-                  logger: RunLogger) -> dict:
+                  logger: RunLogger, code_bytes: int | None) -> dict:
     if ctx.is_main:
         write_text_atomic(run_dir / "config.json", config_to_json(cfg))
     data = prepare_validation_data(cfg)
@@ -311,7 +324,7 @@ def _run_pipeline(cfg: Config, preset_name: str, preset_cfg: Config | None, ctx:
     quant_fields = calibration_budget_fields(cfg, outcome.train_seconds, calibration_seconds, logger)
     artifact_path, size = (None, None)
     if ctx.is_main:
-        artifact_path, size, artifact_fields = write_artifact(model, cfg, run_dir, logger, hessians)
+        artifact_path, size, artifact_fields = write_artifact(model, cfg, run_dir, logger, hessians, code_bytes)
         quant_fields.update(artifact_fields)
     artifact_path = broadcast_object_from_main(artifact_path)
     roundtrip_model = load_artifact_into_fresh_model(artifact_path, cfg, ctx.device)

@@ -155,3 +155,18 @@ def test_qat_switches_on_in_a_run_and_the_artifact_round_trips(default_data, tmp
                                    QAT_START_FRAC="0.5"), preset_name="tiny_cpu", echo=False)
     assert report["qat_enabled_step"] == 2 and math.isfinite(report["val_bpb"])
     assert "qat:enabled step:2" in (tmp_path / "runs" / "qat" / "train.log").read_text()
+
+
+def test_cli_train_counts_the_exact_exported_script_size(default_data, tmp_path, monkeypatch):
+    from pgolf.cli import resolve_config
+    from pgolf.export.bundle import exported_code_bytes
+
+    items = [f"{key}={value}" for key, value in {**QUICK, "DATA_PATH": str(default_data.data_path),
+                                                  "TOKENIZER_PATH": str(default_data.tokenizer_path),
+                                                  "RUNS_DIR": str(tmp_path / "runs"), "RUN_ID": "cli"}.items()]
+    assert cli_main(["train", "--preset", "tiny_cpu", *items]) == 0
+    report = json.loads((tmp_path / "runs/cli/report.json").read_text())
+    cfg, _, _ = resolve_config("tiny_cpu", items)
+    assert report["code_bytes"] == exported_code_bytes(cfg, preset_name="tiny_cpu")
+    assert report["code_bytes_note"].startswith("exact")
+    assert report["total_bytes"] == report["code_bytes"] + (tmp_path / "runs/cli/artifact/final_model.int8.ptz").stat().st_size
