@@ -20,7 +20,8 @@ ARTIFACT_CAP_BYTES = 16_000_000
 # Modules that never ship in train_gpt.py (command line, downloads, export, experiment tooling).
 # A listed name also excludes its submodules.
 TOOLING_MODULE_NAMES = ("pgolf.cli", "pgolf.check", "pgolf.data.corpus", "pgolf.data.fineweb", "pgolf.data.tools",
-                        "pgolf.export", "pgolf.exp", "pgolf.quant.tools")
+                        "pgolf.export", "pgolf.exp", "pgolf.quant.tools", "pgolf.eval.tools", "pgolf.doctor",
+                        "pgolf.profiler")
 
 
 @dataclass(frozen=True)

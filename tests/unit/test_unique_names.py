@@ -6,7 +6,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "pgolf"
 # Tooling modules are never flattened into the submission.
-TOOLING = {"cli.py", "__main__.py", "check.py", "data/corpus.py", "data/fineweb.py", "data/tools.py", "quant/tools.py"}
+TOOLING = {"cli.py", "__main__.py", "check.py", "data/corpus.py", "data/fineweb.py", "data/tools.py", "quant/tools.py",
+           "eval/tools.py", "doctor.py", "profiler.py"}
 TOOLING_PACKAGES = ("exp/", "export/")
 
 
