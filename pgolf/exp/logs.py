@@ -1,22 +1,52 @@
-"""Scores of finished runs: from a pgolf run directory, a pgolf ``train.log``, or a challenge log.
+"""Reading finished (or crashed) runs: training curves, validation points and final scores (tooling).
 
-The challenge's ``train_gpt.py`` logs (SPEC 2.11, 4.15) and pgolf's own log end with lines like
-``final_int8_zlib_roundtrip_exact val_loss:2.07269931 val_bpb:1.22436570`` or
-``quantized_ttt val_loss:2.79180191 val_bpb:1.08079352 eval_time:366500ms``. The reported score is
-the LAST such line (the records report their last evaluation phase). In-training validation lines
-(``step:200/20000 val_loss:...``, ``4000/20000 val_loss: 2.1 ...``) are not scores and are skipped.
+Three sources are understood:
+
+* a pgolf run directory: ``metrics.jsonl`` is authoritative (one JSON event per line: ``header``,
+  ``train``, ``val``, ``eval``); ``train.log`` is the fallback when it is missing or holds no curve;
+  ``report.json`` gives the final score and where training ended;
+* a pgolf ``train.log`` or a log of the challenge's own ``train_gpt.py``, in the baseline's format
+  (SPEC 2.11: ``step:200/20000 train_loss:2.9 train_time:9000ms step_avg:45.00ms``,
+  ``step:200/20000 val_loss:2.8 val_bpb:1.6 train_time:9000ms ...``) or the R1081 format (SPEC 4.15:
+  ``500/20000 train_loss: 3.1 train_time: 1.1m tok/s: 7700000``, ``4000/20000 val_loss: 2.1 val_bpb: 1.1``);
+* a ``metrics.jsonl`` file on its own.
+
+The final score of a log is its LAST ``<label> val_loss:<x> val_bpb:<y>`` line (e.g.
+``final_int8_zlib_roundtrip_exact ...`` or ``quantized_ttt ...``: the records report their last evaluation
+phase). In-training validation lines (``step:200/20000 val_loss:...``) are not scores. Lines that match
+no known form, or match one only partly (a line cut off by a crash), are ignored.
+
+Validation lines of pgolf and of R1081 carry no training time; it is interpolated from the training
+points around them (exact when the validation step is also a logged training step, since the training
+clock is paused while validating).
 """
 
+import bisect
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pgolf.errors import PgolfError
 
+_NUMBER = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf)"
 SCORE_LINE = re.compile(r"^(?P<label>[A-Za-z][\w\-]*) val_loss:(?P<loss>[0-9.]+) val_bpb:(?P<bpb>[0-9.]+)")
 SEED_LINE = re.compile(r"\bseed[:=]\s*(?P<seed>\d+)", re.IGNORECASE)
+CODE_HASH_LINE = re.compile(r"\bcode_hash:(?P<hash>[0-9a-f]+)\b")
+# The baseline's (and pgolf's) curve lines; pgolf's validation lines have no train_time.
+STEP_TRAIN_LINE = re.compile(rf"^step:(?P<step>\d+)/\d+ train_loss:(?P<loss>{_NUMBER}) train_time:(?P<ms>{_NUMBER})ms")
+STEP_VAL_LINE = re.compile(rf"^step:(?P<step>\d+)/\d+ val_loss:(?P<loss>{_NUMBER}) val_bpb:(?P<bpb>{_NUMBER})"
+                           rf"(?: train_time:(?P<ms>{_NUMBER})ms)?(?:\s|$)")
+# R1081's curve lines: training time in minutes (one decimal), and tok/s = step x batch tokens / seconds.
+R1081_TRAIN_LINE = re.compile(rf"^(?P<step>\d+)/\d+ train_loss: (?P<loss>{_NUMBER}) train_time: (?P<minutes>{_NUMBER})m"
+                              rf"(?: tok/s: (?P<tok_s>{_NUMBER}))?(?:\s|$)")
+R1081_VAL_LINE = re.compile(rf"^(?P<step>\d+)/\d+ val_loss: (?P<loss>{_NUMBER}) val_bpb: (?P<bpb>{_NUMBER})(?:\s|$)")
+BATCH_TOKENS_LINE = re.compile(r"^\s*train_batch_tokens:\s*(?P<tokens>\d+)")
+# Where training ended: the challenge's early stop, or pgolf's summary line.
+STOP_LINE = re.compile(r"^stopping_early: wallclock_cap train_time: ?(?P<ms>\d+(?:\.\d+)?)ms step: ?(?P<step>\d+)/")
+DONE_LINE = re.compile(r"^train_done steps:(?P<step>\d+) train_time:(?P<ms>\d+(?:\.\d+)?)ms")
+PREQUANT_LABEL = "final_prequant"  # pgolf's evaluation of the trained weights, at the last step
 
 
 @dataclass(frozen=True)
@@ -34,16 +64,58 @@ class RunScore:
         return self.val_bpb * math.log(2.0) / self.val_loss
 
 
-def score_from_log_text(text: str, source: str) -> RunScore:
-    """The last score line of a log."""
+@dataclass(frozen=True)
+class TrainPoint:
+    step: int
+    train_loss: float
+    train_seconds: float | None
+
+
+@dataclass(frozen=True)
+class ValPoint:
+    step: int
+    val_loss: float
+    val_bpb: float
+    train_seconds: float | None  # training time when it was measured (the clock is paused meanwhile)
+
+
+@dataclass
+class RunLog:
+    """Everything a log says about one run. ``name`` labels it in plots (run id or file name)."""
+
+    name: str
+    source: str
+    train: list[TrainPoint] = field(default_factory=list)
+    val: list[ValPoint] = field(default_factory=list)
+    score: RunScore | None = None
+    seed: int | None = None
+    code_hash: str | None = None
+    end: tuple[int, float] | None = None  # (last step, training seconds) when the log says where it ended
+
+    def final_score(self) -> RunScore:
+        """The final score, or a clear error for a run that never got one."""
+        if self.score is None:
+            raise PgolfError(f"{self.source} has no final score line (like `final_int8_zlib_roundtrip_exact "
+                             "val_loss:... val_bpb:...`); the run did not finish, or this is not a training log.")
+        return self.score
+
+
+# ---- final scores (what `pgolf significance` and `pgolf record` read) ----
+
+def _last_score(text: str, source: str) -> RunScore | None:
     matches = [m for m in map(SCORE_LINE.match, text.splitlines()) if m and not m.group("label").startswith("step")]
     if not matches:
-        raise PgolfError(f"{source} has no final score line (like `final_int8_zlib_roundtrip_exact val_loss:... "
-                         "val_bpb:...`); the run did not finish, or this is not a training log.")
+        return None
     last = matches[-1]
     seeds = SEED_LINE.findall(text)
+    hashes = CODE_HASH_LINE.findall(text)
     return RunScore(source, last.group("label"), float(last.group("loss")), float(last.group("bpb")),
-                    int(seeds[0]) if seeds else None)
+                    int(seeds[0]) if seeds else None, hashes[0] if hashes else None)
+
+
+def score_from_log_text(text: str, source: str) -> RunScore:
+    """The last score line of a log."""
+    return RunLog(source, source, score=_last_score(text, source)).final_score()
 
 
 def score_from_run_dir(run_dir: Path) -> RunScore:
@@ -66,3 +138,185 @@ def read_run_score(path: str | Path) -> RunScore:
     if path.is_file():
         return score_from_log_text(path.read_text(encoding="utf-8", errors="replace"), str(path))
     raise PgolfError(f"{path} does not exist; give pgolf run directories or challenge log files.")
+
+
+# ---- curves from log text (the challenge's formats and pgolf's train.log) ----
+
+def _optional_float(text: str | None) -> float | None:
+    return None if text is None else float(text)
+
+
+def _r1081_train_seconds(match: re.Match, batch_tokens: int | None) -> float:
+    """Seconds from tok/s when the batch size is known (precise), else from the rounded minutes."""
+    tok_s = _optional_float(match.group("tok_s"))
+    step = int(match.group("step"))
+    if batch_tokens and tok_s and tok_s > 0 and step > 0:
+        return step * batch_tokens / tok_s
+    return float(match.group("minutes")) * 60.0
+
+
+def _parse_curve_line(line: str, log: RunLog, batch_tokens: int | None) -> None:
+    """Add what one line says to ``log`` (nothing for lines of no known form)."""
+    if m := STEP_TRAIN_LINE.match(line):
+        log.train.append(TrainPoint(int(m["step"]), float(m["loss"]), float(m["ms"]) / 1000.0))
+    elif m := STEP_VAL_LINE.match(line):
+        seconds = _optional_float(m["ms"])
+        log.val.append(ValPoint(int(m["step"]), float(m["loss"]), float(m["bpb"]),
+                                None if seconds is None else seconds / 1000.0))
+    elif m := R1081_TRAIN_LINE.match(line):
+        log.train.append(TrainPoint(int(m["step"]), float(m["loss"]), _r1081_train_seconds(m, batch_tokens)))
+    elif m := R1081_VAL_LINE.match(line):
+        log.val.append(ValPoint(int(m["step"]), float(m["loss"]), float(m["bpb"]), None))
+    elif m := (STOP_LINE.match(line) or DONE_LINE.match(line)):
+        log.end = (int(m["step"]), float(m["ms"]) / 1000.0)
+
+
+def _prequant_point(text: str) -> tuple[float, float] | None:
+    """pgolf's ``final_prequant`` (loss, bpb), the exact line when present."""
+    found = None
+    for m in map(SCORE_LINE.match, text.splitlines()):
+        if m and m["label"] in (PREQUANT_LABEL, f"{PREQUANT_LABEL}_exact"):
+            found = (float(m["loss"]), float(m["bpb"]))
+    return found
+
+
+def parse_log_text(text: str, source: str, name: str | None = None) -> RunLog:
+    """Curves, end of training, seed, code hash and final score (if any) of one log's text."""
+    log = RunLog(name or Path(source).name, source, score=_last_score(text, source))
+    batch_tokens = None
+    for line in text.splitlines():
+        if batch_tokens is None and (m := BATCH_TOKENS_LINE.match(line)):
+            batch_tokens = int(m["tokens"])
+        _parse_curve_line(line, log, batch_tokens)
+    seeds, hashes = SEED_LINE.findall(text), CODE_HASH_LINE.findall(text)
+    log.seed = int(seeds[0]) if seeds else None
+    log.code_hash = hashes[0] if hashes else None
+    prequant = _prequant_point(text)
+    if prequant is not None:
+        _add_final_point(log, *prequant)
+    return _fill_val_seconds(log)
+
+
+# ---- curves from a pgolf run (metrics.jsonl) ----
+
+def _read_events(path: Path) -> list[dict]:
+    """The JSON events of a metrics.jsonl; a line that is not a JSON object (cut off by a crash) is skipped."""
+    events = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
+
+
+def _number(event: dict, key: str) -> float | None:
+    value = event.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def parse_metrics_events(events: list[dict], source: str, name: str) -> tuple[RunLog, tuple[float, float] | None]:
+    """Curves, seed and code hash from metrics.jsonl events (malformed events are skipped), and the
+    ``final_prequant`` (loss, bpb) if it was evaluated."""
+    log = RunLog(name, source)
+    prequant = None
+    for event in events:
+        kind, step = event.get("event"), event.get("step")
+        if kind == "header":
+            log.code_hash = event.get("code_hash")
+            log.seed = (event.get("config") or {}).get("seed")
+        elif kind == "train" and isinstance(step, int) and _number(event, "train_loss") is not None:
+            log.train.append(TrainPoint(step, _number(event, "train_loss"), _number(event, "train_seconds")))
+        elif kind == "val" and isinstance(step, int) and _number(event, "val_loss") is not None:
+            if _number(event, "val_bpb") is not None:
+                log.val.append(ValPoint(step, _number(event, "val_loss"), _number(event, "val_bpb"), None))
+        elif kind == "eval" and event.get("label") == PREQUANT_LABEL and _number(event, "val_bpb") is not None:
+            prequant = (_number(event, "val_loss"), _number(event, "val_bpb"))
+    return log, prequant
+
+
+def _apply_report(run_dir: Path, log: RunLog) -> None:
+    """report.json, when the run finished: the final score (its last evaluation phase) and the end of training."""
+    if not (run_dir / "report.json").is_file():
+        return
+    log.score = score_from_run_dir(run_dir)
+    fields = json.loads((run_dir / "report.json").read_text())
+    if isinstance(fields.get("steps"), int) and isinstance(fields.get("train_seconds"), (int, float)):
+        log.end = (fields["steps"], float(fields["train_seconds"]))
+
+
+def read_run_dir_log(run_dir: Path) -> RunLog:
+    """A pgolf run directory: the curves of metrics.jsonl when it holds any, else of train.log."""
+    metrics, text_log = run_dir / "metrics.jsonl", run_dir / "train.log"
+    if not (metrics.is_file() or text_log.is_file()):
+        raise PgolfError(f"{run_dir} has neither metrics.jsonl nor train.log; "
+                         "give a pgolf run directory or a log file.")
+    text = text_log.read_text(encoding="utf-8", errors="replace") if text_log.is_file() else ""
+    log = parse_log_text(text, str(run_dir), run_dir.name)
+    events, prequant = (parse_metrics_events(_read_events(metrics), str(metrics), run_dir.name)
+                        if metrics.is_file() else (None, None))
+    if events is not None and (events.train or events.val):
+        log.train, log.val = events.train, events.val
+        log.seed = events.seed if events.seed is not None else log.seed
+        log.code_hash = events.code_hash or log.code_hash
+    _apply_report(run_dir, log)
+    if prequant is not None and None not in prequant:
+        _add_final_point(log, *prequant)
+    return _fill_val_seconds(log)
+
+
+def read_run_log(path: str | Path) -> RunLog:
+    """A pgolf run directory, a ``metrics.jsonl``, or a log file (pgolf's or the challenge's)."""
+    path = Path(path)
+    if path.is_dir():
+        return read_run_dir_log(path)
+    if not path.is_file():
+        raise PgolfError(f"{path} does not exist; give pgolf run directories or challenge log files.")
+    if path.suffix == ".jsonl":
+        log, prequant = parse_metrics_events(_read_events(path), str(path), path.parent.name or path.name)
+        if prequant is not None and None not in prequant:
+            _add_final_point(log, *prequant)
+        return _fill_val_seconds(log)
+    return parse_log_text(path.read_text(encoding="utf-8", errors="replace"), str(path))
+
+
+# ---- training time at validation points ----
+
+def _add_final_point(log: RunLog, val_loss: float, val_bpb: float) -> None:
+    """pgolf evaluates the trained weights once more at the end (``final_prequant``): the curve's last
+    point, at the last step, as the challenge's baseline logs a validation at its last step."""
+    if log.end is None or any(point.step == log.end[0] for point in log.val):
+        return
+    log.val.append(ValPoint(log.end[0], val_loss, val_bpb, log.end[1]))
+
+
+def _time_anchors(log: RunLog) -> list[tuple[int, float]]:
+    """(step, training seconds) pairs known exactly: step 0, the training points, the end of training."""
+    anchors = {0: 0.0}
+    anchors.update({p.step: p.train_seconds for p in log.train if p.train_seconds is not None})
+    if log.end is not None:
+        anchors[log.end[0]] = log.end[1]
+    return sorted(anchors.items())
+
+
+def interpolate_train_seconds(step: int, anchors: list[tuple[int, float]]) -> float | None:
+    """Training seconds at ``step``: linear between known anchors; past the last one, at its average
+    pace. None when nothing but step 0 is known."""
+    steps = [s for s, _ in anchors]
+    i = bisect.bisect_left(steps, step)
+    if i < len(anchors) and steps[i] == step:
+        return anchors[i][1]
+    if i == len(anchors):
+        last_step, last_seconds = anchors[-1]
+        return last_seconds * step / last_step if last_step > 0 else None
+    (s0, t0), (s1, t1) = anchors[i - 1], anchors[i]
+    return t0 + (t1 - t0) * (step - s0) / (s1 - s0)
+
+
+def _fill_val_seconds(log: RunLog) -> RunLog:
+    anchors = _time_anchors(log)
+    log.val = [p if p.train_seconds is not None else
+               ValPoint(p.step, p.val_loss, p.val_bpb, interpolate_train_seconds(p.step, anchors)) for p in log.val]
+    return log

@@ -1,0 +1,157 @@
+"""Curves and scores from logs (pgolf.exp.logs): both challenge formats written out here, a real tiny
+pgolf run (metrics.jsonl and the train.log fallback), malformed lines, and logs without a score."""
+
+import json
+import shutil
+
+import pytest
+from exp_runs import train_tiny_run
+
+from pgolf.errors import PgolfError
+from pgolf.exp.logs import interpolate_train_seconds, read_run_log, read_run_score, score_from_log_text
+
+# SPEC 2.11 (the baseline) with a few lines no parser should take.
+BASELINE_LOG = """\
+seed:1337
+step:0/20000 val_loss:6.9357 val_bpb:4.1077 train_time:0ms step_avg:0.01ms
+step:1/20000 train_loss:6.9370 train_time:410ms step_avg:410.00ms
+step:2/20000 train_loss:6.5000 train_time:455ms step_avg:227.50ms
+step:3/20000 train_loss:6.1 train_ti
+step:x/20000 train_loss:6.1 train_time:10ms
+step:4/20000 val_loss:abc val_bpb:1.0
+garbage val_loss: nope
+{"event": "train", "step": 9
+step:200/20000 train_loss:2.9000 train_time:9000ms step_avg:45.00ms
+step:200/20000 val_loss:2.8000 val_bpb:1.6583 train_time:9000ms step_avg:45.00ms
+stopping_early: wallclock_cap train_time:600038ms step:13780/20000
+final_int8_zlib_roundtrip val_loss:2.0727 val_bpb:1.2244 eval_time:1400ms
+final_int8_zlib_roundtrip_exact val_loss:2.07269931 val_bpb:1.22436570
+"""
+
+# SPEC 4.15 (R1081): minutes and tok/s instead of milliseconds; validation lines without a time.
+R1081_LOG = """\
+Hyperparameters:
+  seed: 42
+  train_batch_tokens: 786432
+train_shards: 128
+0/20000 val_loss: 9.0090 val_bpb: 3.4877
+500/20000 train_loss: 3.1000 train_time: 1.1m tok/s: 6000000
+750/20000 val_loss: 2.9000 val_bpb: 1.4000
+1000/20000 train_loss: 2.8000 train_time: 2.2m tok/s: 6000000
+1000/20000 val_loss: 2.7000 val_bpb: 1.3000
+1200/20000 train_loss:
+2000/20000 train_loss: 2.5000 train_time: 4.5m
+stopping_early: wallclock_cap train_time: 588047ms step: 4550/20000
+4550/20000 val_loss: 2.8100 val_bpb: 1.0886
+pre-quantization post-ema val_loss:2.80712345 val_bpb:1.08734790 eval_time:7400ms
+quantized val_loss:2.84000000 val_bpb:1.09970431 eval_time:25500ms
+quantized_ttt val_loss:2.79180191 val_bpb:1.08079352 eval_time:366500ms
+"""
+
+
+def curves(log):
+    return ([(p.step, p.train_loss, p.train_seconds) for p in log.train],
+            [(p.step, p.val_loss, p.val_bpb, p.train_seconds) for p in log.val])
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_baseline_format_and_malformed_lines(tmp_path):
+    log = read_run_log(write(tmp_path, "baseline.txt", BASELINE_LOG))
+    train, val = curves(log)
+    assert train == [(1, 6.937, 0.41), (2, 6.5, 0.455), (200, 2.9, 9.0)]
+    assert val == [(0, 6.9357, 4.1077, 0.0), (200, 2.8, 1.6583, 9.0)]
+    assert log.end == (13780, 600.038) and log.seed == 1337 and log.name == "baseline.txt"
+    score = log.final_score()
+    assert (score.label, score.val_loss, score.val_bpb) == ("final_int8_zlib_roundtrip_exact", 2.07269931, 1.2243657)
+
+
+def test_r1081_format_times_from_tok_s_and_interpolated_validation(tmp_path):
+    log = read_run_log(write(tmp_path, "r1081_seed42.log", R1081_LOG))
+    train, val = curves(log)
+    # seconds = step x 786432 tokens / tok/s; without tok/s, the minutes (4.5 m = 270 s).
+    assert train == [(500, 3.1, pytest.approx(65.536)), (1000, 2.8, pytest.approx(131.072)), (2000, 2.5, 270.0)]
+    # 750 lies halfway between the points at 500 and 1000; 4550 is where training stopped.
+    assert val == [(0, 9.009, 3.4877, 0.0), (750, 2.9, 1.4, pytest.approx(98.304)),
+                   (1000, 2.7, 1.3, pytest.approx(131.072)), (4550, 2.81, 1.0886, 588.047)]
+    assert log.seed == 42
+    assert (log.final_score().label, log.final_score().val_bpb) == ("quantized_ttt", 1.08079352)
+
+
+def test_r1081_times_fall_back_to_minutes_without_the_batch_size(tmp_path):
+    text = "500/20000 train_loss: 3.1000 train_time: 1.1m tok/s: 6000000\n"
+    assert curves(read_run_log(write(tmp_path, "no_batch.log", text)))[0] == [(500, 3.1, pytest.approx(66.0))]
+
+
+def test_a_log_without_a_score_has_curves_but_no_final_score(tmp_path):
+    path = write(tmp_path, "crashed.log", "step:1/20000 train_loss:6.9000 train_time:400ms step_avg:400.00ms\n"
+                                          "step:2/20000 train_lo")
+    log = read_run_log(path)
+    assert curves(log)[0] == [(1, 6.9, 0.4)] and log.score is None
+    with pytest.raises(PgolfError, match="no final score line"):
+        log.final_score()
+    with pytest.raises(PgolfError, match="no final score line"):
+        read_run_score(path)
+    with pytest.raises(PgolfError, match="does not exist"):
+        read_run_log(tmp_path / "missing.log")
+
+
+def test_interpolation_between_and_past_the_anchors():
+    anchors = [(0, 0.0), (10, 5.0), (20, 15.0)]
+    assert interpolate_train_seconds(15, anchors) == 10.0
+    assert interpolate_train_seconds(10, anchors) == 5.0
+    assert interpolate_train_seconds(30, anchors) == 22.5  # the average pace, 0.75 s per step
+    assert interpolate_train_seconds(5, [(0, 0.0)]) is None
+
+
+@pytest.fixture(scope="module")
+def tiny_run(exp_default_data, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    report = train_tiny_run(exp_default_data, runs, "curves")
+    return runs / "curves", report
+
+
+def test_a_pgolf_run_reads_its_metrics(tiny_run):
+    run_dir, report = tiny_run
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_events = [e for e in events if e["event"] == "train"]
+    val_events = [e for e in events if e["event"] == "val"]
+    prequant = next(e for e in events if e["event"] == "eval" and e["label"] == "final_prequant")
+    seconds_at = {e["step"]: e["train_seconds"] for e in train_events}
+    log = read_run_log(run_dir)
+    train, val = curves(log)
+    assert train == [(e["step"], e["train_loss"], e["train_seconds"]) for e in train_events]
+    assert [e["step"] for e in train_events] == [1, 2, 3, 4]
+    # Validation at steps 0 and 2 (the clock is paused, so its time is that of step 2's training point),
+    # then the final pre-quantization evaluation at the last step.
+    assert val == [(0, val_events[0]["val_loss"], val_events[0]["val_bpb"], 0.0),
+                   (2, val_events[1]["val_loss"], val_events[1]["val_bpb"], seconds_at[2]),
+                   (4, prequant["val_loss"], prequant["val_bpb"], report["train_seconds"])]
+    assert log.name == "curves" and log.seed == report["seed"] and log.code_hash == report["code_hash"]
+    assert log.final_score().val_bpb == report["val_bpb_final"]
+
+
+def test_train_log_is_the_fallback_and_a_cut_metrics_line_is_skipped(tiny_run, tmp_path):
+    run_dir, report = tiny_run
+    reference = curves(read_run_log(run_dir))
+    cut = shutil.copytree(run_dir, tmp_path / "cut")
+    with open(cut / "metrics.jsonl", "a") as handle:
+        handle.write('{"event": "train", "step": 5, "train_lo')
+    assert curves(read_run_log(cut)) == reference
+
+    no_metrics = shutil.copytree(run_dir, tmp_path / "text_only")
+    (no_metrics / "metrics.jsonl").unlink()
+    (no_metrics / "report.json").unlink()
+    train, val = curves(read_run_log(no_metrics))
+    assert [p[0] for p in train] == [p[0] for p in reference[0]] and [p[0] for p in val] == [0, 2, 4]
+    for mine, theirs in zip(train, reference[0]):  # train.log prints 4 decimals and whole milliseconds
+        assert mine[1] == pytest.approx(theirs[1], abs=5e-5) and mine[2] == pytest.approx(theirs[2], abs=5e-4)
+    for mine, theirs in zip(val, reference[1]):
+        assert mine[2] == pytest.approx(theirs[2], abs=5e-5) and mine[3] == pytest.approx(theirs[3], abs=1e-3)
+    text_score = score_from_log_text((run_dir / "train.log").read_text(), "train.log")
+    assert text_score.val_bpb == pytest.approx(report["val_bpb_final"], abs=5e-9)
+    assert text_score.code_hash == report["code_hash"]

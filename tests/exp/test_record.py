@@ -1,0 +1,185 @@
+"""``pgolf record`` and ``pgolf record-check`` (pgolf.exp.record): a folder made from two tiny seed runs
+passes the check; tampering with it fails with the right message; mixed runs are refused.
+
+The package's code hash is pinned for this module: other edits to the checkout while the runs train
+would otherwise (rightly) make ``pgolf record`` refuse runs whose code is no longer the installed one.
+"""
+
+import contextlib
+import datetime
+import io
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from exp_runs import train_tiny_run
+
+from pgolf.cli import main as cli_main
+from pgolf.errors import PgolfError
+from pgolf.exp.record import make_record
+from pgolf.exp.record_check import check_record_folder
+from pgolf.export.minify import unwrap_script
+
+PINNED_HASH = "0123456789abcdef"
+SEEDS = (7, 8)
+
+
+@pytest.fixture(scope="module")
+def pinned_code_hash():
+    with pytest.MonkeyPatch.context() as patch:
+        for module in ("pgolf.run", "pgolf.exp.record"):
+            patch.setattr(f"{module}.pgolf_code_hash", lambda: PINNED_HASH)
+        yield
+
+
+@pytest.fixture(scope="module")
+def seed_runs(exp_default_data, tmp_path_factory, pinned_code_hash):
+    runs = tmp_path_factory.mktemp("runs")
+    for seed in SEEDS:
+        train_tiny_run(exp_default_data, runs, f"seed{seed}", SEED=str(seed))
+    return [runs / f"seed{seed}" for seed in SEEDS]
+
+
+@pytest.fixture(scope="module")
+def record(seed_runs, tmp_path_factory):
+    """The folder ``pgolf record`` writes, and what it printed (--json)."""
+    out = tmp_path_factory.mktemp("records") / "track_10min_16mb"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = cli_main(["record", *map(str, seed_runs), "--name", "TinyTest", "--author", "Ada",
+                           "--github-id", "ada", "--out", str(out), "--json"])
+    assert status == 0
+    result = json.loads(printed.getvalue())
+    return Path(result["folder"]), result["submission"], result["warnings"]
+
+
+def test_the_record_folder_and_its_numbers(record, seed_runs):
+    folder, submission, warnings = record
+    assert folder.name == f"{submission['date']}_TinyTest"
+    assert datetime.date.fromisoformat(submission["date"]) >= datetime.date.today() - datetime.timedelta(days=1)
+    assert not [w for w in warnings if w.startswith("record-check")]  # it checked its own folder
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "submission.json", "train_gpt.py",
+                                                         "train_gpt.readable.py", "train_seed7.log", "train_seed8.log"]
+    assert json.loads((folder / "submission.json").read_text()) == submission
+    reports = [json.loads((run / "report.json").read_text()) for run in seed_runs]
+    scores = [r["val_bpb_final"] for r in reports]
+    mean = sum(scores) / 2
+    assert submission["val_bpb"] == pytest.approx(mean, abs=1e-15)
+    # the sample standard deviation: divided by n - 1 = 1
+    assert submission["val_bpb_std"] == pytest.approx(math.sqrt(sum((s - mean) ** 2 for s in scores)), abs=1e-15)
+    script_bytes = (folder / "train_gpt.py").stat().st_size
+    for entry, report, run in zip(submission["seeds"], reports, seed_runs):
+        artifact = (run / "artifact" / report["artifact_file"]).stat().st_size
+        assert entry["seed"] == report["seed"] and entry["steps"] == 4
+        assert (entry["artifact_bytes"], entry["code_bytes"]) == (artifact, script_bytes)
+        assert entry["total_bytes"] == artifact + script_bytes
+        assert (folder / f"train_seed{entry['seed']}.log").read_bytes() == (run / "train.log").read_bytes()
+    assert submission["bytes_total"] == max(e["total_bytes"] for e in submission["seeds"])
+    assert (submission["track"], submission["code_hash"], submission["gpu"]) == ("10min_16mb", PINNED_HASH, "none (cpu)")
+    assert (submission["name"], submission["author"], submission["github_id"]) == ("TinyTest", "Ada", "ada")
+    source = unwrap_script((folder / "train_gpt.py").read_bytes())
+    assert PINNED_HASH in source and "'SEED'" not in source  # each seed comes from the environment
+    readme = (folder / "README.md").read_text()
+    assert "SEED=7 torchrun --standalone --nproc_per_node=1 train_gpt.py" in readme
+    assert f"| 7 | {submission['seeds'][0]['val_bpb']:.8f} |" in readme and "`ITERATIONS` | `4` | `20000`" in readme
+    assert any("subset of the validation split" in w for w in warnings) and "## Warnings" in readme
+
+
+def test_record_check_passes(record, capsys):
+    folder = record[0]
+    assert check_record_folder(folder) == []
+    assert cli_main(["record-check", str(folder)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def tampered_copy(record, tmp_path, change):
+    copy = shutil.copytree(record[0], tmp_path / record[0].name)
+    submission = json.loads((copy / "submission.json").read_text())
+    change(submission, copy)
+    (copy / "submission.json").write_text(json.dumps(submission))
+    return copy
+
+
+def _wrong_mean(submission, _):
+    submission["val_bpb"] += 0.001
+
+
+def _missing_key(submission, _):
+    del submission["gpu"]
+
+
+def _over_the_cap(submission, copy):
+    code = (copy / "train_gpt.py").stat().st_size
+    entry = submission["seeds"][1]
+    entry["artifact_bytes"] = 16_000_000 - code + 5
+    entry["total_bytes"] = submission["bytes_total"] = 16_000_005
+
+
+def _mixed_code_hash(submission, copy):
+    log = copy / "train_seed8.log"
+    log.write_text(log.read_text().replace(f"code_hash:{PINNED_HASH}", "code_hash:fedcba9876543210"))
+
+
+@pytest.mark.parametrize("change, message", [
+    (_wrong_mean, "val_bpb .* is not the mean of the seeds' val_bpb"),
+    (_missing_key, "submission.json: missing key 'gpu'"),
+    (_over_the_cap, "seed 8: artifact .* = 16,000,005 bytes, over the 16,000,000-byte cap by 5"),
+    (_mixed_code_hash, "seed 8: train_seed8.log was written by code hash fedcba9876543210 but submission.json says"),
+])
+def test_a_tampered_record_fails_with_the_right_message(record, tmp_path, capsys, change, message):
+    copy = tampered_copy(record, tmp_path, change)
+    failures = check_record_folder(copy)
+    assert len(failures) >= 1 and any(re.search(message, f) for f in failures), failures
+    assert cli_main(["record-check", str(copy), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["ok"] is False
+
+
+def test_a_missing_file_and_a_changed_script_fail(record, tmp_path):
+    copy = shutil.copytree(record[0], tmp_path / "copy")
+    (copy / "train_seed7.log").unlink()
+    with open(copy / "train_gpt.py", "ab") as handle:
+        handle.write(b"# one more line\n")
+    failures = check_record_folder(copy)
+    assert "seed 7: train_seed7.log is missing" in failures
+    assert any("code_bytes" in f and "on disk" in f for f in failures)
+
+
+def copy_run(run, tmp_path, name, edit_file, edit):
+    copy = shutil.copytree(run, tmp_path / name)
+    data = json.loads((copy / edit_file).read_text())
+    edit(data)
+    (copy / edit_file).write_text(json.dumps(data))
+    return copy
+
+
+def test_mixed_runs_are_refused(seed_runs, tmp_path, pinned_code_hash):
+    out = tmp_path / "records"
+    other_lr = copy_run(seed_runs[1], tmp_path, "lr", "config.json", lambda c: c["optim"].update(matrix_lr=0.08))
+    with pytest.raises(PgolfError, match=r"differ in more than SEED: MATRIX_LR 0.04 vs 0.08"):
+        make_record([seed_runs[0], other_lr], name="Mixed", out=out)
+    other_code = copy_run(seed_runs[1], tmp_path, "code", "report.json", lambda r: r.update(code_hash="ffff"))
+    with pytest.raises(PgolfError, match="made by different code"):
+        make_record([seed_runs[0], other_code], name="Mixed", out=out)
+    with pytest.raises(PgolfError, match=r"seed\(s\) \[7\] given more than once"):
+        make_record([seed_runs[0], seed_runs[0]], name="Mixed", out=out)
+    unfinished = shutil.copytree(seed_runs[1], tmp_path / "unfinished")
+    (unfinished / "report.json").unlink()
+    with pytest.raises(PgolfError, match="has no report.json"):
+        make_record([seed_runs[0], unfinished], name="Mixed", out=out)
+    with pytest.raises(PgolfError, match="at least one run"):
+        make_record([], name="Mixed", out=out)
+    assert not out.exists()
+
+
+def test_never_overwrites_and_refuses_changed_code(record, seed_runs, monkeypatch):
+    folder = record[0]
+    before = sorted((p.name, p.read_bytes()) for p in folder.iterdir())
+    with pytest.raises(PgolfError, match="already exists"):
+        make_record(seed_runs, name="TinyTest", out=folder.parent, date=folder.name.split("_")[0])
+    assert sorted((p.name, p.read_bytes()) for p in folder.iterdir()) == before
+    monkeypatch.setattr("pgolf.exp.record.pgolf_code_hash", lambda: "another")
+    with pytest.raises(PgolfError, match="installed pgolf is another"):
+        make_record(seed_runs, name="Later", out=folder.parent)
