@@ -2,14 +2,17 @@
 
 Each check runs the run's own code path on its own artifact and validation data:
 
-1. score-before-update: score-first TTT on a validation prefix, recorded by ``TTTObserver``;
+1. score-before-update: the run's score-first TTT (``TTT_MODE`` full, or batched LoRA with its phases)
+   on a validation prefix, recorded by ``TTTObserver``;
 2. causality: later tokens changed, earlier log-probabilities bit-identical;
 3. normalization: the scoring path's probabilities of every vocabulary id sum to 1;
 4. input document isolation: the previous document does not reach the next one's input features;
-5. validation isolation: every training loader refuses validation shards, and the run's training and
+5. model document isolation: with ``DOC_ISOLATED_ATTENTION=1``, the previous document does not reach
+   any score of the next one (not applicable otherwise: attention crosses documents by design);
+6. validation isolation: every training loader refuses validation shards, and the run's training and
    validation files are disjoint by path and content;
-6. byte accounting: counted bytes == UTF-8 length of the decoded text, document by document;
-7. budgets: training (with GPTQ calibration) and evaluation time against their caps.
+7. byte accounting: counted bytes == UTF-8 length of the decoded text, document by document;
+8. budgets: training (with GPTQ calibration) and evaluation time against their caps.
 
 The receipt goes to ``RUN_DIR/check.json`` (``check_2.json``, ... if one exists: never overwritten).
 """
@@ -28,15 +31,18 @@ from pgolf.data.loader import assert_disjoint_splits
 from pgolf.data.tokenizer import load_sentencepiece
 from pgolf.errors import PgolfError
 from pgolf.eval.compliance import (ComplianceResult, check_byte_accounting, check_causality,
-                                   check_input_document_isolation, check_normalization, check_score_before_update,
-                                   check_validation_refused)
+                                   check_input_document_isolation, check_model_document_isolation,
+                                   check_normalization, check_score_before_update, check_validation_refused)
 from pgolf.eval.phases import evaluation_window
 from pgolf.eval.ttt import TTTObserver, evaluate_ttt_bpb
+from pgolf.eval.ttt_lora import document_spans, evaluate_lora_ttt_bpb
 from pgolf.fsutil import write_text_atomic
 
 CHECK_BYTE_AUDIT_TOKENS = 1 << 20
 CHECK_NORMALIZATION_TOKENS = 16
 CHECK_TTT_CHUNKS = 4
+CHECK_LORA_TOKENS = 4096  # validation prefix of the LoRA check (at least two windows): a few documents
+CROSSING_ATTENTION = "not applicable: attention crosses documents by design (DOC_ISOLATED_ATTENTION=0)"
 
 
 def load_run(run_dir: Path, overrides: list[str]) -> tuple[Config, dict]:
@@ -63,7 +69,9 @@ def find_artifact(run_dir: Path, report: dict) -> Path:
 
 def check_score_first_ttt(cfg: Config, model_factory, val_tokens: torch.Tensor, byte_tables,
                           device: torch.device) -> ComplianceResult:
-    """Run the real TTT on a validation prefix of a few chunks and check its record."""
+    """Run the run's TTT mode on a validation prefix of a few chunks and check its record."""
+    if cfg.ttt.ttt_mode == "lora":
+        return check_score_first_lora_ttt(cfg, model_factory, val_tokens, byte_tables, device)
     window = evaluation_window(cfg)
     available = val_tokens.numel() - 1
     chunk = max(window, min(cfg.ttt.ttt_chunk_tokens, available // CHECK_TTT_CHUNKS))
@@ -76,6 +84,35 @@ def check_score_first_ttt(cfg: Config, model_factory, val_tokens: torch.Tensor, 
     result = check_score_before_update(observer, prefix.numel() - 1)
     result.details.append(f"{prefix.numel() - 1} targets in {CHECK_TTT_CHUNKS} chunks of {chunk}")
     return result
+
+
+def check_score_first_lora_ttt(cfg: Config, model_factory, val_tokens: torch.Tensor, byte_tables,
+                               device: torch.device) -> ComplianceResult:
+    """Batched LoRA TTT, with the run's phases, on a validation prefix of a few windows: batches and
+    phase sizes shrunk so that several batches run and every phase fires inside the prefix."""
+    window = evaluation_window(cfg)
+    prefix = val_tokens[: min(val_tokens.numel() - 1, max(CHECK_LORA_TOKENS, 2 * window)) + 1].to(torch.int64)
+    num_documents = len(document_spans(prefix, cfg.model.bos_token_id))
+    ttt_cfg = dataclasses.replace(
+        cfg.ttt, ttt_lora_chunk_tokens=min(cfg.ttt.ttt_lora_chunk_tokens, window),
+        ttt_chunk_tokens=max(window, min(cfg.ttt.ttt_chunk_tokens, prefix.numel() // 8)),
+        ttt_lora_batch_docs=max(1, min(cfg.ttt.ttt_lora_batch_docs, num_documents // 4)),
+        ttt_phase_prefix_docs=max(1, min(cfg.ttt.ttt_phase_prefix_docs, num_documents // 2)))
+    observer = TTTObserver()
+    evaluate_lora_ttt_bpb(model_factory(), prefix, ttt_cfg, window=window, bos_id=cfg.model.bos_token_id,
+                          byte_tables=byte_tables, device=device, observer=observer)
+    result = check_score_before_update(observer, prefix.numel() - 1)
+    phase_steps = sum(kind == "phase_train" for kind, _ in observer.events)
+    result.details.append(f"LoRA TTT: {prefix.numel() - 1} targets, {num_documents} documents in batches of "
+                          f"{ttt_cfg.ttt_lora_batch_docs}, {ttt_cfg.ttt_phases} phases ({phase_steps} global SGD steps)")
+    return result
+
+
+def check_document_isolation_of_scores(cfg: Config, model, span: torch.Tensor, bos: int) -> ComplianceResult:
+    """The model-level document isolation check where attention is document-isolated; else not applicable."""
+    if not cfg.model.doc_isolated_attention:
+        return ComplianceResult("model_document_isolation", True, [CROSSING_ATTENTION], applicable=False)
+    return check_model_document_isolation(model, span, bos)
 
 
 def span_around_a_document_start(tokens: torch.Tensor, bos: int, length: int) -> torch.Tensor:
@@ -117,17 +154,20 @@ def run_checks(run_dir: Path, overrides: list[str]) -> dict:
     bos = sp.bos_id()
     window = min(evaluation_window(cfg), data.tokens.numel() - 1)
     sample = data.tokens[: 2 * window].to(torch.int64).view(2, window)
+    boundary_span = span_around_a_document_start(data.tokens, bos, window)
+    assert_disjoint_splits(data.train_files, data.val_files)  # raises DataError naming the files otherwise
+    validation = check_validation_refused(TRAIN_LOADERS, data.val_files, cfg.model.vocab_size)
+    validation.details.append(f"{len(data.train_files)} training and {len(data.val_files)} validation files disjoint")
     results = [
         check_score_first_ttt(cfg, lambda: copy.deepcopy(model), data.tokens, data.byte_tables, device),
         check_causality(model, sample, cut=window // 2),
         check_normalization(model, data.tokens[:CHECK_NORMALIZATION_TOKENS].to(torch.int64)),
-        check_input_document_isolation(model, span_around_a_document_start(data.tokens, bos, window), bos),
-        check_validation_refused(TRAIN_LOADERS, data.val_files, cfg.model.vocab_size),
+        check_input_document_isolation(model, boundary_span, bos),
+        check_document_isolation_of_scores(cfg, model, boundary_span, bos),
+        validation,
         check_byte_accounting(data.tokens[:CHECK_BYTE_AUDIT_TOKENS].to(torch.int64), sp.decode, data.byte_tables, bos),
         check_budgets(cfg, report),
     ]
-    assert_disjoint_splits(data.train_files, data.val_files)  # raises DataError naming the files otherwise
-    results[4].details.append(f"{len(data.train_files)} training and {len(data.val_files)} validation files disjoint")
     return {"run_dir": str(run_dir), "artifact": str(artifact), "checked_at": time.strftime("%Y-%m-%d %H:%M:%S"),
             "passed": all(r.passed for r in results), "checks": [r.as_dict() for r in results]}
 
@@ -150,6 +190,7 @@ def command_check(args: argparse.Namespace) -> int:
         print(json.dumps(receipt, indent=2))
     else:
         for check in receipt["checks"]:
-            print(f"{'PASS' if check['passed'] else 'FAIL'}  {check['check']}: {'; '.join(check['details'])}")
+            status = "N/A " if not check["applicable"] else "PASS" if check["passed"] else "FAIL"
+            print(f"{status}  {check['check']}: {'; '.join(check['details'])}")
         print(f"{'all checks passed' if receipt['passed'] else 'FAILED'}; receipt: {receipt_path}")
     return 0 if receipt["passed"] else 1

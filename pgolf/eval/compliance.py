@@ -1,9 +1,11 @@
 """Compliance checks the field lacks, as library functions (used by tests and ``pgolf check``).
 
-* score-before-update: from a ``TTTObserver`` record of the real TTT code path, every trained target
-  must have been scored by an earlier event;
+* score-before-update: from a ``TTTObserver`` record of the real TTT code path (chunk updates, LoRA
+  steps and the phases' global SGD alike), every trained target must have been scored by an earlier event;
 * causality: changing tokens after position t leaves the log-probabilities up to t bit-identical;
-* normalization: the scorer's distribution over the full vocabulary sums to 1 at every position.
+* normalization: the scorer's distribution over the full vocabulary sums to 1 at every position;
+* document isolation: of the input features, and (for document-isolated attention) of every score;
+* validation isolation and byte accounting.
 """
 
 from dataclasses import dataclass, field
@@ -18,9 +20,14 @@ class ComplianceResult:
     name: str
     passed: bool
     details: list[str] = field(default_factory=list)
+    # False when the rule does not apply to this configuration (reported, counted as passed).
+    applicable: bool = True
 
     def as_dict(self) -> dict:
-        return {"check": self.name, "passed": self.passed, "details": self.details}
+        return {"check": self.name, "passed": self.passed, "applicable": self.applicable, "details": self.details}
+
+
+TTT_EVENT_NAMES = {"train": "an update", "phase_train": "a phase's global SGD step"}
 
 
 def check_score_before_update(observer: TTTObserver, num_targets: int) -> ComplianceResult:
@@ -33,8 +40,8 @@ def check_score_before_update(observer: TTTObserver, num_targets: int) -> Compli
             continue
         unseen = targets[~scored[targets]]
         if unseen.numel():
-            problems.append(f"event {step}: an update trained on {unseen.numel()} targets not scored yet "
-                            f"(first: target {int(unseen[0])})")
+            problems.append(f"event {step}: {TTT_EVENT_NAMES.get(kind, kind)} trained on {unseen.numel()} targets "
+                            f"not scored yet (first: target {int(unseen[0])})")
     return ComplianceResult("score_before_update", not problems, problems[:10])
 
 
@@ -77,6 +84,24 @@ def check_normalization(model: torch.nn.Module, tokens_T: torch.Tensor, *, toler
     return ComplianceResult("normalization", passed, [] if passed else [f"probabilities sum to 1 +- {worst:.2e}"])
 
 
+DOCUMENT_ISOLATION_RULE = "rule: no score may depend on an earlier document (document isolation)"
+
+
+def _changed_previous_document(tokens_T: torch.Tensor, bos_id: int, vocab: int, seed: int):
+    """(first document start after position 0, tokens with everything before it replaced) or None."""
+    starts = (tokens_T == bos_id).nonzero().flatten()
+    starts = starts[starts > 0]
+    if not starts.numel():
+        return None
+    boundary = int(starts[0])
+    generator = torch.Generator().manual_seed(seed)
+    changed = tokens_T.clone()
+    noise = torch.randint(0, vocab, (boundary,), generator=generator).to(changed.device)
+    noise[noise == bos_id] = (bos_id + 1) % vocab  # keep the sample's document structure
+    changed[:boundary] = noise
+    return boundary, changed
+
+
 def check_input_document_isolation(model: torch.nn.Module, tokens_T: torch.Tensor, bos_id: int, *,
                                    seed: int = 0) -> ComplianceResult:
     """Changing the previous document leaves the input features (``model.embed``) of the next one unchanged.
@@ -84,23 +109,41 @@ def check_input_document_isolation(model: torch.nn.Module, tokens_T: torch.Tenso
     This isolates what looks back *before* attention (SmearGate and the like), where a leak across BOS
     is a bug; attention itself may see earlier documents in a packed window, as in every record.
     """
-    starts = (tokens_T == bos_id).nonzero().flatten()
-    starts = starts[starts > 0]
-    if not starts.numel():
+    found = _changed_previous_document(tokens_T, bos_id, model.tok_emb.num_embeddings, seed)
+    if found is None:
         return ComplianceResult("input_document_isolation", True, ["no document boundary in the sample: not tested"])
-    boundary = int(starts[0])
-    vocab = model.tok_emb.num_embeddings
-    generator = torch.Generator().manual_seed(seed)
-    changed = tokens_T.clone()
-    noise = torch.randint(0, vocab, (boundary,), generator=generator).to(changed.device)
-    noise[noise == bos_id] = (bos_id + 1) % vocab  # keep the sample's document structure
-    changed[:boundary] = noise
+    boundary, changed = found
     with torch.no_grad():
         before, after = model.embed(tokens_T[None])[0, boundary:], model.embed(changed[None])[0, boundary:]
     moved = (before != after).any(dim=-1).nonzero().flatten()
     details = [f"input features at position {boundary + int(p)} (document starting at {boundary}) changed when "
                "only the previous document changed" for p in moved[:10]]
-    return ComplianceResult("input_document_isolation", not details, details)
+    return ComplianceResult("input_document_isolation", not details, [DOCUMENT_ISOLATION_RULE] + details if details else [])
+
+
+def check_model_document_isolation(model: torch.nn.Module, tokens_T: torch.Tensor, bos_id: int, *,
+                                   seed: int = 0) -> ComplianceResult:
+    """Changing the previous document leaves every score from the next document on bit-identical.
+
+    The scores are the scoring path's per-token losses (``model(x, y, reduction="none")``) of every
+    target from the document start on. It holds for document-isolated attention (``DOC_ISOLATED_ATTENTION=1``);
+    ordinary attention sees earlier documents of a packed window by design.
+    """
+    name = "model_document_isolation"
+    vocab = model.forward_logits(tokens_T[None, :1]).size(-1)
+    found = _changed_previous_document(tokens_T, bos_id, vocab, seed)
+    if found is None:
+        return ComplianceResult(name, True, ["no document boundary in the sample: not tested"])
+    boundary, changed = found
+    with torch.no_grad():
+        before = model(tokens_T[None, :-1], tokens_T[None, 1:], reduction="none")[0, boundary:]
+        after = model(changed[None, :-1], changed[None, 1:], reduction="none")[0, boundary:]
+    moved = (before != after).nonzero().flatten()
+    details = [f"the score of target {boundary + int(p)} (document starting at {boundary}) changed by "
+               f"{float((after[p] - before[p]).abs()):.3g} nats when only the previous document changed"
+               for p in moved[:10]]
+    return ComplianceResult(name, not details, ([DOCUMENT_ISOLATION_RULE] + details) if details else
+                            [f"{before.numel()} scores after the boundary at {boundary} unchanged"])
 
 
 def check_validation_refused(loader_classes: dict, val_files: list, vocab_size: int) -> ComplianceResult:

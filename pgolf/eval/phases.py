@@ -1,8 +1,9 @@
 """The evaluation phases after the artifact round trip, each timed against the evaluation budget.
 
 The quantized model is scored by the plain evaluator (the run does that as its round trip); then,
-when enabled, by sliding windows (SPEC 4.12) and by score-first TTT (SPEC 4.13) on a fresh copy of the
-artifact's model. Every phase is timed with the device synchronised, and the report states the total
+when enabled, by sliding windows (SPEC 4.12) and by score-first TTT on a fresh copy of the artifact's
+model: full-model SGD per chunk (SPEC 4.13) or batched document-level LoRA, optionally phased (SPEC 5.3).
+``pgolf eval`` (``pgolf.eval.tools``) runs the same phases on a finished run. Every phase is timed with the device synchronised, and the report states the total
 against ``EVAL_BUDGET_SECONDS``. The times are this machine's: ``speedup_needed_to_fit`` says how many
 times faster the evaluating machine must be (1 or less: it fits here already). Divide by the measured
 speed ratio between this machine and 8xH100 (``bench/``) to project the reference time.

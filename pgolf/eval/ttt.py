@@ -33,12 +33,21 @@ class TTTObserver:
     """Records, in order, what TTT scored and what each optimizer step trained on (target indices)."""
 
     events: list[tuple[str, torch.Tensor]] = field(default_factory=list)
+    # With keep_losses, scorers that pass per-target losses have them kept: {target index: nats}.
+    keep_losses: bool = False
+    losses: dict[int, float] = field(default_factory=dict)
 
-    def scored(self, targets: torch.Tensor) -> None:
+    def scored(self, targets: torch.Tensor, losses: torch.Tensor | None = None) -> None:
         self.events.append(("score", targets))
+        if self.keep_losses and losses is not None:
+            self.losses.update(zip(targets.tolist(), losses.detach().double().cpu().tolist()))
 
     def trained(self, targets: torch.Tensor) -> None:
         self.events.append(("train", targets))
+
+    def phase_trained(self, targets: torch.Tensor) -> None:
+        """A step of phased TTT's global SGD on the base model (targets as validation indices)."""
+        self.events.append(("phase_train", targets))
 
 
 def assign_windows_to_chunks(windows: list[ScoringWindow], chunk_tokens: int, num_targets: int) -> list[list[ScoringWindow]]:
@@ -77,7 +86,10 @@ def _average_gradients(params: list[torch.nn.Parameter]) -> None:
 
 
 @dataclass
-class _TTTRun:
+class ChunkTrainer:
+    """SGD on whole windows of one chunk at a time, split over ranks (score-first TTT's training half;
+    the phases of ``pgolf.eval.ttt_phased`` reuse it on concatenated scored documents)."""
+
     model: torch.nn.Module
     val_tokens: torch.Tensor
     cfg: TTTConfig
@@ -86,9 +98,11 @@ class _TTTRun:
     rank: int
     world_size: int
     observer: TTTObserver | None
+    # The parameters to adapt; None = every parameter of the model.
+    params: list[torch.nn.Parameter] | None = None
 
     def __post_init__(self):
-        self.params = [p for p in self.model.parameters()]
+        self.params = list(self.model.parameters()) if self.params is None else list(self.params)
         for p in self.params:
             p.requires_grad_(True)
             # Zero (not None) gradients: a rank without windows in a batch still joins the all-reduce.
@@ -134,7 +148,7 @@ def evaluate_ttt_bpb(model: torch.nn.Module, val_tokens: torch.Tensor, cfg: TTTC
     pass a fresh copy of the artifact's model."""
     num_targets = val_tokens.numel() - 1
     chunks = assign_windows_to_chunks(sliding_windows(num_targets, window, stride), cfg.ttt_chunk_tokens, num_targets)
-    run = _TTTRun(model, val_tokens, cfg, window, device, rank, world_size, observer)
+    run = ChunkTrainer(model, val_tokens, cfg, window, device, rank, world_size, observer)
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     byte_tables = byte_tables.to(device)
     model.eval()

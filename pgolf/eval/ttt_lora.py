@@ -1,18 +1,25 @@
-"""Document-level LoRA test-time training, score-first (SPEC 5.3, without the phases and batching).
+"""Document-level LoRA test-time training, score-first and batched (SPEC 5.3).
 
-Each document (from its BOS up to and including the next BOS, so its last target is the next
-document's BOS) is processed on its own, with fresh adapters:
+Each document runs from its BOS up to and including the next BOS (so its last target is the next
+document's BOS). Documents are sorted by length (longest first) and cut into batches of
+``TTT_LORA_BATCH_DOCS``; every document of a batch has its own low-rank adapters (per-document ``A``
+and ``B``, applied with batched matmuls), so documents never influence each other. Per batch:
 
-1. the adapters' ``B`` factors are zeroed (the model is exactly the artifact's again), ``A`` re-drawn,
-   and the AdamW state cleared;
-2. for every chunk of ``TTT_LORA_CHUNK_TOKENS`` targets of the document, in order: one forward of
-   base + adapters over the chunk's context (the last ``window`` tokens of the document up to the
-   chunk's end, never the previous document) gives the chunk's losses, which are **scored**; then, if
-   the document has a later chunk, one AdamW step on the mean of those same losses.
+1. reset: every ``B`` zeroed (the model is exactly the artifact's again), ``A`` re-drawn from a fixed
+   seed (kept from the previous batch with ``TTT_LORA_WARM_START_A=1``), a fresh AdamW (no state);
+2. for chunk c = 0, 1, ... of ``TTT_LORA_CHUNK_TOKENS`` targets, for the documents that have a chunk c:
+   one forward of base + adapters over each chunk's context (the last ``window`` tokens of the
+   document up to the chunk's end, never the previous document; rows right-padded, which causal
+   attention cannot see) gives the chunk's losses, which are **scored**; then one AdamW step on the
+   sum over documents that still have a later chunk of the mean loss of their chunk. AdamW is
+   elementwise and each loss term reaches only its own document's adapter rows, so every document
+   gets exactly the updates it would get alone (batch of 1).
 
-Targets before the first BOS belong to no document and are scored by plain windows without
-adaptation. The adapters attach by module replacement: each target ``CastedLinear`` of every block
-becomes a ``LoRALinear`` holding it, so the model's one forward serves both scoring and training.
+Batches go to ranks round robin (deterministic; no shared queue), and the sums are all-reduced once.
+Targets before the first BOS belong to no document and are scored by plain windows without adapters.
+With ``TTT_PHASES > 0`` the base model is also trained between batches on already-scored documents
+(``pgolf.eval.ttt_phased``). The adapters attach by module replacement, so the model's one forward
+serves scoring, adaptation and the phases.
 """
 
 import math
@@ -23,49 +30,74 @@ from torch import nn
 from pgolf.config import TTTConfig
 from pgolf.data.tokenizer import ByteTables, count_target_bytes
 from pgolf.dist import all_reduce_sum_
-from pgolf.eval.bpb import EvalSums, autocast_context, rank_sequence_range
+from pgolf.errors import ConfigError
+from pgolf.eval.bpb import EvalSums, autocast_context
 from pgolf.eval.ttt import TTTObserver
+from pgolf.eval.ttt_phased import GlobalPhases
+from pgolf.log import ProgressBar
 
 LORA_TTT_SEED = 1234
 
 
-class LoRALinear(nn.Module):
-    """``base(x) + (alpha / rank) * (x A^T) B^T`` with ``B`` zero after every reset."""
+class BatchedLoRALinear(nn.Module):
+    """``base(x) + (alpha / rank) * (x A_d^T) B_d^T`` with its own ``A_d``, ``B_d`` for each row (document).
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+    ``rows`` holds the adapter slot of every row of the next input; None switches the adapters off
+    (the base layer alone, as for the phases' global SGD).
+    """
+
+    def __init__(self, base: nn.Linear, slots: int, rank: int, alpha: float):
         super().__init__()
         self.base = base
         self.scale = alpha / rank
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
-        self.reset_adapter(torch.Generator().manual_seed(0))
+        device = base.weight.device
+        self.lora_A = nn.Parameter(torch.zeros(slots, rank, base.in_features, device=device))
+        self.lora_B = nn.Parameter(torch.zeros(slots, base.out_features, rank, device=device))
+        self.rows: torch.Tensor | None = None
 
-    def reset_adapter(self, generator: torch.Generator) -> None:
-        bound = 1.0 / math.sqrt(self.base.in_features)
-        with torch.no_grad():
-            self.lora_A.copy_((torch.rand(self.lora_A.shape, generator=generator) * 2 - 1) * bound)
-            self.lora_B.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        update = (x @ self.lora_A.to(x.dtype).T) @ self.lora_B.to(x.dtype).T
-        return self.base(x) + self.scale * update
+    def forward(self, x_BTI: torch.Tensor) -> torch.Tensor:
+        out = self.base(x_BTI)
+        if self.rows is None:
+            return out
+        a_BRI = self.lora_A[self.rows].to(x_BTI.dtype)
+        b_BOR = self.lora_B[self.rows].to(x_BTI.dtype)
+        return out + self.scale * ((x_BTI @ a_BRI.mT) @ b_BOR.mT)
 
 
-def attach_lora_adapters(model: nn.Module, targets: tuple[str, ...], rank: int, alpha: float) -> list[LoRALinear]:
+def attach_lora_adapters(model: nn.Module, targets: tuple[str, ...], rank: int, alpha: float,
+                         slots: int = 1) -> list[BatchedLoRALinear]:
     """Replace every linear inside ``blocks`` whose name ends with a target (``proj`` matches both output
-    projections, ``attn.proj`` only attention's) by a LoRALinear."""
+    projections, ``attn.proj`` only attention's) by a BatchedLoRALinear with ``slots`` documents."""
     adapters = []
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
             wanted = any(full.endswith("." + target) for target in targets)
             if full.startswith("blocks.") and wanted and isinstance(child, nn.Linear):
-                adapter = LoRALinear(child, rank, alpha)
+                adapter = BatchedLoRALinear(child, slots, rank, alpha)
                 setattr(module, child_name, adapter)
                 adapters.append(adapter)
     if not adapters:
-        raise ValueError(f"no linear named one of {targets} inside model.blocks; check TTT_LORA_TARGETS")
+        raise ConfigError(f"no linear named one of {targets} inside model.blocks; check TTT_LORA_TARGETS")
     return adapters
+
+
+def reset_lora_adapters(adapters: list[BatchedLoRALinear], *, redraw_a: bool) -> None:
+    """B = 0 in every slot; A (when re-drawn) U(+-1/sqrt(in)) from a fixed seed, the same in every slot,
+    so a document's start does not depend on its batch or slot."""
+    generator = torch.Generator().manual_seed(LORA_TTT_SEED)
+    with torch.no_grad():
+        for adapter in adapters:
+            adapter.lora_B.zero_()
+            if redraw_a:
+                rank, width = adapter.lora_A.shape[1:]
+                drawn = (torch.rand(rank, width, generator=generator) * 2 - 1) / math.sqrt(width)
+                adapter.lora_A.copy_(drawn.to(adapter.lora_A.device).expand_as(adapter.lora_A))
+
+
+def select_lora_rows(adapters: list[BatchedLoRALinear], rows: torch.Tensor | None) -> None:
+    for adapter in adapters:
+        adapter.rows = rows
 
 
 def document_spans(val_tokens: torch.Tensor, bos_id: int) -> list[tuple[int, int]]:
@@ -77,67 +109,135 @@ def document_spans(val_tokens: torch.Tensor, bos_id: int) -> list[tuple[int, int
     return [(start, end) for start, end in zip(starts, ends) if end > start]
 
 
-class _DocumentTTT:
+def lora_document_batches(spans: list[tuple[int, int]], batch_docs: int) -> list[list[tuple[int, int]]]:
+    """Documents sorted longest first (ties by position), cut into batches: the queue, in order."""
+    queue = sorted(spans, key=lambda span: (span[0] - span[1], span[0]))
+    return [queue[start: start + batch_docs] for start in range(0, len(queue), batch_docs)]
+
+
+def batch_rounds(num_batches: int, world_size: int, cut_after: set[int]) -> list[list[int]]:
+    """Batch indices per round (one batch per rank, round robin). A round never runs past a batch in
+    ``cut_after`` (where a phase starts), so the phases see the same scored documents, and the batches
+    after them the same base model, for any number of ranks."""
+    rounds, start = [], 0
+    for end in sorted({b for b in cut_after if b < num_batches} | {num_batches - 1}):
+        rounds += [list(range(r, min(r + world_size, end + 1))) for r in range(start, end + 1, world_size)]
+        start = end + 1
+    return [r for r in rounds if r]
+
+
+class _BatchedDocumentTTT:
+    """Scores batches of documents with per-document adapters; holds the (loss, tokens, bytes) sums."""
+
     def __init__(self, model, val_tokens, cfg: TTTConfig, window, byte_tables, device, observer):
         self.model, self.val_tokens, self.cfg, self.window = model, val_tokens, cfg, window
         self.byte_tables, self.device, self.observer = byte_tables, device, observer
         for p in model.parameters():
             p.requires_grad_(False)
-        self.adapters = attach_lora_adapters(model, cfg.ttt_lora_targets, cfg.ttt_lora_rank, cfg.ttt_lora_alpha)
+        self.adapters = attach_lora_adapters(model, cfg.ttt_lora_targets, cfg.ttt_lora_rank, cfg.ttt_lora_alpha,
+                                             slots=cfg.ttt_lora_batch_docs)
         self.params = [p for a in self.adapters for p in (a.lora_A, a.lora_B)]
         for p in self.params:
             p.requires_grad_(True)
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.batches_done = 0
 
-    def score_span(self, first: int, stop: int, context_start: int, train: bool) -> None:
-        """Score targets [first, stop) with context from ``context_start``; then maybe one step on them."""
-        tokens = self.val_tokens[context_start: stop + 1].to(device=self.device, dtype=torch.int64)[None]
-        x, y = tokens[:, :-1], tokens[:, 1:]
-        offset = first - context_start
-        with torch.enable_grad(), autocast_context(self.device):
-            losses = self.model(x, y, reduction="none")[0, offset:].float()
-        bytes_ = count_target_bytes(self.byte_tables, x[0, offset:], y[0, offset:])
-        self.sums += torch.stack((losses.detach().double().sum(), torch.tensor(float(losses.numel()), device=self.device,
-                                  dtype=torch.float64), bytes_.double().sum()))
-        if self.observer is not None:
-            self.observer.scored(torch.arange(first, stop))
-        if train:
-            self.optimizer.zero_grad(set_to_none=True)
-            losses.mean().backward()
-            self.optimizer.step()
-            if self.observer is not None:
-                self.observer.trained(torch.arange(first, stop))
+    def score_plain(self, first: int, stop: int) -> None:
+        """Targets [first, stop) with plain windows and no adapters (before the first document)."""
+        select_lora_rows(self.adapters, None)
+        for begin in range(first, stop, self.window):
+            end = min(begin + self.window, stop)
+            tokens = self.val_tokens[begin: end + 1].to(device=self.device, dtype=torch.int64)[None]
+            with torch.no_grad(), autocast_context(self.device):
+                losses = self.model(tokens[:, :-1], tokens[:, 1:], reduction="none").float()
+            self._add(losses, count_target_bytes(self.byte_tables, tokens[:, :-1], tokens[:, 1:]),
+                      torch.ones_like(losses, dtype=torch.bool), torch.arange(begin, end))
 
-    def run_document(self, first: int, end: int) -> None:
-        # A fresh, identical start for every document (B = 0: the artifact's model exactly), so a
-        # document's scores depend on nothing outside it.
-        generator = torch.Generator().manual_seed(LORA_TTT_SEED)
-        for adapter in self.adapters:
-            adapter.reset_adapter(generator)
+    def run_batch(self, documents: list[tuple[int, int]]) -> None:
+        """Reset the adapters and optimizer, then score-and-adapt the documents chunk by chunk."""
+        reset_lora_adapters(self.adapters, redraw_a=not (self.cfg.ttt_lora_warm_start_a and self.batches_done))
+        self.batches_done += 1
         self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.ttt_lora_lr, betas=(0.0, 0.999), eps=1e-10,
                                            weight_decay=self.cfg.ttt_lora_wd)
         chunk = self.cfg.ttt_lora_chunk_tokens
-        for begin in range(first, end, chunk):
+        longest = max(end - first for first, end in documents)
+        for index in range(math.ceil(longest / chunk)):
+            rows = [row for row, (first, end) in enumerate(documents) if first + index * chunk < end]
+            self._chunk_step(documents, rows, index * chunk)
+        select_lora_rows(self.adapters, None)
+
+    def _chunk_step(self, documents, rows: list[int], offset: int) -> None:
+        """Score chunk ``offset // chunk`` of the documents in ``rows``; then one step for those that go on."""
+        x, y, scored, targets, trains = self._chunk_batch(documents, rows, offset)
+        select_lora_rows(self.adapters, torch.tensor(rows, device=self.device))
+        with torch.set_grad_enabled(any(trains)), autocast_context(self.device):
+            losses = self.model(x, y, reduction="none").float()
+        self._add(losses.detach(), count_target_bytes(self.byte_tables, x, y), scored, torch.cat(targets))
+        training = [i for i, goes_on in enumerate(trains) if goes_on]
+        if not training:
+            return
+        mask = scored[training].float()
+        # Sum over documents of each one's mean chunk loss: a document's adapter rows see only its term.
+        loss = ((losses[training] * mask).sum(dim=1) / mask.sum(dim=1)).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.observer is not None:
+            self.observer.trained(torch.cat([targets[i] for i in training]))
+
+    def _chunk_batch(self, documents, rows: list[int], offset: int):
+        """Right-padded inputs/targets, the mask of scored positions, the scored target indices per row,
+        and whether each row's document has a later chunk."""
+        chunk, spans = self.cfg.ttt_lora_chunk_tokens, []
+        for row in rows:
+            first, end = documents[row]
+            begin = first + offset
             stop = min(begin + chunk, end)
-            context_start = max(first, stop - self.window)
-            self.score_span(begin, stop, context_start, train=stop < end)
+            spans.append((max(first, stop - self.window), begin, stop, stop < end))
+        width = max(stop - context for context, _, stop, _ in spans)
+        x = torch.zeros(len(rows), width, dtype=torch.int64)
+        y, scored = torch.zeros_like(x), torch.zeros(len(rows), width, dtype=torch.bool)
+        for i, (context, begin, stop, _) in enumerate(spans):
+            tokens = self.val_tokens[context: stop + 1].to(torch.int64)
+            x[i, : stop - context], y[i, : stop - context] = tokens[:-1], tokens[1:]
+            scored[i, begin - context: stop - context] = True
+        targets = [torch.arange(begin, stop) for _, begin, stop, _ in spans]
+        return (x.to(self.device), y.to(self.device), scored.to(self.device), targets,
+                [goes_on for *_, goes_on in spans])
+
+    def _add(self, losses, bytes_per_target, scored, targets: torch.Tensor) -> None:
+        self.sums += torch.stack((losses[scored].double().sum(), scored.sum().double(),
+                                  bytes_per_target[scored].double().sum()))
+        if self.observer is not None:
+            self.observer.scored(targets, losses[scored])
 
 
 def evaluate_lora_ttt_bpb(model: nn.Module, val_tokens: torch.Tensor, cfg: TTTConfig, *, window: int, bos_id: int,
                           byte_tables: ByteTables, device: torch.device, rank: int = 0, world_size: int = 1,
                           observer: TTTObserver | None = None) -> EvalSums:
     """Document-level score-first LoRA TTT BPB over all targets. ``model`` is changed in place (adapters
-    attached): pass a fresh copy of the artifact's model. Documents are split contiguously over ranks."""
+    attached; with phases, base weights trained): pass a fresh copy of the artifact's model."""
+    if cfg.ttt_lora_chunk_tokens > window:
+        raise ConfigError(f"TTT_LORA_CHUNK_TOKENS={cfg.ttt_lora_chunk_tokens} must be at most the evaluation "
+                          f"window EVAL_SEQ_LEN={window}: a chunk is scored inside one context window")
     model.eval()
-    run = _DocumentTTT(model, val_tokens, cfg, window, byte_tables.to(device), device, observer)
+    run = _BatchedDocumentTTT(model, val_tokens, cfg, window, byte_tables.to(device), device, observer)
     spans = document_spans(val_tokens, bos_id)
-    first_document = spans[0][0] if spans else val_tokens.numel() - 1
-    if rank == 0:  # targets before the first BOS: plain, unadapted windows
-        for begin in range(0, first_document, window):
-            with torch.no_grad():
-                run.score_span(begin, min(begin + window, first_document), begin, train=False)
-    for first, end in spans[slice(*rank_sequence_range(len(spans), rank, world_size))]:
-        run.run_document(first, end)
+    if rank == 0:
+        run.score_plain(0, spans[0][0] if spans else val_tokens.numel() - 1)
+    batches = lora_document_batches(spans, cfg.ttt_lora_batch_docs)
+    queue = [span for batch in batches for span in batch]
+    phases = GlobalPhases(model, val_tokens, cfg, queue, window=window, device=device, rank=rank,
+                          world_size=world_size, observer=observer, adapter_params=run.params)
+    rounds = batch_rounds(len(batches), world_size, phases.trigger_batches([len(b) for b in batches]))
+    bar = ProgressBar("ttt lora", len(batches), enabled=rank == 0)
+    for round_batches in rounds:
+        if rank < len(round_batches):
+            run.run_batch(batches[round_batches[rank]])
+        # Every rank knows which documents are scored now: those of every batch up to this round's last.
+        phases.after_documents_scored(sum(len(b) for b in batches[: round_batches[-1] + 1]))
+        bar.update(round_batches[-1] + 1)
+    bar.close()
     all_reduce_sum_(run.sums)
     loss_sum, token_count, byte_count = run.sums.tolist()
     return EvalSums(loss_sum=loss_sum, token_count=int(token_count), byte_count=int(byte_count))

@@ -33,11 +33,14 @@ def test_check_passes_on_a_normal_run_and_writes_a_receipt(finished_run, capsys)
     assert cli_main(["check", str(finished_run)]) == 0
     out = capsys.readouterr().out
     assert "all checks passed" in out
+    assert ("N/A   model_document_isolation: not applicable: attention crosses documents by design "
+            "(DOC_ISOLATED_ATTENTION=0)") in out
     receipt = json.loads((finished_run / "check.json").read_text())
     names = [c["check"] for c in receipt["checks"]]
     assert names == ["score_before_update", "causality", "normalization", "input_document_isolation",
-                     "validation_isolation", "byte_accounting", "budgets"]
+                     "model_document_isolation", "validation_isolation", "byte_accounting", "budgets"]
     assert receipt["passed"] and all(c["passed"] for c in receipt["checks"])
+    assert [c["check"] for c in receipt["checks"] if not c["applicable"]] == ["model_document_isolation"]
     assert cli_main(["check", str(finished_run), "--json"]) == 0
     assert (finished_run / "check_2.json").is_file()  # the first receipt is kept
     assert json.loads((finished_run / "check.json").read_text()) == receipt
@@ -46,3 +49,12 @@ def test_check_passes_on_a_normal_run_and_writes_a_receipt(finished_run, capsys)
 def test_check_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert cli_main(["check", str(tmp_path)]) == 2
     assert "config.json not found" in capsys.readouterr().err
+
+
+def test_score_before_update_covers_batched_lora_ttt_and_its_phases(finished_run, capsys):
+    assert cli_main(["check", str(finished_run), "TTT_MODE=lora", "TTT_PHASES=2", "VAL_MAX_TOKENS=1024", "--json"]) == 0
+    receipt = json.loads(capsys.readouterr().out)
+    check = receipt["checks"][0]
+    assert check["check"] == "score_before_update" and check["passed"]
+    steps = int(check["details"][-1].split("(")[1].split()[0])
+    assert "LoRA TTT" in check["details"][-1] and "2 phases" in check["details"][-1] and steps > 0

@@ -1,24 +1,33 @@
-"""Document-level score-first LoRA TTT (pgolf/eval/ttt_lora.py)."""
+"""Batched document-level score-first LoRA TTT (pgolf/eval/ttt_lora.py).
+
+The reference is the plain one-document-at-a-time algorithm of SPEC 5.3, written here with its own
+adapter class and its own AdamW per document: the batched implementation must give every target the
+loss the reference gives it, whatever the batch size.
+"""
 
 import copy
 import dataclasses
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from testkit import small_scoring_gpt
+from torch import nn
 
 from pgolf.config import TTTConfig
 from pgolf.data.tokenizer import ByteTables
+from pgolf.errors import ConfigError
 from pgolf.eval.compliance import check_score_before_update
 from pgolf.eval.ttt import TTTObserver
-from pgolf.eval.ttt_lora import LoRALinear, attach_lora_adapters, document_spans, evaluate_lora_ttt_bpb
+from pgolf.eval.ttt_lora import (BatchedLoRALinear, attach_lora_adapters, batch_rounds, document_spans,
+                                 evaluate_lora_ttt_bpb, lora_document_batches)
 from pgolf.model.gpt import GPT
 
 VOCAB, BOS, WINDOW = 40, 1, 32
 CPU = torch.device("cpu")
 CFG = TTTConfig(ttt_enabled=True, ttt_mode="lora", ttt_lora_rank=4, ttt_lora_alpha=8.0, ttt_lora_chunk_tokens=8,
-                ttt_lora_lr=0.05, ttt_lora_wd=0.0)
+                ttt_lora_lr=0.05, ttt_lora_wd=0.1, ttt_lora_batch_docs=1)
 
 
 def tables() -> ByteTables:
@@ -32,8 +41,8 @@ def model() -> GPT:
     return small_scoring_gpt(VOCAB)
 
 
-def stream(*documents: list[int]) -> torch.Tensor:
-    return torch.tensor([t for doc in documents for t in [BOS, *doc]] + [BOS])
+def stream(*documents: list[int], head: list[int] = ()) -> torch.Tensor:
+    return torch.tensor([*head] + [t for doc in documents for t in [BOS, *doc]] + [BOS])
 
 
 def doc(length: int, seed: int) -> list[int]:
@@ -45,40 +54,141 @@ def run(gpt, val, cfg=CFG, observer=None):
                                  observer=observer)
 
 
-def test_documents_run_from_bos_to_the_next_bos_inclusive():
-    val = torch.tensor([5, BOS, 6, 7, BOS, 8, BOS])
-    assert document_spans(val, BOS) == [(1, 4), (4, 6)]
+def per_target_losses(gpt, val, cfg) -> dict[int, float]:
+    observer = TTTObserver(keep_losses=True)
+    run(copy.deepcopy(gpt), val, cfg, observer)
+    return observer.losses
+
+
+class ReferenceLoRA(nn.Module):
+    def __init__(self, base, rank, alpha, generator):
+        super().__init__()
+        self.base, self.scale = base, alpha / rank
+        bound = 1 / math.sqrt(base.in_features)
+        self.A = nn.Parameter((torch.rand(rank, base.in_features, generator=generator) * 2 - 1) * bound)
+        self.B = nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x):
+        return self.base(x) + self.scale * (x @ self.A.T) @ self.B.T
+
+
+def reference_document(gpt, val, first, end, cfg) -> dict[int, float]:
+    """SPEC 5.3 for one document, alone: fresh adapters, chunks scored then one AdamW step."""
+    gpt = copy.deepcopy(gpt)
+    for p in gpt.parameters():
+        p.requires_grad_(False)
+    generator, adapters = torch.Generator().manual_seed(1234), []
+    for block in gpt.blocks:  # the default targets, in module order: c_q, c_k, c_v, attn.proj, mlp.proj
+        for parent, name in [(block.attn, "c_q"), (block.attn, "c_k"), (block.attn, "c_v"), (block.attn, "proj"),
+                             (block.mlp, "proj")]:
+            adapters.append(ReferenceLoRA(getattr(parent, name), cfg.ttt_lora_rank, cfg.ttt_lora_alpha, generator))
+            setattr(parent, name, adapters[-1])
+    params = [p for a in adapters for p in (a.A, a.B)]
+    opt = torch.optim.AdamW(params, lr=cfg.ttt_lora_lr, betas=(0.0, 0.999), eps=1e-10, weight_decay=cfg.ttt_lora_wd)
+    losses = {}
+    for begin in range(first, end, cfg.ttt_lora_chunk_tokens):
+        stop = min(begin + cfg.ttt_lora_chunk_tokens, end)
+        context = max(first, stop - WINDOW)
+        tokens = val[context: stop + 1][None]
+        chunk_losses = gpt(tokens[:, :-1], tokens[:, 1:], reduction="none")[0, begin - context:]
+        losses.update(zip(range(begin, stop), chunk_losses.tolist()))
+        if stop < end:
+            opt.zero_grad()
+            chunk_losses.mean().backward()
+            opt.step()
+    return losses
+
+
+def reference_losses(gpt, val, cfg) -> dict[int, float]:
+    spans = document_spans(val, BOS)
+    losses = {}
+    with torch.no_grad():  # the head before the first BOS: plain windows
+        for begin in range(0, spans[0][0], WINDOW):
+            tokens = val[begin: min(begin + WINDOW, spans[0][0]) + 1][None]
+            losses.update(zip(range(begin, begin + tokens.size(1) - 1),
+                              gpt(tokens[:, :-1], tokens[:, 1:], reduction="none")[0].tolist()))
+    for first, end in spans:
+        losses.update(reference_document(gpt, val, first, end, cfg))
+    return losses
+
+
+def assert_same_losses(got: dict, expected: dict):
+    assert sorted(got) == sorted(expected)
+    worst = max(abs(got[t] - expected[t]) for t in expected)
+    assert worst < 1e-5, worst
+
+
+# Lengths around the chunk (8) and window (32): one chunk, several, and longer than the window.
+DOCS = [doc(n, seed) for seed, n in enumerate([5, 40, 17, 8, 26, 3, 50])]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    gpt, val = model(), stream(*DOCS, head=[7, 8, 9])
+    return gpt, val, reference_losses(gpt, val, CFG)
+
+
+@pytest.mark.parametrize("batch_docs", [1, 4])
+def test_batched_documents_get_exactly_the_one_document_results(reference, batch_docs):
+    gpt, val, expected = reference
+    assert_same_losses(per_target_losses(gpt, val, dataclasses.replace(CFG, ttt_lora_batch_docs=batch_docs)),
+                       expected)
+
+
+def test_adaptation_moves_the_scores():
+    """The equality above is not trivially true: training changes later chunks' losses."""
+    gpt, val = model(), stream(*DOCS)
+    frozen = per_target_losses(gpt, val, dataclasses.replace(CFG, ttt_lora_lr=0.0))
+    learned = per_target_losses(gpt, val, CFG)
+    first, end = document_spans(val, BOS)[1]  # the 40-token document
+    assert all(learned[t] == pytest.approx(frozen[t], abs=1e-5) for t in range(first, first + 8))  # first chunk
+    assert max(abs(learned[t] - frozen[t]) for t in range(first + 8, end)) > 1e-3
 
 
 def test_zero_lr_is_the_document_isolated_evaluation():
     """With nothing learned, each target is scored with only its own document as context."""
     gpt, docs = model(), [doc(10, 1), doc(20, 2), doc(5, 3)]
     val = stream(*docs)
-    sums = run(copy.deepcopy(gpt), val, dataclasses.replace(CFG, ttt_lora_lr=0.0))
+    sums = run(copy.deepcopy(gpt), val, dataclasses.replace(CFG, ttt_lora_lr=0.0, ttt_lora_batch_docs=2))
     expected = 0.0
     for d in docs:
         tokens = torch.tensor([BOS, *d, BOS])[None]
         expected += F.cross_entropy(gpt.forward_logits(tokens[:, :-1])[0].double(), tokens[0, 1:], reduction="sum").item()
-    assert sums.token_count == val.numel() - 1
+    assert sums.token_count == sums.byte_count == val.numel() - 1
     assert sums.loss_sum == pytest.approx(expected, rel=1e-5)
 
 
-def test_score_before_update_and_documents_are_independent():
-    gpt, d1, d2 = model(), doc(30, 4), doc(25, 5)
+def test_score_before_update_holds_and_training_happened():
+    gpt, val = model(), stream(*DOCS)
     observer = TTTObserver()
-    both = run(copy.deepcopy(gpt), stream(d1, d2), observer=observer)
-    assert check_score_before_update(observer, stream(d1, d2).numel() - 1).passed
-    assert any(kind == "train" for kind, _ in observer.events)
-    alone = [run(copy.deepcopy(gpt), stream(d)) for d in (d1, d2)]
-    # Adapters and optimizer reset at every document: the sum over documents run together equals the
-    # sum of each run alone.
-    assert both.loss_sum == pytest.approx(sum(a.loss_sum for a in alone), rel=1e-5)
+    run(copy.deepcopy(gpt), val, dataclasses.replace(CFG, ttt_lora_batch_docs=3), observer)
+    assert check_score_before_update(observer, val.numel() - 1).passed
+    assert sum(t.numel() for kind, t in observer.events if kind == "train") > 50
+
+
+def test_documents_sorted_longest_first_and_batches_go_round_robin():
+    val = torch.tensor([5, BOS, 6, 7, BOS, 8, BOS])
+    assert document_spans(val, BOS) == [(1, 4), (4, 6)]
+    spans = [(0, 3), (3, 10), (10, 12), (12, 17), (17, 20)]
+    assert lora_document_batches(spans, 2) == [[(3, 10), (12, 17)], [(0, 3), (17, 20)], [(10, 12)]]
+    assert batch_rounds(5, 2, set()) == [[0, 1], [2, 3], [4]]
+    assert batch_rounds(5, 2, {0, 3}) == [[0], [1, 2], [3], [4]]  # rounds end where a phase starts
+
+
+def test_warm_start_keeps_a_across_batches():
+    gpt, val = model(), stream(doc(30, 1), doc(20, 2))
+    cold = per_target_losses(gpt, val, CFG)
+    warm = per_target_losses(gpt, val, dataclasses.replace(CFG, ttt_lora_warm_start_a=True))
+    first_batch, second_batch = lora_document_batches(document_spans(val, BOS), 1)
+    (f1, e1), (f2, e2) = first_batch[0], second_batch[0]
+    assert all(warm[t] == cold[t] for t in range(f1, e1))  # the first batch draws A as usual
+    assert any(abs(warm[t] - cold[t]) > 1e-6 for t in range(f2 + 8, e2))
 
 
 def test_lora_ttt_learns_inside_a_long_repetitive_document():
     gpt = model()
     val = stream(doc(6, 6) * 16)
-    cfg = dataclasses.replace(CFG, ttt_lora_chunk_tokens=4, ttt_lora_rank=8)
+    cfg = dataclasses.replace(CFG, ttt_lora_chunk_tokens=4, ttt_lora_rank=8, ttt_lora_wd=0.0)
     flat = run(copy.deepcopy(gpt), val, dataclasses.replace(cfg, ttt_lora_lr=0.0))
     learned = run(copy.deepcopy(gpt), val, dataclasses.replace(cfg, ttt_lora_lr=0.02))
     assert learned.val_bpb < flat.val_bpb - 0.08  # measured: 5.343 -> 5.208
@@ -86,12 +196,19 @@ def test_lora_ttt_learns_inside_a_long_repetitive_document():
 
 def test_adapters_attach_by_module_replacement_and_start_as_identity():
     gpt = model()
-    x = torch.randint(0, VOCAB, (1, 12))
+    x = torch.randint(0, VOCAB, (3, 12))
     before = gpt.forward_logits(x)
     assert len(attach_lora_adapters(copy.deepcopy(gpt), ("proj",), rank=4, alpha=8.0)) == 4  # attention + MLP
-    adapters = attach_lora_adapters(gpt, ("c_q", "attn.proj"), rank=4, alpha=8.0)
-    assert len(adapters) == 4 and all(isinstance(a, LoRALinear) for a in adapters)
-    assert isinstance(gpt.blocks[0].attn.c_q, LoRALinear) and not isinstance(gpt.blocks[0].attn.c_k, LoRALinear)
-    assert torch.equal(gpt.forward_logits(x), before)
-    with pytest.raises(ValueError, match="TTT_LORA_TARGETS"):
+    adapters = attach_lora_adapters(gpt, ("c_q", "attn.proj"), rank=4, alpha=8.0, slots=3)
+    assert len(adapters) == 4 and all(isinstance(a, BatchedLoRALinear) for a in adapters)
+    assert isinstance(gpt.blocks[0].attn.c_q, BatchedLoRALinear) and not isinstance(gpt.blocks[0].attn.c_k, BatchedLoRALinear)
+    for a in adapters:
+        a.rows = torch.tensor([2, 0, 1])
+    assert torch.equal(gpt.forward_logits(x), before)  # B = 0
+    with pytest.raises(ConfigError, match="TTT_LORA_TARGETS"):
         attach_lora_adapters(model(), ("nope",), rank=4, alpha=8.0)
+
+
+def test_a_chunk_longer_than_the_window_is_refused():
+    with pytest.raises(ConfigError, match="TTT_LORA_CHUNK_TOKENS"):
+        run(model(), stream(doc(10, 1)), dataclasses.replace(CFG, ttt_lora_chunk_tokens=WINDOW + 1))
