@@ -1,7 +1,7 @@
 """The ``pgolf`` command line (tooling: not part of the one-file export).
 
     pgolf train    [--preset NAME] [KEY=value ...]   train, quantize, pack, round-trip, report
-    pgolf eval     RUN_DIR [--json]                  re-score a run's saved artifact
+    pgolf eval     RUN_DIR [KEY=value ...] [--json]  re-run the evaluation phases on a run's artifact
     pgolf quantize RUN_DIR [KEY=value ...] [--json] [--sweep]   re-quantize a run's weights; rate-distortion table
     pgolf describe [--preset NAME] [KEY=value ...] [--json]   resolved config and parameter count
     pgolf data     fineweb|build|stats|verify ...     fetch, make, describe and check token shard datasets
@@ -27,8 +27,8 @@ import os
 import sys
 from pathlib import Path
 
-from pgolf.config import (Config, apply_config_overrides, config_differences, config_from_dict,
-                          environment_overrides, flatten_config, parse_cli_overrides, validate_config)
+from pgolf.config import (Config, apply_config_overrides, config_differences, environment_overrides,
+                          flatten_config, parse_cli_overrides, validate_config)
 from pgolf.errors import ConfigError, PgolfError
 from pgolf.presets import DEFAULT_PRESET, PRESETS, preset_config
 
@@ -74,11 +74,26 @@ def _print_main_rank(text: str) -> None:
 
 
 def command_train(args: argparse.Namespace) -> int:
+    """Train (or with ``--resume RUN_DIR`` continue) a run. Ctrl-C writes a checkpoint and returns 130."""
     from pgolf.run import main as run_main
+    from pgolf.train.checkpoint_state import TrainingInterrupted
+    from pgolf.train.resume import resume_run_config
 
-    cfg, preset, name = resolve_config(args.preset, args.overrides)
-    cfg = fill_default_data(cfg)
-    report = run_main(cfg, preset_name=name, preset_cfg=preset, code_bytes=exact_code_bytes(cfg, name))
+    if args.resume:
+        if args.preset:
+            raise ConfigError("--resume continues a run with its own configuration; drop --preset.")
+        cfg, name = resume_run_config(Path(args.resume), parse_cli_overrides(args.overrides))
+        preset = preset_config(name) if name in PRESETS else None
+    else:
+        cfg, preset, name = resolve_config(args.preset, args.overrides)
+        cfg = fill_default_data(cfg)
+    try:
+        report = run_main(cfg, preset_name=name, preset_cfg=preset, code_bytes=exact_code_bytes(cfg, name),
+                          resume=bool(args.resume))
+    except TrainingInterrupted as interrupted:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"pgolf train: {interrupted}", file=sys.stderr)
+        return 130
     _print_main_rank(f"val_bpb:{report['val_bpb']:.4f} (round trip) total_bytes:{report.get('total_bytes')} "
                      f"run:{report['run_dir']}")
     return 0
@@ -110,25 +125,9 @@ def command_describe(args: argparse.Namespace) -> int:
 
 
 def command_eval(args: argparse.Namespace) -> int:
-    from pgolf.dist import init_distributed
-    from pgolf.quant.tools import find_run_artifact
-    from pgolf.run import load_artifact_into_fresh_model, make_evaluator, prepare_validation_data
+    from pgolf.eval.tools import run_eval_command
 
-    run_dir = Path(args.run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise PgolfError(f"{config_path} not found; RUN_DIR must be a directory written by `pgolf train`.")
-    cfg = config_from_dict(json.loads(config_path.read_text()))
-    cfg = apply_config_overrides(cfg, parse_cli_overrides(args.overrides), source="command line")
-    ctx = init_distributed()
-    data = prepare_validation_data(cfg)
-    model = load_artifact_into_fresh_model(find_run_artifact(run_dir), cfg, ctx.device)
-    sums = make_evaluator(cfg, ctx, data)(model)
-    if ctx.is_main:
-        result = {"run_dir": str(run_dir), **sums.as_dict()}
-        print(json.dumps(result, indent=2) if args.json else
-              f"val_loss:{sums.val_loss:.8f} val_bpb:{sums.val_bpb:.8f} tokens:{sums.token_count} bytes:{sums.byte_count}")
-    return 0
+    return run_eval_command(args)
 
 
 def command_check(args: argparse.Namespace) -> int:
@@ -238,6 +237,7 @@ def add_machine_parsers(sub, presets_help: str) -> None:
                                              "step-time breakdown")
     profile.add_argument("--preset", help=presets_help)
     profile.add_argument("--steps", type=int, default=5, help="profiled steps after the warm-up (default 5)")
+    profile.add_argument("--warmup", type=int, default=2, help="untimed steps first; they compile with COMPILE=1 (default 2)")
     profile.add_argument("-o", "--output", default="profile", metavar="DIR", help="trace folder (default ./profile)")
     profile.add_argument("--json", action="store_true")
     profile.add_argument("overrides", nargs="*", metavar="KEY=value")
@@ -323,10 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("overrides", nargs="*", metavar="KEY=value")
     describe.set_defaults(handler=command_describe)
 
-    evaluate = sub.add_parser("eval", help="re-score a run's saved artifact")
-    evaluate.add_argument("run_dir")
+    evaluate = sub.add_parser("eval", help="re-run a run's evaluation phases on its saved artifact "
+                                           "(plain, sliding window, TTT); result saved under RUN_DIR/evals/")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.add_argument("--json", action="store_true")
-    evaluate.add_argument("overrides", nargs="*", metavar="KEY=value", help="e.g. DATA_PATH=... to move data")
+    evaluate.add_argument("overrides", nargs="*", metavar="KEY=value",
+                          help="evaluation/TTT keys (SLIDING_WINDOW_ENABLED=1, EVAL_STRIDE=64, TTT_ENABLED=1, "
+                               "TTT_MODE=lora, ...), DATA_PATH/TOKENIZER_PATH")
     evaluate.set_defaults(handler=command_eval)
 
     add_quantize_parser(sub)

@@ -1,18 +1,51 @@
-"""Safe file writing: nothing a user made is half-written or silently replaced."""
+"""Safe file writing: nothing a user made is half-written or silently replaced.
 
+Every write goes to a temporary file in the destination's directory, is fsynced, then renamed into
+place; a failure at any point (disk full, Ctrl-C, a killed process between two calls) leaves either
+the old state or the complete new file, never a partial one under the real name.
+"""
+
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 from pgolf.errors import PgolfError
 
+# os.write may write fewer bytes than asked; large buffers go out in slices of at most this size.
+WRITE_SLICE_BYTES = 64 * 1024 * 1024
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` to ``fd`` (looping over short writes)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view[:WRITE_SLICE_BYTES])
+        view = view[written:]
+
+
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """Make a rename or unlink inside ``directory`` durable (best effort where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories; the rename itself is still atomic
+    finally:
+        os.close(fd)
+
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> Path:
     """Write ``data`` to ``path`` so that readers see either nothing or the complete file.
 
-    The bytes go to a temporary file in the same directory, are flushed and fsynced, then renamed over
-    the destination (rename is atomic within one filesystem). With ``overwrite=False`` an existing file
-    is an error, so a user's artifact or shard is never replaced by accident.
+    The bytes go to a temporary file in the same directory, are fsynced, then renamed over the
+    destination (rename is atomic within one filesystem). With ``overwrite=False`` an existing file
+    is an error, so a user's artifact or shard is never replaced by accident. A failed write raises
+    ``PgolfError`` naming the file (and, for a full disk, saying so) and leaves no temporary file.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -20,21 +53,46 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, overwrite: bool 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
         # Leave no partial file behind, whatever went wrong (disk full, Ctrl-C, ...).
         try:
             os.unlink(tmp_name)
         except FileNotFoundError:
             pass
+        if isinstance(error, OSError):
+            raise PgolfError(describe_write_failure(path, error, len(data))) from error
         raise
+    fsync_directory(path.parent)
     return path
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> Path:
     """UTF-8 text version of :func:`write_bytes_atomic`."""
     return write_bytes_atomic(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def describe_write_failure(path: Path, error: OSError, size: int) -> str:
+    """One message for a failed write: which file, why, and what to do about it."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"could not write {path} ({size:,} bytes): no space left on the device. Nothing partial was "
+                "left behind; free some space (or point RUNS_DIR at a larger volume) and try again.")
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"could not write {path}: {error.strerror}. Make the directory writable or choose another one."
+    return f"could not write {path}: {error}. Nothing partial was left behind."
+
+
+def free_disk_bytes(directory: str | os.PathLike) -> int:
+    """Bytes available to this user on the filesystem that holds ``directory``."""
+    return shutil.disk_usage(directory).free
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Delete a directory tree if it exists (missing is fine)."""
+    if Path(path).exists():
+        shutil.rmtree(path)

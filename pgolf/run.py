@@ -27,7 +27,7 @@ from pgolf.data.shards import find_shards
 from pgolf.data.shuffled import ShuffledSequenceLoader
 from pgolf.data.tokenizer import ByteTables, build_byte_tables, check_tokenizer_vocab, load_sentencepiece
 from pgolf.dist import DistContext, barrier, broadcast_object_from_main, init_distributed, shutdown_distributed
-from pgolf.errors import ConfigError
+from pgolf.errors import ArtifactError, ConfigError
 from pgolf.eval.bpb import EvalSums, evaluate_bpb, uniform_guess_bpb
 from pgolf.eval.phases import EvalPhase, evaluation_budget, extra_evaluation_phases
 from pgolf.fsutil import write_bytes_atomic, write_text_atomic
@@ -39,8 +39,10 @@ from pgolf.provenance import environment_summary, pgolf_code_hash
 from pgolf.quant.artifact_quant import format_quantized_weights
 from pgolf.quant.calibration import collect_hessians, training_calibration_batches
 from pgolf.quant.policy import describe_quant_plan, format_quant_plan
+from pgolf.train.checkpoint import CheckpointManager, check_room_for_run
 from pgolf.train.clock import synchronize_device
 from pgolf.train.loop import TrainingBatches, TrainingParts, train_model
+from pgolf.train.resume import RunStart, remove_unfinished_outputs, resume_decision, resume_mode
 
 # TRAIN_LOADER -> training loader class (same constructor and interface).
 TRAIN_LOADERS = {"sequential": DistributedTokenLoader, "shuffled": ShuffledSequenceLoader}
@@ -64,6 +66,17 @@ def new_run_id() -> str:
     return f"{time.strftime('%Y%m%d_%H%M%S')}_{secrets.token_hex(3)}"
 
 
+def open_run_directory(cfg: Config, ctx: DistContext, resume: bool = False) -> RunStart:
+    """The run's directory, agreed across ranks: a fresh one, or the existing run being resumed."""
+    mode = resume_mode(resume)
+    if mode == "never":
+        return RunStart(create_run_directory(cfg, ctx))
+    start, problem = broadcast_object_from_main(resume_decision(cfg, mode) if ctx.is_main else None)
+    if problem:
+        raise ConfigError(problem)
+    return start if start is not None else RunStart(create_run_directory(cfg, ctx))
+
+
 def create_run_directory(cfg: Config, ctx: DistContext) -> Path:
     """A fresh directory for this run, agreed across ranks. An existing one is never reused."""
     run_id = broadcast_object_from_main(cfg.run.run_id or new_run_id())
@@ -71,8 +84,13 @@ def create_run_directory(cfg: Config, ctx: DistContext) -> Path:
     if ctx.is_main:
         if run_dir.exists():
             raise ConfigError(f"run directory {run_dir} already exists; pgolf never overwrites a run. "
-                              "Choose another RUN_ID (or leave it empty for a fresh one).")
-        run_dir.mkdir(parents=True)
+                              "Choose another RUN_ID (or leave it empty for a fresh one, or resume it: "
+                              "pgolf train --resume).")
+        try:
+            run_dir.mkdir(parents=True)
+        except OSError as error:
+            raise ConfigError(f"cannot create the run directory {run_dir}: {error.strerror}. Set RUNS_DIR to a "
+                              "writable place.") from None
     barrier()
     return run_dir
 
@@ -258,7 +276,11 @@ def write_quantized_artifact(state: dict[str, torch.Tensor], cfg: Config, out_di
 
 def load_artifact_into_fresh_model(path: Path, cfg: Config, device: torch.device) -> GPT:
     """A new model holding the artifact's weights, in the layer schedule it was trained in last."""
-    state, meta = unpack_model_artifact(load_artifact_file(path))
+    try:
+        state, meta = unpack_model_artifact(load_artifact_file(path))
+    except ArtifactError as error:
+        message = str(error) if str(path) in str(error) else f"artifact {path}: {error}"
+        raise ArtifactError(message) from None
     model = build_model(cfg.model, device)
     model.load_state_dict(state, strict=True)
     if meta["extra"].get("looping"):
@@ -267,31 +289,39 @@ def load_artifact_into_fresh_model(path: Path, cfg: Config, device: torch.device
 
 
 def main(cfg: Config, *, preset_name: str = "custom", preset_cfg: Config | None = None, echo: bool = True,
-         code_bytes: int | None = None) -> dict:
+         code_bytes: int | None = None, resume: bool = False) -> dict:
     """Run the whole pipeline; returns the report (also written to ``report.json``).
 
     ``code_bytes``: the exact counted code size (``pgolf train`` passes the size of the train_gpt.py
-    ``pgolf export`` would write; the exported script passes its own); None = an upper bound."""
+    ``pgolf export`` would write; the exported script passes its own); None = an upper bound.
+    ``resume``: continue the run ``RUNS_DIR/RUN_ID`` from its newest complete checkpoint. Without it,
+    ``PGOLF_AUTO_RESUME=1`` does the same when that directory exists (and starts it when it does not),
+    which is what a worker group restarted by ``torchrun --max-restarts`` needs."""
     validate_config(cfg)
     ctx = init_distributed()
     seed_everything(cfg.train.seed)
-    run_dir = create_run_directory(cfg, ctx)
-    logger = RunLogger(run_dir, enabled=ctx.is_main, echo=echo)
+    start = open_run_directory(cfg, ctx, resume)
+    logger = RunLogger(start.run_dir, enabled=ctx.is_main, echo=echo)
     try:
-        report = _run_pipeline(cfg, preset_name, preset_cfg, ctx, run_dir, logger, code_bytes)
+        report = _run_pipeline(cfg, preset_name, preset_cfg, ctx, start, logger, code_bytes)
     finally:
         logger.close()
     shutdown_distributed()
     return report
 
 
-def _run_pipeline(cfg: Config, preset_name: str, preset_cfg: Config | None, ctx: DistContext, run_dir: Path,
+def _run_pipeline(cfg: Config, preset_name: str, preset_cfg: Config | None, ctx: DistContext, start: RunStart,
                   logger: RunLogger, code_bytes: int | None) -> dict:
-    if ctx.is_main:
+    run_dir = start.run_dir
+    if ctx.is_main and not (run_dir / "config.json").exists():  # a resumed run keeps its own
         write_text_atomic(run_dir / "config.json", config_to_json(cfg))
     data = prepare_validation_data(cfg)
     model = build_model(cfg.model, ctx.device)
     header = log_header(logger, cfg, preset_name, preset_cfg, ctx, data, model)
+    if start.existing:
+        logger.line(f"resume:run_dir {run_dir} checkpoint:{start.checkpoint or 'none yet (starting from step 0)'}")
+        if ctx.is_main:
+            remove_unfinished_outputs(run_dir, logger)
     evaluate = make_evaluator(cfg, ctx, data)
     loader = build_train_loader(cfg, ctx, data.train_files)
     optimizers = build_optimizers(model, cfg.optim, tie_embeddings=cfg.model.tie_embeddings,
@@ -305,6 +335,9 @@ def _run_pipeline(cfg: Config, preset_name: str, preset_cfg: Config | None, ctx:
     elif cfg.quant.qat_start_frac > 0:
         logger.line("qat:off (no per-row block matrices to fake-quantize)")
     parts = TrainingParts(model, wrap_for_training(model, cfg, ctx), optimizers, loader, qat)
+    check_room_for_run(run_dir, cfg, ctx, model, optimizers)
+    checkpoints = CheckpointManager(run_dir, cfg, ctx, logger, resume_from=start.checkpoint,
+                                    run_info={"preset": preset_name})
 
     def validate_during_training(step: int) -> None:
         sums, seconds = timed(evaluate, model)
@@ -312,7 +345,7 @@ def _run_pipeline(cfg: Config, preset_name: str, preset_cfg: Config | None, ctx:
         logger.event("val", step=step, seconds=seconds, **sums.as_dict())
 
     # With EMA_DECAY > 0 the model comes back holding the EMA weights: everything below uses them.
-    outcome = train_model(parts, cfg.train, cfg.optim, ctx, logger, validate_during_training)
+    outcome = train_model(parts, cfg.train, cfg.optim, ctx, logger, validate_during_training, checkpoints)
     if qat is not None:
         qat.remove()  # plain linears for evaluation, calibration, export and TTT
     logger.line(f"train_done steps:{outcome.steps} train_time:{outcome.train_seconds * 1000:.0f}ms "

@@ -51,6 +51,18 @@ class TokenStream:
         if len(self.files) > 1:  # with one shard the open memory map is reused
             self.tokens = self._open_shard(self.shard_index)
 
+    def seek(self, shard_index: int, position: int) -> None:
+        """Continue from token ``position`` of shard ``shard_index`` (a resumed run)."""
+        if not 0 <= shard_index < len(self.files):
+            raise DataError(f"a checkpoint asks for shard {shard_index} of {len(self.files)}; the training shards "
+                            "changed since it was written. Resume with the DATA_PATH the run started with.")
+        self.shard_index = shard_index
+        self.tokens = self._open_shard(shard_index)
+        if not 0 <= position <= len(self.tokens):
+            raise DataError(f"a checkpoint asks for token {position} of {self.files[shard_index]}, which holds "
+                            f"{len(self.tokens)}; the shard changed since the checkpoint was written.")
+        self.position = position
+
     def take(self, n: int) -> np.ndarray:
         """Return the next ``n`` tokens as a fresh uint16 array (may span shards and wrap around)."""
         pieces = []
@@ -70,6 +82,17 @@ def check_loader_inputs(files: list, rank: int, world_size: int) -> None:
     refuse_validation_files(files)
     if world_size < 1 or not 0 <= rank < world_size:
         raise ConfigError(f"rank {rank} is not valid for world size {world_size}; check RANK and WORLD_SIZE.")
+
+
+def check_loader_state(state: dict, kind: str, files: list[Path]) -> None:
+    """DataError unless a saved loader state is of ``kind`` and was taken over the same shard names."""
+    if state.get("kind") != kind:
+        raise DataError(f"the checkpoint holds a {state.get('kind')!r} loader position but this run uses "
+                        f"TRAIN_LOADER={kind}; resume with the configuration the run started with.")
+    names = [path.name for path in files]
+    if state.get("files") != names:
+        raise DataError(f"the checkpoint's loader read the shards {state.get('files')} but this run has {names}; "
+                        "the training data changed. Resume with the DATA_PATH the run started with.")
 
 
 class DistributedTokenLoader:
@@ -95,6 +118,16 @@ class DistributedTokenLoader:
     def reset(self) -> None:
         """Restart from token 0 of shard 0 (after compile priming, so the timed run sees the same data)."""
         self.stream = TokenStream(self.files, vocab_size=self.vocab_size)
+
+    def state_dict(self) -> dict:
+        """Where the stream stands, as plain JSON values (checkpoints store it; :meth:`load_state_dict`)."""
+        return {"kind": "sequential", "files": [path.name for path in self.files],
+                "shard_index": self.stream.shard_index, "position": self.stream.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where :meth:`state_dict` was taken, over the same shard files."""
+        check_loader_state(state, "sequential", self.files)
+        self.stream.seek(int(state["shard_index"]), int(state["position"]))
 
     def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(x, y)`` int64 tensors of shape ``(local // seq_len, seq_len)`` on this rank's device.

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pgolf.data.loader import check_loader_inputs, local_batch_tokens
+from pgolf.data.loader import check_loader_inputs, check_loader_state, local_batch_tokens
 from pgolf.data.shards import check_token_ids, read_shard
 from pgolf.errors import DataError
 
@@ -97,9 +97,31 @@ class ShuffledSequenceLoader:
         self.seq_len: int | None = None
         self.shards: list[ShardOffsets] = []
         self.epoch = 0
+        self._epoch_rng_state: dict | None = None
+
+    def state_dict(self) -> dict:
+        """The sampler's position as JSON values: the RNG state now and at the start of the epoch, plus
+        how many offsets of each shard were used (the epoch's offsets are re-drawn from its RNG state)."""
+        return {"kind": "shuffled", "files": [path.name for path in self.files], "seq_len": self.seq_len,
+                "epoch": self.epoch, "epoch_rng_state": self._epoch_rng_state,
+                "rng_state": self.rng.bit_generator.state, "used": [shard.used for shard in self.shards]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where :meth:`state_dict` was taken, over the same shard files."""
+        check_loader_state(state, "shuffled", self.files)
+        self.reset()
+        if state["seq_len"] is not None:
+            # Re-draw the epoch's phases and orders from the RNG state they were drawn from.
+            self.rng.bit_generator.state = state["epoch_rng_state"]
+            self.seq_len, self.epoch = int(state["seq_len"]), int(state["epoch"]) - 1
+            self._reshuffle(self.seq_len)
+            for shard, used in zip(self.shards, state["used"], strict=True):
+                shard.used = int(used)
+        self.rng.bit_generator.state = state["rng_state"]
 
     def _reshuffle(self, seq_len: int) -> None:
         """New phase and order for every shard: the start of an epoch."""
+        self._epoch_rng_state = self.rng.bit_generator.state
         self.shards = [ShardOffsets(path, tokens, shard_start_offsets(len(tokens), seq_len, self.rng))
                        for path, tokens in zip(self.files, self.shard_tokens)]
         if not any(shard.remaining for shard in self.shards):

@@ -1,5 +1,8 @@
 """The training clock: counts only training time, pauses around validation, agreed across ranks.
 
+A resumed run starts its clock at the seconds the checkpoint recorded, so the budget and every
+progress-driven schedule continue where they were.
+
 The budget it runs against is ``MAX_WALLCLOCK_SECONDS - GPTQ_RESERVE_SECONDS`` (SPEC 4.7): GPTQ reads
 training data for its Hessians, so that time is carved out of the training budget.
 """
@@ -39,10 +42,12 @@ class TrainingClock:
     validation that follows it.
     """
 
-    def __init__(self, device: torch.device, budget_seconds: float):
+    def __init__(self, device: torch.device, budget_seconds: float, *, already_elapsed: float = 0.0):
+        """``already_elapsed``: training seconds spent before this process (a resumed run), counted
+        against the budget like any other."""
         self.device = device
         self.budget_seconds = budget_seconds
-        self._accumulated = 0.0
+        self._accumulated = float(already_elapsed)
         self._started_at: float | None = None
 
     def resume(self) -> None:

@@ -64,6 +64,20 @@ class WeightEMA:
         names = list(self.shadow)
         return names, [live[name].float() for name in names]
 
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The fp32 averages by state-dict name (what a checkpoint stores; the live tensors, not copies)."""
+        return dict(self.shadow)
+
+    @torch.no_grad()
+    def load_state_tensors(self, averages: dict[str, torch.Tensor]) -> None:
+        """Replace the averages with ``averages`` (from :meth:`state_tensors` of the same model)."""
+        if averages.keys() != self.shadow.keys():
+            missing, extra = sorted(self.shadow.keys() - averages.keys()), sorted(averages.keys() - self.shadow.keys())
+            raise ConfigError(f"the checkpoint's EMA does not fit this model (missing: {missing}, unknown: {extra}); "
+                              "resume with the configuration the run was started with.")
+        for name, average in averages.items():
+            self.shadow[name].copy_(average)
+
     @torch.no_grad()
     def apply_to(self, model: nn.Module) -> None:
         """Copy the averages into ``model`` in place, each cast to the dtype of the tensor it replaces."""

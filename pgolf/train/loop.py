@@ -5,8 +5,10 @@ cap), so warmdown, the depth-recurrence switch and the other progress-driven eve
 fraction of the run on any hardware. The budget is the wall-clock cap less the GPTQ reserve. Compile
 priming (of every graph variant the run will use) runs before the clock and is undone afterwards.
 Validation during training is off the clock. Every rank stops at the same step: the over-budget flag
-is agreed with a MAX all-reduce, and so are the looping and QAT switches. With EMA_DECAY > 0 the model
-leaves training holding the EMA weights.
+is agreed with an all-reduce (together with Ctrl-C and the checkpoint timer), and so are the looping
+and QAT switches. With EMA_DECAY > 0 the model
+leaves training holding the EMA weights. Checkpoints (``pgolf.train.checkpoint``) are written off the
+clock; a resumed run restores everything, clock included, before its first step.
 
 Graph variants: the timed run passes through up to three (looping, QAT) states, in the order of their
 switch fractions; priming runs each of them for ``warmup_steps`` so no switch compiles on the clock.
@@ -28,6 +30,8 @@ from pgolf.log import ProgressBar, RunLogger
 from pgolf.optim.build import apply_lr_and_momentum
 from pgolf.optim.schedules import lr_multiplier_at, muon_momentum_at, training_progress
 from pgolf.quant.qat import QATController
+from pgolf.train.checkpoint import CheckpointManager, TrainingPosition
+from pgolf.train.checkpoint_state import InterruptRequest, TrainingInterrupted, ranks_agree_any_of
 from pgolf.train.clock import TrainingClock, effective_training_budget
 from pgolf.train.ema import WeightEMA
 
@@ -55,6 +59,11 @@ class TrainingBatches(Protocol):
                    grad_accum_steps: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def reset(self) -> None: ...
+
+    # Checkpoints only: the position as JSON values, and back.
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 @dataclass
@@ -216,17 +225,19 @@ def _should_log(step: int, cfg: TrainConfig) -> bool:
     return step <= 10 or (cfg.train_log_every > 0 and step % cfg.train_log_every == 0)
 
 
-def _mean_loss_or_raise(loss: torch.Tensor, ctx: DistContext, clock: TrainingClock, step: int,
-                        last_finite_loss: float) -> float:
-    """The mean over all ranks: the log shows the global loss, and a non-finite loss stops every rank."""
+def _mean_loss_or_raise(loss: torch.Tensor, ctx: DistContext, clock: TrainingClock, logger: RunLogger,
+                        position: TrainingPosition, checkpoints: CheckpointManager | None) -> float:
+    """The mean over all ranks: the log shows the global loss, and a non-finite loss stops every rank
+    (with the step and the last finite loss in the log; the last good checkpoint stays)."""
     loss_value = all_reduce_sum_(loss.detach().clone()).item() / ctx.world_size
     if not math.isfinite(loss_value):
         clock.pause()
-        raise TrainingError(
-            f"training loss became {loss_value} at step {step} (last finite loss {last_finite_loss:.4f}). "
-            "Lower the learning rates (MATRIX_LR, SCALAR_LR, TIED_EMBED_LR) or set GRAD_CLIP_NORM; "
-            "the log so far is kept in the run directory."
-        )
+        kept = f" {checkpoints.describe_last()}" if checkpoints is not None else ""
+        message = (f"training loss became {loss_value} at step {position.step} (last finite loss "
+                   f"{position.last_finite_loss:.4f}). Lower the learning rates (MATRIX_LR, SCALAR_LR, TIED_EMBED_LR) "
+                   f"or set GRAD_CLIP_NORM; the log so far is kept in the run directory.{kept}")
+        logger.line(f"stopping:non_finite_loss step:{position.step} last_finite_loss:{position.last_finite_loss:.4f}")
+        raise TrainingError(message)
     return loss_value
 
 
@@ -238,52 +249,110 @@ def _start_budget(cfg: TrainConfig, logger: RunLogger) -> float:
     return budget
 
 
+def _starting_position(parts: TrainingParts, ema: WeightEMA | None,
+                       checkpoints: CheckpointManager | None) -> TrainingPosition:
+    """Step 0, or everything restored from the checkpoint the run resumes from (switches included)."""
+    if checkpoints is None or checkpoints.resume_from is None:
+        return TrainingPosition(graph_state=_graph_state(parts))
+    position = checkpoints.restore(parts.model, parts.optimizers, parts.loader, ema)
+    _set_graph_state(parts, position.graph_state)
+    return position
+
+
+def _log_step(logger: RunLogger, cfg: TrainConfig, position: TrainingPosition, elapsed: float,
+              lr_mult: float) -> None:
+    if _should_log(position.step, cfg):
+        loss = position.last_finite_loss
+        logger.line(f"step:{position.step}/{cfg.iterations} train_loss:{loss:.4f} "
+                    f"train_time:{elapsed * 1000:.0f}ms step_avg:{elapsed * 1000 / position.step:.2f}ms")
+        logger.event("train", step=position.step, train_loss=loss, train_seconds=elapsed, lr_mult=lr_mult)
+
+
+def _agree_and_checkpoint(parts: TrainingParts, cfg: TrainConfig, ctx: DistContext, clock: TrainingClock,
+                          ema: WeightEMA | None, position: TrainingPosition, checkpoints: CheckpointManager | None,
+                          interrupt: InterruptRequest | None) -> tuple[bool, bool]:
+    """Agree across ranks (one collective) on the stop flags and the seconds trigger, then write a
+    checkpoint, off the clock, when one is due or Ctrl-C asked for it. Returns (over_budget, interrupted)."""
+    time_due = checkpoints is not None and checkpoints.time_due(clock.elapsed_seconds)
+    interrupt_requested = interrupt is not None and interrupt.requested
+    over_budget, interrupted, time_due = ranks_agree_any_of([clock.over_budget, interrupt_requested, time_due],
+                                                            ctx.device)
+    if checkpoints is None:
+        return over_budget, False
+    more_to_come = not over_budget and position.step < cfg.iterations
+    if interrupted or (more_to_come and (time_due or checkpoints.step_due(position.step))):
+        clock.pause()
+        position.train_seconds, position.graph_state = clock.elapsed_seconds, _graph_state(parts)
+        checkpoints.save(parts.model, parts.optimizers, parts.loader, ema, position)
+        clock.resume()
+    return over_budget, interrupted
+
+
+def _stop_for_interrupt(logger: RunLogger, position: TrainingPosition, checkpoints: CheckpointManager) -> None:
+    run_dir = checkpoints.root.parent
+    written = f"checkpoint written: {checkpoints.last_saved}" if checkpoints.last_saved else "no checkpoint written"
+    message = (f"interrupted (Ctrl-C) after step {position.step}; {written}. "
+               f"Continue with: pgolf train --resume {run_dir}")
+    logger.line(f"interrupted:step:{position.step} checkpoint:{checkpoints.last_saved}")
+    raise TrainingInterrupted(message)
+
+
 def train_model(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfig, ctx: DistContext,
-                logger: RunLogger, validate: Callable[[int], None] | None = None) -> TrainOutcome:
-    """Train until ``ITERATIONS`` or the effective wall-clock budget, whichever comes first."""
+                logger: RunLogger, validate: Callable[[int], None] | None = None,
+                checkpoints: CheckpointManager | None = None) -> TrainOutcome:
+    """Train until ``ITERATIONS`` or the effective wall-clock budget, whichever comes first.
+
+    With ``checkpoints``, training continues from its ``resume_from`` checkpoint when it has one,
+    writes checkpoints when they are due, and turns Ctrl-C into a checkpoint and ``TrainingInterrupted``.
+    """
     prime_compiled_graphs(parts, cfg, optim_cfg, ctx, logger)
     budget = _start_budget(cfg, logger)
     # Built from the restored initial weights, after priming, before the clock starts.
     ema = WeightEMA(parts.model, cfg.ema_decay, cfg.ema_start_step) if cfg.ema_decay > 0 else None
-    clock = TrainingClock(ctx.device, budget)
+    position = _starting_position(parts, ema, checkpoints)
+    clock = TrainingClock(ctx.device, budget, already_elapsed=position.train_seconds)
     bar = ProgressBar("train", budget if budget > 0 else cfg.iterations, enabled=ctx.is_main)
-    step, last_finite_loss, stopped_by, looping_step, qat_step = 0, float("nan"), "iterations", None, None
-    clock.resume()
-    while step < cfg.iterations:
-        if validate is not None and cfg.val_loss_every > 0 and step % cfg.val_loss_every == 0:
-            clock.pause()
-            validate(step)
-            clock.resume()
-        progress = training_progress(elapsed_seconds=clock.elapsed_seconds, budget_seconds=budget,
-                                     step=step, iterations=cfg.iterations)
-        if switch_on_looping_if_due(parts, cfg, ctx, logger, progress=progress, step=step):
-            looping_step = step
-        if switch_on_qat_if_due(parts, ctx, logger, progress=progress, step=step):
-            qat_step = step
-        lr_mult = lr_multiplier_at(progress, warmdown_frac=cfg.warmdown_frac, min_lr=cfg.min_lr)
-        loss = run_training_step(parts, cfg, optim_cfg, ctx, lr_mult=lr_mult,
-                                 muon_momentum=_momentum_for(step, optim_cfg))
-        step += 1
-        if ema is not None:
-            ema.update(parts.model, step)
-        last_finite_loss = _mean_loss_or_raise(loss, ctx, clock, step, last_finite_loss)
-        elapsed = clock.elapsed_seconds
-        if _should_log(step, cfg):
-            logger.line(f"step:{step}/{cfg.iterations} train_loss:{last_finite_loss:.4f} "
-                        f"train_time:{elapsed * 1000:.0f}ms step_avg:{elapsed * 1000 / step:.2f}ms")
-            logger.event("train", step=step, train_loss=last_finite_loss, train_seconds=elapsed, lr_mult=lr_mult)
-        bar.update(elapsed if budget > 0 else step, f"step {step} loss {last_finite_loss:.3f}")
-        if all_ranks_agree_any(clock.over_budget, ctx.device):
-            stopped_by = "wallclock"
-            break
+    stopped_by = "iterations"
+    with (InterruptRequest() if checkpoints is not None else nullcontext()) as interrupt:
+        clock.resume()
+        while position.step < cfg.iterations:
+            if validate is not None and cfg.val_loss_every > 0 and position.step % cfg.val_loss_every == 0:
+                clock.pause()
+                validate(position.step)
+                clock.resume()
+            progress = training_progress(elapsed_seconds=clock.elapsed_seconds, budget_seconds=budget,
+                                         step=position.step, iterations=cfg.iterations)
+            if switch_on_looping_if_due(parts, cfg, ctx, logger, progress=progress, step=position.step):
+                position.looping_step = position.step
+            if switch_on_qat_if_due(parts, ctx, logger, progress=progress, step=position.step):
+                position.qat_step = position.step
+            lr_mult = lr_multiplier_at(progress, warmdown_frac=cfg.warmdown_frac, min_lr=cfg.min_lr)
+            loss = run_training_step(parts, cfg, optim_cfg, ctx, lr_mult=lr_mult,
+                                     muon_momentum=_momentum_for(position.step, optim_cfg))
+            position.step += 1
+            if ema is not None:
+                ema.update(parts.model, position.step)
+            position.last_finite_loss = _mean_loss_or_raise(loss, ctx, clock, logger, position, checkpoints)
+            _log_step(logger, cfg, position, clock.elapsed_seconds, lr_mult)
+            bar.update(clock.elapsed_seconds if budget > 0 else position.step,
+                       f"step {position.step} loss {position.last_finite_loss:.3f}")
+            over_budget, interrupted = _agree_and_checkpoint(parts, cfg, ctx, clock, ema, position, checkpoints,
+                                                             interrupt)
+            if interrupted:
+                bar.close()
+                _stop_for_interrupt(logger, position, checkpoints)
+            if over_budget:
+                stopped_by = "wallclock"
+                break
     clock.pause()
     bar.close()
     if stopped_by == "wallclock":
         logger.line(f"stopping_early: wallclock_cap train_time:{clock.elapsed_seconds * 1000:.0f}ms "
-                    f"step:{step}/{cfg.iterations}")
+                    f"step:{position.step}/{cfg.iterations}")
     if ema is not None:
         logger.line("ema:applying EMA weights")
         ema.apply_to(parts.model)
-    return TrainOutcome(steps=step, train_seconds=clock.elapsed_seconds, tokens_seen=step * cfg.train_batch_tokens,
-                        last_train_loss=last_finite_loss, stopped_by=stopped_by, looping_enabled_step=looping_step,
-                        ema_applied=ema is not None, qat_enabled_step=qat_step)
+    return TrainOutcome(steps=position.step, train_seconds=clock.elapsed_seconds,
+                        tokens_seen=position.step * cfg.train_batch_tokens, last_train_loss=position.last_finite_loss,
+                        stopped_by=stopped_by, looping_enabled_step=position.looping_step,
+                        ema_applied=ema is not None, qat_enabled_step=position.qat_step)

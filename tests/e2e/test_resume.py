@@ -1,0 +1,190 @@
+"""Resuming real runs on the embedded default data: a run killed with SIGKILL mid-run, one stopped by
+Ctrl-C and one that crashed under auto-resume all continue from their last checkpoint and end with the
+same losses (bit for bit) and score as an uninterrupted run of the same seed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from pgolf.cli import main as cli_main
+from pgolf.config import apply_config_overrides
+from pgolf.data.corpus import ensure_default_dataset
+from pgolf.errors import ConfigError
+from pgolf.presets import tiny_cpu
+from pgolf.run import main as run_main
+from pgolf.train import loop as loop_module
+from pgolf.train.resume import AUTO_RESUME_ENV_VAR
+
+REPO = Path(__file__).resolve().parents[2]
+# A very small model and batch: the run's fixed costs (imports, data, evaluation) dominate anyway.
+QUICK = {"ITERATIONS": "6", "MAX_WALLCLOCK_SECONDS": "0", "TRAIN_SEQ_LEN": "64", "TRAIN_BATCH_TOKENS": "512",
+         "VAL_MAX_TOKENS": "1024", "TRAIN_LOG_EVERY": "1", "NUM_LAYERS": "2", "MODEL_DIM": "64", "NUM_HEADS": "2",
+         "NUM_KV_HEADS": "1"}
+# Runs a training command whose 5th optimizer step, once done, hangs: the kill lands mid-run, after
+# the step-4 checkpoint, with the model and loader already past it.
+HANGING_TRAIN = textwrap.dedent("""
+    import sys, time
+    import pgolf.train.loop as loop
+    real_step, calls = loop.run_training_step, []
+    def step_then_hang_at_five(*args, **kwargs):
+        loss = real_step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 5:
+            print("HANGING", flush=True)
+            time.sleep(600)
+        return loss
+    loop.run_training_step = step_then_hang_at_five
+    from pgolf.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.fixture(scope="module")
+def default_data(tmp_path_factory):
+    return ensure_default_dataset(tmp_path_factory.mktemp("cache"), log=lambda _: None)
+
+
+@pytest.fixture(autouse=True)
+def single_process(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", AUTO_RESUME_ENV_VAR):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("PGOLF_DEVICE", "cpu")
+    monkeypatch.setattr("pgolf.cli.exact_code_bytes", lambda cfg, name: 50_000)  # the export is not under test
+
+
+def items(default_data, runs_dir, **extra) -> list[str]:
+    values = {**QUICK, "DATA_PATH": str(default_data.data_path), "TOKENIZER_PATH": str(default_data.tokenizer_path),
+              "RUNS_DIR": str(runs_dir), **extra}
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+def config(default_data, runs_dir, **extra):
+    overrides = dict(item.split("=", 1) for item in items(default_data, runs_dir, **extra))
+    return apply_config_overrides(tiny_cpu(), overrides, source="test")
+
+
+@pytest.fixture(scope="module")
+def reference(default_data, tmp_path_factory):
+    """The uninterrupted run: its report and its train losses by step."""
+    runs = tmp_path_factory.mktemp("reference")
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", AUTO_RESUME_ENV_VAR):
+            patch.delenv(key, raising=False)
+        patch.setenv("PGOLF_DEVICE", "cpu")
+        report = run_main(config(default_data, runs, RUN_ID="reference"), echo=False)
+    return report, train_losses(runs / "reference")
+
+
+def train_losses(run_dir: Path, after_last_resume: bool = False) -> dict[int, float]:
+    """Step -> train loss from metrics.jsonl (full precision); the newest event wins for a repeated step."""
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    if after_last_resume:
+        starts = [i for i, event in enumerate(events) if event["event"] == "resume"]
+        events = events[starts[-1]:]
+    return {event["step"]: event["train_loss"] for event in events if event["event"] == "train"}
+
+
+def assert_same_as_reference(run_dir: Path, resumed_from: int, reference) -> None:
+    ref_report, ref_losses = reference
+    report = json.loads((run_dir / "report.json").read_text())
+    after = train_losses(run_dir, after_last_resume=True)
+    assert sorted(after) == list(range(resumed_from + 1, 7))
+    assert after == {step: ref_losses[step] for step in after}  # bit for bit
+    assert report["steps"] == 6
+    assert (report["val_loss"], report["val_bpb"]) == (ref_report["val_loss"], ref_report["val_bpb"])
+    log = (run_dir / "train.log").read_text()
+    assert log.count("pgolf run preset:") == 2  # appended, never truncated
+    assert f"step:{resumed_from} " in log and f"/checkpoints/step_{resumed_from:08d} step:{resumed_from}" in log
+
+
+def wait_for_line(process: subprocess.Popen, marker: str) -> list[str]:
+    """Read the process's output until a line contains ``marker`` (the test's timeout bounds the wait)."""
+    lines = []
+    while not lines or marker not in lines[-1]:
+        line = process.stdout.readline()
+        if not line:
+            raise AssertionError("training exited before " + marker + ":\n" + "".join(lines))
+        lines.append(line)
+    return lines
+
+
+def test_sigkilled_run_resumes_to_the_uninterrupted_result(default_data, tmp_path, reference):
+    env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    # The same thread count as this process, so both compute the same floating-point sums.
+    env.update(OMP_NUM_THREADS=str(torch.get_num_threads()), PGOLF_DEVICE="cpu",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
+    command = [sys.executable, "-c", HANGING_TRAIN, "train", *items(default_data, tmp_path, RUN_ID="killed",
+                                                                        CHECKPOINT_EVERY="2")]
+    process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    run_dir = tmp_path / "killed"
+    try:
+        output = wait_for_line(process, "HANGING")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    assert any(line.startswith("checkpoint:saved step:4") for line in output)
+    assert process.returncode == -signal.SIGKILL
+    assert not (run_dir / "report.json").exists()
+    before_kill = train_losses(run_dir)
+    # Killed after the 5th update, before its loss was logged: steps 1-4 are in the log, as in the reference.
+    assert before_kill == {step: reference[1][step] for step in range(1, 5)}
+
+    assert cli_main(["train", "--resume", str(run_dir)]) == 0
+    assert_same_as_reference(run_dir, 4, reference)
+
+
+def test_ctrl_c_writes_a_checkpoint_exits_130_and_resumes(default_data, tmp_path, reference, monkeypatch, capsys):
+    real_step, calls = loop_module.run_training_step, []
+
+    def ctrl_c_during_step_three(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step; the step still finishes
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "run_training_step", ctrl_c_during_step_three)
+    assert cli_main(["train", *items(default_data, tmp_path, RUN_ID="ctrl_c")]) == 130
+    run_dir = tmp_path / "ctrl_c"
+    assert "pgolf train --resume" in capsys.readouterr().err
+    assert (run_dir / "checkpoints" / "step_00000003" / "manifest.json").is_file()
+    assert "interrupted:step:3" in (run_dir / "train.log").read_text()
+    assert sorted(train_losses(run_dir)) == [1, 2, 3]
+
+    monkeypatch.setattr(loop_module, "run_training_step", real_step)
+    assert cli_main(["train", "--resume", str(run_dir), "TRAIN_LOG_EVERY=1"]) == 0
+    assert_same_as_reference(run_dir, 3, reference)
+    assert cli_main(["train", "--resume", str(run_dir)]) == 2  # finished runs are never resumed
+    assert "finished run" in capsys.readouterr().err
+
+
+def test_auto_resume_continues_a_crashed_run_with_the_same_command(default_data, tmp_path, reference, monkeypatch):
+    real_step, calls = loop_module.run_training_step, []
+
+    def crash_at_step_four(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("worker lost")
+        return real_step(*args, **kwargs)
+
+    cfg = config(default_data, tmp_path, RUN_ID="auto", CHECKPOINT_EVERY="2")
+    monkeypatch.setenv(AUTO_RESUME_ENV_VAR, "1")
+    monkeypatch.setattr(loop_module, "run_training_step", crash_at_step_four)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        run_main(cfg, echo=False)  # RUN_ID did not exist: a fresh start
+    monkeypatch.setattr(loop_module, "run_training_step", real_step)
+    with monkeypatch.context() as plain:
+        plain.delenv(AUTO_RESUME_ENV_VAR)
+        with pytest.raises(ConfigError, match="already exists"):
+            run_main(cfg, echo=False)
+    with pytest.raises(ConfigError, match="NUM_LAYERS=3"):
+        run_main(config(default_data, tmp_path, RUN_ID="auto", NUM_LAYERS="3"), echo=False)
+    run_main(cfg, echo=False)  # what a restarted torchrun worker group does: the same command again
+    assert_same_as_reference(tmp_path / "auto", 2, reference)
