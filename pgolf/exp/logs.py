@@ -180,6 +180,17 @@ def _prequant_point(text: str) -> tuple[float, float] | None:
     return found
 
 
+# ``pgolf train --resume`` logs this, then repeats the steps after the checkpoint (pgolf/train/checkpoint.py).
+RESUME_LINE = re.compile(r"resume:from \S+ step:(?P<step>\d+)")
+
+
+def drop_points_after(log: RunLog, step: int) -> None:
+    """A resumed run redoes the steps after its checkpoint: the points logged for them before the
+    interruption are superseded by the ones logged after it."""
+    log.train[:] = [point for point in log.train if point.step <= step]
+    log.val[:] = [point for point in log.val if point.step <= step]
+
+
 def parse_log_text(text: str, source: str, name: str | None = None) -> RunLog:
     """Curves, end of training, seed, code hash and final score (if any) of one log's text."""
     log = RunLog(name or Path(source).name, source, score=_last_score(text, source))
@@ -187,6 +198,8 @@ def parse_log_text(text: str, source: str, name: str | None = None) -> RunLog:
     for line in text.splitlines():
         if batch_tokens is None and (m := BATCH_TOKENS_LINE.match(line)):
             batch_tokens = int(m["tokens"])
+        if m := RESUME_LINE.match(line):
+            drop_points_after(log, int(m["step"]))
         _parse_curve_line(line, log, batch_tokens)
     seeds, hashes = SEED_LINE.findall(text), CODE_HASH_LINE.findall(text)
     log.seed = int(seeds[0]) if seeds else None
@@ -232,6 +245,8 @@ def parse_metrics_events(events: list[dict], source: str, name: str) -> tuple[Ru
         elif kind == "val" and isinstance(step, int) and _number(event, "val_loss") is not None:
             if _number(event, "val_bpb") is not None:
                 log.val.append(ValPoint(step, _number(event, "val_loss"), _number(event, "val_bpb"), None))
+        elif kind == "resume" and isinstance(step, int):
+            drop_points_after(log, step)
         elif kind == "eval" and event.get("label") == PREQUANT_LABEL and _number(event, "val_bpb") is not None:
             prequant = (_number(event, "val_loss"), _number(event, "val_bpb"))
     return log, prequant

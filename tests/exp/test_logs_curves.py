@@ -155,3 +155,22 @@ def test_train_log_is_the_fallback_and_a_cut_metrics_line_is_skipped(tiny_run, t
     text_score = score_from_log_text((run_dir / "train.log").read_text(), "train.log")
     assert text_score.val_bpb == pytest.approx(report["val_bpb_final"], abs=5e-9)
     assert text_score.code_hash == report["code_hash"]
+
+
+def test_a_resumed_run_keeps_only_the_redone_steps(tmp_path):
+    """After ``--resume`` the steps past the checkpoint are logged twice: the later lines win."""
+    text = ("seed:7\n"
+            "step:2/10 train_loss:5.0000 train_time:100ms step_avg:50.00ms\n"
+            "step:4/10 train_loss:4.0000 train_time:200ms step_avg:50.00ms\n"
+            "step:6/10 train_loss:3.9000 train_time:300ms step_avg:50.00ms\n"
+            "resume:from runs/r/checkpoints/step_00000004 step:4 train_time:200ms\n"
+            "step:6/10 train_loss:3.5000 train_time:310ms step_avg:51.67ms\n")
+    (tmp_path / "train.log").write_text(text)
+    events = [{"event": "train", "step": s, "train_loss": l, "train_seconds": t}
+              for s, l, t in ((2, 5.0, 0.1), (4, 4.0, 0.2), (6, 3.9, 0.3))]
+    events += [{"event": "resume", "step": 4, "path": "x", "train_seconds": 0.2},
+               {"event": "train", "step": 6, "train_loss": 3.5, "train_seconds": 0.31}]
+    log_file = tmp_path / "train.log"
+    assert [(p.step, p.train_loss) for p in read_run_log(log_file).train] == [(2, 5.0), (4, 4.0), (6, 3.5)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert [(p.step, p.train_loss) for p in read_run_log(tmp_path).train] == [(2, 5.0), (4, 4.0), (6, 3.5)]
