@@ -53,6 +53,22 @@ def tiny_cpu() -> Config:
     )
 
 
+def t4() -> Config:
+    """The baseline on one 16 GB T4 (Colab/Kaggle class, compute capability 7.5): no bf16, so fp16 autocast
+    with loss scaling; no FlashAttention, so PyTorch SDPA. The global batch is a quarter of the baseline's
+    (131,072 tokens, through the automatic 8-way accumulation on one GPU: 16 sequences of 1,024 per
+    micro-batch) so activations fit in 16 GB and a step takes well under a second. Compilation is off
+    (a first run never waits on Triton; COMPILE=1 is usually faster once it works). A development proxy,
+    not a record run: results do not transfer to 8xH100 one for one."""
+    base = baseline_sp1024()
+    return replace(
+        base,
+        model=replace(base.model, attention_backend="sdpa"),
+        train=replace(base.train, train_batch_tokens=131_072, autocast_dtype="fp16", compile=False, warmup_steps=0),
+        eval=replace(base.eval, val_batch_size=131_072),
+    )
+
+
 def seq4096() -> Config:
     """Record 2026-03-19_TrainingOptSeq4096 (SPEC 3, val_bpb 1.2014): the baseline's code with longer
     sequences, a 3/4 batch, lower LRs and more momentum. Its ``WARMDOWN_ITERS=3000`` of the 8,394 steps
@@ -156,6 +172,7 @@ GPU_PRESETS: dict[str, Callable[[], Config]] = {
 
 PRESETS: dict[str, Callable[[], Config]] = {
     "tiny_cpu": tiny_cpu,
+    "t4": t4,
     **GPU_PRESETS,
     **{f"{name}_1gpu": one_gpu_variant(preset) for name, preset in GPU_PRESETS.items()},
 }

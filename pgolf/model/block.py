@@ -83,17 +83,19 @@ class Block(nn.Module):
         mix = self.resid_mix.to(x.dtype)
         return mix[0] * x + mix[1] * x0
 
-    def attention_branch(self, x: torch.Tensor) -> torch.Tensor:
-        """``attn_scale * Attn(attn_norm(x) * s)``: what attention adds to the residual."""
-        return self.attn_scale.to(x.dtype) * self.attn(self._scaled_norm(self.attn_norm, x))
+    def attention_branch(self, x: torch.Tensor, segments_BT: torch.Tensor | None = None) -> torch.Tensor:
+        """``attn_scale * Attn(attn_norm(x) * s)``: what attention adds to the residual.
+
+        ``segments_BT``: document segment ids that keep attention inside each document (None = off)."""
+        return self.attn_scale.to(x.dtype) * self.attn(self._scaled_norm(self.attn_norm, x), segments_BT)
 
     def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
         """``mlp_scale * MLP(mlp_norm(x) * s)``: what the MLP adds to the residual."""
         return self.mlp_scale.to(x.dtype) * self.mlp(self._scaled_norm(self.mlp_norm, x))
 
-    def forward(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x0: torch.Tensor, segments_BT: torch.Tensor | None = None) -> torch.Tensor:
         x = self.mix_input(x, x0)
         if self.parallel:  # GPT-J parallel residual (SPEC 4.4.1): both branches read the same input
-            return x + self.attention_branch(x) + self.mlp_branch(x)
-        x = x + self.attention_branch(x)
+            return x + self.attention_branch(x, segments_BT) + self.mlp_branch(x)
+        x = x + self.attention_branch(x, segments_BT)
         return x + self.mlp_branch(x)

@@ -16,6 +16,7 @@ from torch import nn
 from pgolf.config import ModelConfig
 from pgolf.errors import ConfigError
 from pgolf.model.block import Block
+from pgolf.model.features.doc_isolation import document_segment_ids
 from pgolf.model.features.parallel_lanes import (
     merge_lanes,
     new_parallel_post_lambdas,
@@ -49,6 +50,9 @@ class GPT(nn.Module):
         self.skip_gates = nn.Parameter(torch.zeros(num_skip, cfg.model_dim)) if cfg.skip_gates_enabled else None
         self.smear_gate = SmearGate(cfg.model_dim, cfg.bos_token_id) if cfg.smear_gate_enabled else None
         two_lane = cfg.parallel_residual_mode == "two_lane" and cfg.parallel_residual_start >= 0
+        if two_lane and cfg.doc_isolated_attention:  # two_lane_block does not pass segment ids on yet
+            raise ConfigError("DOC_ISOLATED_ATTENTION=1 is not available with PARALLEL_RESIDUAL_MODE=two_lane yet; "
+                              "use PARALLEL_RESIDUAL_MODE=single or DOC_ISOLATED_ATTENTION=0.")
         self.parallel_resid_lambdas = new_parallel_resid_lambdas(cfg.num_layers) if two_lane else None
         self.parallel_post_lambdas = new_parallel_post_lambdas(cfg.num_layers) if two_lane else None
 
@@ -104,15 +108,18 @@ class GPT(nn.Module):
         """Final-normed hidden states (B, T, D)."""
         x = self.embed(input_ids_BT)
         x0 = x  # every block can mix the embedding back in (resid_mix)
+        segments = None  # document segment ids when attention stays inside documents (SPEC 5.2)
+        if self.cfg.doc_isolated_attention:
+            segments = document_segment_ids(input_ids_BT, self.cfg.bos_token_id)
         schedule = self.schedules[self.looping]  # depth recurrence changes only this layer order
         skips: list[torch.Tensor] = []
         for layer in schedule.encoder:
-            x = self.blocks[layer](x, x0)
+            x = self.blocks[layer](x, x0, segments)
             skips.append(x)
         for position in range(schedule.lane_start):
             if skips:  # U-Net: LIFO, the last encoder output feeds the first decoder position
                 x = self.merge_skip(x, skips.pop(), position)
-            x = self.blocks[schedule.decoder[position]](x, x0)
+            x = self.blocks[schedule.decoder[position]](x, x0, segments)
         if schedule.lane_start < len(schedule.decoder):  # two-lane parallel decoder for the remaining positions
             x = self.two_lane_decoder(x, x0, skips, schedule)
         return self.final_norm(x)
