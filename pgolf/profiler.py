@@ -38,6 +38,7 @@ from pgolf.run import build_train_loader, seed_everything, wrap_for_training
 from pgolf.train.clock import synchronize_device
 from pgolf.train.instrument import nvtx_range
 from pgolf.train.loop import TrainingParts, run_training_step
+from pgolf.train.precision import build_loss_scaler, configure_precision, resolve_autocast_dtype
 
 TOP_OPS = 15
 PHASES = ("data", "forward", "backward", "optimizer")
@@ -136,7 +137,8 @@ def build_training_parts(cfg: Config, ctx: DistContext) -> TrainingParts:
                                   control_patterns=cfg.model.control_tensor_name_patterns,
                                   rank=ctx.rank, world_size=ctx.world_size)
     loader = build_train_loader(cfg, ctx, find_shards(cfg.data.data_path, "train"))
-    return TrainingParts(model, wrap_for_training(model, cfg, ctx), optimizers, loader)
+    scaler = build_loss_scaler(ctx.device, resolve_autocast_dtype(cfg.train, ctx.device))
+    return TrainingParts(model, wrap_for_training(model, cfg, ctx), optimizers, loader, loss_scaler=scaler)
 
 
 def new_trace_path(out_dir: Path, rank: int = 0) -> Path:
@@ -195,6 +197,7 @@ def run_steps(parts: TrainingParts, cfg: Config, ctx: DistContext, steps: int) -
 def profile_training(cfg: Config, *, steps: int, warmup: int, out_dir: Path) -> dict:
     """Warm up, profile ``steps`` steps into a Chrome trace, then time ``steps`` steps by phase."""
     ctx = init_distributed()
+    configure_precision(cfg.train, ctx.device)
     parts = build_training_parts(cfg, ctx)
     instrumented = Instrumented(parts)
     parts.forward_model, parts.loader = instrumented, instrumented

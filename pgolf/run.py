@@ -32,6 +32,7 @@ from pgolf.eval.bpb import EvalSums, evaluate_bpb, uniform_guess_bpb
 from pgolf.eval.phases import EvalPhase, evaluation_budget, extra_evaluation_phases
 from pgolf.fsutil import write_bytes_atomic, write_text_atomic
 from pgolf.log import RunLogger
+from pgolf.model.attention import describe_attention_backend
 from pgolf.model.gpt import GPT, build_model, count_parameters
 from pgolf.optim.build import build_optimizers
 from pgolf.quant.qat import attach_qat, describe_qat
@@ -42,6 +43,7 @@ from pgolf.quant.policy import describe_quant_plan, format_quant_plan
 from pgolf.train.checkpoint import CheckpointManager, check_room_for_run
 from pgolf.train.clock import synchronize_device
 from pgolf.train.loop import TrainingBatches, TrainingParts, train_model
+from pgolf.train.precision import build_loss_scaler, configure_precision, describe_precision
 from pgolf.train.resume import RunStart, remove_unfinished_outputs, resume_decision, resume_mode
 
 # TRAIN_LOADER -> training loader class (same constructor and interface).
@@ -138,6 +140,7 @@ def log_header(logger: RunLogger, cfg: Config, preset_name: str, preset_cfg: Con
     logger.line(f"world_size:{ctx.world_size} grad_accum_steps:{ctx.grad_accum_steps}")
     m, o, t = cfg.model, cfg.optim, cfg.train
     logger.line(f"attention_mode:gqa num_heads:{m.num_heads} num_kv_heads:{m.num_kv_heads}")
+    logger.line(describe_attention_backend(m, ctx.device))
     logger.line(f"tie_embeddings:{m.tie_embeddings} embed_lr:{o.embed_lr} head_lr:{o.head_lr} "
                 f"matrix_lr:{o.matrix_lr} scalar_lr:{o.scalar_lr}")
     logger.line(f"train_batch_tokens:{t.train_batch_tokens} train_seq_len:{t.train_seq_len} iterations:{t.iterations} "
@@ -316,8 +319,11 @@ def _run_pipeline(cfg: Config, preset_name: str, preset_cfg: Config | None, ctx:
     if ctx.is_main and not (run_dir / "config.json").exists():  # a resumed run keeps its own
         write_text_atomic(run_dir / "config.json", config_to_json(cfg))
     data = prepare_validation_data(cfg)
+    autocast_dtype = configure_precision(cfg.train, ctx.device)
+    loss_scaler = build_loss_scaler(ctx.device, autocast_dtype)
     model = build_model(cfg.model, ctx.device)
     header = log_header(logger, cfg, preset_name, preset_cfg, ctx, data, model)
+    logger.line(describe_precision(ctx.device, autocast_dtype, loss_scaler))
     if start.existing:
         logger.line(f"resume:run_dir {run_dir} checkpoint:{start.checkpoint or 'none yet (starting from step 0)'}")
         if ctx.is_main:
@@ -334,10 +340,10 @@ def _run_pipeline(cfg: Config, preset_name: str, preset_cfg: Config | None, ctx:
             logger.line(line)
     elif cfg.quant.qat_start_frac > 0:
         logger.line("qat:off (no per-row block matrices to fake-quantize)")
-    parts = TrainingParts(model, wrap_for_training(model, cfg, ctx), optimizers, loader, qat)
+    parts = TrainingParts(model, wrap_for_training(model, cfg, ctx), optimizers, loader, qat, loss_scaler)
     check_room_for_run(run_dir, cfg, ctx, model, optimizers)
     checkpoints = CheckpointManager(run_dir, cfg, ctx, logger, resume_from=start.checkpoint,
-                                    run_info={"preset": preset_name})
+                                    run_info={"preset": preset_name}, loss_scaler=loss_scaler)
 
     def validate_during_training(step: int) -> None:
         sums, seconds = timed(evaluate, model)

@@ -13,6 +13,7 @@ import torch
 from pgolf.data.tokenizer import ByteTables, count_target_bytes
 from pgolf.dist import all_reduce_sum_
 from pgolf.log import ProgressBar
+from pgolf.train.precision import cuda_autocast_dtype
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,9 @@ class EvalSums:
 
 
 def autocast_context(device: torch.device):
-    """bf16 autocast on CUDA; plain fp32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    """Autocast on CUDA (bf16, or the dtype the run chose); plain fp32 elsewhere."""
+    if device.type == "cuda" and cuda_autocast_dtype() != torch.float32:
+        return torch.autocast(device_type="cuda", dtype=cuda_autocast_dtype())
     return nullcontext()
 
 

@@ -22,6 +22,7 @@ from pgolf.dist import DistContext, init_distributed, shutdown_distributed
 from pgolf.errors import ConfigError, PgolfError
 from pgolf.eval.phases import EvalPhase, evaluation_budget, extra_evaluation_phases, timed_phase
 from pgolf.fsutil import write_text_atomic
+from pgolf.train.precision import configure_precision
 
 EVAL_OVERRIDE_SECTIONS = ("eval", "ttt")
 EVAL_EXTRA_KEYS = ("data_path", "tokenizer_path")
@@ -102,6 +103,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     cfg, overrides = load_eval_config(run_dir, args.overrides)
     ctx = init_distributed()
+    configure_precision(cfg.train, ctx.device)
     phases, artifact = evaluate_run(run_dir, cfg, ctx)
     if ctx.is_main:
         result = eval_result(run_dir, artifact, cfg, overrides, phases)

@@ -26,6 +26,7 @@ from pgolf.model.features.parallel_lanes import (
 from pgolf.model.features.smear_gate import SmearGate
 from pgolf.model.layers import CastedLinear, RMSNorm
 from pgolf.model.schedule import LayerSchedule, build_layer_schedule, max_num_skip
+from pgolf.train.precision import cuda_autocast_dtype, embedding_storage_dtype
 
 
 class GPT(nn.Module):
@@ -50,9 +51,6 @@ class GPT(nn.Module):
         self.skip_gates = nn.Parameter(torch.zeros(num_skip, cfg.model_dim)) if cfg.skip_gates_enabled else None
         self.smear_gate = SmearGate(cfg.model_dim, cfg.bos_token_id) if cfg.smear_gate_enabled else None
         two_lane = cfg.parallel_residual_mode == "two_lane" and cfg.parallel_residual_start >= 0
-        if two_lane and cfg.doc_isolated_attention:  # two_lane_block does not pass segment ids on yet
-            raise ConfigError("DOC_ISOLATED_ATTENTION=1 is not available with PARALLEL_RESIDUAL_MODE=two_lane yet; "
-                              "use PARALLEL_RESIDUAL_MODE=single or DOC_ISOLATED_ATTENTION=0.")
         self.parallel_resid_lambdas = new_parallel_resid_lambdas(cfg.num_layers) if two_lane else None
         self.parallel_post_lambdas = new_parallel_post_lambdas(cfg.num_layers) if two_lane else None
 
@@ -83,7 +81,8 @@ class GPT(nn.Module):
         gate = torch.sigmoid(self.skip_gates[position].to(x.dtype))
         return gate * x + (1 - gate) * weighted
 
-    def two_lane_decoder(self, x: torch.Tensor, x0: torch.Tensor, skips: list[torch.Tensor], schedule: LayerSchedule) -> torch.Tensor:
+    def two_lane_decoder(self, x: torch.Tensor, x0: torch.Tensor, skips: list[torch.Tensor], schedule: LayerSchedule,
+                         segments_BT: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder positions from ``schedule.lane_start`` on, as two lanes (SPEC 5.1); returns their mean."""
         lanes = (x, x)
         for position in range(schedule.lane_start, len(schedule.decoder)):
@@ -91,7 +90,7 @@ class GPT(nn.Module):
             if skips:  # skips go into the attention lane
                 lanes = (self.merge_skip(lanes[0], skips.pop(), position), lanes[1])
             lanes = two_lane_block(self.blocks[layer], lanes, x0, self.parallel_resid_lambdas[layer],
-                                   self.parallel_post_lambdas[layer])
+                                   self.parallel_post_lambdas[layer], segments_BT)
         return merge_lanes(lanes)
 
     def embed(self, input_ids_BT: torch.Tensor) -> torch.Tensor:
@@ -121,7 +120,7 @@ class GPT(nn.Module):
                 x = self.merge_skip(x, skips.pop(), position)
             x = self.blocks[schedule.decoder[position]](x, x0, segments)
         if schedule.lane_start < len(schedule.decoder):  # two-lane parallel decoder for the remaining positions
-            x = self.two_lane_decoder(x, x0, skips, schedule)
+            x = self.two_lane_decoder(x, x0, skips, schedule, segments)
         return self.final_norm(x)
 
     def forward_logits(self, input_ids_BT: torch.Tensor) -> torch.Tensor:
@@ -157,13 +156,13 @@ def count_parameters(model: nn.Module) -> int:
 def place_model_on_device(model: GPT, device: torch.device) -> GPT:
     """Move to ``device`` with the baseline's dtypes (SPEC 2.5).
 
-    On CUDA the embedding is stored in bf16 (it is read by lookup and by the tied head under bf16
-    autocast) while linear weights and small control tensors stay fp32 masters. On CPU everything
-    stays fp32, where bf16 buys nothing and costs precision.
+    On CUDA under bf16 autocast the embedding is stored in bf16 (it is read by lookup and by the tied
+    head under autocast) while linear weights and small control tensors stay fp32 masters. Under fp16
+    autocast (T4) it stays fp32: the loss scaler unscales its gradient and refuses half-precision ones.
+    On CPU everything stays fp32, where bf16 buys nothing and costs precision.
     """
     model = model.to(device)
-    if device.type == "cuda":
-        model.tok_emb.to(torch.bfloat16)
+    model.tok_emb.to(embedding_storage_dtype(device, cuda_autocast_dtype()))
     return model
 
 

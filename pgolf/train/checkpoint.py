@@ -156,8 +156,10 @@ class CheckpointManager:
     """
 
     def __init__(self, run_dir: Path, cfg: Config, ctx: DistContext, logger: RunLogger, *,
-                 resume_from: Path | None = None, run_info: dict | None = None):
+                 resume_from: Path | None = None, run_info: dict | None = None, loss_scaler=None):
         self.root = Path(run_dir) / CHECKPOINTS_DIR_NAME
+        # fp16 training's loss scale (pgolf.train.precision); its state is plain numbers, kept as JSON.
+        self.loss_scaler = loss_scaler
         self.train_cfg: TrainConfig = cfg.train
         self.ctx = ctx
         self.logger = logger
@@ -219,7 +221,8 @@ class CheckpointManager:
             optimizer_meta.append(meta)
         rng_tensors, rng_meta = capture_rng_states(self.ctx.device)
         rank_meta = {"kind": "pgolf_checkpoint_rank", "step": position.step, "rank": self.ctx.rank,
-                     "optimizers": optimizer_meta, "loader": loader.state_dict(), "rng": rng_meta}
+                     "optimizers": optimizer_meta, "loader": loader.state_dict(), "rng": rng_meta,
+                     "loss_scaler": self.loss_scaler.state_dict() if self.loss_scaler is not None else {}}
         files = {rank_file_name(self.ctx.rank): pack_tensor_container({**tensors, **rng_tensors}, rank_meta)}
         if self.ctx.is_main:
             model_tensors = {f"model/{name}": t for name, t in model.state_dict().items()}
@@ -288,6 +291,8 @@ class CheckpointManager:
         load_optimizer_states(optimizers, rank_tensors, rank_meta["optimizers"], source)
         loader.load_state_dict(rank_meta["loader"])
         restore_rng_states(rank_tensors, rank_meta["rng"], self.ctx.device)
+        if self.loss_scaler is not None and rank_meta.get("loss_scaler"):
+            self.loss_scaler.load_state_dict(rank_meta["loss_scaler"])
         position = TrainingPosition.from_json(model_meta["position"])
         self.last_saved_seconds = position.train_seconds
         self.logger.line(f"resume:from {source} step:{position.step} train_time:{position.train_seconds * 1000:.0f}ms "

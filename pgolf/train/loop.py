@@ -17,7 +17,7 @@ switch fractions; priming runs each of them for ``warmup_steps`` so no switch co
 import copy
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import torch
@@ -34,6 +34,8 @@ from pgolf.train.checkpoint import CheckpointManager, TrainingPosition
 from pgolf.train.checkpoint_state import InterruptRequest, TrainingInterrupted, ranks_agree_any_of
 from pgolf.train.clock import TrainingClock, effective_training_budget
 from pgolf.train.ema import WeightEMA
+from pgolf.train.instrument import CompileMonitor, nvtx_range
+from pgolf.train.precision import NoLossScaling
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,8 @@ class TrainingParts:
 
     ``model`` may offer depth recurrence: a ``supports_looping`` property, a ``looping`` attribute and
     ``set_looping(enabled)``; models without them simply never loop. ``qat`` is the controller of the
-    model's fake-quant modules (``pgolf.quant.qat.attach_qat``), or None for no QAT.
+    model's fake-quant modules (``pgolf.quant.qat.attach_qat``), or None for no QAT. ``loss_scaler``
+    scales fp16 losses (``pgolf.train.precision.build_loss_scaler``); the default does nothing.
     """
 
     model: torch.nn.Module
@@ -80,31 +83,39 @@ class TrainingParts:
     optimizers: list[torch.optim.Optimizer]
     loader: TrainingBatches
     qat: QATController | None = None
+    loss_scaler: object = field(default_factory=NoLossScaling)
 
 
 def run_training_step(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfig, ctx: DistContext,
                       *, lr_mult: float, muon_momentum: float) -> torch.Tensor:
     """One optimizer step over ``grad_accum_steps`` micro-batches; returns the mean micro-batch loss."""
-    accum = ctx.grad_accum_steps
+    accum, scaler = ctx.grad_accum_steps, parts.loss_scaler
     for opt in parts.optimizers:
         opt.zero_grad(set_to_none=True)
     total_loss = torch.zeros((), device=ctx.device)
     for micro in range(accum):
-        x, y = parts.loader.next_batch(cfg.train_batch_tokens, cfg.train_seq_len, accum)
+        with nvtx_range("data"):
+            x, y = parts.loader.next_batch(cfg.train_batch_tokens, cfg.train_seq_len, accum)
         # DDP all-reduces gradients only on the last micro-step; earlier ones accumulate locally.
         is_last = micro == accum - 1
         sync_context = parts.forward_model.no_sync() if ctx.is_distributed and not is_last else nullcontext()
         with sync_context:
-            with autocast_context(ctx.device):
+            with nvtx_range("forward"), autocast_context(ctx.device):
                 loss = parts.forward_model(x, y)
-            (loss / accum).backward()
+            with nvtx_range("backward"):
+                scaler.scale(loss / accum).backward()
         total_loss += loss.detach().float()
-    apply_lr_and_momentum(parts.optimizers, lr_mult=lr_mult, muon_momentum=muon_momentum)
-    if optim_cfg.grad_clip_norm > 0:
-        # One global norm over every parameter of the model (all groups together), as in SPEC 2.7/4.6.
-        torch.nn.utils.clip_grad_norm_(parts.model.parameters(), optim_cfg.grad_clip_norm)
-    for opt in parts.optimizers:
-        opt.step()
+    with nvtx_range("optimizer"):
+        apply_lr_and_momentum(parts.optimizers, lr_mult=lr_mult, muon_momentum=muon_momentum)
+        if scaler.is_enabled():  # fp16: true gradients before clipping; inf/NaN steps are skipped
+            for opt in parts.optimizers:
+                scaler.unscale_(opt)
+        if optim_cfg.grad_clip_norm > 0:
+            # One global norm over every parameter of the model (all groups together), as in SPEC 2.7/4.6.
+            torch.nn.utils.clip_grad_norm_(parts.model.parameters(), optim_cfg.grad_clip_norm)
+        for opt in parts.optimizers:
+            scaler.step(opt)
+        scaler.update()
     return total_loss / accum
 
 
@@ -221,6 +232,13 @@ def switch_on_qat_if_due(parts: TrainingParts, ctx: DistContext, logger: RunLogg
     return True
 
 
+def _log_compilations(monitor: CompileMonitor | None, logger: RunLogger, step: int) -> None:
+    """Report a recompile, new graph or graph break seen after priming (each one stalls the clock)."""
+    for event in monitor.poll() if monitor is not None else ():
+        logger.line(event.log_line(step))
+        logger.event("compile", step=step, kind=event.kind, reason=event.reason)
+
+
 def _should_log(step: int, cfg: TrainConfig) -> bool:
     return step <= 10 or (cfg.train_log_every > 0 and step % cfg.train_log_every == 0)
 
@@ -313,6 +331,8 @@ def train_model(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfig, 
     clock = TrainingClock(ctx.device, budget, already_elapsed=position.train_seconds)
     bar = ProgressBar("train", budget if budget > 0 else cfg.iterations, enabled=ctx.is_main)
     stopped_by = "iterations"
+    # Priming compiled every graph the run needs: anything compiled from here on costs budget time.
+    monitor = CompileMonitor() if cfg.compile else None
     with (InterruptRequest() if checkpoints is not None else nullcontext()) as interrupt:
         clock.resume()
         while position.step < cfg.iterations:
@@ -334,6 +354,7 @@ def train_model(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfig, 
                 ema.update(parts.model, position.step)
             position.last_finite_loss = _mean_loss_or_raise(loss, ctx, clock, logger, position, checkpoints)
             _log_step(logger, cfg, position, clock.elapsed_seconds, lr_mult)
+            _log_compilations(monitor, logger, position.step)
             bar.update(clock.elapsed_seconds if budget > 0 else position.step,
                        f"step {position.step} loss {position.last_finite_loss:.3f}")
             over_budget, interrupted = _agree_and_checkpoint(parts, cfg, ctx, clock, ema, position, checkpoints,

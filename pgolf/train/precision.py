@@ -26,6 +26,28 @@ from pgolf.errors import ConfigError
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
+# The CUDA autocast dtype of this process: bf16 unless the run chose fp16 (AUTOCAST_DTYPE; GPUs without
+# bf16 such as the T4). Set once per process from the config (``pgolf.run.configure_precision``) so that
+# training, evaluation, calibration and TTT all compute in the same precision.
+CUDA_AUTOCAST_DTYPE = {"dtype": torch.bfloat16}
+
+
+def set_cuda_autocast_dtype(dtype: torch.dtype) -> None:
+    CUDA_AUTOCAST_DTYPE["dtype"] = dtype
+
+
+def cuda_autocast_dtype() -> torch.dtype:
+    return CUDA_AUTOCAST_DTYPE["dtype"]
+
+
+def configure_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype:
+    """Resolve AUTOCAST_DTYPE on ``device`` and make it this process's CUDA autocast dtype; returns it.
+    Call before building the model (the embedding's storage dtype follows it)."""
+    dtype = resolve_autocast_dtype(cfg, device)
+    if device.type == "cuda":
+        set_cuda_autocast_dtype(dtype)
+    return dtype
+
 
 def gpu_supports_bf16(device: torch.device) -> bool:
     """True when ``device`` is a CUDA GPU with native bf16 (not the emulation older GPUs offer)."""

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from pgolf.config import ModelConfig
-from pgolf.errors import ConfigError
 from pgolf.model.attention import CausalSelfAttention
 from pgolf.model.features.doc_isolation import (document_causal_mask, document_segment_ids, varlen_cu_seqlens,
                                                 varlen_segment_capacity)
@@ -160,6 +159,16 @@ def test_isolation_on_without_any_bos_is_plain_causal_attention():
         torch.testing.assert_close(on.forward_logits(ids), off.forward_logits(ids), rtol=0, atol=1e-5)
 
 
-def test_two_lane_decoder_with_isolation_is_refused_until_it_passes_segments_on():
-    with pytest.raises(ConfigError, match="two_lane"):
-        GPT(dataclasses.replace(CFG, parallel_residual_start=1, parallel_residual_mode="two_lane"))
+def test_two_lane_decoder_keeps_documents_isolated_too():
+    model = random_model(parallel_residual_start=1, parallel_residual_mode="two_lane")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "parallel" in name:
+                param.normal_(0.5, 0.3)
+    ids = packed_rows()
+    with torch.no_grad():
+        packed = model.forward_logits(ids)
+        for b, row in enumerate(ids):
+            for start, stop in document_spans(row):
+                alone = model.forward_logits(row[start:stop][None])[0]
+                torch.testing.assert_close(packed[b, start:stop], alone, rtol=0, atol=2e-4)

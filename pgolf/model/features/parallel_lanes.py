@@ -44,10 +44,12 @@ def two_lane_block(
     x0: torch.Tensor,
     resid_lambdas_2: torch.Tensor,
     post_lambdas_22: torch.Tensor,
+    segments_BT: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run one block on lanes ``(a, m)`` and return the updated lanes."""
+    """Run one block on lanes ``(a, m)`` and return the updated lanes. ``segments_BT``: document ids
+    when attention stays inside documents (DOC_ISOLATED_ATTENTION)."""
     a, m = lanes
-    attn = block.attention_branch(block.mix_input(a, x0))
+    attn = block.attention_branch(block.mix_input(a, x0), segments_BT)
     mlp = block.mlp_branch(m)
     lam = resid_lambdas_2.to(a.dtype)
     post = post_lambdas_22.to(a.dtype)
