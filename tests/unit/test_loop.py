@@ -275,3 +275,23 @@ def test_grad_clip_is_one_global_norm_over_all_parameters(shard):
     # Every tensor is scaled by the same factor (per-tensor clipping would scale each differently).
     for g_raw, g_clipped in zip(raw, clipped):
         torch.testing.assert_close(g_clipped.double(), g_raw.double() * scale, rtol=1e-5, atol=1e-9)
+
+
+def test_a_loss_scaler_scales_backward_and_unscales_before_the_step(shard):
+    """fp16 training's GradScaler path through the loop (run here with the CPU scaler): gradients are
+    unscaled before clipping and the optimizer step, so the result equals unscaled training; a scaler
+    that never unscales would take steps 2**12 times too large (Adam partly hides it; Muon's
+    orthogonalised update does not move, so we compare the raw gradients too)."""
+    cfg = dataclasses.replace(TRAIN, iterations=3)
+    optim = OptimConfig(grad_clip_norm=1.0)
+    plain = make_parts(shard)
+    scaled = make_parts(shard)
+    scaled.loss_scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    for step in range(cfg.iterations):
+        a = run_training_step(plain, cfg, optim, CPU, lr_mult=1.0, muon_momentum=0.95)
+        b = run_training_step(scaled, cfg, optim, CPU, lr_mult=1.0, muon_momentum=0.95)
+        assert float(a) == pytest.approx(float(b), rel=1e-5)
+        for p, q in zip(plain.model.parameters(), scaled.model.parameters()):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
+    assert scaled.loss_scaler.get_scale() == 2.0 ** 12  # finite gradients: no back-off in 3 steps
