@@ -1,10 +1,19 @@
-"""Small building blocks shared by the model: parameter-free RMSNorm, fp32-master linear, (partial) rotary."""
+"""Small building blocks shared by the model: parameter-free RMSNorm, fp32-master linear, (partial) rotary.
+
+``CastedLinear`` can also run its forward matmul in FP8 (``FP8_MATMUL=1``, see ``enable_fp8_matmul``).
+"""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pgolf.errors import ConfigError
+
+# Largest finite float8 e4m3fn value: an amax-scaled tensor fills [-448, 448].
+FP8_E4M3_MAX = 448.0
+# _scaled_mm needs both dims of the weight to be multiples of 16; FP8 pays off only on large matmuls.
+FP8_DIM_MULTIPLE = 16
+FP8_MIN_DIM = 128
 
 
 class RMSNorm(nn.Module):
@@ -19,8 +28,12 @@ class CastedLinear(nn.Linear):
 
     Keeping the weight in fp32 gives the optimizer full precision while the matmul runs in bf16 under
     autocast. ``zero_init`` marks output projections that start at zero (SPEC 2.5), so every residual
-    branch begins as the identity.
+    branch begins as the identity. ``fp8_matmul`` (off unless ``enable_fp8_matmul`` sets it) runs the
+    training forward as a per-tensor scaled e4m3 matmul on CUDA; everywhere else the forward is unchanged.
     """
+
+    # A class-level default, so subclasses built without __init__ (QAT's FakeQuantLinear) have it too.
+    fp8_matmul = False
 
     def __init__(self, in_features: int, out_features: int, *, zero_init: bool = False):
         super().__init__(in_features, out_features, bias=False)
@@ -29,7 +42,89 @@ class CastedLinear(nn.Linear):
             nn.init.zeros_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp8_matmul and self.training and x.is_cuda:  # FP8_MATMUL: e4m3 forward, bf16 backward
+            return fp8_linear(x, self.weight)
         return F.linear(x, self.weight.to(x.dtype))
+
+
+def fp8_e4m3_per_tensor(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``t`` scaled so its largest magnitude is ``FP8_E4M3_MAX``, cast to float8 e4m3, and the fp32
+    scalar that undoes the scaling (``t ~ t_fp8.float() * inverse_scale``)."""
+    amax = t.detach().abs().amax().float().clamp_min(1e-12)
+    scale = FP8_E4M3_MAX / amax
+    t_fp8 = (t.detach().float() * scale).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+    return t_fp8, scale.reciprocal()
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight^T`` with both operands in e4m3 (per-tensor amax scaling), output in the compute dtype.
+
+    The compute dtype is the autocast dtype when autocast is on (bf16 in training), else ``x``'s.
+    Backward is an ordinary matmul in the compute dtype on the unquantised operands (straight-through
+    for the FP8 rounding). Needs ``torch._scaled_mm`` (CUDA capability >= 8.9; recent CPU builds too).
+    """
+    device_type = x.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+    x_MK = x.reshape(-1, x.size(-1)).to(dtype)
+    out_MN = FP8LinearFunction.apply(x_MK, weight.to(dtype))
+    return out_MN.view(*x.shape[:-1], weight.size(0))
+
+
+class FP8LinearFunction(torch.autograd.Function):
+    """Forward: ``_scaled_mm`` of the e4m3 operands; backward: bf16 (compute-dtype) matmuls."""
+
+    @staticmethod
+    def forward(ctx, x_MK: torch.Tensor, weight_NK: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x_MK, weight_NK)
+        x_fp8, x_inverse_scale = fp8_e4m3_per_tensor(x_MK)
+        w_fp8, w_inverse_scale = fp8_e4m3_per_tensor(weight_NK)
+        # _scaled_mm wants the second operand column-major: the transpose of a row-major (N, K) weight.
+        out = torch._scaled_mm(x_fp8, w_fp8.t(), scale_a=x_inverse_scale, scale_b=w_inverse_scale,
+                               out_dtype=x_MK.dtype)
+        return out[0] if isinstance(out, tuple) else out  # torch < 2.5 also returned the output's amax
+
+    @staticmethod
+    def backward(ctx, grad_out_MN: torch.Tensor):
+        x_MK, weight_NK = ctx.saved_tensors
+        grad_out_MN = grad_out_MN.to(x_MK.dtype)
+        return grad_out_MN @ weight_NK, grad_out_MN.t() @ x_MK
+
+
+def fp8_unavailable_reason(device: torch.device) -> str | None:
+    """Why FP8 matmuls cannot run on ``device`` (None when they can)."""
+    if not hasattr(torch, "_scaled_mm") or not hasattr(torch, "float8_e4m3fn"):
+        return f"this PyTorch ({torch.__version__}) has no torch._scaled_mm / float8_e4m3fn"
+    if device.type != "cuda":
+        return f"the device is {device.type}, not CUDA"
+    capability = torch.cuda.get_device_capability(device)
+    if capability < (8, 9):
+        return f"CUDA capability {capability[0]}.{capability[1]} < 8.9 (FP8 needs Ada or Hopper)"
+    return None
+
+
+def fp8_eligible_linear(name: str, module: nn.Module) -> bool:
+    """The large block linears: plain ``CastedLinear`` under ``blocks.`` with both dims >= ``FP8_MIN_DIM``
+    and multiples of ``FP8_DIM_MULTIPLE`` (gates, the head and QAT's replacements are left alone)."""
+    if type(module) is not CastedLinear or not name.startswith("blocks."):
+        return False
+    dims = (module.in_features, module.out_features)
+    return all(dim >= FP8_MIN_DIM and dim % FP8_DIM_MULTIPLE == 0 for dim in dims)
+
+
+def enable_fp8_matmul(model: nn.Module, device: torch.device) -> str:
+    """Switch the large block linears of ``model`` to FP8 matmuls if ``device`` supports them.
+
+    Returns one log line: how many linears use FP8, or why none do (then every forward stays bf16).
+    Call it once, on the bare model, before ``torch.compile`` and before QAT attaches.
+    """
+    reason = fp8_unavailable_reason(device)
+    if reason is not None:
+        return f"fp8_matmul:unavailable ({reason}); block linears keep bf16 matmuls"
+    names = [name for name, module in model.named_modules() if fp8_eligible_linear(name, module)]
+    for name in names:
+        model.get_submodule(name).fp8_matmul = True
+    return (f"fp8_matmul:on linears:{len(names)} (e4m3 forward, per-tensor amax scaling; "
+            "backward in the autocast dtype)")
 
 
 class Rotary(nn.Module):

@@ -10,7 +10,8 @@
 Adam uses betas ``(beta1, beta2)`` and ``adam_eps``. Every decay is decoupled and scaled by the
 group's scheduled LR (``p *= 1 - lr * wd``, SPEC 4.6); with a decay of 0 the group is plain Adam, as
 in the baseline, so the default numerics do not move. Muon gets MuonEq-R (``muon_row_normalize``) and
-its Newton-Schulz coefficients (``muon_ns_coefficients``) from the same section. Every param group
+its Newton-Schulz coefficients (``muon_ns_coefficients``) from the same section, and with
+``muon_sharded`` on several ranks becomes :class:`pgolf.optim.sharded.ShardedMuon`. Every param group
 records its ``base_lr`` (and ``group_name``), so the training loop applies the schedule with
 ``apply_lr_and_momentum`` as ``lr = base_lr * multiplier``.
 """
@@ -23,6 +24,7 @@ from torch import nn
 
 from pgolf.optim.groups import GroupMembers, assign_parameter_groups
 from pgolf.optim.muon import Muon, OrthogonalizeFn, orthogonalizer_for
+from pgolf.optim.sharded import ShardedMuon
 
 
 def _make_group_adam(
@@ -57,7 +59,9 @@ def build_optimizers(
     """One optimizer per non-empty group, in the order token, head, matrix (Muon), scalar.
 
     ``optim_cfg`` is the ``OptimConfig`` section (any object with its field names works).
-    ``rank``/``world_size`` tell Muon which matrices this process orthogonalises. ``orthogonalize``
+    ``rank``/``world_size`` tell Muon which matrices this process orthogonalises; with
+    ``optim_cfg.muon_sharded`` and ``world_size > 1`` the matrix optimizer is a
+    :class:`pgolf.optim.sharded.ShardedMuon`, which expects local (not DDP-averaged) gradients. ``orthogonalize``
     replaces the Newton-Schulz function chosen by ``muon_ns_coefficients`` (pass
     ``torch.compile(orthogonalizer_for(name))`` on GPU).
     """
@@ -75,8 +79,11 @@ def build_optimizers(
             "base_lr": optim_cfg.matrix_lr,
             "group_name": "matrix",
         }
+        # MUON_SHARDED with several ranks: reduce-scatter / all-gather instead of DDP + replicated Muon;
+        # the caller then skips DDP and calls pgolf.optim.grad_sync.synchronize_gradients.
+        muon_class = ShardedMuon if getattr(optim_cfg, "muon_sharded", False) and world_size > 1 else Muon
         optimizers.append(
-            Muon(
+            muon_class(
                 [matrix_group],
                 lr=optim_cfg.matrix_lr,
                 momentum=optim_cfg.muon_momentum,

@@ -15,6 +15,8 @@ processed only on rank ``i % world_size``, every rank writes its results into on
 is zero elsewhere, one ``all_reduce(SUM)`` assembles all updates, and every rank applies all of them.
 Momentum buffers therefore exist only on the rank that owns the parameter. With ``world_size == 1`` no
 collective is issued, so the optimizer runs in a plain single process without ``torch.distributed``.
+``MUON_SHARDED=1`` swaps this scheme for a reduce-scatter / all-gather one with the same maths
+(:class:`pgolf.optim.sharded.ShardedMuon`).
 """
 
 import functools
@@ -207,7 +209,7 @@ class Muon(torch.optim.Optimizer):
         for index, p in enumerate(params):
             # Only the owning rank computes; the others leave zeros for the SUM to fill in.
             if index % self.world_size == self.rank and p.grad is not None:
-                update = self._orthogonal_update(p, group)
+                update = self._orthogonal_update(p, p.grad, group)
                 updates_flat[offset : offset + p.numel()] = update.reshape(-1)
             offset += p.numel()
         if self.world_size > 1:
@@ -216,21 +218,18 @@ class Muon(torch.optim.Optimizer):
 
     @staticmethod
     def _apply_muon_updates(params: list[torch.Tensor], updates_flat: torch.Tensor, group: dict) -> None:
-        """Decoupled weight decay ``p *= 1 - lr * wd`` (skipped at 0, so the baseline is unchanged),
-        then ``p -= lr * U``, with the group's scheduled ``lr``."""
-        lr, weight_decay = group["lr"], group["weight_decay"]
+        """Apply every parameter's update from the flat buffer (parameters back to back, in order)."""
         offset = 0
         for p in params:
-            update = updates_flat[offset : offset + p.numel()].view_as(p).to(dtype=p.dtype)
-            # Same rule on every rank: DDP gives every rank the same set of gradients.
-            if weight_decay != 0.0 and p.grad is not None:
-                p.mul_(1.0 - lr * weight_decay)
-            p.add_(update, alpha=-lr)
+            apply_muon_update_(p, updates_flat[offset : offset + p.numel()], group)
             offset += p.numel()
 
-    def _orthogonal_update(self, p: torch.Tensor, group: dict) -> torch.Tensor:
-        """Momentum, Nesterov look-ahead, row normalisation, orthogonalisation and shape scaling."""
-        grad = p.grad
+    def _orthogonal_update(self, p: torch.Tensor, grad: torch.Tensor, group: dict) -> torch.Tensor:
+        """Momentum, Nesterov look-ahead, row normalisation, orthogonalisation and shape scaling.
+
+        ``grad`` is the (rank-averaged) gradient of ``p``: ``p.grad`` here, a slice of the reduce-scattered
+        shard in :class:`pgolf.optim.sharded.ShardedMuon`.
+        """
         momentum = group["momentum"]
         state = self.state[p]
         if "momentum_buffer" not in state:
@@ -243,3 +242,14 @@ class Muon(torch.optim.Optimizer):
         update = self.orthogonalize(direction, group["backend_steps"])
         rows, cols = p.shape
         return update * max(1.0, rows / cols) ** 0.5
+
+
+def apply_muon_update_(p: torch.Tensor, update_flat: torch.Tensor, group: dict) -> None:
+    """Decoupled weight decay ``p *= 1 - lr * wd`` (skipped at 0, so the baseline is unchanged), then
+    ``p -= lr * U``, with the group's scheduled ``lr``; ``update_flat`` holds ``U`` flattened."""
+    lr, weight_decay = group["lr"], group["weight_decay"]
+    update = update_flat.view_as(p).to(dtype=p.dtype)
+    # Same rule on every rank: every rank holds a gradient for the same parameters (same graph).
+    if weight_decay != 0.0 and p.grad is not None:
+        p.mul_(1.0 - lr * weight_decay)
+    p.add_(update, alpha=-lr)
