@@ -34,7 +34,7 @@ from pgolf.dist import DistContext, init_distributed
 from pgolf.model.gpt import GPT, build_model
 from pgolf.model.layers import CastedLinear
 from pgolf.optim.build import build_optimizers
-from pgolf.run import build_train_loader, seed_everything, wrap_for_training
+from pgolf.run import build_train_loader, seed_everything, uses_sharded_muon, wrap_for_training
 from pgolf.train.clock import synchronize_device
 from pgolf.train.instrument import nvtx_range
 from pgolf.train.loop import TrainingParts, run_training_step
@@ -138,7 +138,9 @@ def build_training_parts(cfg: Config, ctx: DistContext) -> TrainingParts:
                                   rank=ctx.rank, world_size=ctx.world_size)
     loader = build_train_loader(cfg, ctx, find_shards(cfg.data.data_path, "train"))
     scaler = build_loss_scaler(ctx.device, resolve_autocast_dtype(cfg.train, ctx.device))
-    return TrainingParts(model, wrap_for_training(model, cfg, ctx), optimizers, loader, loss_scaler=scaler)
+    sharded = uses_sharded_muon(optimizers)
+    return TrainingParts(model, wrap_for_training(model, cfg, ctx, sharded_muon=sharded), optimizers, loader,
+                         loss_scaler=scaler, sharded_gradients=sharded)
 
 
 def new_trace_path(out_dir: Path, rank: int = 0) -> Path:

@@ -34,7 +34,12 @@ from pgolf.fsutil import write_bytes_atomic, write_text_atomic
 from pgolf.log import RunLogger
 from pgolf.model.attention import describe_attention_backend
 from pgolf.model.gpt import GPT, build_model, count_parameters
+from pgolf.model.kernels.fused_mlp import load_fused_mlp_kernels
+from pgolf.model.kernels.softcap_ce import load_softcap_ce_kernels
+from pgolf.model.layers import enable_fp8_matmul
 from pgolf.optim.build import build_optimizers
+from pgolf.optim.grad_sync import broadcast_parameters_from_rank0_
+from pgolf.optim.sharded import ShardedMuon
 from pgolf.quant.qat import attach_qat, describe_qat
 from pgolf.provenance import environment_summary, pgolf_code_hash
 from pgolf.quant.artifact_quant import format_quantized_weights
@@ -162,14 +167,32 @@ def build_train_loader(cfg: Config, ctx: DistContext, train_files: list[Path]) -
     return loader_class(train_files, ctx.rank, ctx.world_size, ctx.device, vocab_size=cfg.model.vocab_size)
 
 
-def wrap_for_training(model: GPT, cfg: Config, ctx: DistContext) -> torch.nn.Module:
+def wrap_for_training(model: GPT, cfg: Config, ctx: DistContext, *, sharded_muon: bool = False) -> torch.nn.Module:
+    """Compile (COMPILE=1) and, with several ranks, DDP-wrap the model. With sharded Muon the optimizers
+    synchronise the gradients themselves (pgolf.optim.grad_sync), so no DDP: rank 0's initial weights
+    are broadcast instead, as DDP would."""
     forward_model: torch.nn.Module = model
     if cfg.train.compile:
+        load_kernels_for_compile(cfg)
         forward_model = torch.compile(model, dynamic=False, fullgraph=True)
-    if ctx.is_distributed:
+    if ctx.is_distributed and sharded_muon:
+        broadcast_parameters_from_rank0_(model)
+    elif ctx.is_distributed:
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         forward_model = DistributedDataParallel(forward_model, device_ids=device_ids, broadcast_buffers=False)
     return forward_model
+
+
+def load_kernels_for_compile(cfg: Config) -> None:
+    """A compiled graph cannot load the Triton kernels itself: load the ones the run uses first."""
+    if cfg.model.fused_cross_entropy:
+        load_softcap_ce_kernels()
+    if cfg.model.fused_mlp:
+        load_fused_mlp_kernels()
+
+
+def uses_sharded_muon(optimizers: list[torch.optim.Optimizer]) -> bool:
+    return any(isinstance(opt, ShardedMuon) for opt in optimizers)
 
 
 def log_eval(logger: RunLogger, label: str, sums: EvalSums, seconds: float) -> None:
@@ -324,6 +347,8 @@ def _run_pipeline(cfg: Config, preset_name: str, preset_cfg: Config | None, ctx:
     model = build_model(cfg.model, ctx.device)
     header = log_header(logger, cfg, preset_name, preset_cfg, ctx, data, model)
     logger.line(describe_precision(ctx.device, autocast_dtype, loss_scaler))
+    if cfg.model.fp8_matmul:  # before QAT and compile, on the bare model
+        logger.line(enable_fp8_matmul(model, ctx.device))
     if start.existing:
         logger.line(f"resume:run_dir {run_dir} checkpoint:{start.checkpoint or 'none yet (starting from step 0)'}")
         if ctx.is_main:
@@ -340,7 +365,12 @@ def _run_pipeline(cfg: Config, preset_name: str, preset_cfg: Config | None, ctx:
             logger.line(line)
     elif cfg.quant.qat_start_frac > 0:
         logger.line("qat:off (no per-row block matrices to fake-quantize)")
-    parts = TrainingParts(model, wrap_for_training(model, cfg, ctx), optimizers, loader, qat, loss_scaler)
+    sharded = uses_sharded_muon(optimizers)
+    if sharded and autocast_dtype == torch.float16:
+        raise ConfigError("MUON_SHARDED=1 with fp16 training (AUTOCAST_DTYPE) is not supported: the loss scaler's "
+                          "overflow check would differ across ranks. Use MUON_SHARDED=0 or bf16.")
+    parts = TrainingParts(model, wrap_for_training(model, cfg, ctx, sharded_muon=sharded), optimizers, loader, qat,
+                          loss_scaler, sharded_gradients=sharded)
     check_room_for_run(run_dir, cfg, ctx, model, optimizers)
     checkpoints = CheckpointManager(run_dir, cfg, ctx, logger, resume_from=start.checkpoint,
                                     run_info={"preset": preset_name}, loss_scaler=loss_scaler)

@@ -14,6 +14,7 @@ from torch import nn
 from pgolf.config import ModelConfig
 from pgolf.errors import ConfigError
 from pgolf.model.attention import CausalSelfAttention
+from pgolf.model.kernels.fused_mlp import fused_mlp_forward
 from pgolf.model.layers import CastedLinear, RMSNorm
 
 
@@ -32,7 +33,7 @@ ACTIVATIONS = {"relu2": relu_squared, "leaky_relu2": leaky_relu_squared}
 
 
 class MLP(nn.Module):
-    def __init__(self, model_dim: int, mlp_mult: float, activation: str = "relu2"):
+    def __init__(self, model_dim: int, mlp_mult: float, activation: str = "relu2", fused: bool = False):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ConfigError(f"ACTIVATION={activation!r} is unknown; choose one of {', '.join(ACTIVATIONS)}.")
@@ -40,8 +41,12 @@ class MLP(nn.Module):
         self.fc = CastedLinear(model_dim, hidden)
         self.proj = CastedLinear(hidden, model_dim, zero_init=True)
         self.activation = ACTIVATIONS[activation]
+        self.activation_name = activation
+        self.fused = fused  # FUSED_MLP: the Triton kernel on CUDA, this same maths elsewhere
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return fused_mlp_forward(x, self.fc, self.proj, self.activation_name)
         return self.proj(self.activation(self.fc(x)))
 
 
@@ -65,7 +70,7 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm()
         self.mlp_norm = RMSNorm()
         self.attn = CausalSelfAttention(cfg, layer_index)
-        self.mlp = MLP(model_dim, cfg.mlp_mult, cfg.activation)
+        self.mlp = MLP(model_dim, cfg.mlp_mult, cfg.activation, fused=cfg.fused_mlp)
         self.attn_scale = nn.Parameter(torch.ones(model_dim))
         self.mlp_scale = nn.Parameter(torch.ones(model_dim))
         # Row 0 weighs the running residual, row 1 the block-0 input x0; starts as "residual only".

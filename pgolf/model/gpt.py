@@ -24,6 +24,7 @@ from pgolf.model.features.parallel_lanes import (
     two_lane_block,
 )
 from pgolf.model.features.smear_gate import SmearGate
+from pgolf.model.kernels.softcap_ce import softcapped_cross_entropy
 from pgolf.model.layers import CastedLinear, RMSNorm
 from pgolf.model.schedule import LayerSchedule, build_layer_schedule, max_num_skip
 from pgolf.train.precision import cuda_autocast_dtype, embedding_storage_dtype
@@ -125,16 +126,24 @@ class GPT(nn.Module):
 
     def forward_logits(self, input_ids_BT: torch.Tensor) -> torch.Tensor:
         """Soft-capped logits (B, T, V) in fp32."""
-        h = self.forward_hidden(input_ids_BT)
-        head_weight = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(h, head_weight.to(h.dtype)).float()
+        logits = self.head_logits(self.forward_hidden(input_ids_BT)).float()
         cap = self.cfg.logit_softcap
         return cap * torch.tanh(logits / cap)
 
+    def head_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Raw (uncapped) logits in the compute dtype: the output head, tied or not."""
+        head_weight = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(h, head_weight.to(h.dtype))
+
     def forward(self, input_ids_BT: torch.Tensor, target_ids_BT: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """Cross-entropy in nats: the mean (training), the sum (evaluation) or per token ('none')."""
-        logits = self.forward_logits(input_ids_BT)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target_ids_BT.reshape(-1), reduction=reduction)
+        if self.cfg.fused_cross_entropy and self.training:  # SPEC 5.8: the fused kernel trains only
+            raw = self.head_logits(self.forward_hidden(input_ids_BT))
+            loss = softcapped_cross_entropy(raw.reshape(-1, raw.size(-1)), target_ids_BT.reshape(-1),
+                                            self.cfg.logit_softcap, reduction)
+        else:
+            logits = self.forward_logits(input_ids_BT)
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target_ids_BT.reshape(-1), reduction=reduction)
         return loss.view_as(target_ids_BT) if reduction == "none" else loss
 
 

@@ -28,6 +28,7 @@ from pgolf.errors import TrainingError
 from pgolf.eval.bpb import autocast_context
 from pgolf.log import ProgressBar, RunLogger
 from pgolf.optim.build import apply_lr_and_momentum
+from pgolf.optim.grad_sync import clip_grad_norm_synchronized_, synchronize_gradients
 from pgolf.optim.schedules import lr_multiplier_at, muon_momentum_at, training_progress
 from pgolf.quant.qat import QATController
 from pgolf.train.checkpoint import CheckpointManager, TrainingPosition
@@ -84,6 +85,8 @@ class TrainingParts:
     loader: TrainingBatches
     qat: QATController | None = None
     loss_scaler: object = field(default_factory=NoLossScaling)
+    # Sharded Muon (MUON_SHARDED=1, several ranks): no DDP; the optimizers average the gradients.
+    sharded_gradients: bool = False
 
 
 def run_training_step(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfig, ctx: DistContext,
@@ -98,7 +101,8 @@ def run_training_step(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimCo
             x, y = parts.loader.next_batch(cfg.train_batch_tokens, cfg.train_seq_len, accum)
         # DDP all-reduces gradients only on the last micro-step; earlier ones accumulate locally.
         is_last = micro == accum - 1
-        sync_context = parts.forward_model.no_sync() if ctx.is_distributed and not is_last else nullcontext()
+        ddp = ctx.is_distributed and not parts.sharded_gradients
+        sync_context = parts.forward_model.no_sync() if ddp and not is_last else nullcontext()
         with sync_context:
             with nvtx_range("forward"), autocast_context(ctx.device):
                 loss = parts.forward_model(x, y)
@@ -106,17 +110,26 @@ def run_training_step(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimCo
                 scaler.scale(loss / accum).backward()
         total_loss += loss.detach().float()
     with nvtx_range("optimizer"):
+        if parts.sharded_gradients and ctx.is_distributed:
+            synchronize_gradients(parts.optimizers)  # reduce-scatter Muon shards, one flat all-reduce for the rest
         apply_lr_and_momentum(parts.optimizers, lr_mult=lr_mult, muon_momentum=muon_momentum)
         if scaler.is_enabled():  # fp16: true gradients before clipping; inf/NaN steps are skipped
             for opt in parts.optimizers:
                 scaler.unscale_(opt)
         if optim_cfg.grad_clip_norm > 0:
             # One global norm over every parameter of the model (all groups together), as in SPEC 2.7/4.6.
-            torch.nn.utils.clip_grad_norm_(parts.model.parameters(), optim_cfg.grad_clip_norm)
+            clip_all_gradients_(parts, optim_cfg.grad_clip_norm)
         for opt in parts.optimizers:
             scaler.step(opt)
         scaler.update()
     return total_loss / accum
+
+
+def clip_all_gradients_(parts: TrainingParts, max_norm: float) -> None:
+    if parts.sharded_gradients:  # each rank holds only its shard of the Muon gradients
+        clip_grad_norm_synchronized_(parts.optimizers, max_norm)
+    else:
+        torch.nn.utils.clip_grad_norm_(parts.model.parameters(), max_norm)
 
 
 def _momentum_for(step: int, optim_cfg: OptimConfig) -> float:

@@ -185,7 +185,8 @@ def test_wrapped_file_decompresses_to_the_minified_source_and_counts_its_disk_by
     assert minify_source(script.readable) == script.minified  # the readable file is the same program
     compile(script.readable, "train_gpt.readable.py", "exec")
     lines = script.wrapped.decode("ascii").splitlines()
-    assert len(lines) == 2 and lines[0] == "import lzma,base64"
+    assert len(lines) == 4 and lines[0] == "import lzma,base64,linecache as L"
+    assert lines[-1] == 'exec(compile(_S,"<pgolf>","exec"))'  # source registered for Triton and tracebacks
     wrapped, readable = write_exported_script(script, tmp_path / "train_gpt.py")
     assert wrapped.stat().st_size == script.wrapped_bytes == len(wrapped.read_bytes())
     assert readable.name == "train_gpt.readable.py" and readable.read_text() == script.readable
