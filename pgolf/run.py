@@ -315,7 +315,7 @@ def load_artifact_into_fresh_model(path: Path, cfg: Config, device: torch.device
 
 
 def main(cfg: Config, *, preset_name: str = "custom", preset_cfg: Config | None = None, echo: bool = True,
-         code_bytes: int | None = None, resume: bool = False) -> dict:
+         code_bytes: int | None = None, resume: bool = False, keep_process_group: bool = False) -> dict:
     """Run the whole pipeline; returns the report (also written to ``report.json``).
 
     ``code_bytes``: the exact counted code size (``pgolf train`` passes the size of the train_gpt.py
@@ -332,7 +332,10 @@ def main(cfg: Config, *, preset_name: str = "custom", preset_cfg: Config | None 
         report = _run_pipeline(cfg, preset_name, preset_cfg, ctx, start, logger, code_bytes)
     finally:
         logger.close()
-    shutdown_distributed()
+    # Several runs in the same torchrun processes (pgolf seeds / sweep) keep one process group: a second
+    # rendezvous in the same processes can hang when the ranks reach it at different times.
+    if not keep_process_group:
+        shutdown_distributed()
     return report
 
 

@@ -98,20 +98,13 @@ def describe_config(cfg: Config, preset: Config, preset_name: str) -> dict:
 
 @contextlib.contextmanager
 def one_process_group_for_all_runs():
-    """Under torchrun, keep the process group open from one run to the next and close it once, after
-    the last. ``pgolf.run.main`` closes it after every run, and opening it again in the same processes
-    hangs when the ranks get there at different times (a second rendezvous on torchrun's store: one
-    rank passes it alone and waits in the first collective). So each run's own shutdown is skipped
-    while the loop runs. After a failure the group is left alone (another rank may not be there)."""
-    import pgolf.run as run_module
+    """Under torchrun, one process group for all the runs, closed once after the last: every run is
+    started with ``keep_process_group=True`` (see :func:`run_training`), because opening the group again
+    in the same processes hangs when the ranks get there at different times (a second rendezvous on
+    torchrun's store). After a failure the group is left alone (another rank may not be there)."""
     from pgolf.dist import shutdown_distributed
 
-    each_run_shutdown = run_module.shutdown_distributed
-    run_module.shutdown_distributed = lambda: None
-    try:
-        yield
-    finally:
-        run_module.shutdown_distributed = each_run_shutdown
+    yield
     shutdown_distributed()
 
 
@@ -123,7 +116,7 @@ def run_training(cfg: Config, *, preset_name: str, preset_cfg: Config, out_dir: 
 
     cfg = apply_config_overrides(cfg, {"seed": seed, "run_id": run_id, "runs_dir": str(out_dir)}, source="runner")
     return run_main(cfg, preset_name=preset_name, preset_cfg=preset_cfg, echo=echo,
-                    code_bytes=exact_code_bytes(cfg, preset_name))
+                    code_bytes=exact_code_bytes(cfg, preset_name), keep_process_group=True)
 
 
 def run_or_explain(what: str, finished: list[str], fn, *args, **kwargs) -> dict:
