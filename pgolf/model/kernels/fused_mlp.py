@@ -17,12 +17,12 @@ modules, bit for bit today's MLP. Triton is imported lazily; under ``torch.compi
 :func:`load_fused_mlp_kernels` once before compiling (the kernels become ``pgolf::`` custom ops).
 """
 
-import os
 
 import torch
 import torch.nn.functional as F
 
 from pgolf.model.layers import CastedLinear
+from pgolf.model.kernels.loading import load_kernel_set
 
 # Negative slope of the activation inside the square, by ModelConfig.activation.
 MLP_ACTIVATION_NEGATIVE_SLOPES = {"relu2": 0.0, "leaky_relu2": 0.5}
@@ -103,15 +103,7 @@ class LinearSquaredActivationFunction(torch.autograd.Function):
 
 def load_fused_mlp_kernels() -> bool:
     """Import Triton, build the kernels and register them as ``pgolf::linear_sq_act_*`` custom ops (once)."""
-    if not FUSED_MLP_KERNELS:
-        try:
-            interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
-            if interpreting not in FUSED_MLP_BUILDS:  # custom ops register once per process and mode
-                FUSED_MLP_BUILDS[interpreting] = _build_fused_mlp_ops(interpreting)
-            FUSED_MLP_KERNELS.update(FUSED_MLP_BUILDS[interpreting])
-        except (ImportError, RuntimeError, OSError, ValueError) as error:  # no Triton, or no kernel source
-            FUSED_MLP_KERNELS["error"] = f"Triton is unusable ({type(error).__name__}: {error})"
-    return "forward" in FUSED_MLP_KERNELS
+    return load_kernel_set(FUSED_MLP_KERNELS, FUSED_MLP_BUILDS, _build_fused_mlp_ops)
 
 
 def _matmul_launch_config(interpreting: bool) -> dict[str, int]:

@@ -20,10 +20,10 @@ one-file export keeps these functions and runs the reference where Triton is mis
 registered as custom ops outside the traced code; a compiled graph never tries to load them itself.
 """
 
-import os
 
 import torch
 import torch.nn.functional as F
+from pgolf.model.kernels.loading import load_kernel_set
 
 # Filled once by load_softcap_ce_kernels(): the custom ops, or "error" with the reason Triton is unusable.
 SOFTCAP_CE_KERNELS: dict[str, object] = {}
@@ -106,15 +106,7 @@ def load_softcap_ce_kernels() -> bool:
     Returns whether they are usable; on failure ``SOFTCAP_CE_KERNELS["error"]`` says why, and the
     reference path is used.
     """
-    if not SOFTCAP_CE_KERNELS:
-        try:
-            interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
-            if interpreting not in SOFTCAP_CE_BUILDS:  # custom ops register once per process and mode
-                SOFTCAP_CE_BUILDS[interpreting] = _build_softcap_ce_ops(interpreting)
-            SOFTCAP_CE_KERNELS.update(SOFTCAP_CE_BUILDS[interpreting])
-        except (ImportError, RuntimeError, OSError, ValueError) as error:  # no Triton, or no kernel source
-            SOFTCAP_CE_KERNELS["error"] = f"Triton is unusable ({type(error).__name__}: {error})"
-    return "forward" in SOFTCAP_CE_KERNELS
+    return load_kernel_set(SOFTCAP_CE_KERNELS, SOFTCAP_CE_BUILDS, _build_softcap_ce_ops)
 
 
 def _build_softcap_ce_ops(interpreting: bool) -> dict[str, object]:
