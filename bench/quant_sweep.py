@@ -4,8 +4,8 @@ Trains a tiny_cpu run (or reuses one with --run), with its MLP widened to 5x so 
 (640 x 128) are above the 65,536-weight passthrough limit and really get quantized, and with GPTQ int6
 in the run itself (so the run also reports calibration time against its wall-clock cap). Then runs
 `pgolf quantize RUN_DIR --sweep`: every scheme of pgolf.quant.tools.SWEEP_SCHEMES, scored once by a
-round trip, compressed with every available compressor. Prints the table and a Markdown version for
-docs/BENCHMARKS.md with the machine, date and commit.
+round trip, compressed with every available compressor (pergroup included), and drawn as sweep.png.
+Prints the table and a Markdown version for docs/BENCHMARKS.md with the machine, date and commit.
 
     python bench/quant_sweep.py                      # train 150 steps of 8,192 tokens, then sweep
     python bench/quant_sweep.py --seconds 120        # train against a wall clock instead (GPTQ reserve 5 s)
@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pgolf.cli import fill_default_data, resolve_config  # noqa: E402
+from pgolf.cli import exact_code_bytes, fill_default_data, resolve_config  # noqa: E402
 from pgolf.quant.tools import sweep_run  # noqa: E402
 from pgolf.run import main as run_main  # noqa: E402
 
@@ -38,7 +38,8 @@ def train_run(iterations: int, seconds: float, extra: list[str]) -> Path:
     budget = ([f"MAX_WALLCLOCK_SECONDS={seconds}", "GPTQ_RESERVE_SECONDS=5", "ITERATIONS=100000"] if seconds > 0 else
               ["MAX_WALLCLOCK_SECONDS=0", f"ITERATIONS={iterations}"])
     cfg, preset, name = resolve_config("tiny_cpu", RUN_SETTINGS + budget + extra, environ={})
-    report = run_main(fill_default_data(cfg), preset_name=name, preset_cfg=preset, echo=False)
+    cfg = fill_default_data(cfg)
+    report = run_main(cfg, preset_name=name, preset_cfg=preset, echo=False, code_bytes=exact_code_bytes(cfg, name))
     print(f"trained {report['run_dir']}: {report['steps']} steps, train {report['train_seconds']:.1f}s + GPTQ "
           f"calibration {report['calibration_seconds']:.1f}s (cap {report['wallclock_cap_seconds']:g}s, 0 = none); "
           f"val_bpb {report['val_bpb_prequant']:.4f} -> {report['val_bpb']:.4f} round trip, "

@@ -14,6 +14,13 @@ zlib level 9; lzma in the xz container with preset 9 | PRESET_EXTREME and a CRC3
 container costs ~60 bytes over raw lzma but detects damage on its own and needs no filter settings to
 decode); brotli quality 11 with a 16 MiB window (lgwin 24); zstd level 22 with a content checksum.
 brotli and zstandard are imported only when used, because GPU images may lack them.
+
+``pergroup`` (SPEC 5.11) is a model compressor rather than a stream compressor: it takes a tensor
+container apart by role (:mod:`pgolf.artifact.pergroup`), compresses the residual container with
+brotli-11 (after the frame's byte shuffle) and each role stream with the best stream compressor
+(every stream a frame of its own), and puts them in a ``PGRP`` frame. Decompression rebuilds the
+original container bytes, so every loader works unchanged. TOP compressed its role streams with the
+external ``lrzip -z -L 9`` (ZPAQ) binary; pgolf uses only its own compressors, so it has no ZPAQ.
 """
 
 import importlib
@@ -23,6 +30,9 @@ from typing import Callable
 
 import numpy as np
 
+from pgolf.artifact.container import TENSOR_CONTAINER_MAGIC
+from pgolf.artifact.pergroup import (join_container_streams, pack_pergroup_streams, pergroup_applicable,
+                                     split_container_by_role, unpack_pergroup_streams)
 from pgolf.errors import ArtifactError, ConfigError, PgolfError
 
 BYTE_SHUFFLE_MAGIC = b"BSHF"
@@ -30,6 +40,9 @@ COMPRESSION_FRAME_MAGIC = b"PGZ"
 COMPRESSION_FRAME_HEADER_BYTES = len(COMPRESSION_FRAME_MAGIC) + 2
 AUTO_COMPRESSOR = "auto"
 AUTO_SHUFFLE_STRIDES = (0, 2)
+PERGROUP_COMPRESSOR = "pergroup"
+# auto tries pergroup once (it is the slowest), with its residual stream (fp16 scales) shuffled by 2.
+AUTO_PERGROUP_STRIDE = 2
 
 
 def byte_shuffle(data: bytes, stride: int) -> bytes:
@@ -108,17 +121,23 @@ COMPRESSORS: dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]
     "zstd": (_zstd_compress_strongest, _zstd_decompress_whole),
 }
 # The id byte written into every frame. Never renumber: old artifacts must stay readable.
-COMPRESSOR_IDS: dict[str, int] = {"zlib": 1, "lzma": 2, "brotli": 3, "zstd": 4}
+COMPRESSOR_IDS: dict[str, int] = {"zlib": 1, "lzma": 2, "brotli": 3, "zstd": 4, "pergroup": 5}
 _COMPRESSOR_NAMES_BY_ID: dict[int, str] = {code: name for name, code in COMPRESSOR_IDS.items()}
 
 
 # Compressors outside the standard library, and the module each needs.
 _OPTIONAL_COMPRESSOR_MODULES: dict[str, str] = {"brotli": "brotli", "zstd": "zstandard"}
 
-
 def available_compressor_names() -> list[str]:
-    """Compressors whose libraries are importable here, in :data:`COMPRESSORS` order."""
+    """Stream compressors whose libraries are importable here, in :data:`COMPRESSORS` order."""
     return [name for name in COMPRESSORS if _compressor_library_importable(name)]
+
+
+def available_model_compressor_names() -> list[str]:
+    """What ``COMPRESSOR`` can name here besides ``auto``: the stream compressors, plus ``pergroup``
+    (which needs brotli for its residual stream)."""
+    names = available_compressor_names()
+    return names + [PERGROUP_COMPRESSOR] if "brotli" in names else names
 
 
 def _compressor_library_importable(name: str) -> bool:
@@ -134,10 +153,15 @@ def _compressor_library_importable(name: str) -> bool:
 def _compressor_pair(name: str) -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]:
     if name not in COMPRESSORS:
         raise ConfigError(
-            f"unknown compressor {name!r}; valid names are {', '.join(COMPRESSORS)} (or {AUTO_COMPRESSOR!r} "
-            "to try all and keep the smallest)."
+            f"unknown compressor {name!r}; valid names are {', '.join(COMPRESSORS)}, {PERGROUP_COMPRESSOR!r} (role "
+            f"groups, SPEC 5.11) or {AUTO_COMPRESSOR!r} (try all and keep the smallest)."
         )
     return COMPRESSORS[name]
+
+
+def _check_shuffle_stride(shuffle_stride) -> None:
+    if not isinstance(shuffle_stride, int) or isinstance(shuffle_stride, bool) or not 0 <= shuffle_stride <= 255:
+        raise ConfigError(f"shuffle_stride must be an int in 0..255 (0 = no shuffle), got {shuffle_stride!r}.")
 
 
 def compress_model_bytes(data: bytes, compressor: str, shuffle_stride: int = 0) -> bytes:
@@ -145,18 +169,55 @@ def compress_model_bytes(data: bytes, compressor: str, shuffle_stride: int = 0) 
 
     The result starts with a 5-byte frame header recording both choices, so
     :func:`decompress_model_bytes` needs no settings. ``compressor="auto"`` keeps the smallest result
-    of every available compressor with strides 0, 2 and ``shuffle_stride``
-    (see :func:`choose_smallest_compression`).
+    of every available compressor with strides 0, 2 and ``shuffle_stride``, and of ``pergroup`` at
+    stride 2 when ``data`` is a tensor container with grouped matrices (see :func:`auto_compress`).
+    ``compressor="pergroup"`` needs a tensor container; its stride applies to the residual stream.
     """
     if compressor == AUTO_COMPRESSOR:
-        strides = tuple(sorted(set(AUTO_SHUFFLE_STRIDES) | {shuffle_stride}))
-        return choose_smallest_compression(data, strides=strides)[0]
+        return auto_compress(data, shuffle_stride)
+    if compressor == PERGROUP_COMPRESSOR:
+        _check_shuffle_stride(shuffle_stride)
+        return _compression_frame_header(compressor, shuffle_stride) + _pergroup_compress(data, shuffle_stride)
     compress, _ = _compressor_pair(compressor)
-    if not isinstance(shuffle_stride, int) or not 0 <= shuffle_stride <= 255:
-        raise ConfigError(f"shuffle_stride must be an int in 0..255 (0 = no shuffle), got {shuffle_stride!r}.")
+    _check_shuffle_stride(shuffle_stride)
     shuffled = byte_shuffle(data, shuffle_stride) if shuffle_stride else bytes(data)
-    frame_header = COMPRESSION_FRAME_MAGIC + bytes([COMPRESSOR_IDS[compressor], shuffle_stride])
-    return frame_header + compress(shuffled)
+    return _compression_frame_header(compressor, shuffle_stride) + compress(shuffled)
+
+
+def _compression_frame_header(compressor: str, shuffle_stride: int) -> bytes:
+    return COMPRESSION_FRAME_MAGIC + bytes([COMPRESSOR_IDS[compressor], shuffle_stride])
+
+
+def _pergroup_compress(data: bytes, shuffle_stride: int) -> bytes:
+    """PGRP frame: the residual container brotli-11 (shuffled), each role stream with the best compressor."""
+    if bytes(data[:len(TENSOR_CONTAINER_MAGIC)]) != TENSOR_CONTAINER_MAGIC:
+        raise ConfigError("COMPRESSOR=pergroup compresses pgolf tensor containers (model artifacts) only; use "
+                          "brotli, lzma, zstd, zlib or auto for other data.")
+    streams = split_container_by_role(data)
+    frames = [compress_model_bytes(streams[0], "brotli", shuffle_stride)]
+    frames += [choose_smallest_compression(stream, strides=(0,))[0] for stream in streams[1:]]
+    return pack_pergroup_streams(frames)
+
+
+def _pergroup_decompress(payload: bytes, shuffle_stride: int) -> bytes:
+    frames = unpack_pergroup_streams(payload)
+    for index, frame in enumerate(frames):
+        name, stride = describe_compressed_blob(frame)
+        if name == PERGROUP_COMPRESSOR or (index == 0 and stride != shuffle_stride):
+            raise ArtifactError(f"pergroup stream {index} has a damaged frame ({name}, stride {stride}); the artifact "
+                                "is corrupt. Re-create or re-copy it.")
+    return join_container_streams([decompress_model_bytes(frame) for frame in frames])
+
+
+def auto_compress(data: bytes, shuffle_stride: int = 0) -> bytes:
+    """``COMPRESSOR=auto``: the smallest of every available (compressor, stride) pair with strides 0, 2
+    and ``shuffle_stride``, and of ``pergroup`` (stride 2) where it applies. Ties keep the earlier one."""
+    strides = tuple(sorted(set(AUTO_SHUFFLE_STRIDES) | {shuffle_stride}))
+    best = choose_smallest_compression(data, strides=strides)[0]
+    if PERGROUP_COMPRESSOR in available_model_compressor_names() and pergroup_applicable(data):
+        candidate = compress_model_bytes(data, PERGROUP_COMPRESSOR, AUTO_PERGROUP_STRIDE)
+        best = candidate if len(candidate) < len(best) else best
+    return best
 
 
 def describe_compressed_blob(blob: bytes) -> tuple[str, int]:
@@ -179,6 +240,8 @@ def describe_compressed_blob(blob: bytes) -> tuple[str, int]:
 def decompress_model_bytes(blob: bytes) -> bytes:
     """Invert :func:`compress_model_bytes`; damaged or truncated input raises ArtifactError."""
     name, stride = describe_compressed_blob(blob)
+    if name == PERGROUP_COMPRESSOR:
+        return _pergroup_decompress(bytes(blob[COMPRESSION_FRAME_HEADER_BYTES:]), stride)
     _, decompress = COMPRESSORS[name]
     try:
         data = decompress(bytes(blob[COMPRESSION_FRAME_HEADER_BYTES:]))
@@ -202,9 +265,9 @@ def choose_smallest_compression(
 ) -> tuple[bytes, str, int]:
     """Try every (compressor, stride) pair and return (smallest blob, its compressor, its stride).
 
-    ``compressors`` defaults to all available ones. On a 16 MB model this takes minutes (brotli-11 and
-    lzma-extreme are slow), which is fine once per run. Ties go to the earlier pair, so the choice is
-    deterministic.
+    ``compressors`` defaults to all available stream compressors (``pergroup`` is tried by
+    :func:`auto_compress`, not here). On a 16 MB model this takes minutes (brotli-11 and lzma-extreme
+    are slow), which is fine once per run. Ties go to the earlier pair, so the choice is deterministic.
     """
     names = available_compressor_names() if compressors is None else list(compressors)
     if not names:
@@ -216,3 +279,4 @@ def choose_smallest_compression(
             if best is None or len(blob) < len(best[0]):
                 best = (blob, name, stride)
     return best
+

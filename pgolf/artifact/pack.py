@@ -11,6 +11,7 @@ the compression frame.
 ``FIT_TO_CAP=1`` (selective +-1 pruning, SPEC 5.12) and says what it did.
 """
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +46,12 @@ class ModelArtifact:
 def pack_quantized_tensors(tensors: dict[str, torch.Tensor], quant_meta: dict, compressor: str,
                            shuffle_stride: int = 0, extra_meta: dict | None = None) -> bytes:
     """Container + compression of already quantised tensors (``quantize_for_artifact`` output)."""
-    container = pack_tensor_container(tensors, {"quant": quant_meta, "extra": extra_meta or {}})
-    return compress_model_bytes(container, compressor, shuffle_stride)
+    return compress_model_bytes(artifact_container(tensors, quant_meta, extra_meta), compressor, shuffle_stride)
+
+
+def artifact_container(tensors: dict[str, torch.Tensor], quant_meta: dict, extra_meta: dict | None) -> bytes:
+    """The uncompressed container of a model artifact: the tensors, with meta ``{"quant", "extra"}``."""
+    return pack_tensor_container(tensors, {"quant": quant_meta, "extra": extra_meta or {}})
 
 
 def pack_model_artifact(
@@ -96,18 +101,41 @@ def prune_artifact_to_fit(tensors: dict[str, torch.Tensor], artifact: ModelArtif
     """Zero the fewest cheapest +-1 codes so that code bytes + compressed model bytes <= ``cap``.
 
     Sizes are measured with the compressor and stride ``artifact`` was made with (an ``auto`` choice is
-    kept fixed during the search: one compressor per trial keeps the binary search affordable).
-    ``PruneResult.size_bytes`` counts code + model bytes, as the cap does.
+    kept fixed during the search). The search measures only the steps the codes' entropy cannot decide
+    and, on a machine with spare cores, the next steps in parallel (:func:`pgolf.quant.prune.
+    prune_codes_to_fit`); the unpruned size is ``artifact``'s and the final blob is one of the measured
+    ones, so neither is compressed twice. ``PruneResult.size_bytes`` counts code + model bytes.
     """
+    fitting_blobs: dict[bytes, bytes] = {}  # sha256 of the container -> its blob, for sizes that fit
+
     def total_bytes(candidate: dict[str, torch.Tensor]) -> int:
-        blob = pack_quantized_tensors(candidate, artifact.quant_meta, artifact.compressor, artifact.shuffle_stride,
-                                      extra_meta)
+        container = artifact_container(candidate, artifact.quant_meta, extra_meta)
+        blob = compress_model_bytes(container, artifact.compressor, artifact.shuffle_stride)
+        if code_bytes + len(blob) <= cap:
+            fitting_blobs[hashlib.sha256(container).digest()] = blob
         return code_bytes + len(blob)
 
-    pruned, result = prune_codes_to_fit(tensors, artifact.quant_meta, total_bytes, cap)
-    blob = pack_quantized_tensors(pruned, artifact.quant_meta, artifact.compressor, artifact.shuffle_stride, extra_meta)
+    pruned, result = prune_codes_to_fit(tensors, artifact.quant_meta, total_bytes, cap,
+                                        initial_size=code_bytes + len(artifact.blob), workers=prune_workers())
+    container = artifact_container(pruned, artifact.quant_meta, extra_meta)
+    blob = fitting_blobs.get(hashlib.sha256(container).digest())
+    if blob is None:
+        blob = compress_model_bytes(container, artifact.compressor, artifact.shuffle_stride)
+    if code_bytes + len(blob) > cap:  # never ship an unverified size
+        raise ArtifactError(f"pruned artifact is {code_bytes + len(blob):,} bytes, over the cap {cap:,}; this is a bug.")
     return ModelArtifact(blob, artifact.quant_meta, artifact.compressor, artifact.shuffle_stride,
                          unpruned_bytes=artifact.unpruned_bytes, prune=result)
+
+
+# More threads measure more sizes the search never needs without saving rounds (4 already brings the
+# 24 sequential compressions of a 16 MB model down to 5-8 rounds; bench/quant_gap.py --fit).
+PRUNE_MAX_WORKERS = 4
+
+
+def prune_workers() -> int:
+    """Threads for the pruning search's parallel measurements: the CPUs this process may use, at most 4."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(available, PRUNE_MAX_WORKERS))
 
 
 def describe_artifact_pruning(artifact: ModelArtifact, code_bytes: int) -> tuple[list[str], dict]:
@@ -117,7 +145,9 @@ def describe_artifact_pruning(artifact: ModelArtifact, code_bytes: int) -> tuple
         return [], fields
     p = artifact.prune
     lines = [f"fit_to_cap: pruned {p.pruned} of {p.candidates} +-1 codes in {len(p.per_tensor)} tensors; total "
-             f"{code_bytes + artifact.unpruned_bytes} -> {p.size_bytes} bytes (cap {p.budget_bytes})"]
+             f"{code_bytes + artifact.unpruned_bytes} -> {p.size_bytes} bytes (cap {p.budget_bytes}; "
+             f"{p.measured_sizes} trial compressions in {p.measurement_rounds} rounds, {p.estimated_sizes} entropy "
+             "estimates)"]
     lines += [f"fit_to_cap:   {name}: {count} codes zeroed" for name, count in p.per_tensor.items()]
     fields["prune"] = {**p.as_dict(), "total_bytes_before": code_bytes + artifact.unpruned_bytes,
                        "total_bytes_after": p.size_bytes}

@@ -7,7 +7,8 @@ in) and scored. GPTQ recalibrates on the run's TRAINING shards, exactly as a run
 
 ``--sweep`` is the rate-distortion view: every scheme of :data:`SWEEP_SCHEMES` is quantized and scored
 once, then compressed with every available compressor; the table (scheme x compressor -> bytes,
-round-trip BPB) is printed and saved as JSON and CSV (and a PNG when matplotlib is importable).
+round-trip BPB) is printed and saved as JSON and CSV, and drawn as ``sweep.png`` (one marker shape per
+scheme, one colour per compressor) when matplotlib is importable.
 """
 
 import argparse
@@ -18,14 +19,15 @@ from pathlib import Path
 
 import torch
 
-from pgolf.artifact.compress import available_compressor_names
+from pgolf.artifact.compress import available_model_compressor_names
 from pgolf.artifact.container import unpack_tensor_container
 from pgolf.artifact.pack import pack_quantized_tensors, unpack_model_artifact
-from pgolf.artifact.size import ARTIFACT_CAP_BYTES, loaded_pgolf_modules, source_bytes_of_modules
+from pgolf.artifact.size import ARTIFACT_CAP_BYTES
 from pgolf.config import (Config, apply_config_overrides, config_field_index, config_from_dict, config_to_json,
                           parse_cli_overrides, validate_config)
 from pgolf.dist import init_distributed
 from pgolf.errors import ArtifactError, ConfigError, PgolfError
+from pgolf.export.bundle import exported_code_bytes
 from pgolf.fsutil import write_text_atomic
 from pgolf.model.gpt import build_model
 from pgolf.quant.artifact_quant import quantize_for_artifact
@@ -180,10 +182,17 @@ def original_run_fields(run_dir: Path) -> dict:
     return {f"run_{key}": report.get(key) for key in keys}
 
 
-def code_bytes_of(run_dir: Path) -> int:
-    """The code bytes the run counted (so sizes compare with the run's), else those of the sources imported now."""
-    recorded = original_run_fields(run_dir).get("run_code_bytes")
-    return recorded if isinstance(recorded, int) else source_bytes_of_modules(loaded_pgolf_modules())
+def run_preset_name(run_dir: Path) -> str:
+    """The preset the run was started from (its report.json), else ``custom``."""
+    report_path = run_dir / "report.json"
+    return json.loads(report_path.read_text()).get("preset", "custom") if report_path.is_file() else "custom"
+
+
+def code_bytes_of(run_dir: Path, cfg: Config) -> int:
+    """The exact code bytes: the train_gpt.py ``pgolf export`` writes for ``cfg`` and the run's preset,
+    as ``pgolf train`` counts them (quantization keys are baked into the script, so they can move it
+    by a few bytes)."""
+    return exported_code_bytes(cfg, preset_name=run_preset_name(run_dir))
 
 
 def quantize_run(run_dir: Path, overrides: dict[str, str], *, name: str | None = None, echo: bool = True) -> dict:
@@ -195,7 +204,7 @@ def quantize_run(run_dir: Path, overrides: dict[str, str], *, name: str | None =
     write_text_atomic(out_dir / "config.json", config_to_json(cfg))
     hessians, calibration_seconds = gptq_hessians_for(session, cfg, log)
     path, size, fields = write_quantized_artifact(session.state, cfg, out_dir, log, hessians=hessians,
-                                                  looping=session.looping, code_bytes=code_bytes_of(run_dir))
+                                                  looping=session.looping, code_bytes=code_bytes_of(run_dir, cfg))
     roundtrip = session.evaluate(load_artifact_into_fresh_model(path, cfg, session.ctx.device))
     report = {"run_dir": str(run_dir), "output_dir": str(out_dir), "artifact_path": str(path),
               "overrides": {key.upper(): value for key, value in overrides.items()},
@@ -243,6 +252,63 @@ def format_sweep_table(rows: list[dict], prequant_bpb: float) -> list[str]:
     return lines
 
 
+# Matplotlib markers per scheme, in SWEEP_SCHEMES order (a scheme past the list reuses them).
+SWEEP_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*")
+# The PNG text chunk holding the plotted points, so a reader (or a test) can check the picture.
+SWEEP_PNG_POINTS_KEY = "pgolf-sweep-points"
+
+
+def plot_sweep(rows: list[dict], path: Path, title: str) -> list[dict]:
+    """Draw the rate-distortion plot (total bytes vs round-trip BPB): one marker shape per scheme, one
+    colour per compressor. Returns the plotted points read back from the figure, also stored as JSON in
+    the PNG's ``pgolf-sweep-points`` text chunk. Needs matplotlib (the ``plots`` extra)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    schemes = list(dict.fromkeys(row["scheme"] for row in rows))
+    compressors = list(dict.fromkeys(row["compressor"] for row in rows))
+    colours = {name: f"C{index % 10}" for index, name in enumerate(compressors)}
+    figure, axes = plt.subplots(figsize=(9, 5))
+    for index, scheme in enumerate(schemes):
+        for compressor in compressors:
+            mine = [row for row in rows if row["scheme"] == scheme and row["compressor"] == compressor]
+            line, = axes.plot([row["total_bytes"] for row in mine], [row["val_bpb"] for row in mine], linestyle="none",
+                              marker=SWEEP_MARKERS[index % len(SWEEP_MARKERS)], color=colours[compressor], markersize=8,
+                              alpha=0.85)
+            line.set_gid(json.dumps([scheme, compressor]))
+    points = [{"scheme": key[0], "compressor": key[1], "total_bytes": x, "val_bpb": y}
+              for line in axes.get_lines() for key in [json.loads(line.get_gid())] for x, y in line.get_xydata().tolist()]
+    legends = _sweep_legends(axes, schemes, compressors, colours)
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value / 1e6:.3f}"))
+    axes.set_xlabel("code + model bytes (MB, decimal)")
+    axes.set_ylabel("round-trip val_bpb (lower is better)")
+    axes.set_title(title, fontsize=9)
+    axes.grid(alpha=0.3)
+    # bbox_inches="tight" grows the canvas to hold the legends outside the axes.
+    figure.savefig(path, dpi=120, bbox_inches="tight", bbox_extra_artists=legends,
+                   metadata={SWEEP_PNG_POINTS_KEY: json.dumps(points)})
+    plt.close(figure)
+    return points
+
+
+def _sweep_legends(axes, schemes: list[str], compressors: list[str], colours: dict[str, str]) -> list:
+    """Two legends: marker shape = scheme, colour = compressor; returns both."""
+    from matplotlib.lines import Line2D
+
+    shapes = [Line2D([], [], linestyle="none", marker=SWEEP_MARKERS[i % len(SWEEP_MARKERS)], color="0.3", label=scheme)
+              for i, scheme in enumerate(schemes)]
+    swatches = [Line2D([], [], linestyle="none", marker="o", color=colours[name], label=name) for name in compressors]
+    # Outside the axes, on the right, so they never hide a point.
+    first = axes.legend(handles=shapes, title="scheme", fontsize=7, title_fontsize=8, loc="upper left",
+                        bbox_to_anchor=(1.02, 1.0))
+    axes.add_artist(first)
+    second = axes.legend(handles=swatches, title="compressor", fontsize=7, title_fontsize=8, loc="lower left",
+                         bbox_to_anchor=(1.02, 0.0))
+    return [first, second]
+
+
 def write_sweep_files(out_dir: Path, rows: list[dict], summary: dict) -> list[str]:
     """sweep.json, sweep.csv and, when matplotlib is importable, sweep.png; returns notes for the log."""
     write_text_atomic(out_dir / "sweep.json", json.dumps({**summary, "rows": rows}, indent=2, sort_keys=True))
@@ -251,25 +317,13 @@ def write_sweep_files(out_dir: Path, rows: list[dict], summary: dict) -> list[st
         writer.writeheader()
         writer.writerows(rows)
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401  (only to know whether the plot can be drawn)
     except ImportError:
-        return [f"sweep: wrote {out_dir / 'sweep.json'} and sweep.csv; no plot (matplotlib is not installed)"]
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for compressor in dict.fromkeys(row["compressor"] for row in rows):
-        mine = [row for row in rows if row["compressor"] == compressor]
-        axes.plot([row["total_bytes"] / 1e6 for row in mine], [row["val_bpb"] for row in mine], "o", label=compressor)
-    for row in rows:
-        if row["compressor"] == rows[0]["compressor"]:
-            axes.annotate(row["scheme"], (row["total_bytes"] / 1e6, row["val_bpb"]), fontsize=7)
-    axes.set_xlabel("code + model bytes (MB)")
-    axes.set_ylabel("round-trip val_bpb")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(out_dir / "sweep.png", dpi=120)
-    plt.close(figure)
+        return [f"sweep: wrote {out_dir / 'sweep.json'} and sweep.csv; no sweep.png: matplotlib is not installed "
+                "(pip install 'pgolf[plots]' or pip install matplotlib)"]
+    title = (f"run {Path(summary['run_dir']).name}: rate-distortion (pre-quant val_bpb "
+             f"{summary['val_bpb_prequant']:.4f}; cap {summary['cap_bytes']:,} bytes)")
+    plot_sweep(rows, out_dir / "sweep.png", title)
     return [f"sweep: wrote {out_dir / 'sweep.json'}, sweep.csv and sweep.png"]
 
 
@@ -278,19 +332,18 @@ def sweep_run(run_dir: Path, overrides: dict[str, str], *, name: str | None = No
     log = ToolLog(echo)
     session = open_session(run_dir, overrides, log)
     out_dir = new_output_dir(run_dir, name, prefix="sweep_")
-    compressors = available_compressor_names()
-    code_bytes = code_bytes_of(run_dir)
-    configs = {label: apply_config_overrides(session.cfg, settings, source=f"sweep scheme {label!r}")
+    compressors = available_model_compressor_names()
+    configs = {label: validate_config(apply_config_overrides(session.cfg, settings, source=f"sweep scheme {label!r}"))
                for label, settings in SWEEP_SCHEMES.items()}
     gptq_cfg = next((cfg for cfg in configs.values() if cfg.quant.quant_method == "gptq"), None)
     hessians, _ = gptq_hessians_for(session, gptq_cfg, log) if gptq_cfg is not None else (None, 0.0)
     rows = []
     for label, cfg in configs.items():
-        rows += sweep_scheme_rows(session, label, validate_config(cfg), hessians, code_bytes, compressors)
+        rows += sweep_scheme_rows(session, label, cfg, hessians, code_bytes_of(run_dir, cfg), compressors)
         log.line(f"sweep: {label} val_bpb:{rows[-1]['val_bpb']:.6f}")
     summary = {"run_dir": str(run_dir), "output_dir": str(out_dir), "val_bpb_prequant": session.prequant.val_bpb,
-               "code_bytes": code_bytes, "cap_bytes": ARTIFACT_CAP_BYTES, "compressors": compressors,
-               "overrides": {key.upper(): value for key, value in overrides.items()}}
+               "code_bytes": code_bytes_of(run_dir, session.cfg), "cap_bytes": ARTIFACT_CAP_BYTES,
+               "compressors": compressors, "overrides": {key.upper(): value for key, value in overrides.items()}}
     for line in format_sweep_table(rows, session.prequant.val_bpb) + write_sweep_files(out_dir, rows, summary):
         log.line(line)
     write_text_atomic(out_dir / "quantize.log", "\n".join(log.lines) + "\n")

@@ -9,6 +9,9 @@ the ninth quantized matrix. A few steps on the embedded default data keep each r
 import json
 import math
 import shutil
+import struct
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +22,7 @@ from pgolf.cli import main as cli_main
 from pgolf.config import apply_config_overrides
 from pgolf.data.corpus import ensure_default_dataset
 from pgolf.data.shards import find_shards
+from pgolf.export.bundle import exported_code_bytes
 from pgolf.dist import DistContext
 from pgolf.errors import ArtifactError, ConfigError, DataError
 from pgolf.log import RunLogger
@@ -202,30 +206,77 @@ def test_quantize_needs_the_full_precision_weights(gptq_run, tmp_path, capsys):
     assert "no full-precision weights" in capsys.readouterr().err
 
 
-def test_sweep_writes_the_rate_distortion_table(gptq_run, monkeypatch, capsys):
+def png_text_chunks(path):
+    """The tEXt chunks of a PNG file, read with plain struct (independent of matplotlib)."""
+    data, chunks, offset = path.read_bytes(), {}, 8
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    while offset < len(data):
+        length, kind = struct.unpack(">I4s", data[offset:offset + 8])
+        body = data[offset + 8:offset + 8 + length]
+        if kind == b"tEXt":
+            key, _, value = body.partition(b"\0")
+            chunks[key.decode("latin-1")] = value.decode("latin-1")
+        offset += 12 + length
+    return chunks
+
+
+def test_sweep_writes_the_rate_distortion_table_and_plot(gptq_run, monkeypatch, capsys):
     run_dir, report, _ = gptq_run
     schemes = {label: settings for label, settings in quant_tools.SWEEP_SCHEMES.items()
                if label in ("rtn int8 percentile", "rtn int6 sdclip", "gptq int6 sdclip")}
     monkeypatch.setattr("pgolf.quant.tools.SWEEP_SCHEMES", schemes)
-    monkeypatch.setattr("pgolf.quant.tools.available_compressor_names", lambda: ["zlib", "zstd"])
+    monkeypatch.setattr("pgolf.quant.tools.available_model_compressor_names", lambda: ["zlib", "pergroup"])
     capsys.readouterr()
     assert cli_main(["quantize", str(run_dir), "--sweep", "--name", "sweep", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     rows = result["rows"]
     assert [(row["scheme"], row["compressor"]) for row in rows] == [
-        (scheme, compressor) for scheme in schemes for compressor in ("zlib", "zstd")]
+        (scheme, compressor) for scheme in schemes for compressor in ("zlib", "pergroup")]
     out_dir = run_dir / "quantize" / "sweep"
     assert json.loads((out_dir / "sweep.json").read_text())["rows"] == rows
     csv_lines = (out_dir / "sweep.csv").read_text().splitlines()
     assert csv_lines[0].startswith("scheme,") and len(csv_lines) == len(rows) + 1
     log = (out_dir / "quantize.log").read_text()
-    assert "rate-distortion sweep" in log and "gptq int6 sdclip" in log
+    assert "rate-distortion sweep" in log and "gptq int6 sdclip" in log and "sweep.png" in log
     for scheme in schemes:  # one evaluation per scheme, whatever the compressor
         assert len({row["val_bpb"] for row in rows if row["scheme"] == scheme}) == 1
     # the run used exactly "gptq int6 sdclip" + zlib: same round-trip score and the same bytes
     run_row = next(row for row in rows if row["scheme"] == "gptq int6 sdclip" and row["compressor"] == "zlib")
     assert run_row["val_bpb"] == report["val_bpb"] and run_row["model_bytes"] == report["artifact_bytes"]
-    assert all(row["total_bytes"] == row["model_bytes"] + result["code_bytes"] for row in rows)
+    assert all(row["total_bytes"] == row["model_bytes"] + row["code_bytes"] for row in rows)
+    # code bytes are the exported script's, exactly as `pgolf train` counts them
+    cfg = quant_tools.load_run_config(run_dir, {})
+    assert result["code_bytes"] == exported_code_bytes(cfg, preset_name="tiny_cpu")
+    # the plot: its points (read back from the PNG) are exactly the table's rows
+    points = json.loads(png_text_chunks(out_dir / "sweep.png")[quant_tools.SWEEP_PNG_POINTS_KEY])
+    assert sorted((p["scheme"], p["compressor"], p["total_bytes"], p["val_bpb"]) for p in points) == sorted(
+        (row["scheme"], row["compressor"], row["total_bytes"], row["val_bpb"]) for row in rows)
+
+
+def test_sweep_without_matplotlib_still_writes_the_table(tmp_path, monkeypatch):
+    rows = [{"scheme": "rtn int8 percentile", "compressor": "zlib", "total_bytes": 1000, "val_bpb": 3.5}]
+    summary = {"run_dir": "r", "val_bpb_prequant": 3.4, "cap_bytes": 16_000_000}
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    notes = quant_tools.write_sweep_files(tmp_path, rows, summary)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.csv", "sweep.json"]
+    assert "no sweep.png: matplotlib is not installed" in notes[0]
+    assert json.loads((tmp_path / "sweep.json").read_text())["rows"] == rows
+
+
+def test_pergroup_artifact_scores_exactly_like_the_runs_and_pgolf_eval_reads_it(gptq_run, tmp_path, capsys):
+    run_dir, report, _ = gptq_run
+    pergroup = quantize_run(run_dir, {"COMPRESSOR": "pergroup", "BYTE_SHUFFLE_STRIDE": "2"}, name="pergroup", echo=False)
+    assert (pergroup["artifact_compressor"], pergroup["artifact_shuffle_stride"]) == ("pergroup", 2)
+    assert pergroup["val_bpb"] == report["val_bpb"]  # the run's codes (zlib), restored bit for bit: the same score
+    pergroup_blob = Path(pergroup["artifact_path"]).read_bytes()
+    assert pergroup_blob[:5] == b"PGZ\x05\x02" and pergroup_blob[5:9] == b"PGRP"
+    # `pgolf eval` on a run whose artifact is the pergroup one
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("quantize"))
+    (copy / "artifact" / report["artifact_file"]).write_bytes(pergroup_blob)
+    capsys.readouterr()
+    assert cli_main(["eval", str(copy), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["val_bpb"] == pytest.approx(pergroup["val_bpb"], rel=1e-12)
 
 
 def test_find_run_artifact_prefers_the_report_then_the_single_file(tmp_path):

@@ -82,4 +82,5 @@ def test_fits_a_real_compressed_size():
     pruned, result = prune_codes_to_fit(tensors, meta, compressed, budget)
     assert compressed(pruned) <= budget and result.size_bytes == compressed(pruned)
     assert 0 < result.pruned < result.candidates
-    assert set(result.as_dict()) == {"pruned", "candidates", "size_bytes", "budget_bytes", "per_tensor"}
+    assert set(result.as_dict()) == {"pruned", "candidates", "size_bytes", "budget_bytes", "per_tensor",
+                                     "measured_sizes", "measurement_rounds", "estimated_sizes"}
