@@ -302,8 +302,9 @@ def coerce_config_value(key: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"{key.upper()}={value!r} is not one of {', '.join(map(str, choices))}.")
         return value
     if origin is tuple:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
+        if isinstance(value, str):  # "a,b" -> ("a", "b"); "" or "()" -> () (the empty list)
+            text = "" if value.strip() == "()" else value
+            return tuple(part.strip() for part in text.split(",") if part.strip())
         return tuple(str(part) for part in value)
     if annotation is bool:
         return value if isinstance(value, bool) else _coerce_bool(str(value), key)

@@ -107,3 +107,12 @@ def test_one_gpu_presets_keep_the_step_and_stretch_the_clock():
         assert one.train.max_wallclock_seconds == 8 * eight.train.max_wallclock_seconds
         assert one.train.gptq_reserve_seconds == 8 * eight.train.gptq_reserve_seconds
         assert config_differences(one, eight).keys() <= {"max_wallclock_seconds", "gptq_reserve_seconds"}
+
+
+def test_an_empty_tuple_value_can_be_written_as_nothing_or_as_parentheses():
+    from pgolf.config import apply_config_overrides
+    from pgolf.presets import tiny_cpu
+
+    for text in ("", "()", " () "):
+        cfg = apply_config_overrides(tiny_cpu(), {"INT8_KEEP_FLOAT_FP32_NAME_PATTERNS": text}, source="test")
+        assert cfg.quant.int8_keep_float_fp32_name_patterns == ()
