@@ -61,6 +61,17 @@ def document_spans(row: torch.Tensor) -> list[tuple[int, int]]:
 # ---------------------------------------------------------------- segments, masks, boundaries
 
 
+def assert_documents_score_alone(model: GPT, ids: torch.Tensor) -> None:
+    """Every document of every packed row gets the logits it gets when it runs alone."""
+    with torch.no_grad():
+        packed = model.forward_logits(ids)
+        for b, row in enumerate(ids):
+            for start, stop in document_spans(row):
+                alone = model.forward_logits(row[start:stop][None])[0]
+                # RoPE positions stay absolute in the row; scores depend on offsets only (up to rounding).
+                torch.testing.assert_close(packed[b, start:stop], alone, rtol=0, atol=2e-4)
+
+
 def test_segment_ids_count_bos_tokens_so_far():
     ids = packed_rows()
     assert document_segment_ids(ids, BOS).tolist() == [plain_segments(row) for row in ids.tolist()]
@@ -99,15 +110,7 @@ def test_static_capacity_overflow_is_an_error_not_a_silent_merge():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_each_document_scores_as_if_it_ran_alone(backend):
-    model = random_model(attention_backend=backend)
-    ids = packed_rows()
-    with torch.no_grad():
-        packed = model.forward_logits(ids)
-        for b, row in enumerate(ids):
-            for start, stop in document_spans(row):
-                alone = model.forward_logits(row[start:stop][None])[0]
-                # RoPE positions stay absolute in the row; scores depend on offsets only (up to rounding).
-                torch.testing.assert_close(packed[b, start:stop], alone, rtol=0, atol=2e-4)
+    assert_documents_score_alone(random_model(attention_backend=backend), packed_rows())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -165,10 +168,4 @@ def test_two_lane_decoder_keeps_documents_isolated_too():
         for name, param in model.named_parameters():
             if "parallel" in name:
                 param.normal_(0.5, 0.3)
-    ids = packed_rows()
-    with torch.no_grad():
-        packed = model.forward_logits(ids)
-        for b, row in enumerate(ids):
-            for start, stop in document_spans(row):
-                alone = model.forward_logits(row[start:stop][None])[0]
-                torch.testing.assert_close(packed[b, start:stop], alone, rtol=0, atol=2e-4)
+    assert_documents_score_alone(model, packed_rows())
