@@ -195,9 +195,13 @@ class Muon(torch.optim.Optimizer):
                 f"Muon was built with world_size={self.world_size} but torch.distributed is not "
                 "initialised; initialise the process group first or build it with world_size=1."
             )
+        self._update_all_groups()
+        return loss
+
+    def _update_all_groups(self) -> None:
+        """Every group's update (``ShardedMuon`` replaces this with its sharded version)."""
         for group in self.param_groups:
             self._step_muon_group(group)
-        return loss
 
     def _step_muon_group(self, group: dict) -> None:
         params: list[torch.Tensor] = group["params"]

@@ -185,20 +185,15 @@ class ShardedMuon(Muon):
         for shard in self._shard_grads.values():
             shard.mul_(factor)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        """One Muon update of every matrix; reduce-scatters the gradients first if nobody did."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _update_all_groups(self) -> None:
+        """One Muon update of every matrix (``Muon.step`` calls this); reduce-scatters the gradients
+        first if nobody did."""
         if not self._shard_grads:
             self.reduce_scatter_gradients()
         for group_index, group in enumerate(self.param_groups):
             if group["params"]:
                 self._step_sharded_group(group, self.layout(group_index), self._shard_grads[group_index])
         self._shard_grads = {}
-        return loss
 
     def _step_sharded_group(self, group: dict, layout: MuonShardLayout, shard_grad: torch.Tensor) -> None:
         params = group["params"]

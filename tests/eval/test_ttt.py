@@ -64,11 +64,16 @@ def test_the_check_catches_training_before_scoring():
     assert not result.passed and "not scored yet" in result.details[0]
 
 
+def sliding_reference(model, val):
+    """The sliding-window score TTT must reproduce at lr 0 (and beat when it learns)."""
+    return evaluate_sliding_bpb(model, val, window=WINDOW, stride=STRIDE, batch_windows=3, byte_tables=tables(),
+                                device=CPU)
+
+
 def test_zero_learning_rate_equals_sliding_evaluation():
     val = repeated_text(6, seed=1)
     model = fresh_model()
-    sliding = evaluate_sliding_bpb(model, val, window=WINDOW, stride=STRIDE, batch_windows=3, byte_tables=tables(),
-                                   device=CPU)
+    sliding = sliding_reference(model, val)
     ttt = run_ttt(copy.deepcopy(model), val, dataclasses.replace(CFG, ttt_lr=0.0, ttt_momentum=0.0))
     assert ttt.token_count == sliding.token_count and ttt.byte_count == sliding.byte_count
     assert ttt.loss_sum == pytest.approx(sliding.loss_sum, rel=1e-6)
@@ -77,8 +82,7 @@ def test_zero_learning_rate_equals_sliding_evaluation():
 def test_ttt_learns_from_scored_chunks():
     val = repeated_text(10, seed=2)
     model = fresh_model()
-    sliding = evaluate_sliding_bpb(model, val, window=WINDOW, stride=STRIDE, batch_windows=3, byte_tables=tables(),
-                                   device=CPU)
+    sliding = sliding_reference(model, val)
     ttt = run_ttt(copy.deepcopy(model), val, dataclasses.replace(CFG, ttt_lr=0.5, ttt_epochs=3))
     assert ttt.val_bpb < sliding.val_bpb - 0.1
 
