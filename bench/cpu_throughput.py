@@ -23,39 +23,38 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pgolf.cli import resolve_config  # noqa: E402
+from pgolf.commands.configuration import resolve_config  # noqa: E402
 from pgolf.data.loader import DistributedTokenLoader  # noqa: E402
 from pgolf.data.shards import write_shard  # noqa: E402
 from pgolf.dist import init_distributed  # noqa: E402
 from pgolf.model.gpt import build_model, count_parameters  # noqa: E402
 from pgolf.optim.build import build_optimizers  # noqa: E402
 from pgolf.provenance import environment_summary  # noqa: E402
-from pgolf.run import wrap_for_training  # noqa: E402
-from pgolf.train.clock import synchronize_device  # noqa: E402
+from pgolf.train.wrap import wrap_for_training  # noqa: E402
 from pgolf.train.loop import TrainingParts, run_training_step  # noqa: E402
 
 
 def measure_preset(name: str, overrides: list[str], steps: int, warmup: int, shard_dir: Path) -> dict:
     cfg, _, _ = resolve_config(name, overrides, environ={})
-    ctx = init_distributed()
+    ctx = init_distributed(cfg.run.pgolf_device).with_precision(cfg.train.autocast_dtype)
     torch.manual_seed(0)
     tokens_needed = (steps + warmup + 1) * cfg.train.train_batch_tokens + 8
     shard = shard_dir / f"fineweb_train_{name}.bin"
     if not shard.exists():
         rng = np.random.default_rng(0)
         write_shard(shard, rng.integers(0, cfg.model.vocab_size, size=min(tokens_needed, 50_000_000)))
-    model = build_model(cfg.model, ctx.device)
+    model = build_model(cfg.model, ctx.runtime)
     optimizers = build_optimizers(model, cfg.optim, tie_embeddings=cfg.model.tie_embeddings,
                                   control_patterns=cfg.model.control_tensor_name_patterns)
     loader = DistributedTokenLoader([shard], ctx.rank, ctx.world_size, ctx.device)
-    parts = TrainingParts(model, wrap_for_training(model, cfg, ctx), optimizers, loader)
+    parts = TrainingParts(model, wrap_for_training(model, cfg.model, cfg.train.compile, ctx), optimizers, loader)
     for _ in range(warmup):
         run_training_step(parts, cfg.train, cfg.optim, ctx, lr_mult=1.0, muon_momentum=0.95)
-    synchronize_device(ctx.device)
+    ctx.runtime.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
         loss = run_training_step(parts, cfg.train, cfg.optim, ctx, lr_mult=1.0, muon_momentum=0.95)
-    synchronize_device(ctx.device)
+    ctx.runtime.synchronize()
     seconds = time.perf_counter() - start
     return {
         "preset": name, "overrides": overrides, "device": environment_summary(ctx.device).get("gpu", str(ctx.device)),

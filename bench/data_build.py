@@ -22,7 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pgolf.data.tools import build_dataset, dataset_stats, iter_jsonl_documents, verify_dataset  # noqa: E402
+from pgolf.data.corpus import default_corpus_documents  # noqa: E402
+from pgolf.data.dataset import build_dataset, dataset_stats, iter_jsonl_documents, verify_dataset  # noqa: E402
 from pgolf.provenance import environment_summary  # noqa: E402
 
 SHARED_SAMPLE = (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fineweb-text-sample"
@@ -33,8 +34,6 @@ def load_corpus(docs_path: str | None) -> tuple[list[str], str]:
     path = Path(docs_path) if docs_path else SHARED_SAMPLE
     if docs_path or path.is_file():
         return list(iter_jsonl_documents(path)), str(path)
-    from pgolf.data.corpus import default_corpus_documents
-
     return [text for _, text in default_corpus_documents()], "pgolf.data.corpus.default_corpus_documents()"
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pgolf.cli import fill_default_data, resolve_config  # noqa: E402
+from pgolf.commands.configuration import fill_default_data, resolve_config  # noqa: E402
 from pgolf.run import main as run_main  # noqa: E402
 
 DEFAULTS = ["ITERATIONS=100", "MAX_WALLCLOCK_SECONDS=0", "SLIDING_WINDOW_ENABLED=1", "EVAL_STRIDE=64",

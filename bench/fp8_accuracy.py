@@ -31,16 +31,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pgolf.cli import resolve_config  # noqa: E402
+from pgolf.commands.configuration import resolve_config  # noqa: E402
 from pgolf.data.loader import DistributedTokenLoader  # noqa: E402
 from pgolf.data.shards import read_shard, write_shard  # noqa: E402
 from pgolf.dist import init_distributed  # noqa: E402
-from pgolf.eval.bpb import autocast_context  # noqa: E402
 from pgolf.model.gpt import build_model  # noqa: E402
 from pgolf.model.layers import enable_fp8_matmul, fp8_linear, fp8_unavailable_reason  # noqa: E402
 from pgolf.optim.build import build_optimizers  # noqa: E402
-from pgolf.run import wrap_for_training  # noqa: E402
-from pgolf.train.clock import synchronize_device  # noqa: E402
+from pgolf.runtime import Runtime, resolve_runtime  # noqa: E402
+from pgolf.train.wrap import wrap_for_training  # noqa: E402
 from pgolf.train.loop import TrainingParts, run_training_step  # noqa: E402
 
 # (tokens, in, out): attention q/out-proj, MLP fc, MLP proj of the baseline at 16k tokens per micro-batch.
@@ -103,26 +102,31 @@ def matmul_timings(x: torch.Tensor, weight: torch.Tensor) -> dict:
 
 def train_once(cfg, ctx, shard: Path, steps: int, fp8: bool) -> tuple[dict, torch.nn.Module]:
     torch.manual_seed(0)  # same initial weights for both runs
-    model = build_model(cfg.model, ctx.device)
+    model = build_model(cfg.model, ctx.runtime)
     line = enable_fp8_matmul(model, ctx.device) if fp8 else "fp8_matmul:off"
     optimizers = build_optimizers(model, cfg.optim, tie_embeddings=cfg.model.tie_embeddings,
                                   control_patterns=cfg.model.control_tensor_name_patterns)
     loader = DistributedTokenLoader([shard], ctx.rank, ctx.world_size, ctx.device)  # same batches
-    parts = TrainingParts(model, wrap_for_training(model, cfg, ctx), optimizers, loader)
+    parts = TrainingParts(model, wrap_for_training(model, cfg.model, cfg.train.compile, ctx), optimizers, loader)
     losses, start = [], None
     for step in range(steps):
         if step == min(5, steps - 1):  # time after compilation / warm-up
-            synchronize_device(ctx.device)
+            ctx.runtime.synchronize()
             start, timed_from = time.perf_counter(), step
         loss = run_training_step(parts, cfg.train, cfg.optim, ctx, lr_mult=1.0, muon_momentum=cfg.optim.muon_momentum)
         losses.append(loss.item())
-    synchronize_device(ctx.device)
+    ctx.runtime.synchronize()
     tail = losses[-max(1, steps // 10):]
     summary = {"part": "training", "fp8": fp8, "fp8_line": line, "steps": steps,
                "losses_every_10pct": [round(losses[i], 4) for i in range(0, steps, max(1, steps // 10))],
                "final_loss": round(losses[-1], 4), "mean_loss_last_10pct": round(sum(tail) / len(tail), 5),
                "step_ms": round(1000 * (time.perf_counter() - start) / (steps - timed_from), 2)}
     return summary, model
+
+
+def bf16_runtime(device: torch.device) -> Runtime:
+    """bf16 autocast on CUDA (what a run on an H100 uses), plain fp32 elsewhere."""
+    return resolve_runtime(device, "bf16" if device.type == "cuda" else "auto")
 
 
 @torch.no_grad()
@@ -133,7 +137,7 @@ def eval_loss(model: torch.nn.Module, val_tokens: torch.Tensor, seq_len: int, de
     y = val_tokens[1 : usable + 1].view(-1, seq_len).to(device)
     total = 0.0
     for i in range(0, x.size(0), 16):
-        with autocast_context(device):
+        with bf16_runtime(device).autocast():
             total += model(x[i : i + 16], y[i : i + 16], reduction="sum").item()
     model.train()
     return total / usable
@@ -141,7 +145,7 @@ def eval_loss(model: torch.nn.Module, val_tokens: torch.Tensor, seq_len: int, de
 
 def training_report(args, tmp: Path) -> list[dict]:
     cfg, _, _ = resolve_config(args.preset, args.overrides, environ={})
-    ctx = init_distributed()
+    ctx = init_distributed(cfg.run.pgolf_device).with_precision(cfg.train.autocast_dtype)
     shard = Path(args.train_shard) if args.train_shard else tmp / "fineweb_train_random.bin"
     if not args.train_shard:
         rng = np.random.default_rng(0)

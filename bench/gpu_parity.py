@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pgolf.data.shards import read_shard  # noqa: E402
 from pgolf.data.tokenizer import build_byte_tables, load_sentencepiece  # noqa: E402
-from pgolf.eval.bpb import autocast_context, evaluate_bpb  # noqa: E402
+from pgolf.eval.bpb import evaluate_bpb  # noqa: E402
+from pgolf.runtime import Runtime, resolve_runtime  # noqa: E402
 from pgolf.model.gpt import GPT, place_model_on_device  # noqa: E402
 from pgolf.model.kernels.fused_mlp import (  # noqa: E402
     fused_linear_squared_activation, load_fused_mlp_kernels, mlp_activation_reference,
@@ -58,13 +59,18 @@ def copy_to(model: GPT, device: torch.device) -> GPT:
     return place_model_on_device(clone, device)
 
 
+def bf16_runtime(device: torch.device) -> Runtime:
+    """bf16 autocast on CUDA (what a run on an H100 uses), plain fp32 elsewhere."""
+    return resolve_runtime(device, "bf16" if device.type == "cuda" else "auto")
+
+
 def compare_forward(model_cpu: GPT, tokens: torch.Tensor, cuda: torch.device) -> dict:
     x, y = tokens[:-1].view(4, -1), tokens[1:].view(4, -1)
     with torch.no_grad():
         ref_logits = model_cpu.forward_logits(x)
         ref_loss = model_cpu(x, y)
         gpu = copy_to(model_cpu, cuda)
-        with autocast_context(cuda):
+        with bf16_runtime(cuda).autocast():
             gpu_logits = gpu.forward_logits(x.to(cuda))
             gpu_loss = gpu(x.to(cuda), y.to(cuda))
             compiled = torch.compile(gpu, dynamic=False, fullgraph=True)
@@ -77,8 +83,8 @@ def compare_forward(model_cpu: GPT, tokens: torch.Tensor, cuda: torch.device) ->
 def compare_eval(model_cpu: GPT, tokens: torch.Tensor, tokenizer: str, cuda: torch.device) -> dict:
     tables = build_byte_tables(load_sentencepiece(tokenizer), 1024)
     kwargs = dict(seq_len=1024, batch_sequences=8, byte_tables=tables)
-    cpu_sums = evaluate_bpb(model_cpu, tokens, device=torch.device("cpu"), **kwargs)
-    gpu_sums = evaluate_bpb(copy_to(model_cpu, cuda), tokens, device=cuda, **kwargs)
+    cpu_sums = evaluate_bpb(model_cpu, tokens, runtime=Runtime(torch.device("cpu")), **kwargs)
+    gpu_sums = evaluate_bpb(copy_to(model_cpu, cuda), tokens, runtime=bf16_runtime(cuda), **kwargs)
     return {"eval_bpb_cpu": cpu_sums.val_bpb, "eval_bpb_gpu": gpu_sums.val_bpb,
             "eval_bytes_equal": cpu_sums.byte_count == gpu_sums.byte_count,
             "eval_tokens_equal": cpu_sums.token_count == gpu_sums.token_count,
@@ -89,7 +95,7 @@ def one_step(model: GPT, x: torch.Tensor, y: torch.Tensor, device: torch.device)
     cfg = model.cfg
     optimizers = build_optimizers(model, baseline_sp1024().optim, tie_embeddings=cfg.tie_embeddings,
                                   control_patterns=cfg.control_tensor_name_patterns)
-    with autocast_context(device):
+    with bf16_runtime(device).autocast():
         loss = model(x.to(device), y.to(device))
     loss.backward()
     for opt in optimizers:

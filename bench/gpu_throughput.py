@@ -9,7 +9,7 @@ GPU, Muon + Adam, compiled when the preset says COMPILE=1) over a temporary shar
 untimed warm-up steps (which compile). Tokens/s counts the global tokens of an optimizer step
 (TRAIN_BATCH_TOKENS) over the timed steps, as the challenge logs do.
 
-Model FLOPs per token (``pgolf.profiler.training_flops_per_token``), training = 3 x forward:
+Model FLOPs per token (``pgolf.commands.profile.training_flops_per_token``), training = 3 x forward:
 
     6 * N_visits + 6 * d * (T + 1) * L_visits
 
@@ -35,16 +35,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pgolf.cli import resolve_config  # noqa: E402
+from pgolf.commands.configuration import resolve_config  # noqa: E402
 from pgolf.data.loader import DistributedTokenLoader  # noqa: E402
 from pgolf.data.shards import write_shard  # noqa: E402
 from pgolf.dist import init_distributed  # noqa: E402
-from pgolf.doctor import expected_figures, matmul_probe  # noqa: E402
+from pgolf.commands.doctor import expected_figures, matmul_probe  # noqa: E402
 from pgolf.model.attention import describe_attention_backend  # noqa: E402
 from pgolf.model.gpt import build_model, count_parameters  # noqa: E402
 from pgolf.optim.build import build_optimizers  # noqa: E402
-from pgolf.profiler import training_flops_per_token  # noqa: E402
-from pgolf.run import wrap_for_training  # noqa: E402
+from pgolf.commands.profile import training_flops_per_token  # noqa: E402
+from pgolf.train.wrap import wrap_for_training  # noqa: E402
 from pgolf.train.loop import TrainingParts, run_training_step  # noqa: E402
 
 DEFAULT_PRESETS = "baseline_sp1024,record_sp8192_1gpu"
@@ -80,16 +80,16 @@ def timed_steps(parts: TrainingParts, cfg, ctx, steps: int) -> float:
 def measure(name: str, overrides: list[str], looping: bool, args, shard_dir: Path, peak_tflops: float) -> dict:
     """Throughput of preset ``name`` in one looping state."""
     cfg, _, _ = resolve_config(name, overrides, environ={})
-    ctx = init_distributed()
+    ctx = init_distributed(cfg.run.pgolf_device).with_precision(cfg.train.autocast_dtype)
     torch.manual_seed(0)
     needed = (args.steps + args.warmup + 1) * cfg.train.train_batch_tokens + 8
     loader = DistributedTokenLoader([random_shard(shard_dir, name, cfg.model.vocab_size, needed)], ctx.rank,
                                     ctx.world_size, ctx.device)
-    model = build_model(cfg.model, ctx.device)
+    model = build_model(cfg.model, ctx.runtime)
     model.set_looping(looping)
     optimizers = build_optimizers(model, cfg.optim, tie_embeddings=cfg.model.tie_embeddings,
                                   control_patterns=cfg.model.control_tensor_name_patterns)
-    parts = TrainingParts(model, wrap_for_training(model, cfg, ctx), optimizers, loader)
+    parts = TrainingParts(model, wrap_for_training(model, cfg.model, cfg.train.compile, ctx), optimizers, loader)
     timed_steps(parts, cfg, ctx, args.warmup)  # compiles
     torch.cuda.reset_peak_memory_stats()
     seconds = timed_steps(parts, cfg, ctx, args.steps)

@@ -34,12 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pgolf.artifact.container import pack_tensor_container  # noqa: E402
 from pgolf.artifact.compress import compress_model_bytes, decompress_model_bytes  # noqa: E402
 from pgolf.artifact.pergroup import greedy_l1_row_chain, split_container_by_role  # noqa: E402
-from pgolf.cli import exact_code_bytes, fill_default_data, resolve_config  # noqa: E402
+from pgolf.commands.configuration import fill_default_data, resolve_config  # noqa: E402
+from pgolf.commands.quantize import ToolLog, code_bytes_of, gptq_hessians_for, new_output_dir, open_session  # noqa: E402
 from pgolf.config import QuantConfig, apply_config_overrides, validate_config  # noqa: E402
+from pgolf.export.bundle import exported_code_bytes  # noqa: E402
 from pgolf.quant.artifact_quant import quantize_for_artifact  # noqa: E402
 from pgolf.quant.prune import prune_codes_to_fit  # noqa: E402
-from pgolf.quant.tools import ToolLog, code_bytes_of, gptq_hessians_for, new_output_dir, open_session  # noqa: E402
-from pgolf.run import load_artifact_into_fresh_model, write_quantized_artifact  # noqa: E402
+from pgolf.quant.model_artifact import load_artifact_into_fresh_model, write_quantized_artifact  # noqa: E402
 from pgolf.run import main as run_main  # noqa: E402
 
 TRAIN_SETTINGS = ["MLP_MULT=5", "TRAIN_BATCH_TOKENS=8192", "MAX_WALLCLOCK_SECONDS=0"]
@@ -65,7 +66,7 @@ def train_run(iterations: int, extra: list[str]) -> Path:
     cfg, preset, name = resolve_config("tiny_cpu", TRAIN_SETTINGS + [f"ITERATIONS={iterations}"] + extra, environ={})
     cfg = fill_default_data(cfg)
     started = time.perf_counter()
-    report = run_main(cfg, preset_name=name, preset_cfg=preset, echo=False, code_bytes=exact_code_bytes(cfg, name))
+    report = run_main(cfg, preset_name=name, preset_cfg=preset, echo=False, code_bytes=exported_code_bytes(cfg, preset_name=name))
     print(f"trained {report['run_dir']}: {report['steps']} steps in {time.perf_counter() - started:.0f}s, "
           f"{report['val_tokens']:,} validation tokens")
     return Path(report["run_dir"])
@@ -85,7 +86,7 @@ def gap_rows(run_dir: Path) -> tuple[float, list[dict]]:
         path, size, fields = write_quantized_artifact(session.state, cfg, out_dir, log, hessians=hessians,
                                                       looping=session.looping, code_bytes=code_bytes_of(run_dir, cfg))
         seconds = time.perf_counter() - started
-        sums = session.evaluate(load_artifact_into_fresh_model(path, cfg, session.ctx.device))
+        sums = session.evaluate(load_artifact_into_fresh_model(path, cfg.model, session.ctx.runtime))
         rows.append({"scheme": label, "val_bpb": sums.val_bpb, "gap": sums.val_bpb - session.prequant.val_bpb,
                      "compressor": fields["artifact_compressor"], "stride": fields["artifact_shuffle_stride"],
                      "model_bytes": size.model_bytes, "code_bytes": size.code_bytes, "total_bytes": size.total_bytes,

@@ -3,7 +3,7 @@
 Trains a tiny_cpu run (or reuses one with --run), with its MLP widened to 5x so the MLP matrices
 (640 x 128) are above the 65,536-weight passthrough limit and really get quantized, and with GPTQ int6
 in the run itself (so the run also reports calibration time against its wall-clock cap). Then runs
-`pgolf quantize RUN_DIR --sweep`: every scheme of pgolf.quant.tools.SWEEP_SCHEMES, scored once by a
+`pgolf quantize RUN_DIR --sweep`: every scheme of pgolf.commands.quantize.SWEEP_SCHEMES, scored once by a
 round trip, compressed with every available compressor (pergroup included), and drawn as sweep.png.
 Prints the table and a Markdown version for docs/BENCHMARKS.md with the machine, date and commit.
 
@@ -27,8 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pgolf.cli import exact_code_bytes, fill_default_data, resolve_config  # noqa: E402
-from pgolf.quant.tools import sweep_run  # noqa: E402
+from pgolf.commands.configuration import fill_default_data, resolve_config  # noqa: E402
+from pgolf.commands.quantize import sweep_run  # noqa: E402
+from pgolf.export.bundle import exported_code_bytes  # noqa: E402
 from pgolf.run import main as run_main  # noqa: E402
 
 RUN_SETTINGS = ["MLP_MULT=5", "QUANT_METHOD=gptq", "MATRIX_BITS=6", "CLIP_METHOD=sdclip", "TRAIN_BATCH_TOKENS=8192"]
@@ -39,7 +40,7 @@ def train_run(iterations: int, seconds: float, extra: list[str]) -> Path:
               ["MAX_WALLCLOCK_SECONDS=0", f"ITERATIONS={iterations}"])
     cfg, preset, name = resolve_config("tiny_cpu", RUN_SETTINGS + budget + extra, environ={})
     cfg = fill_default_data(cfg)
-    report = run_main(cfg, preset_name=name, preset_cfg=preset, echo=False, code_bytes=exact_code_bytes(cfg, name))
+    report = run_main(cfg, preset_name=name, preset_cfg=preset, echo=False, code_bytes=exported_code_bytes(cfg, preset_name=name))
     print(f"trained {report['run_dir']}: {report['steps']} steps, train {report['train_seconds']:.1f}s + GPTQ "
           f"calibration {report['calibration_seconds']:.1f}s (cap {report['wallclock_cap_seconds']:g}s, 0 = none); "
           f"val_bpb {report['val_bpb_prequant']:.4f} -> {report['val_bpb']:.4f} round trip, "

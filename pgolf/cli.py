@@ -1,4 +1,4 @@
-"""The ``pgolf`` command line (tooling: not part of the one-file export).
+"""The ``pgolf`` command line: the parser table (tooling: not part of the one-file export).
 
     pgolf train    [--preset NAME] [KEY=value ...]   train, quantize, pack, round-trip, report
     pgolf eval     RUN_DIR [KEY=value ...] [--json]  re-run the evaluation phases on a run's artifact
@@ -18,132 +18,63 @@
 Configuration precedence: preset defaults < environment variables < ``KEY=value`` arguments. Keys are
 the challenge's flat names in any case (``NUM_LAYERS=6`` or ``num_layers=6``). With ``DATA_PATH`` and
 ``TOKENIZER_PATH`` both empty (the ``tiny_cpu`` default), the embedded default dataset is built from
-Python's own documentation and cached.
+Python's own documentation and cached (pgolf/commands/configuration.py).
+
+This module only declares each command's arguments and its handler; the handlers live in
+``pgolf/commands/<command>.py``, one module per command.
 """
 
 import argparse
-import json
 import os
 import sys
-from pathlib import Path
 
-from pgolf.config import (Config, apply_config_overrides, config_differences, environment_overrides,
-                          flatten_config, parse_cli_overrides, validate_config)
-from pgolf.errors import ConfigError, PgolfError
-from pgolf.presets import DEFAULT_PRESET, PRESETS, preset_config
-
-PRESET_ENV_VAR = "PGOLF_PRESET"
-
-
-def resolve_config(preset_name: str | None, cli_items: list[str], environ=os.environ) -> tuple[Config, Config, str]:
-    """(config, preset config, preset name) after applying environment then command-line overrides.
-
-    The preset comes from ``--preset``, else a ``preset=NAME`` item among the overrides, else
-    ``$PGOLF_PRESET``, else the default.
-    """
-    overrides = parse_cli_overrides(cli_items)
-    item_preset = next((overrides.pop(key) for key in list(overrides) if key.lower() == "preset"), None)
-    if preset_name and item_preset and preset_name != item_preset:
-        raise ConfigError(f"two presets given: --preset {preset_name} and preset={item_preset}; give one.")
-    name = preset_name or item_preset or environ.get(PRESET_ENV_VAR) or DEFAULT_PRESET
-    preset = preset_config(name)
-    cfg = apply_config_overrides(preset, environment_overrides(environ), source="environment")
-    cfg = apply_config_overrides(cfg, overrides, source="command line")
-    return validate_config(cfg), preset, name
+from pgolf.commands.check import run_check_command
+from pgolf.commands.configuration import PRESET_ENV_VAR
+from pgolf.commands.data import run_data_command
+from pgolf.commands.describe import run_describe_command
+from pgolf.commands.doctor import run_doctor_command
+from pgolf.commands.eval import run_eval_command
+from pgolf.commands.export import run_export_command
+from pgolf.commands.plot import run_plot_command
+from pgolf.commands.profile import run_profile_command
+from pgolf.commands.quantize import run_quantize_command
+from pgolf.commands.record import run_record_check_command, run_record_command
+from pgolf.commands.seeds import run_seeds_command
+from pgolf.commands.significance import run_significance_command
+from pgolf.commands.sweep import run_sweep_command
+from pgolf.commands.train import run_train_command
+from pgolf.errors import PgolfError
+from pgolf.presets import DEFAULT_PRESET, PRESETS
 
 
-def fill_default_data(cfg: Config) -> Config:
-    """Point an empty DATA_PATH/TOKENIZER_PATH at the embedded default dataset (built once, cached)."""
-    if cfg.data.data_path or cfg.data.tokenizer_path:
-        if not (cfg.data.data_path and cfg.data.tokenizer_path):
-            raise ConfigError("set both DATA_PATH and TOKENIZER_PATH, or neither (to use the embedded default data).")
-        return cfg
-    from pgolf.data.corpus import DEFAULT_CORPUS_VOCAB_SIZE, ensure_default_dataset
+def add_run_parsers(sub, presets_help: str) -> None:
+    """``pgolf train``, ``pgolf describe`` and ``pgolf eval``."""
+    train = sub.add_parser("train", help="train, quantize, pack, round-trip evaluate, report")
+    train.add_argument("--preset", help=presets_help)
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue RUN_DIR from its newest complete checkpoint (its config; KEY=value ignored "
+                            "except where the checkpoint allows)")
+    train.add_argument("overrides", nargs="*", metavar="KEY=value")
+    train.set_defaults(handler=run_train_command)
 
-    if cfg.model.vocab_size != DEFAULT_CORPUS_VOCAB_SIZE:
-        raise ConfigError(f"the embedded default dataset has a {DEFAULT_CORPUS_VOCAB_SIZE}-token vocabulary but "
-                          f"VOCAB_SIZE={cfg.model.vocab_size}; set VOCAB_SIZE={DEFAULT_CORPUS_VOCAB_SIZE} or give DATA_PATH/TOKENIZER_PATH.")
-    dataset = ensure_default_dataset(log=_print_main_rank)
-    return apply_config_overrides(cfg, {"data_path": str(dataset.data_path),
-                                        "tokenizer_path": str(dataset.tokenizer_path)}, source="default data")
+    describe = sub.add_parser("describe", help="print the resolved config and parameter count")
+    describe.add_argument("--preset", help=presets_help)
+    describe.add_argument("--json", action="store_true")
+    describe.add_argument("overrides", nargs="*", metavar="KEY=value")
+    describe.set_defaults(handler=run_describe_command)
 
-
-def _print_main_rank(text: str) -> None:
-    if os.environ.get("RANK", "0") == "0":
-        print(text, flush=True)
-
-
-def command_train(args: argparse.Namespace) -> int:
-    """Train (or with ``--resume RUN_DIR`` continue) a run. Ctrl-C writes a checkpoint and returns 130."""
-    from pgolf.run import main as run_main
-    from pgolf.train.checkpoint_state import TrainingInterrupted
-    from pgolf.train.resume import resume_run_config
-
-    if args.resume:
-        if args.preset:
-            raise ConfigError("--resume continues a run with its own configuration; drop --preset.")
-        cfg, name = resume_run_config(Path(args.resume), parse_cli_overrides(args.overrides))
-        preset = preset_config(name) if name in PRESETS else None
-    else:
-        cfg, preset, name = resolve_config(args.preset, args.overrides)
-        cfg = fill_default_data(cfg)
-    try:
-        report = run_main(cfg, preset_name=name, preset_cfg=preset, code_bytes=exact_code_bytes(cfg, name),
-                          resume=bool(args.resume))
-    except TrainingInterrupted as interrupted:
-        if os.environ.get("RANK", "0") == "0":
-            print(f"pgolf train: {interrupted}", file=sys.stderr)
-        return 130
-    _print_main_rank(f"val_bpb:{report['val_bpb']:.4f} (round trip) total_bytes:{report.get('total_bytes')} "
-                     f"run:{report['run_dir']}")
-    return 0
-
-
-def exact_code_bytes(cfg: Config, preset_name: str) -> int:
-    """The size of the train_gpt.py ``pgolf export`` would write for this run: its counted code bytes."""
-    from pgolf.export.bundle import exported_code_bytes
-
-    return exported_code_bytes(cfg, preset_name=preset_name)
-
-
-def command_describe(args: argparse.Namespace) -> int:
-    from pgolf.model.gpt import GPT, count_parameters
-
-    cfg, preset, name = resolve_config(args.preset, args.overrides)
-    params = count_parameters(GPT(cfg.model))
-    diffs = config_differences(cfg, preset)
-    if args.json:
-        print(json.dumps({"preset": name, "config": flatten_config(cfg), "model_params": params,
-                          "differences": {k: {"preset": a, "value": b} for k, (a, b) in diffs.items()}},
-                         indent=2, default=list))
-        return 0
-    print(f"preset: {name}   model_params: {params}")
-    for key, value in flatten_config(cfg).items():
-        marker = f"   (preset: {diffs[key][0]!r})" if key in diffs else ""
-        print(f"  {key.upper():<36} {value!r}{marker}")
-    return 0
-
-
-def command_eval(args: argparse.Namespace) -> int:
-    from pgolf.eval.tools import run_eval_command
-
-    return run_eval_command(args)
-
-
-def command_check(args: argparse.Namespace) -> int:
-    from pgolf.check import command_check as check_run
-
-    return check_run(args)
-
-
-def command_quantize(args: argparse.Namespace) -> int:
-    from pgolf.quant.tools import run_quantize_command
-
-    return run_quantize_command(args)
+    evaluate = sub.add_parser("eval", help="re-run a run's evaluation phases on its saved artifact "
+                                           "(plain, sliding window, TTT); result saved under RUN_DIR/evals/")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument("overrides", nargs="*", metavar="KEY=value",
+                          help="evaluation/TTT keys (SLIDING_WINDOW_ENABLED=1, EVAL_STRIDE=64, TTT_ENABLED=1, "
+                               "TTT_MODE=lora, ...), DATA_PATH/TOKENIZER_PATH")
+    evaluate.set_defaults(handler=run_eval_command)
 
 
 def add_quantize_parser(sub) -> None:
-    """``pgolf quantize RUN_DIR [KEY=value ...] [--json] [--sweep] [--name NAME]`` (handler: pgolf/quant/tools.py)."""
+    """``pgolf quantize RUN_DIR [KEY=value ...] [--json] [--sweep] [--name NAME]``."""
     quantize = sub.add_parser("quantize", help="re-quantize a run's full-precision weights into a new artifact, "
                                                "round-trip and score it; --sweep: scheme x compressor table")
     quantize.add_argument("run_dir", metavar="RUN_DIR")
@@ -152,117 +83,13 @@ def add_quantize_parser(sub) -> None:
     quantize.add_argument("--sweep", action="store_true", help="rate-distortion table over schemes and compressors")
     quantize.add_argument("--name", help="output folder RUN_DIR/quantize/NAME (default: date, time, random suffix)")
     quantize.add_argument("--json", action="store_true")
-    quantize.set_defaults(handler=command_quantize)
-
-
-def command_significance(args: argparse.Namespace) -> int:
-    from pgolf.exp.significance import command_significance as test_runs
-
-    return test_runs(args)
-
-
-def command_export(args: argparse.Namespace) -> int:
-    from pgolf.export.bundle import run_export_command
-
-    return run_export_command(args)
-
-
-def add_export_parser(sub) -> None:
-    """``pgolf export RUN_DIR|PRESET [KEY=value ...] [-o train_gpt.py] [--json]`` (handler: pgolf/export/bundle.py)."""
-    export = sub.add_parser("export", help="write the one-file train_gpt.py (flattened, minified, wrapped: its size "
-                                           "is the code size) and train_gpt.readable.py beside it")
-    export.add_argument("target", metavar="RUN_DIR|PRESET", help="a run directory (its config.json) or a preset name")
-    export.add_argument("overrides", nargs="*", metavar="KEY=value", help="config changes baked into the script")
-    export.add_argument("-o", "--output", default="train_gpt.py", help="wrapped script path (default train_gpt.py)")
-    export.add_argument("--json", action="store_true")
-    export.set_defaults(handler=command_export)
-
-
-def add_record_parsers(sub) -> None:
-    """``pgolf record`` and ``pgolf record-check`` (handlers: pgolf/exp/record.py)."""
-    record = sub.add_parser("record", help="write a records/track_10min_16mb/<date>_<name>/ submission folder "
-                                           "from runs that differ only in SEED")
-    record.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one finished run per seed")
-    record.add_argument("--name", required=True, help="record name (folder suffix)")
-    record.add_argument("--author", default="", help="author name for submission.json")
-    record.add_argument("--github-id", default="", help="GitHub user name for submission.json")
-    record.add_argument("--out", default="records/track_10min_16mb", metavar="DIR", help="parent folder")
-    record.add_argument("--json", action="store_true")
-    record.set_defaults(handler=_tooling_handler("pgolf.exp.record", "run_record_command"))
-
-    check = sub.add_parser("record-check", help="verify a record folder: files, submission.json schema, "
-                                                "sizes under the cap, one code hash across seeds")
-    check.add_argument("folder", metavar="RECORD_DIR")
-    check.add_argument("--json", action="store_true")
-    check.set_defaults(handler=_tooling_handler("pgolf.exp.record", "run_record_check_command"))
-
-
-def add_experiment_parsers(sub, presets_help: str) -> None:
-    """``pgolf seeds``, ``pgolf sweep`` and ``pgolf plot`` (handlers: pgolf/exp/seeds.py, sweep.py, plot.py)."""
-    seeds = sub.add_parser("seeds", help="train one configuration under several seeds")
-    seeds.add_argument("--preset", help=presets_help)
-    seeds.add_argument("--seeds", required=True, help="comma-separated seeds, e.g. 42,314,999")
-    seeds.add_argument("--name", help="seed-group folder name under RUNS_DIR (default: date, time, suffix)")
-    seeds.add_argument("--json", action="store_true")
-    seeds.add_argument("overrides", nargs="*", metavar="KEY=value")
-    seeds.set_defaults(handler=_tooling_handler("pgolf.exp.seeds", "run_seeds_command"))
-
-    sweep = sub.add_parser("sweep", help="paired fixed-seed comparisons over KEY=v1,v2 arms, or leave-one-out "
-                                         "ablations of a preset's features")
-    sweep.add_argument("--preset", help=presets_help)
-    sweep.add_argument("--seeds", default="1337", help="comma-separated seeds; every arm runs each (default 1337)")
-    sweep.add_argument("--ablate", action="store_true", help="one arm per feature the preset enables, with it off")
-    sweep.add_argument("--unpaired", action="store_true", help="Welch comparison instead of per-seed pairs")
-    sweep.add_argument("--name", help="sweep folder name under RUNS_DIR (default: date, time, suffix)")
-    sweep.add_argument("--json", action="store_true")
-    sweep.add_argument("overrides", nargs="*", metavar="KEY=value|KEY=v1,v2",
-                       help="a comma list makes an axis; a single value is fixed for every arm")
-    sweep.set_defaults(handler=_tooling_handler("pgolf.exp.sweep", "run_sweep_command"))
-
-    plot = sub.add_parser("plot", help="train loss and val BPB against step and wall-clock time, runs overlaid")
-    plot.add_argument("runs", nargs="+", metavar="RUN_OR_LOG", help="pgolf run directories or challenge logs")
-    plot.add_argument("-o", "--output", default="curves.png", help="image path (default curves.png; .svg/.pdf too)")
-    plot.set_defaults(handler=_tooling_handler("pgolf.exp.plot", "run_plot_command"))
-
-
-def add_machine_parsers(sub, presets_help: str) -> None:
-    """``pgolf doctor`` and ``pgolf profile`` (handlers: pgolf/doctor.py, pgolf/profiler.py)."""
-    doctor = sub.add_parser("doctor", help="GPU, torch/CUDA, attention backends, bf16/FP8, compressors, and "
-                                           "matmul/bandwidth probes against the GPU's expected figures")
-    doctor.add_argument("--json", action="store_true")
-    doctor.add_argument("--quick", action="store_true", help="skip the timing probes")
-    doctor.set_defaults(handler=_tooling_handler("pgolf.doctor", "run_doctor_command"))
-
-    profile = sub.add_parser("profile", help="a few training steps under the PyTorch profiler: trace, top kernels, "
-                                             "step-time breakdown")
-    profile.add_argument("--preset", help=presets_help)
-    profile.add_argument("--steps", type=int, default=5, help="profiled steps after the warm-up (default 5)")
-    profile.add_argument("--warmup", type=int, default=2, help="untimed steps first; they compile with COMPILE=1 (default 2)")
-    profile.add_argument("-o", "--output", default="profile", metavar="DIR", help="trace folder (default ./profile)")
-    profile.add_argument("--json", action="store_true")
-    profile.add_argument("overrides", nargs="*", metavar="KEY=value")
-    profile.set_defaults(handler=_tooling_handler("pgolf.profiler", "run_profile_command"))
-
-
-def _tooling_handler(module_name: str, function_name: str):
-    """A handler that imports its tooling module only when the command runs (fast start-up)."""
-    def handler(args: argparse.Namespace) -> int:
-        import importlib
-
-        return getattr(importlib.import_module(module_name), function_name)(args)
-    return handler
-
-
-def command_data(args: argparse.Namespace) -> int:
-    from pgolf.data.tools import run_data_command
-
-    return run_data_command(args)
+    quantize.set_defaults(handler=run_quantize_command)
 
 
 def add_data_parser(sub) -> None:
-    """``pgolf data fineweb|build|stats|verify`` (handlers: pgolf/data/fineweb.py and pgolf/data/tools.py)."""
+    """``pgolf data fineweb|build|stats|verify``."""
     data = sub.add_parser("data", help="fetch, build, describe and check token shard datasets")
-    data.set_defaults(handler=command_data)
+    data.set_defaults(handler=run_data_command)
     data_sub = data.add_subparsers(dest="data_command", required=True)
 
     fineweb = data_sub.add_parser("fineweb", help="download the challenge's tokenized FineWeb from the hub")
@@ -304,46 +131,90 @@ def add_data_parser(sub) -> None:
     verify.add_argument("--vocab-size", type=int)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pgolf", description="Parameter Golf toolkit.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    presets_help = f"preset name ({', '.join(sorted(PRESETS))}; default {DEFAULT_PRESET}, or ${PRESET_ENV_VAR})"
+def add_export_parser(sub) -> None:
+    """``pgolf export RUN_DIR|PRESET [KEY=value ...] [-o train_gpt.py] [--json]``."""
+    export = sub.add_parser("export", help="write the one-file train_gpt.py (flattened, minified, wrapped: its size "
+                                           "is the code size) and train_gpt.readable.py beside it")
+    export.add_argument("target", metavar="RUN_DIR|PRESET", help="a run directory (its config.json) or a preset name")
+    export.add_argument("overrides", nargs="*", metavar="KEY=value", help="config changes baked into the script")
+    export.add_argument("-o", "--output", default="train_gpt.py", help="wrapped script path (default train_gpt.py)")
+    export.add_argument("--json", action="store_true")
+    export.set_defaults(handler=run_export_command)
 
-    train = sub.add_parser("train", help="train, quantize, pack, round-trip evaluate, report")
-    train.add_argument("--preset", help=presets_help)
-    train.add_argument("--resume", metavar="RUN_DIR",
-                       help="continue RUN_DIR from its newest complete checkpoint (its config; KEY=value ignored "
-                            "except where the checkpoint allows)")
-    train.add_argument("overrides", nargs="*", metavar="KEY=value")
-    train.set_defaults(handler=command_train)
 
-    describe = sub.add_parser("describe", help="print the resolved config and parameter count")
-    describe.add_argument("--preset", help=presets_help)
-    describe.add_argument("--json", action="store_true")
-    describe.add_argument("overrides", nargs="*", metavar="KEY=value")
-    describe.set_defaults(handler=command_describe)
+def add_record_parsers(sub) -> None:
+    """``pgolf record`` and ``pgolf record-check``."""
+    record = sub.add_parser("record", help="write a records/track_10min_16mb/<date>_<name>/ submission folder "
+                                           "from runs that differ only in SEED")
+    record.add_argument("runs", nargs="+", metavar="RUN_DIR", help="one finished run per seed")
+    record.add_argument("--name", required=True, help="record name (folder suffix)")
+    record.add_argument("--author", default="", help="author name for submission.json")
+    record.add_argument("--github-id", default="", help="GitHub user name for submission.json")
+    record.add_argument("--out", default="records/track_10min_16mb", metavar="DIR", help="parent folder")
+    record.add_argument("--json", action="store_true")
+    record.set_defaults(handler=run_record_command)
 
-    evaluate = sub.add_parser("eval", help="re-run a run's evaluation phases on its saved artifact "
-                                           "(plain, sliding window, TTT); result saved under RUN_DIR/evals/")
-    evaluate.add_argument("run_dir", metavar="RUN_DIR")
-    evaluate.add_argument("--json", action="store_true")
-    evaluate.add_argument("overrides", nargs="*", metavar="KEY=value",
-                          help="evaluation/TTT keys (SLIDING_WINDOW_ENABLED=1, EVAL_STRIDE=64, TTT_ENABLED=1, "
-                               "TTT_MODE=lora, ...), DATA_PATH/TOKENIZER_PATH")
-    evaluate.set_defaults(handler=command_eval)
+    check = sub.add_parser("record-check", help="verify a record folder: files, submission.json schema, "
+                                                "sizes under the cap, one code hash across seeds")
+    check.add_argument("folder", metavar="RECORD_DIR")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(handler=run_record_check_command)
 
-    add_quantize_parser(sub)
-    add_data_parser(sub)
-    add_export_parser(sub)
-    add_record_parsers(sub)
-    add_experiment_parsers(sub, presets_help)
-    add_machine_parsers(sub, presets_help)
 
+def add_experiment_parsers(sub, presets_help: str) -> None:
+    """``pgolf seeds``, ``pgolf sweep`` and ``pgolf plot``."""
+    seeds = sub.add_parser("seeds", help="train one configuration under several seeds")
+    seeds.add_argument("--preset", help=presets_help)
+    seeds.add_argument("--seeds", required=True, help="comma-separated seeds, e.g. 42,314,999")
+    seeds.add_argument("--name", help="seed-group folder name under RUNS_DIR (default: date, time, suffix)")
+    seeds.add_argument("--json", action="store_true")
+    seeds.add_argument("overrides", nargs="*", metavar="KEY=value")
+    seeds.set_defaults(handler=run_seeds_command)
+
+    sweep = sub.add_parser("sweep", help="paired fixed-seed comparisons over KEY=v1,v2 arms, or leave-one-out "
+                                         "ablations of a preset's features")
+    sweep.add_argument("--preset", help=presets_help)
+    sweep.add_argument("--seeds", default="1337", help="comma-separated seeds; every arm runs each (default 1337)")
+    sweep.add_argument("--ablate", action="store_true", help="one arm per feature the preset enables, with it off")
+    sweep.add_argument("--unpaired", action="store_true", help="Welch comparison instead of per-seed pairs")
+    sweep.add_argument("--name", help="sweep folder name under RUNS_DIR (default: date, time, suffix)")
+    sweep.add_argument("--json", action="store_true")
+    sweep.add_argument("overrides", nargs="*", metavar="KEY=value|KEY=v1,v2",
+                       help="a comma list makes an axis; a single value is fixed for every arm")
+    sweep.set_defaults(handler=run_sweep_command)
+
+    plot = sub.add_parser("plot", help="train loss and val BPB against step and wall-clock time, runs overlaid")
+    plot.add_argument("runs", nargs="+", metavar="RUN_OR_LOG", help="pgolf run directories or challenge logs")
+    plot.add_argument("-o", "--output", default="curves.png", help="image path (default curves.png; .svg/.pdf too)")
+    plot.set_defaults(handler=run_plot_command)
+
+
+def add_machine_parsers(sub, presets_help: str) -> None:
+    """``pgolf doctor`` and ``pgolf profile``."""
+    doctor = sub.add_parser("doctor", help="GPU, torch/CUDA, attention backends, bf16/FP8, compressors, and "
+                                           "matmul/bandwidth probes against the GPU's expected figures")
+    doctor.add_argument("--json", action="store_true")
+    doctor.add_argument("--quick", action="store_true", help="skip the timing probes")
+    doctor.set_defaults(handler=run_doctor_command)
+
+    profile = sub.add_parser("profile", help="a few training steps under the PyTorch profiler: trace, top kernels, "
+                                             "step-time breakdown")
+    profile.add_argument("--preset", help=presets_help)
+    profile.add_argument("--steps", type=int, default=5, help="profiled steps after the warm-up (default 5)")
+    profile.add_argument("--warmup", type=int, default=2, help="untimed steps first; they compile with COMPILE=1 (default 2)")
+    profile.add_argument("-o", "--output", default="profile", metavar="DIR", help="trace folder (default ./profile)")
+    profile.add_argument("--json", action="store_true")
+    profile.add_argument("overrides", nargs="*", metavar="KEY=value")
+    profile.set_defaults(handler=run_profile_command)
+
+
+def add_verdict_parsers(sub) -> None:
+    """``pgolf check`` and ``pgolf significance``."""
     check = sub.add_parser("check", help="compliance checks on a finished run (writes a JSON receipt)")
     check.add_argument("run_dir", metavar="RUN_DIR")
     check.add_argument("overrides", nargs="*", metavar="KEY=value", help="e.g. DATA_PATH=... if the data moved")
     check.add_argument("--json", action="store_true")
-    check.set_defaults(handler=command_check)
+    check.set_defaults(handler=run_check_command)
 
     significance = sub.add_parser("significance", help="is an improvement significant under the challenge's rule?")
     significance.add_argument("runs", nargs="+", metavar="RUN_OR_LOG", help="pgolf run directories or challenge logs")
@@ -355,7 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
     significance.add_argument("--test", choices=("one-sample", "welch"), default="one-sample")
     significance.add_argument("--alpha", type=float, default=0.01)
     significance.add_argument("--json", action="store_true")
-    significance.set_defaults(handler=command_significance)
+    significance.set_defaults(handler=run_significance_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgolf", description="Parameter Golf toolkit.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    presets_help = f"preset name ({', '.join(sorted(PRESETS))}; default {DEFAULT_PRESET}, or ${PRESET_ENV_VAR})"
+    add_run_parsers(sub, presets_help)
+    add_quantize_parser(sub)
+    add_data_parser(sub)
+    add_export_parser(sub)
+    add_record_parsers(sub)
+    add_experiment_parsers(sub, presets_help)
+    add_machine_parsers(sub, presets_help)
+    add_verdict_parsers(sub)
     return parser
 
 

@@ -1,13 +1,20 @@
 """Typed, sectioned, frozen configuration.
 
-The root :class:`Config` holds one frozen dataclass per section (data, model, optim, train, eval,
-quant, run). Each component receives only its own section.
+The root :class:`Config` holds one frozen dataclass per section (data, model, optim, train, eval, ttt,
+quant, artifact, run). Each component receives only its own section.
 
 Precedence: defaults < preset < environment < command line (``KEY=value``). Leaf field names are unique
 across sections, so a field is addressed by its flat name, upper-cased in the environment exactly as
 the challenge's scripts spell them (``NUM_LAYERS``, ``MATRIX_LR``, ``SEED``, ``RUN_ID``, ``DATA_PATH``).
+pgolf's own machine settings carry a ``pgolf_`` prefix in their field names, so their variables keep
+the spelling they always had (``PGOLF_DEVICE``, ``PGOLF_AUTO_RESUME``, ``PGOLF_CACHE_DIR``) and no
+generic name such as ``DEVICE`` is read from the environment.
 Values are coerced from the field's annotation; an unknown key is an error that lists the closest
 valid names.
+
+A ``Literal[...]`` annotation is the one declared list of a choice's names: the module that owns the
+choice resolves the names through its table (``ACTIVATIONS``, ``COMPRESSORS``, ...), and
+tests/unit/test_choice_lists.py checks that each table has exactly these names.
 """
 
 import dataclasses
@@ -218,9 +225,6 @@ class TTTConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class QuantConfig:
-    compressor: Literal["zlib", "lzma", "brotli", "zstd", "auto", "pergroup"] = "zlib"
-    # 0 = no byte shuffle; 2 groups low and high bytes of 16-bit values before compression.
-    byte_shuffle_stride: int = 0
     int8_keep_float_fp32_name_patterns: tuple[str, ...] = DEFAULT_CONTROL_PATTERNS
     # ---- quantization of the large matrices (SPEC 2.9, 4.10, 5.1, 5.6); defaults = the baseline's int8.
     # "rtn" = round to nearest; "gptq" = full-Hessian GPTQ on training-data calibration batches.
@@ -250,10 +254,29 @@ class QuantConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ArtifactConfig:
+    # How the quantized model bytes are compressed (pgolf/artifact/compress.py): a stream compressor
+    # (COMPRESSORS), "pergroup" (role-grouped streams, SPEC 5.11) or "auto" (try all, keep the smallest).
+    compressor: Literal["zlib", "lzma", "brotli", "zstd", "auto", "pergroup"] = "zlib"
+    # 0 = no byte shuffle; 2 groups low and high bytes of 16-bit values before compression.
+    byte_shuffle_stride: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
+    """Where and how a run executes, not what it computes. ``pgolf export`` resets this section (each run
+    of the script picks its own), so none of it is baked into train_gpt.py or counted in its bytes."""
+
     # Empty run_id = a fresh one from the date, time and a random suffix.
     run_id: str = ""
     runs_dir: str = "runs"
+    # Where the embedded default dataset is built and cached; "" = $XDG_CACHE_HOME/pgolf, else ~/.cache/pgolf.
+    pgolf_cache_dir: str = ""
+    # Resume RUNS_DIR/RUN_ID when that directory exists (a worker group restarted by torchrun), start it
+    # when it does not; off = an existing directory is an error.
+    pgolf_auto_resume: bool = False
+    # Device of every rank ("cpu", "cuda", "cuda:1", ...); "" = CUDA (by local rank) when available, else CPU.
+    pgolf_device: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -265,6 +288,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     ttt: TTTConfig = field(default_factory=TTTConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
+    artifact: ArtifactConfig = field(default_factory=ArtifactConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -282,6 +306,16 @@ def config_field_index() -> dict[str, tuple[str, dataclasses.Field]]:
 def _resolved_annotation(section_name: str, leaf_name: str) -> Any:
     section_cls = {f.name: f.default_factory for f in dataclasses.fields(Config)}[section_name]
     return typing.get_type_hints(section_cls)[leaf_name]
+
+
+def config_field_choices() -> dict[str, tuple[str, ...]]:
+    """Every ``Literal[...]`` field by flat name, with its choices in declared order."""
+    choices = {}
+    for name, (section_name, _) in config_field_index().items():
+        annotation = _resolved_annotation(section_name, name)
+        if typing.get_origin(annotation) is Literal:
+            choices[name] = typing.get_args(annotation)
+    return choices
 
 
 def _coerce_bool(text: str, key: str) -> bool:
@@ -388,7 +422,11 @@ def config_to_json(cfg: Config) -> str:
 
 
 def config_from_dict(sections: Mapping[str, Mapping[str, Any]]) -> Config:
-    """Rebuild a Config from ``dataclasses.asdict`` output (for example a run's config.json)."""
+    """Rebuild a Config from ``dataclasses.asdict`` output (for example a run's config.json).
+
+    Leaves are read by their flat names whatever section holds them, so a file from an older pgolf
+    loads too (COMPRESSOR and BYTE_SHUFFLE_STRIDE used to sit under "quant"); a missing leaf keeps
+    its default."""
     flat = {leaf: value for section in sections.values() for leaf, value in section.items()}
     return apply_config_overrides(Config(), flat, source="config.json")
 
@@ -490,10 +528,24 @@ def _checkpoint_problems(t: TrainConfig) -> list[str]:
     return problems
 
 
+def _choice_problems(cfg: Config) -> list[str]:
+    """Choice fields whose value is not one of the declared names (possible in a Config built in Python)."""
+    flat = flatten_config(cfg)
+    return [f"{name.upper()}={flat[name]!r} is not one of {', '.join(choices)}"
+            for name, choices in config_field_choices().items() if flat[name] not in choices]
+
+
+def _artifact_problems(a: ArtifactConfig) -> list[str]:
+    # The compression frame stores the stride in one byte.
+    if not 0 <= a.byte_shuffle_stride <= 255:
+        return [f"BYTE_SHUFFLE_STRIDE={a.byte_shuffle_stride} must be in [0, 255] (0 = no shuffle)"]
+    return []
+
+
 def validate_config(cfg: Config) -> Config:
     """Check values that are individually valid but inconsistent together. Returns ``cfg``."""
     m, t = cfg.model, cfg.train
-    problems = []
+    problems = _choice_problems(cfg)
     if m.model_dim % m.num_heads:
         problems.append(f"MODEL_DIM={m.model_dim} must be divisible by NUM_HEADS={m.num_heads}")
     elif (m.model_dim // m.num_heads) % 2:
@@ -518,8 +570,7 @@ def validate_config(cfg: Config) -> Config:
     problems += _quant_problems(cfg.quant)
     problems += _evaluation_problems(cfg)
     problems += _checkpoint_problems(t)
-    if cfg.quant.byte_shuffle_stride < 0:
-        problems.append(f"BYTE_SHUFFLE_STRIDE={cfg.quant.byte_shuffle_stride} must be >= 0")
+    problems += _artifact_problems(cfg.artifact)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return cfg

@@ -5,6 +5,7 @@ environment has ``RANK`` and ``WORLD_SIZE`` (torchrun sets both). NCCL on CUDA, 
 collective helpers below are no-ops in a single process, so callers never branch on it.
 """
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from pgolf.errors import ConfigError
+from pgolf.runtime import Runtime, resolve_autocast_dtype
 
 # The challenge's reference is 8 GPUs; gradient accumulation keeps the maths identical on fewer.
 REFERENCE_WORLD_SIZE = 8
@@ -24,6 +26,17 @@ class DistContext:
     local_rank: int
     device: torch.device
     is_distributed: bool
+    # The run's autocast dtype on this device (float32 = none); set by ``with_precision``.
+    autocast_dtype: torch.dtype = torch.float32
+
+    @property
+    def runtime(self) -> Runtime:
+        """Device and precision as one value for the loop, evaluation, calibration and TTT."""
+        return Runtime(self.device, self.autocast_dtype)
+
+    def with_precision(self, autocast_choice: str) -> "DistContext":
+        """This context with AUTOCAST_DTYPE resolved on its device."""
+        return dataclasses.replace(self, autocast_dtype=resolve_autocast_dtype(autocast_choice, self.device))
 
     @property
     def is_main(self) -> bool:
@@ -34,17 +47,17 @@ class DistContext:
         return REFERENCE_WORLD_SIZE // self.world_size
 
 
-def _choose_device(local_rank: int) -> torch.device:
-    forced = os.environ.get("PGOLF_DEVICE", "").strip()
-    if forced:
-        return torch.device(forced)
+def _choose_device(local_rank: int, forced: str) -> torch.device:
+    if forced.strip():
+        return torch.device(forced.strip())
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
 
-def init_distributed() -> DistContext:
-    """Read torchrun's environment, set the device, and initialise the process group if needed."""
+def init_distributed(device: str = "") -> DistContext:
+    """Read torchrun's environment, set the device, and initialise the process group if needed.
+    ``device`` (the config's device field; "" = CUDA when available, else CPU) forces a device."""
     is_distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
@@ -54,13 +67,19 @@ def init_distributed() -> DistContext:
             f"WORLD_SIZE={world_size} must divide {REFERENCE_WORLD_SIZE} so that gradient accumulation "
             "keeps the 8-GPU maths; use 1, 2, 4 or 8 processes."
         )
-    device = _choose_device(local_rank)
+    device = _choose_device(local_rank, device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if is_distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
     return DistContext(rank, world_size, local_rank, device, is_distributed)
+
+
+def is_main_process() -> bool:
+    """True on torchrun's rank 0 (or in a single process), before or after the process group exists:
+    the one place that reads the launcher's RANK for printing and writing decisions."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
 
 
 def shutdown_distributed() -> None:

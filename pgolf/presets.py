@@ -7,8 +7,7 @@ Presets derive from one another with ``dataclasses.replace`` so each one states 
 from dataclasses import replace
 from typing import Callable
 
-from pgolf.config import (Config, DataConfig, EvalConfig, ModelConfig, OptimConfig, QuantConfig, TrainConfig,
-                          TTTConfig)
+from pgolf.config import Config
 from pgolf.errors import ConfigError
 
 # One GPU doing the work of eight: the same global batch through 8 micro-batches of accumulation
@@ -16,15 +15,22 @@ from pgolf.errors import ConfigError
 ONE_GPU_TIME_FACTOR = 8
 
 
-def baseline_sp1024() -> Config:
-    """The challenge's naive baseline (SPEC 2.1): 9x512, sp1024, int8 + zlib, 600 s on 8xH100."""
-    return Config(
-        data=DataConfig(
-            data_path="./data/datasets/fineweb10B_sp1024",
-            tokenizer_path="./data/tokenizers/fineweb_1024_bpe.model",
-        ),
-        train=TrainConfig(compile=True),
+def with_fineweb_vocabulary(base: Config, vocab_size: int) -> Config:
+    """``base`` on the challenge's FineWeb shards and tokenizer of a ``vocab_size``-piece vocabulary
+    (where ``pgolf data fineweb --variant sp<vocab_size>`` puts them)."""
+    return replace(
+        base,
+        data=replace(base.data, data_path=f"./data/datasets/fineweb10B_sp{vocab_size}",
+                     tokenizer_path=f"./data/tokenizers/fineweb_{vocab_size}_bpe.model"),
+        model=replace(base.model, vocab_size=vocab_size),
     )
+
+
+def baseline_sp1024() -> Config:
+    """The challenge's naive baseline (SPEC 2.1): 9x512, sp1024, int8 + zlib, 600 s on 8xH100.
+    ``Config()`` holds the baseline's values; the preset adds the data and compilation."""
+    base = with_fineweb_vocabulary(Config(), 1024)
+    return replace(base, train=replace(base.train, compile=True))
 
 
 def tiny_cpu() -> Config:
@@ -36,7 +42,7 @@ def tiny_cpu() -> Config:
     base = baseline_sp1024()
     return replace(
         base,
-        data=DataConfig(),
+        data=replace(base.data, data_path="", tokenizer_path=""),
         model=replace(base.model, num_layers=4, model_dim=128, num_heads=4, num_kv_heads=2),
         train=replace(
             base.train,
@@ -49,7 +55,7 @@ def tiny_cpu() -> Config:
             val_loss_every=0,
             compile=False,
         ),
-        eval=EvalConfig(val_batch_size=32_768),
+        eval=replace(base.eval, val_batch_size=32_768),
     )
 
 
@@ -95,33 +101,33 @@ def record_sp8192() -> Config:
     LeakyReLU(0.5)^2, partial RoPE 16/64, LN scale, XSA on all layers, skip gates, blocks 3-5 looped twice
     more from 35% of training, GPT-J parallel residuals from block 7, QK gain 5.25, MuonEq-R with weight
     decay, AdamW, grad clip 0.3, EMA 0.9965, shuffled-sequence loader, GPTQ int6 SDClip (int8 embedding),
-    brotli with byte shuffle, 35,944,536 parameters. Every constant is SPEC 4.2's (QK_GAIN_INIT as in the logged runs)."""
-    return Config(
-        data=DataConfig(data_path="./data/datasets/fineweb10B_sp8192",
-                        tokenizer_path="./data/tokenizers/fineweb_8192_bpe.model"),
-        model=ModelConfig(vocab_size=8192, num_layers=11, model_dim=512, num_heads=8, num_kv_heads=4,
-                          mlp_mult=4.0, tie_embeddings=True, rope_base=10000.0, logit_softcap=30.0,
-                          qk_gain_init=5.25, tied_embed_init_std=0.005, activation="leaky_relu2", rope_dims=16,
-                          rope_train_seq_len=2048, ln_scale=True, xsa_last_n=11, skip_gates_enabled=True,
-                          num_loops=2, loop_start=3, loop_end=5, parallel_residual_start=7,
-                          parallel_residual_mode="single", ortho_init=True),
-        optim=OptimConfig(tied_embed_lr=0.03, matrix_lr=0.022, scalar_lr=0.02, muon_momentum=0.99,
-                          muon_backend_steps=5, muon_momentum_warmup_start=0.92, muon_momentum_warmup_steps=1500,
-                          beta1=0.9, beta2=0.95, adam_eps=1e-8, grad_clip_norm=0.3, muon_row_normalize=True,
-                          muon_wd=0.095, adam_wd=0.02, embed_wd=0.085),
-        train=TrainConfig(iterations=20000, train_batch_tokens=786_432, train_seq_len=2048, warmdown_frac=0.72,
-                          min_lr=0.0, warmup_steps=20, max_wallclock_seconds=600.0, train_log_every=500,
-                          val_loss_every=4000, compile=True, gptq_reserve_seconds=12.0, enable_looping_at=0.35,
-                          ema_decay=0.9965, train_loader="shuffled"),
+    brotli with byte shuffle, 35,944,536 parameters. Every constant is SPEC 4.2's (QK_GAIN_INIT as in the
+    logged runs). Those not written here are the baseline preset's, which SPEC 4.2 shares: width 512,
+    8 heads / 4 KV heads, tied embeddings, RoPE base 10000, softcap 30, 20,000 iterations, 600 s,
+    compiled, sliding-window stride 64, TTT's defaults, GPTQ on 64 batches, SDClip k=12.85 blocks and an
+    int8 k=20 embedding."""
+    base = with_fineweb_vocabulary(baseline_sp1024(), 8192)
+    return replace(
+        base,
+        model=replace(base.model, num_layers=11, mlp_mult=4.0, qk_gain_init=5.25, activation="leaky_relu2",
+                      rope_dims=16, rope_train_seq_len=2048, ln_scale=True, xsa_last_n=11, skip_gates_enabled=True,
+                      num_loops=2, loop_start=3, loop_end=5, parallel_residual_start=7, ortho_init=True),
+        optim=replace(base.optim, tied_embed_lr=0.03, matrix_lr=0.022, scalar_lr=0.02, muon_momentum=0.99,
+                      muon_momentum_warmup_start=0.92, muon_momentum_warmup_steps=1500, grad_clip_norm=0.3,
+                      muon_row_normalize=True, muon_wd=0.095, adam_wd=0.02, embed_wd=0.085),
+        train=replace(base.train, train_batch_tokens=786_432, train_seq_len=2048, warmdown_frac=0.72,
+                      train_log_every=500, val_loss_every=4000, gptq_reserve_seconds=12.0, enable_looping_at=0.35,
+                      ema_decay=0.9965, train_loader="shuffled"),
         # The logged runs: sliding windows of 2048 every 64 tokens, then score-first TTT (SPEC 4.12-4.13).
-        eval=EvalConfig(val_batch_size=524_288, sliding_window_enabled=True, eval_stride=64, eval_batch_windows=32),
-        ttt=TTTConfig(ttt_enabled=True, ttt_lr=0.005, ttt_epochs=3, ttt_momentum=0.9, ttt_chunk_tokens=32_768),
-        # SPEC 4.10/4.11: GPTQ on 64 training batches, int6 SDClip k=12.85 blocks, int8 k=20 embedding,
-        # byte shuffle + brotli (calibration fits in the 12 s GPTQ reserve). Small tensors, the control
-        # tensors included, are stored fp16 (SPEC 4.10 routing: "passthrough (float16)").
-        quant=QuantConfig(compressor="brotli", byte_shuffle_stride=2, quant_method="gptq", matrix_bits=6,
-                          clip_method="sdclip", matrix_clip_sigmas=12.85, embed_bits=8, embed_clip_sigmas=20.0,
-                          gptq_calibration_batches=64, int8_keep_float_fp32_name_patterns=()),
+        eval=replace(base.eval, sliding_window_enabled=True),
+        ttt=replace(base.ttt, ttt_enabled=True),
+        # SPEC 4.10/4.11: GPTQ on 64 training batches, int6 SDClip k=12.85 blocks, int8 k=20 embedding
+        # (calibration fits in the 12 s GPTQ reserve). Small tensors, the control tensors included, are
+        # stored fp16 (SPEC 4.10 routing: "passthrough (float16)").
+        quant=replace(base.quant, quant_method="gptq", matrix_bits=6, clip_method="sdclip",
+                      int8_keep_float_fp32_name_patterns=()),
+        # Byte shuffle + brotli.
+        artifact=replace(base.artifact, compressor="brotli", byte_shuffle_stride=2),
     )
 
 
@@ -133,12 +139,10 @@ def sp4096_recur() -> Config:
     are inherited from the earlier records of the lineage (2026-03-21, 2026-03-25). Where the lineage is
     silent it takes ``record_sp8192``'s values (sequence 2048, batch 786,432, warm-down 0.72, loader,
     clip, compression)."""
-    base = record_sp8192()
+    base = with_fineweb_vocabulary(record_sp8192(), 4096)
     return replace(
         base,
-        data=DataConfig(data_path="./data/datasets/fineweb10B_sp4096",
-                        tokenizer_path="./data/tokenizers/fineweb_4096_bpe.model"),
-        model=replace(base.model, vocab_size=4096, qk_gain_init=4.0),
+        model=replace(base.model, qk_gain_init=4.0),
         optim=replace(base.optim, muon_momentum=0.95),
         train=replace(base.train, ema_start_step=100),
     )

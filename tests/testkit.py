@@ -31,3 +31,25 @@ class RecordingLogger(RunLogger):
 
     def event(self, kind, **fields):
         self.events.append((kind, fields))
+
+
+# SPEC 2.6's quintic coefficients, written out here so the tests' reference does not read pgolf's.
+REFERENCE_QUINTIC = ((3.4445, -4.7750, 2.0315),)
+NEWTON_SCHULZ_EPS = 1e-7
+
+
+def reference_newton_schulz(G: torch.Tensor, steps: int, coefficients=REFERENCE_QUINTIC,
+                            b_times_a_squared=None) -> torch.Tensor:
+    """The references' bf16 Newton-Schulz loop written out plainly (SPEC 2.6, 5.7): ``B = b*A + (c*A)@A``.
+    ``b_times_a_squared`` replaces that product only for the guard test of another order."""
+    X = G.bfloat16()
+    X /= X.norm() + NEWTON_SCHULZ_EPS
+    tall = G.size(0) > G.size(1)
+    if tall:
+        X = X.T
+    for step in range(steps):
+        a, b, c = coefficients[min(step, len(coefficients) - 1)]
+        A = X @ X.T
+        B = b * A + c * A @ A if b_times_a_squared is None else b_times_a_squared(A, b, c)
+        X = a * X + B @ X
+    return X.T if tall else X

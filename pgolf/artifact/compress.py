@@ -192,7 +192,7 @@ def _pergroup_compress(data: bytes, shuffle_stride: int) -> bytes:
     """PGRP frame: the residual container brotli-11 (shuffled), each role stream with the best compressor."""
     if bytes(data[:len(TENSOR_CONTAINER_MAGIC)]) != TENSOR_CONTAINER_MAGIC:
         raise ConfigError("COMPRESSOR=pergroup compresses pgolf tensor containers (model artifacts) only; use "
-                          "brotli, lzma, zstd, zlib or auto for other data.")
+                          f"{', '.join(COMPRESSORS)} or {AUTO_COMPRESSOR} for other data.")
     streams = split_container_by_role(data)
     frames = [compress_model_bytes(streams[0], "brotli", shuffle_stride)]
     frames += [choose_smallest_compression(stream, strides=(0,))[0] for stream in streams[1:]]

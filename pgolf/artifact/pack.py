@@ -1,46 +1,20 @@
-"""One call each way between a state dict and the model bytes that ship in the artifact.
+"""The model bytes of an artifact: a tensor container (quantised tensors plus their meta) -> optional
+byte shuffle -> compressor, and back; and the artifact file on disk.
 
-``pack_model_artifact``: quantisation as the QuantConfig says (:func:`pgolf.quant.artifact_quant.
-quantize_for_artifact`: round to nearest or GPTQ, int-N, percentile or SDClip, optional LQER) -> pgolf
-tensor container -> optional byte shuffle -> compressor. ``unpack_model_artifact`` inverts it without
-ever unpickling, so loading a stranger's artifact cannot run code. The container meta holds
-``{"quant": <quantisation meta>, "extra": <caller's meta>}``; the compressor and shuffle stride live in
-the compression frame.
-
-``build_model_artifact`` is the run's entry point: it also fits the artifact to the cap when
-``FIT_TO_CAP=1`` (selective +-1 pruning, SPEC 5.12) and says what it did.
+Bytes only: what the tensors mean (quantization schemes, dequantization) is :mod:`pgolf.quant.packing`'s.
+The container meta holds ``{"quant": <quantisation meta>, "extra": <caller's meta>}``; the compressor and
+shuffle stride live in the compression frame, so loading needs no configuration.
 """
 
-import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from pgolf.artifact.compress import compress_model_bytes, decompress_model_bytes, describe_compressed_blob
 from pgolf.artifact.container import pack_tensor_container, unpack_tensor_container
-from pgolf.config import QuantConfig
 from pgolf.errors import ArtifactError
 from pgolf.fsutil import write_bytes_atomic
-from pgolf.quant.artifact_quant import dequantize_from_artifact, quantize_for_artifact
-from pgolf.quant.prune import PruneResult, prune_codes_to_fit
-
-
-@dataclass(frozen=True)
-class ModelArtifact:
-    """A packed model and how it was made.
-
-    ``compressor``/``shuffle_stride`` are the ones actually used (``COMPRESSOR=auto`` resolved).
-    ``prune`` is set when FIT_TO_CAP pruned codes; ``unpruned_bytes`` is the blob size before that.
-    """
-
-    blob: bytes
-    quant_meta: dict
-    compressor: str
-    shuffle_stride: int
-    unpruned_bytes: int
-    prune: PruneResult | None = None
 
 
 def pack_quantized_tensors(tensors: dict[str, torch.Tensor], quant_meta: dict, compressor: str,
@@ -54,134 +28,17 @@ def artifact_container(tensors: dict[str, torch.Tensor], quant_meta: dict, extra
     return pack_tensor_container(tensors, {"quant": quant_meta, "extra": extra_meta or {}})
 
 
-def pack_model_artifact(
-    state_dict: dict[str, torch.Tensor],
-    quant_cfg: QuantConfig,
-    *,
-    hessians: dict[str, torch.Tensor] | None = None,
-    extra_meta: dict | None = None,
-) -> bytes:
-    """Quantise ``state_dict`` as ``quant_cfg`` says, pack it and compress it; return the model blob.
-
-    ``quant_cfg.compressor="auto"`` keeps the smallest of every available compressor with shuffle
-    strides 0 and 2 (plus ``byte_shuffle_stride``); the choice is recorded in the blob (read it back
-    with :func:`pgolf.artifact.compress.describe_compressed_blob`). ``hessians`` are required for
-    ``quant_method="gptq"``. ``extra_meta`` (JSON-able) travels along and is returned by
-    :func:`unpack_model_artifact`. No fitting to the cap here: see :func:`build_model_artifact`.
-    """
-    return build_model_artifact(state_dict, quant_cfg, hessians=hessians, extra_meta=extra_meta).blob
-
-
-def build_model_artifact(
-    state_dict: dict[str, torch.Tensor],
-    quant_cfg: QuantConfig,
-    *,
-    hessians: dict[str, torch.Tensor] | None = None,
-    extra_meta: dict | None = None,
-    code_bytes: int = 0,
-    cap: int | None = None,
-) -> ModelArtifact:
-    """Quantise, pack and compress; with ``quant_cfg.fit_to_cap`` and ``code_bytes + blob > cap``, prune.
-
-    Without FIT_TO_CAP an oversized artifact is returned as is (the caller reports, then fails with
-    the margin). With it, the cheapest +-1 codes are zeroed until code + model bytes fit; if even
-    pruning them all does not fit, ArtifactError gives the margin.
-    """
-    tensors, quant_meta = quantize_for_artifact(state_dict, quant_cfg, hessians)
-    blob = pack_quantized_tensors(tensors, quant_meta, quant_cfg.compressor, quant_cfg.byte_shuffle_stride, extra_meta)
-    compressor, stride = describe_compressed_blob(blob)
-    artifact = ModelArtifact(blob, quant_meta, compressor, stride, unpruned_bytes=len(blob))
-    if cap is None or not quant_cfg.fit_to_cap or code_bytes + len(blob) <= cap:
-        return artifact
-    return prune_artifact_to_fit(tensors, artifact, extra_meta=extra_meta, code_bytes=code_bytes, cap=cap)
-
-
-def prune_artifact_to_fit(tensors: dict[str, torch.Tensor], artifact: ModelArtifact, *, extra_meta: dict | None,
-                          code_bytes: int, cap: int) -> ModelArtifact:
-    """Zero the fewest cheapest +-1 codes so that code bytes + compressed model bytes <= ``cap``.
-
-    Sizes are measured with the compressor and stride ``artifact`` was made with (an ``auto`` choice is
-    kept fixed during the search). The search measures only the steps the codes' entropy cannot decide
-    and, on a machine with spare cores, the next steps in parallel (:func:`pgolf.quant.prune.
-    prune_codes_to_fit`); the unpruned size is ``artifact``'s and the final blob is one of the measured
-    ones, so neither is compressed twice. ``PruneResult.size_bytes`` counts code + model bytes.
-    """
-    fitting_blobs: dict[bytes, bytes] = {}  # sha256 of the container -> its blob, for sizes that fit
-
-    def total_bytes(candidate: dict[str, torch.Tensor]) -> int:
-        container = artifact_container(candidate, artifact.quant_meta, extra_meta)
-        blob = compress_model_bytes(container, artifact.compressor, artifact.shuffle_stride)
-        if code_bytes + len(blob) <= cap:
-            fitting_blobs[hashlib.sha256(container).digest()] = blob
-        return code_bytes + len(blob)
-
-    pruned, result = prune_codes_to_fit(tensors, artifact.quant_meta, total_bytes, cap,
-                                        initial_size=code_bytes + len(artifact.blob), workers=prune_workers())
-    container = artifact_container(pruned, artifact.quant_meta, extra_meta)
-    blob = fitting_blobs.get(hashlib.sha256(container).digest())
-    if blob is None:
-        blob = compress_model_bytes(container, artifact.compressor, artifact.shuffle_stride)
-    if code_bytes + len(blob) > cap:  # never ship an unverified size
-        raise ArtifactError(f"pruned artifact is {code_bytes + len(blob):,} bytes, over the cap {cap:,}; this is a bug.")
-    return ModelArtifact(blob, artifact.quant_meta, artifact.compressor, artifact.shuffle_stride,
-                         unpruned_bytes=artifact.unpruned_bytes, prune=result)
-
-
-# More threads measure more sizes the search never needs without saving rounds (4 already brings the
-# 24 sequential compressions of a 16 MB model down to 5-8 rounds; bench/quant_gap.py --fit).
-PRUNE_MAX_WORKERS = 4
-
-
-def prune_workers() -> int:
-    """Threads for the pruning search's parallel measurements: the CPUs this process may use, at most 4."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(available, PRUNE_MAX_WORKERS))
-
-
-def describe_artifact_pruning(artifact: ModelArtifact, code_bytes: int) -> tuple[list[str], dict]:
-    """Log lines and report fields of what FIT_TO_CAP pruning did (``prune`` is None when it did nothing)."""
-    fields = {"artifact_bytes_unpruned": artifact.unpruned_bytes, "prune": None}
-    if artifact.prune is None:
-        return [], fields
-    p = artifact.prune
-    lines = [f"fit_to_cap: pruned {p.pruned} of {p.candidates} +-1 codes in {len(p.per_tensor)} tensors; total "
-             f"{code_bytes + artifact.unpruned_bytes} -> {p.size_bytes} bytes (cap {p.budget_bytes}; "
-             f"{p.measured_sizes} trial compressions in {p.measurement_rounds} rounds, {p.estimated_sizes} entropy "
-             "estimates)"]
-    lines += [f"fit_to_cap:   {name}: {count} codes zeroed" for name, count in p.per_tensor.items()]
-    fields["prune"] = {**p.as_dict(), "total_bytes_before": code_bytes + artifact.unpruned_bytes,
-                       "total_bytes_after": p.size_bytes}
-    return lines, fields
-
-
-def unpack_model_artifact(blob: bytes) -> tuple[dict[str, torch.Tensor], dict]:
-    """Decompress, parse and dequantise a model blob; return (state dict, meta).
-
-    The meta has ``extra`` (what the packer passed), ``quant`` (per-tensor schemes), ``compressor`` and
-    ``shuffle_stride``. Anything that is not a pgolf blob (a pickle, a torch.save zip, a damaged file)
-    raises ArtifactError before any of its content is interpreted.
-    """
+def unpack_artifact_container(blob: bytes) -> tuple[dict[str, torch.Tensor], dict]:
+    """Decompress and parse a model blob: (stored tensors, meta with ``quant``, ``extra``, ``compressor``,
+    ``shuffle_stride``). Anything that is not a pgolf blob (a pickle, a torch.save zip, a damaged file)
+    raises ArtifactError before any of its content is interpreted."""
     compressor, stride = describe_compressed_blob(blob)
     tensors, container_meta = unpack_tensor_container(decompress_model_bytes(blob))
     if not isinstance(container_meta.get("quant"), dict):
         raise ArtifactError("model artifact meta lacks its 'quant' section; it was not written by pack_model_artifact.")
-    state_dict = dequantize_from_artifact(tensors, container_meta["quant"])
-    meta = {
-        "extra": container_meta.get("extra", {}),
-        "quant": container_meta["quant"],
-        "compressor": compressor,
-        "shuffle_stride": stride,
-    }
-    return state_dict, meta
-
-
-def artifact_file_name(quant_cfg: QuantConfig) -> str:
-    """``final_model.<what>.ptz``: ``int8`` for the baseline's int8 RTN, else the matrix bits and method
-    (``int6``: RTN int6, ``gptq_int6``: GPTQ int6), so the file name says what it holds."""
-    what = f"int{quant_cfg.matrix_bits}"
-    if quant_cfg.quant_method != "rtn":
-        what = f"{quant_cfg.quant_method}_{what}"
-    return f"final_model.{what}.ptz"
+    meta = {"extra": container_meta.get("extra", {}), "quant": container_meta["quant"],
+            "compressor": compressor, "shuffle_stride": stride}
+    return tensors, meta
 
 
 def save_artifact(path: str | os.PathLike, blob: bytes) -> Path:

@@ -17,11 +17,10 @@ from pgolf.errors import ArtifactError, PgolfError
 
 ARTIFACT_CAP_BYTES = 16_000_000
 
-# Modules that never ship in train_gpt.py (command line, downloads, export, experiment tooling).
-# A listed name also excludes its submodules.
-TOOLING_MODULE_NAMES = ("pgolf.cli", "pgolf.check", "pgolf.data.corpus", "pgolf.data.fineweb", "pgolf.data.tools",
-                        "pgolf.export", "pgolf.exp", "pgolf.quant.tools", "pgolf.eval.tools", "pgolf.doctor",
-                        "pgolf.profiler")
+# What never ships in train_gpt.py, by folder: these packages and modules and everything under them
+# (command line, command handlers, export, experiment tooling). A rule by folder rather than a list of
+# module names, so that a new command or experiment module is tooling the moment it is written.
+TOOLING_PACKAGES = ("pgolf.commands", "pgolf.exp", "pgolf.export", "pgolf.cli", "pgolf.__main__")
 
 
 @dataclass(frozen=True)
@@ -113,14 +112,15 @@ def source_bytes_of_modules(module_names: Iterable[str]) -> int:
     return sum(len(path.read_text(encoding="utf-8").encode("utf-8")) for path in paths)
 
 
-def _is_tooling_module(module_name: str) -> bool:
-    return any(module_name == tool or module_name.startswith(tool + ".") for tool in TOOLING_MODULE_NAMES)
+def is_tooling_module(module_name: str) -> bool:
+    """True for a module under one of the ``TOOLING_PACKAGES`` (or one of them itself)."""
+    return any(module_name == tool or module_name.startswith(tool + ".") for tool in TOOLING_PACKAGES)
 
 
 def loaded_pgolf_modules() -> list[str]:
     """Sorted names of the imported pgolf modules that would ship in train_gpt.py (tooling excluded)."""
     names = [
         name for name, module in list(sys.modules.items())
-        if module is not None and (name == "pgolf" or name.startswith("pgolf.")) and not _is_tooling_module(name)
+        if module is not None and (name == "pgolf" or name.startswith("pgolf.")) and not is_tooling_module(name)
     ]
     return sorted(names)

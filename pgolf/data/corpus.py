@@ -192,10 +192,11 @@ def default_corpus_documents() -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------- building and caching
 
 
-def pgolf_cache_dir() -> Path:
-    """``$PGOLF_CACHE_DIR``, else ``$XDG_CACHE_HOME/pgolf``, else ``~/.cache/pgolf``."""
-    if os.environ.get("PGOLF_CACHE_DIR"):
-        return Path(os.environ["PGOLF_CACHE_DIR"]).expanduser()
+def resolve_cache_dir(configured: str) -> Path:
+    """``configured`` (the run section's ``pgolf_cache_dir``, ``PGOLF_CACHE_DIR``) when set, else
+    ``$XDG_CACHE_HOME/pgolf``, else ``~/.cache/pgolf``."""
+    if configured.strip():
+        return Path(configured.strip()).expanduser()
     if os.environ.get("XDG_CACHE_HOME"):
         return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "pgolf"
     return Path.home() / ".cache" / "pgolf"
@@ -302,10 +303,11 @@ def _log_built_dataset(log: Callable[[str], None], dataset: DefaultDataset, seco
     )
 
 
-def ensure_default_dataset(cache_dir: Path | None = None, *, log: Callable[[str], None] = print) -> DefaultDataset:
+def ensure_default_dataset(cache_dir: str | Path = "", *, log: Callable[[str], None] = print) -> DefaultDataset:
     """Return the default dataset, building it once (a few seconds) if it is not cached yet.
 
-    It lives in ``<cache_dir>/default-data/<key>/`` (``cache_dir`` defaults to :func:`pgolf_cache_dir`).
+    It lives in ``<cache>/default-data/<key>/``, where ``<cache>`` is :func:`resolve_cache_dir` of
+    ``cache_dir`` (the run section's ``pgolf_cache_dir``; "" = the default location).
     A build goes to a temporary sibling directory that is renamed into place only when complete, so
     concurrent builds and interrupted builds never leave a half-built dataset that gets used.
     """
@@ -313,7 +315,7 @@ def ensure_default_dataset(cache_dir: Path | None = None, *, log: Callable[[str]
     documents = default_corpus_documents()
     _check_corpus_size(documents)
     key = default_dataset_key(documents)
-    parent = Path(cache_dir if cache_dir is not None else pgolf_cache_dir()) / "default-data"
+    parent = resolve_cache_dir(str(cache_dir)) / "default-data"
     final = parent / key
     dataset = _load_complete_dataset(final, key)
     if dataset is not None:

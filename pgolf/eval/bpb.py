@@ -5,7 +5,6 @@ the UTF-8 bytes it contributes to the decoded text (see ``pgolf.data.tokenizer.B
 """
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +12,7 @@ import torch
 from pgolf.data.tokenizer import ByteTables, count_target_bytes
 from pgolf.dist import all_reduce_sum_
 from pgolf.log import ProgressBar
-from pgolf.train.precision import cuda_autocast_dtype
+from pgolf.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -37,25 +36,20 @@ class EvalSums:
                 "token_count": self.token_count, "byte_count": self.byte_count}
 
 
-def autocast_context(device: torch.device):
-    """Autocast on CUDA (bf16, or the dtype the run chose); plain fp32 elsewhere."""
-    if device.type == "cuda" and cuda_autocast_dtype() != torch.float32:
-        return torch.autocast(device_type="cuda", dtype=cuda_autocast_dtype())
-    return nullcontext()
-
-
 def rank_sequence_range(num_sequences: int, rank: int, world_size: int) -> tuple[int, int]:
     """Contiguous block of sequence indices owned by ``rank`` (SPEC 2.8)."""
     return num_sequences * rank // world_size, num_sequences * (rank + 1) // world_size
 
 
 def evaluate_bpb(model: torch.nn.Module, val_tokens: torch.Tensor, *, seq_len: int, batch_sequences: int,
-                 byte_tables: ByteTables, device: torch.device, rank: int = 0, world_size: int = 1) -> EvalSums:
+                 byte_tables: ByteTables, runtime: Runtime, rank: int = 0, world_size: int = 1) -> EvalSums:
     """Score every validation target once with non-overlapping windows of ``seq_len``.
 
     ``val_tokens`` holds ``k * seq_len + 1`` tokens (see ``load_validation_tokens``); each rank scores its
-    contiguous share of the ``k`` windows in batches of ``batch_sequences``.
+    contiguous share of the ``k`` windows in batches of ``batch_sequences``, on ``runtime``'s device and
+    in its precision.
     """
+    device = runtime.device
     num_sequences = (val_tokens.numel() - 1) // seq_len
     first, last = rank_sequence_range(num_sequences, rank, world_size)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, tokens, bytes
@@ -69,7 +63,7 @@ def evaluate_bpb(model: torch.nn.Module, val_tokens: torch.Tensor, *, seq_len: i
             stop = min(start + batch_sequences, last)
             window = val_tokens[start * seq_len: stop * seq_len + 1].to(device=device, dtype=torch.int64)
             x, y = window[:-1].view(-1, seq_len), window[1:].view(-1, seq_len)
-            with autocast_context(device):
+            with runtime.autocast():
                 loss_sum = model(x, y, reduction="sum")
             sums[0] += loss_sum.double()
             sums[1] += y.numel()

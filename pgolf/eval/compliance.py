@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pgolf.data.tokenizer import count_target_bytes
+from pgolf.errors import DataError
 from pgolf.eval.ttt import TTTObserver
 
 
@@ -148,8 +150,6 @@ def check_model_document_isolation(model: torch.nn.Module, tokens_T: torch.Tenso
 
 def check_validation_refused(loader_classes: dict, val_files: list, vocab_size: int) -> ComplianceResult:
     """Every training (and calibration) loader refuses a validation shard."""
-    from pgolf.errors import DataError
-
     details = []
     for name, loader_class in loader_classes.items():
         try:
@@ -166,8 +166,6 @@ def check_byte_accounting(tokens: torch.Tensor, decode, byte_tables, bos_id: int
     ``decode`` maps a list of ids to text (SentencePiece ``decode``). Only documents that start and
     end inside ``tokens`` are audited; the BOS targets count 0 bytes.
     """
-    from pgolf.data.tokenizer import count_target_bytes
-
     counted = count_target_bytes(byte_tables, tokens[:-1], tokens[1:])  # bytes of target i+1
     starts = (tokens == bos_id).nonzero().flatten().tolist()
     details, audited, total = [], 0, 0

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 import torch
 
 from pgolf.config import Config
+from pgolf.data.run_data import ValidationData
 from pgolf.data.tokenizer import ByteTables
 from pgolf.dist import DistContext
-from pgolf.eval.bpb import EvalSums
+from pgolf.eval.bpb import EvalSums, evaluate_bpb
 from pgolf.eval.sliding import evaluate_sliding_bpb
 from pgolf.eval.ttt import TTTObserver, evaluate_ttt_bpb
 from pgolf.eval.ttt_lora import evaluate_lora_ttt_bpb
+from pgolf.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -35,18 +37,27 @@ class EvalPhase:
                 f"eval_time:{self.seconds * 1000:.0f}ms")
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed_phase(label: str, device: torch.device, score: Callable[[], EvalSums]) -> EvalPhase:
+def timed_phase(label: str, runtime: Runtime, score: Callable[[], EvalSums]) -> EvalPhase:
     """Run ``score`` with the device synchronised before and after, so the time is the phase's own."""
-    synchronize(device)
+    runtime.synchronize()
     started = time.perf_counter()
     sums = score()
-    synchronize(device)
+    runtime.synchronize()
     return EvalPhase(label, sums, time.perf_counter() - started)
+
+
+def plain_evaluator(cfg: Config, ctx: DistContext, data: ValidationData) -> Callable[[torch.nn.Module], EvalSums]:
+    """A function model -> EvalSums over the validation split (the challenge's plain evaluation, SPEC 2.8),
+    split across ranks."""
+    seq_len = cfg.train.train_seq_len
+    batch_sequences = max(cfg.eval.val_batch_size // (ctx.world_size * ctx.grad_accum_steps) // seq_len, 1)
+
+    def evaluate(model: torch.nn.Module) -> EvalSums:
+        return evaluate_bpb(model, data.tokens, seq_len=seq_len, batch_sequences=batch_sequences,
+                            byte_tables=data.byte_tables, runtime=ctx.runtime, rank=ctx.rank,
+                            world_size=ctx.world_size)
+
+    return evaluate
 
 
 def evaluation_window(cfg: Config) -> int:
@@ -59,21 +70,21 @@ def extra_evaluation_phases(cfg: Config, ctx: DistContext, val_tokens: torch.Ten
     """The sliding-window and TTT phases that ``cfg`` enables (possibly none)."""
     window = evaluation_window(cfg)
     common = dict(window=window, stride=cfg.eval.eval_stride, batch_windows=cfg.eval.eval_batch_windows,
-                  byte_tables=byte_tables, device=ctx.device, rank=ctx.rank, world_size=ctx.world_size)
+                  byte_tables=byte_tables, runtime=ctx.runtime, rank=ctx.rank, world_size=ctx.world_size)
     phases = []
     if cfg.eval.sliding_window_enabled:
-        phases.append(timed_phase("quantized_sliding_window", ctx.device,
+        phases.append(timed_phase("quantized_sliding_window", ctx.runtime,
                                   lambda: evaluate_sliding_bpb(quantized_model, val_tokens, **common)))
     if cfg.ttt.ttt_enabled:
         # TTT changes the weights it adapts: it gets its own freshly loaded copy of the artifact.
         model = fresh_quantized_model()
         if cfg.ttt.ttt_mode == "lora":
-            lora = dict(window=window, bos_id=cfg.model.bos_token_id, byte_tables=byte_tables, device=ctx.device,
+            lora = dict(window=window, bos_id=cfg.model.bos_token_id, byte_tables=byte_tables, runtime=ctx.runtime,
                         rank=ctx.rank, world_size=ctx.world_size, observer=observer)
-            phases.append(timed_phase("quantized_ttt_lora", ctx.device,
+            phases.append(timed_phase("quantized_ttt_lora", ctx.runtime,
                                       lambda: evaluate_lora_ttt_bpb(model, val_tokens, cfg.ttt, **lora)))
         else:
-            phases.append(timed_phase("quantized_ttt", ctx.device,
+            phases.append(timed_phase("quantized_ttt", ctx.runtime,
                                       lambda: evaluate_ttt_bpb(model, val_tokens, cfg.ttt, observer=observer,
                                                                **common)))
     return phases

@@ -17,8 +17,9 @@ import torch
 
 from pgolf.data.tokenizer import ByteTables, count_target_bytes
 from pgolf.dist import all_reduce_sum_
-from pgolf.eval.bpb import EvalSums, autocast_context, rank_sequence_range
+from pgolf.eval.bpb import EvalSums, rank_sequence_range
 from pgolf.log import ProgressBar
+from pgolf.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,10 @@ def window_batch(val_tokens: torch.Tensor, windows: list[ScoringWindow], window:
 
 
 def score_windows(model: torch.nn.Module, val_tokens: torch.Tensor, windows: list[ScoringWindow], *,
-                  window: int, byte_tables: ByteTables, device: torch.device) -> torch.Tensor:
+                  window: int, byte_tables: ByteTables, runtime: Runtime) -> torch.Tensor:
     """(loss sum, tokens, bytes) of ``windows`` as a float64 tensor, under no-grad (one batch)."""
-    x, y, scored = window_batch(val_tokens, windows, window, device)
-    with torch.no_grad(), autocast_context(device):
+    x, y, scored = window_batch(val_tokens, windows, window, runtime.device)
+    with torch.no_grad(), runtime.autocast():
         loss = model(x, y, reduction="none").float()
     bytes_per_target = count_target_bytes(byte_tables, x, y)
     return torch.stack((loss[scored].double().sum(), scored.sum().double(),
@@ -79,9 +80,10 @@ def iter_window_batches(items: list, batch_size: int) -> Iterator[list]:
 
 
 def evaluate_sliding_bpb(model: torch.nn.Module, val_tokens: torch.Tensor, *, window: int, stride: int,
-                         batch_windows: int, byte_tables: ByteTables, device: torch.device, rank: int = 0,
+                         batch_windows: int, byte_tables: ByteTables, runtime: Runtime, rank: int = 0,
                          world_size: int = 1) -> EvalSums:
     """Sliding-window BPB over all ``val_tokens.numel() - 1`` targets, sums reduced once across ranks."""
+    device = runtime.device
     windows = sliding_windows(val_tokens.numel() - 1, window, stride)
     first, last = rank_sequence_range(len(windows), rank, world_size)
     mine = windows[first:last]
@@ -91,7 +93,7 @@ def evaluate_sliding_bpb(model: torch.nn.Module, val_tokens: torch.Tensor, *, wi
     model.eval()
     bar = ProgressBar("sliding eval", len(mine), enabled=rank == 0)
     for done, batch in enumerate(iter_window_batches(mine, batch_windows)):
-        sums += score_windows(model, val_tokens, batch, window=window, byte_tables=byte_tables, device=device)
+        sums += score_windows(model, val_tokens, batch, window=window, byte_tables=byte_tables, runtime=runtime)
         bar.update(done * batch_windows)
     bar.close()
     model.train(was_training)

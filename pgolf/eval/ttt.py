@@ -23,9 +23,10 @@ import torch.distributed as dist
 from pgolf.config import TTTConfig
 from pgolf.data.tokenizer import ByteTables
 from pgolf.dist import all_reduce_sum_
-from pgolf.eval.bpb import EvalSums, autocast_context, rank_sequence_range
+from pgolf.eval.bpb import EvalSums, rank_sequence_range
 from pgolf.eval.sliding import ScoringWindow, iter_window_batches, score_windows, sliding_windows
 from pgolf.log import ProgressBar
+from pgolf.runtime import Runtime
 
 
 @dataclass
@@ -94,7 +95,7 @@ class ChunkTrainer:
     val_tokens: torch.Tensor
     cfg: TTTConfig
     window: int
-    device: torch.device
+    runtime: Runtime
     rank: int
     world_size: int
     observer: TTTObserver | None
@@ -129,8 +130,8 @@ class ChunkTrainer:
         self.optimizer.zero_grad(set_to_none=False)
         if starts:
             index = torch.tensor(starts)[:, None] + torch.arange(self.window + 1)[None, :]
-            tokens = self.val_tokens[index].to(device=self.device, dtype=torch.int64)
-            with autocast_context(self.device):
+            tokens = self.val_tokens[index].to(device=self.runtime.device, dtype=torch.int64)
+            with self.runtime.autocast():
                 loss_sum = self.model(tokens[:, :-1], tokens[:, 1:], reduction="sum")
             (loss_sum / global_tokens).backward()
             if self.observer is not None:
@@ -142,21 +143,21 @@ class ChunkTrainer:
 
 
 def evaluate_ttt_bpb(model: torch.nn.Module, val_tokens: torch.Tensor, cfg: TTTConfig, *, window: int, stride: int,
-                     batch_windows: int, byte_tables: ByteTables, device: torch.device, rank: int = 0,
+                     batch_windows: int, byte_tables: ByteTables, runtime: Runtime, rank: int = 0,
                      world_size: int = 1, observer: TTTObserver | None = None) -> EvalSums:
     """Score-first TTT BPB over all ``val_tokens.numel() - 1`` targets. ``model`` is trained in place:
     pass a fresh copy of the artifact's model."""
     num_targets = val_tokens.numel() - 1
     chunks = assign_windows_to_chunks(sliding_windows(num_targets, window, stride), cfg.ttt_chunk_tokens, num_targets)
-    run = ChunkTrainer(model, val_tokens, cfg, window, device, rank, world_size, observer)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
-    byte_tables = byte_tables.to(device)
+    run = ChunkTrainer(model, val_tokens, cfg, window, runtime, rank, world_size, observer)
+    sums = torch.zeros(3, dtype=torch.float64, device=runtime.device)
+    byte_tables = byte_tables.to(runtime.device)
     model.eval()
     bar = ProgressBar("ttt", len(chunks), enabled=rank == 0)
     for chunk_index, chunk_windows in enumerate(chunks):
         mine = chunk_windows[slice(*rank_sequence_range(len(chunk_windows), rank, world_size))]
         for batch in iter_window_batches(mine, batch_windows):
-            sums += score_windows(model, val_tokens, batch, window=window, byte_tables=byte_tables, device=device)
+            sums += score_windows(model, val_tokens, batch, window=window, byte_tables=byte_tables, runtime=runtime)
             if observer is not None:
                 observer.scored(_targets_of(batch))
         if chunk_index < len(chunks) - 1:

@@ -31,10 +31,11 @@ from pgolf.config import TTTConfig
 from pgolf.data.tokenizer import ByteTables, count_target_bytes
 from pgolf.dist import all_reduce_sum_
 from pgolf.errors import ConfigError
-from pgolf.eval.bpb import EvalSums, autocast_context
+from pgolf.eval.bpb import EvalSums
 from pgolf.eval.ttt import TTTObserver
 from pgolf.eval.ttt_phased import GlobalPhases
 from pgolf.log import ProgressBar
+from pgolf.runtime import Runtime
 
 LORA_TTT_SEED = 1234
 
@@ -129,9 +130,10 @@ def batch_rounds(num_batches: int, world_size: int, cut_after: set[int]) -> list
 class _BatchedDocumentTTT:
     """Scores batches of documents with per-document adapters; holds the (loss, tokens, bytes) sums."""
 
-    def __init__(self, model, val_tokens, cfg: TTTConfig, window, byte_tables, device, observer):
+    def __init__(self, model, val_tokens, cfg: TTTConfig, window, byte_tables, runtime: Runtime, observer):
         self.model, self.val_tokens, self.cfg, self.window = model, val_tokens, cfg, window
-        self.byte_tables, self.device, self.observer = byte_tables, device, observer
+        self.byte_tables, self.runtime, self.observer = byte_tables, runtime, observer
+        self.device = runtime.device
         for p in model.parameters():
             p.requires_grad_(False)
         self.adapters = attach_lora_adapters(model, cfg.ttt_lora_targets, cfg.ttt_lora_rank, cfg.ttt_lora_alpha,
@@ -139,7 +141,7 @@ class _BatchedDocumentTTT:
         self.params = [p for a in self.adapters for p in (a.lora_A, a.lora_B)]
         for p in self.params:
             p.requires_grad_(True)
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         self.batches_done = 0
 
     def score_plain(self, first: int, stop: int) -> None:
@@ -148,7 +150,7 @@ class _BatchedDocumentTTT:
         for begin in range(first, stop, self.window):
             end = min(begin + self.window, stop)
             tokens = self.val_tokens[begin: end + 1].to(device=self.device, dtype=torch.int64)[None]
-            with torch.no_grad(), autocast_context(self.device):
+            with torch.no_grad(), self.runtime.autocast():
                 losses = self.model(tokens[:, :-1], tokens[:, 1:], reduction="none").float()
             self._add(losses, count_target_bytes(self.byte_tables, tokens[:, :-1], tokens[:, 1:]),
                       torch.ones_like(losses, dtype=torch.bool), torch.arange(begin, end))
@@ -170,7 +172,7 @@ class _BatchedDocumentTTT:
         """Score chunk ``offset // chunk`` of the documents in ``rows``; then one step for those that go on."""
         x, y, scored, targets, trains = self._chunk_batch(documents, rows, offset)
         select_lora_rows(self.adapters, torch.tensor(rows, device=self.device))
-        with torch.set_grad_enabled(any(trains)), autocast_context(self.device):
+        with torch.set_grad_enabled(any(trains)), self.runtime.autocast():
             losses = self.model(x, y, reduction="none").float()
         self._add(losses.detach(), count_target_bytes(self.byte_tables, x, y), scored, torch.cat(targets))
         training = [i for i, goes_on in enumerate(trains) if goes_on]
@@ -213,7 +215,7 @@ class _BatchedDocumentTTT:
 
 
 def evaluate_lora_ttt_bpb(model: nn.Module, val_tokens: torch.Tensor, cfg: TTTConfig, *, window: int, bos_id: int,
-                          byte_tables: ByteTables, device: torch.device, rank: int = 0, world_size: int = 1,
+                          byte_tables: ByteTables, runtime: Runtime, rank: int = 0, world_size: int = 1,
                           observer: TTTObserver | None = None) -> EvalSums:
     """Document-level score-first LoRA TTT BPB over all targets. ``model`` is changed in place (adapters
     attached; with phases, base weights trained): pass a fresh copy of the artifact's model."""
@@ -221,13 +223,13 @@ def evaluate_lora_ttt_bpb(model: nn.Module, val_tokens: torch.Tensor, cfg: TTTCo
         raise ConfigError(f"TTT_LORA_CHUNK_TOKENS={cfg.ttt_lora_chunk_tokens} must be at most the evaluation "
                           f"window EVAL_SEQ_LEN={window}: a chunk is scored inside one context window")
     model.eval()
-    run = _BatchedDocumentTTT(model, val_tokens, cfg, window, byte_tables.to(device), device, observer)
+    run = _BatchedDocumentTTT(model, val_tokens, cfg, window, byte_tables.to(runtime.device), runtime, observer)
     spans = document_spans(val_tokens, bos_id)
     if rank == 0:
         run.score_plain(0, spans[0][0] if spans else val_tokens.numel() - 1)
     batches = lora_document_batches(spans, cfg.ttt_lora_batch_docs)
     queue = [span for batch in batches for span in batch]
-    phases = GlobalPhases(model, val_tokens, cfg, queue, window=window, device=device, rank=rank,
+    phases = GlobalPhases(model, val_tokens, cfg, queue, window=window, runtime=runtime, rank=rank,
                           world_size=world_size, observer=observer, adapter_params=run.params)
     rounds = batch_rounds(len(batches), world_size, phases.trigger_batches([len(b) for b in batches]))
     bar = ProgressBar("ttt lora", len(batches), enabled=rank == 0)

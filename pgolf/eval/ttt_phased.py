@@ -21,6 +21,7 @@ import torch
 
 from pgolf.config import TTTConfig
 from pgolf.eval.ttt import ChunkTrainer, TTTObserver
+from pgolf.runtime import Runtime
 
 
 def phase_boundaries(num_documents: int, prefix_docs: int, phases: int) -> list[int]:
@@ -63,13 +64,13 @@ class _PhaseTargets:
 
 
 def run_global_sgd_phase(model: torch.nn.Module, val_tokens: torch.Tensor, documents: list[tuple[int, int]],
-                         cfg: TTTConfig, params: list[torch.nn.Parameter], *, window: int, device: torch.device,
+                         cfg: TTTConfig, params: list[torch.nn.Parameter], *, window: int, runtime: Runtime,
                          rank: int, world_size: int, observer: TTTObserver | None) -> None:
     """One epoch of SGD on ``params`` over the concatenated documents, then ``params`` frozen again."""
     tokens, target_index = concatenate_documents(val_tokens, documents)
     phase_cfg = dataclasses.replace(cfg, ttt_lr=cfg.ttt_phase_lr, ttt_epochs=1)
     targets = None if observer is None else _PhaseTargets(observer, target_index)
-    trainer = ChunkTrainer(model, tokens, phase_cfg, window, device, rank, world_size, targets, params=params)
+    trainer = ChunkTrainer(model, tokens, phase_cfg, window, runtime, rank, world_size, targets, params=params)
     num_targets = tokens.numel() - 1
     num_chunks = max(1, math.ceil(num_targets / cfg.ttt_chunk_tokens))
     for chunk_index in range(num_chunks - 1):  # the last chunk is skipped, as in score-first TTT
@@ -84,10 +85,10 @@ class GlobalPhases:
     """Runs the phases as documents get scored (a no-op with ``TTT_PHASES=0``)."""
 
     def __init__(self, model: torch.nn.Module, val_tokens: torch.Tensor, cfg: TTTConfig, queue: list[tuple[int, int]],
-                 *, window: int, device: torch.device, rank: int, world_size: int, observer: TTTObserver | None,
+                 *, window: int, runtime: Runtime, rank: int, world_size: int, observer: TTTObserver | None,
                  adapter_params: list[torch.nn.Parameter]):
         self.model, self.val_tokens, self.cfg, self.queue = model, val_tokens, cfg, queue
-        self.common = dict(window=window, device=device, rank=rank, world_size=world_size, observer=observer)
+        self.common = dict(window=window, runtime=runtime, rank=rank, world_size=world_size, observer=observer)
         adapters = {id(p) for p in adapter_params}
         self.base_params = [p for p in model.parameters() if id(p) not in adapters]
         self.boundaries = phase_boundaries(len(queue), cfg.ttt_phase_prefix_docs, cfg.ttt_phases) if cfg.ttt_phases else []

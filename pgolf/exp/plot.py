@@ -1,4 +1,5 @@
-"""``pgolf plot RUN_OR_LOG... [-o FILE.png]``: training and validation curves, runs overlaid (tooling).
+"""Training and validation curves, runs overlaid: the figure ``pgolf plot`` writes (tooling; the command
+is pgolf/commands/plot.py).
 
 One 2 x 2 figure: training loss against step and against training seconds (top), validation BPB
 against step and against training seconds (bottom). Each run is one colour, labelled with its run id
@@ -6,12 +7,12 @@ against step and against training seconds (bottom). Each run is one colour, labe
 :func:`pgolf.exp.logs.read_run_log` and are laid out by :func:`plot_panels`, which does no drawing, so
 tests can check that what is drawn is what the logs say.
 
-matplotlib (the ``plots`` extra) is imported only here, with the Agg backend: no display is needed.
+matplotlib (the ``plots`` extra) draws on a bare :class:`~matplotlib.figure.Figure`: no pyplot, no
+backend or display, no global figure registry. Without matplotlib, plotting is a clear error.
 The output format follows the file's extension (``.png``, ``.svg``, ``.pdf``); an existing file is
 never overwritten.
 """
 
-import argparse
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -19,6 +20,12 @@ from pathlib import Path
 
 from pgolf.errors import PgolfError
 from pgolf.exp.logs import RunLog, read_run_log
+
+try:  # the `plots` extra (optional): require_matplotlib() says how to install it
+    from matplotlib import rcParams
+    from matplotlib.figure import Figure
+except ImportError:
+    rcParams = Figure = None
 
 PLOT_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 PLOT_DPI = 120
@@ -76,17 +83,11 @@ def unique_run_names(logs: list[RunLog]) -> list[RunLog]:
     return logs
 
 
-def load_pyplot():
-    """matplotlib's pyplot on the Agg backend, or a clear error telling how to install it."""
-    try:
-        import matplotlib
-    except ImportError as error:
+def require_matplotlib() -> None:
+    """A clear error telling how to install matplotlib when it is missing."""
+    if Figure is None:
         raise PgolfError("pgolf plot needs matplotlib, which is not installed: pip install 'pgolf[plots]' "
-                         "(or pip install matplotlib).") from error
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as pyplot
-
-    return pyplot
+                         "(or pip install matplotlib).")
 
 
 def plot_format(output: Path) -> str:
@@ -97,10 +98,11 @@ def plot_format(output: Path) -> str:
     return fmt
 
 
-def draw_figure(panels: list[Panel], pyplot, title: str):
+def draw_figure(panels: list[Panel], title: str):
     """The 2 x 2 figure of ``panels``, one colour per run, the legend in the first panel."""
-    figure, axes = pyplot.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
-    colours = pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
+    figure = Figure(figsize=(12, 8), constrained_layout=True)
+    axes = figure.subplots(2, 2)
+    colours = rcParams["axes.prop_cycle"].by_key()["color"]
     for axis, panel in zip(axes.flat, panels):
         for index, series in enumerate(panel.series):
             style = {"marker": "o", "markersize": 4} if panel.markers else {}
@@ -140,21 +142,6 @@ def plot_runs(paths: list[str | Path], output: str | Path) -> tuple[Path, list[R
     if empty:
         raise PgolfError(f"no training or validation lines found in {', '.join(empty)}; give pgolf run directories "
                          "or logs of train_gpt.py.")
-    pyplot = load_pyplot()
-    figure = draw_figure(plot_panels(logs), pyplot, ", ".join(log.name for log in logs))
-    try:
-        write_figure(figure, output)
-    finally:
-        pyplot.close(figure)
+    require_matplotlib()
+    write_figure(draw_figure(plot_panels(logs), ", ".join(log.name for log in logs)), output)
     return output, logs
-
-
-def run_plot_command(args: argparse.Namespace) -> int:
-    """``pgolf plot``: write the figure and say what it holds."""
-    output, logs = plot_runs(args.runs, args.output)
-    for log in logs:
-        best = min((p.val_bpb for p in log.val), default=None)
-        print(f"  {log.name}: {len(log.train)} train points, {len(log.val)} val points"
-              + (f", best val_bpb {best:.4f}" if best is not None else ""))
-    print(f"wrote {output}")
-    return 0

@@ -1,4 +1,5 @@
-"""``pgolf record RUN_DIR... --name NAME``: a challenge records folder from runs of one setup (tooling).
+"""A challenge records folder from runs of one setup (tooling; ``pgolf record`` and ``pgolf record-check``
+print what this module and :mod:`pgolf.exp.record_check` return, from pgolf/commands/record.py).
 
     pgolf record runs/s42 runs/s314 runs/s999 --name MyIdea --author "Ada" --github-id ada
     pgolf record-check records/track_10min_16mb/2026-05-02_MyIdea
@@ -17,7 +18,6 @@ one, since the script is exported from it), and each have a ``report.json``. The
 seed is its artifact plus the exported script's real size. An existing folder is never overwritten.
 """
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -228,36 +228,3 @@ def make_record(run_dirs: list[str | Path], *, name: str, out: str | Path, autho
     # The counted sizes assumed the script's in-memory bytes; the check measures the file on disk.
     warnings += [f"record-check: {failure}" for failure in check_record_folder(folder)]
     return folder, submission, warnings
-
-
-def run_record_command(args: argparse.Namespace) -> int:
-    """``pgolf record``: write the folder and summarise it."""
-    folder, submission, warnings = make_record(args.runs, name=args.name, out=args.out, author=args.author,
-                                               github_id=args.github_id)
-    if args.json:
-        print(json.dumps({"folder": str(folder), "submission": submission, "warnings": warnings}, indent=2))
-        return 0
-    std = submission["val_bpb_std"]
-    print(f"wrote {folder}")
-    print(f"  val_bpb {submission['val_bpb']:.8f} (mean of {len(submission['seeds'])} seeds"
-          + (f", std {std:.8f})" if std is not None else ")"))
-    print(f"  bytes_total {submission['bytes_total']:,} of {ARTIFACT_CAP_BYTES:,} "
-          f"(train_gpt.py {submission['code_bytes']:,} bytes)")
-    for warning in warnings:
-        print(f"  warning: {warning}")
-    return 0
-
-
-def run_record_check_command(args: argparse.Namespace) -> int:
-    """``pgolf record-check``: exit 0 when the folder passes, 1 with every problem listed when not."""
-    failures = check_record_folder(args.folder)
-    if args.json:
-        print(json.dumps({"folder": str(args.folder), "ok": not failures, "failures": failures}, indent=2))
-    elif failures:
-        print(f"{args.folder}: {len(failures)} problem(s)")
-        for failure in failures:
-            print(f"  FAIL {failure}")
-    else:
-        print(f"{args.folder}: OK (files, submission.json schema, bytes under {ARTIFACT_CAP_BYTES:,} with the real "
-              "train_gpt.py size, one code hash, mean/std, scores in the logs)")
-    return 1 if failures else 0

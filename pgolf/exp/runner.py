@@ -9,7 +9,6 @@ the same loop (each run is a distributed run); only rank 0 writes summaries and 
 import contextlib
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -17,22 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgolf.config import Config, apply_config_overrides, config_to_json, flatten_config
+from pgolf.dist import broadcast_object_from_main, init_distributed, is_main_process, shutdown_distributed
 from pgolf.errors import ConfigError, PgolfError, TrainingError
 from pgolf.exp.stats import student_t_upper_tail
+from pgolf.export.bundle import exported_code_bytes
 from pgolf.fsutil import write_text_atomic
+from pgolf.run import main as run_main
+from pgolf.train.run_directory import new_run_id
 
 # The sweep/seed tools own these keys: SEED comes from --seeds, RUN_ID from the folder layout.
 RESERVED_KEYS = ("SEED", "RUN_ID")
 CONFIDENCE = 0.95
 
 
-def is_main_rank() -> bool:
-    """Rank 0 (or a single process): the one that prints and writes summaries."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 def print_main(text: str = "", *, err: bool = False) -> None:
-    if is_main_rank():
+    """Print on rank 0 (or in a single process): the one that prints and writes summaries."""
+    if is_main_process():
         print(text, file=sys.stderr if err else sys.stdout, flush=True)
 
 
@@ -60,17 +59,15 @@ def refuse_reserved_keys(items: list[str], command: str) -> None:
             raise ConfigError(f"`pgolf {command}` sets {key} for every run itself; remove {item!r} and {how}.")
 
 
-def claim_output_dir(runs_dir: str, name: str | None, prefix: str) -> Path:
+def claim_output_dir(cfg: Config, name: str | None, prefix: str) -> Path:
     """Create the new folder ``RUNS_DIR/NAME`` (default ``PREFIX_<date>_<time>_<hex>``), the same on
     every rank. An existing folder is an error: a seed group or sweep is never added to or overwritten."""
-    from pgolf.dist import broadcast_object_from_main, init_distributed
-    from pgolf.run import new_run_id
-
-    init_distributed()  # under torchrun the ranks must agree on the (random) default name
+    init_distributed(cfg.run.pgolf_device)  # under torchrun the ranks must agree on the (random) default name
+    runs_dir = cfg.run.runs_dir
     chosen = broadcast_object_from_main(name or f"{prefix}_{new_run_id()}")
     path = Path(runs_dir) / chosen
     problem = None
-    if is_main_rank():
+    if is_main_process():
         if path.exists():
             problem = (f"{path} already exists; pgolf never adds to or overwrites a {prefix} folder. "
                        "Choose another --name (or leave it out for a fresh one).")
@@ -84,7 +81,7 @@ def claim_output_dir(runs_dir: str, name: str | None, prefix: str) -> Path:
 
 def write_json_once(path: Path, payload: dict) -> None:
     """Rank 0 writes ``payload`` atomically; an existing file is an error (never overwritten)."""
-    if is_main_rank():
+    if is_main_process():
         write_text_atomic(path, json.dumps(payload, indent=2, default=list) + "\n")
 
 
@@ -102,21 +99,17 @@ def one_process_group_for_all_runs():
     started with ``keep_process_group=True`` (see :func:`run_training`), because opening the group again
     in the same processes hangs when the ranks get there at different times (a second rendezvous on
     torchrun's store). After a failure the group is left alone (another rank may not be there)."""
-    from pgolf.dist import shutdown_distributed
-
     yield
     shutdown_distributed()
 
 
 def run_training(cfg: Config, *, preset_name: str, preset_cfg: Config, out_dir: Path, run_id: str, seed: int,
                  echo: bool) -> dict:
-    """One full training run (train, quantize, pack, round trip) into ``out_dir/run_id``; its report."""
-    from pgolf.cli import exact_code_bytes
-    from pgolf.run import main as run_main
-
+    """One full training run (train, quantize, pack, round trip) into ``out_dir/run_id``; its report, with
+    the exact code bytes ``pgolf export`` would write for its configuration (as ``pgolf train`` counts)."""
     cfg = apply_config_overrides(cfg, {"seed": seed, "run_id": run_id, "runs_dir": str(out_dir)}, source="runner")
     return run_main(cfg, preset_name=preset_name, preset_cfg=preset_cfg, echo=echo,
-                    code_bytes=exact_code_bytes(cfg, preset_name), keep_process_group=True)
+                    code_bytes=exported_code_bytes(cfg, preset_name=preset_name), keep_process_group=True)
 
 
 def run_or_explain(what: str, finished: list[str], fn, *args, **kwargs) -> dict:

@@ -1,4 +1,5 @@
-"""``pgolf seeds --seeds 42,314,999 [--preset P] [--name N] [--json] [KEY=value ...]`` (tooling).
+"""One configuration under several seeds: the work behind ``pgolf seeds`` (tooling; the command is
+pgolf/commands/seeds.py).
 
 One configuration trained once per seed, one run after the other in this process, into
 ``RUNS_DIR/<group>/seed_<SEED>``. ``group.json`` (written first, never overwritten) records the
@@ -8,14 +9,11 @@ the standard deviation and the t-interval of the mean. Under ``torchrun`` every 
 loop and only rank 0 prints.
 """
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
-from pgolf.exp.runner import (CONFIDENCE, claim_output_dir, describe_config, mean_interval, now_text,
-                              one_process_group_for_all_runs, parse_seed_list, print_main, refuse_reserved_keys,
-                              run_or_explain, run_summary, run_training, write_json_once)
+from pgolf.exp.runner import (CONFIDENCE, describe_config, mean_interval, now_text, one_process_group_for_all_runs,
+                              print_main, run_or_explain, run_summary, run_training)
 
 
 def seed_run_id(seed: int) -> str:
@@ -64,23 +62,3 @@ def format_seed_table(result: dict) -> list[str]:
                      f"{summary['confidence']:.0%} t-interval of the mean [{summary['ci_low']:.8f}, "
                      f"{summary['ci_high']:.8f}] (n={summary['n']}, df={summary['n'] - 1})")
     return lines
-
-
-def run_seeds_command(args: argparse.Namespace) -> int:
-    """Handler of ``pgolf seeds``: train, then print (and save) the table."""
-    from pgolf.cli import fill_default_data, resolve_config
-
-    seeds = parse_seed_list(args.seeds)
-    refuse_reserved_keys(args.overrides, "seeds")
-    cfg, preset, preset_name = resolve_config(args.preset, args.overrides)
-    cfg = fill_default_data(cfg)
-    group_dir = claim_output_dir(cfg.run.runs_dir, args.name, "seeds")
-    write_json_once(group_dir / "group.json", group_plan(group_dir, cfg, preset, preset_name, seeds))
-    runs = run_seed_group(cfg, preset, preset_name, seeds, group_dir, echo=not args.json)
-    result = seed_group_result(group_dir, preset_name, runs)
-    write_json_once(group_dir / "seeds.json", result)
-    if args.json:
-        print_main(json.dumps(result, indent=2))
-    else:
-        print_main("\n".join(format_seed_table(result)))
-    return 0

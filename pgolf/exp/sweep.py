@@ -1,4 +1,6 @@
-"""``pgolf sweep [--preset P] [--seeds 1,2] [--ablate] [--unpaired] [--name N] [--json] KEY=v1,v2 ...`` (tooling).
+"""Paired sweeps and ablations: the work behind ``pgolf sweep`` (tooling; the command is pgolf/commands/sweep.py).
+
+    pgolf sweep [--preset P] [--seeds 1,2] [--ablate] [--unpaired] [--name N] [--json] KEY=v1,v2 ...
 
 Arms are the cartesian product of the axes (``KEY=v1,v2``; a single value is fixed for every arm); the
 first arm (every axis at its first value) is the reference. ``--ablate`` instead makes one arm per
@@ -15,12 +17,10 @@ Layout: ``RUNS_DIR/<sweep>/plan.json`` (first), ``<arm-slug>_seed<SEED>/`` per r
 ``sweep.json`` + ``sweep.csv`` (last); nothing is ever overwritten.
 """
 
-import argparse
 import csv
 import dataclasses
 import io
 import itertools
-import json
 import re
 import sys
 import typing
@@ -31,11 +31,8 @@ from typing import Any, Callable
 from pgolf.config import (Config, apply_config_overrides, closest_config_keys, config_differences,
                           config_field_index, validate_config)
 from pgolf.errors import ConfigError
-from pgolf.exp.runner import (CONFIDENCE, claim_output_dir, compare_arm, describe_comparison, describe_config,
-                              is_main_rank, mean_interval, now_text, one_process_group_for_all_runs,
-                              parse_seed_list, print_main,
-                              refuse_reserved_keys, run_or_explain, run_summary, run_training, write_json_once)
-from pgolf.fsutil import write_text_atomic
+from pgolf.exp.runner import (CONFIDENCE, compare_arm, describe_comparison, describe_config, mean_interval, now_text,
+                              one_process_group_for_all_runs, print_main, run_or_explain, run_summary, run_training)
 
 TUPLE_ARM_SEPARATOR = "|"
 
@@ -284,21 +281,6 @@ def format_sweep_table(result: dict) -> list[str]:
     return lines
 
 
-def plan_sweep(args: argparse.Namespace) -> tuple[list[Arm], Config, str, SweepItems]:
-    """Resolve the reference configuration and every arm (all validated before anything trains)."""
-    from pgolf.cli import fill_default_data, resolve_config
-
-    refuse_reserved_keys(args.overrides, "sweep")
-    items = parse_sweep_items(args.overrides)
-    if args.ablate and items.axes:
-        raise ConfigError("--ablate makes its own arms; give only single values (fixed for every arm), not "
-                          f"axes: {', '.join(key for key, _ in items.axes)}.")
-    base, preset, preset_name = resolve_config(args.preset, items.fixed)
-    base = fill_default_data(base)
-    arms = plan_ablation_arms(base) if args.ablate else plan_axis_arms(base, items.axes)
-    return arms, preset, preset_name, items
-
-
 def sweep_plan_payload(sweep_dir: Path, arms: list[Arm], preset: Config, preset_name: str, seeds: list[int],
                        items: SweepItems) -> dict:
     return {"kind": "sweep", "sweep": sweep_dir.name, "created": now_text(), "argv": sys.argv[1:], "seeds": seeds,
@@ -313,19 +295,3 @@ def planned_arm(arm: Arm, reference: Arm, sweep_dir: Path, seeds: list[int]) -> 
             "changes": {key: format_value(value) for key, value in arm.changes.items()},
             "differences_from_reference": sorted(key.upper() for key in config_differences(arm.cfg, reference.cfg)),
             "run_dirs": [str(sweep_dir / f"{arm.slug}_seed{seed}") for seed in seeds]}
-
-
-def run_sweep_command(args: argparse.Namespace) -> int:
-    """Handler of ``pgolf sweep``: plan, train every arm x seed, compare, save and print."""
-    seeds = parse_seed_list(args.seeds)
-    arms, preset, preset_name, items = plan_sweep(args)
-    sweep_dir = claim_output_dir(arms[0].cfg.run.runs_dir, args.name, "sweep")
-    write_json_once(sweep_dir / "plan.json", sweep_plan_payload(sweep_dir, arms, preset, preset_name, seeds, items))
-    runs = run_arms(arms, seeds, sweep_dir, preset, preset_name, echo=not args.json)
-    result = sweep_result(sweep_dir, preset_name, arms, runs, seeds, paired=not args.unpaired, ablate=args.ablate,
-                          items=items)
-    write_json_once(sweep_dir / "sweep.json", result)
-    if is_main_rank():
-        write_text_atomic(sweep_dir / "sweep.csv", sweep_csv_text(result))
-    print_main(json.dumps(result, indent=2) if args.json else "\n".join(format_sweep_table(result)))
-    return 0

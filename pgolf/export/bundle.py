@@ -1,7 +1,6 @@
-"""``pgolf export``: the one-file ``train_gpt.py`` a submission ships (tooling; never exported itself).
+"""The one-file ``train_gpt.py`` a submission ships (tooling; never exported itself).
 
-    pgolf export RUN_DIR|PRESET [KEY=value ...] [-o train_gpt.py] [--json]
-
+``pgolf export`` (pgolf/commands/export.py) writes it; ``pgolf train`` counts its size as the code bytes.
 The script is built in four steps:
 
 1. flatten: the core modules ``pgolf.run`` needs, in dependency order, imports hoisted
@@ -20,15 +19,13 @@ of the same code agree) and, when ``main`` accepts ``code_bytes``, the wrapped f
 as a fixed point: the number is part of the file it measures).
 """
 
-import argparse
 import ast
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pgolf.config import Config, apply_config_overrides, config_from_dict, flatten_config, parse_cli_overrides
+from pgolf.config import Config, flatten_config
 from pgolf.errors import ConfigError, PgolfError
 from pgolf.export.flatten import ExportError, FlattenedSource, flatten_core_modules
 from pgolf.export.minify import minify_source, wrap_source
@@ -235,55 +232,3 @@ def write_exported_script(script: ExportedScript, output: str | Path) -> tuple[P
     write_bytes_atomic(output, script.wrapped)
     write_text_atomic(readable, script.readable)
     return output, readable
-
-
-def _run_dir_preset(run_dir: Path) -> str:
-    """The preset a run was started from (its report, else its log header), or ``custom``."""
-    report = run_dir / "report.json"
-    if report.is_file():
-        return json.loads(report.read_text()).get("preset", "custom")
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file():
-        first = metrics.read_text().splitlines()[:1]
-        if first and json.loads(first[0]).get("event") == "header":
-            return json.loads(first[0]).get("preset", "custom")
-    return "custom"
-
-
-def export_target_config(target: str, overrides: list[str]) -> tuple[Config, str]:
-    """(config, preset name) for ``pgolf export TARGET``: a run directory's config.json plus ``KEY=value``
-    overrides, or a preset resolved as ``pgolf train`` does (preset < environment < ``KEY=value``),
-    with empty data paths pointed at the embedded default dataset's cache."""
-    from pgolf.cli import fill_default_data, resolve_config
-    from pgolf.presets import PRESETS
-
-    path = Path(target)
-    if path.is_dir():
-        config_path = path / "config.json"
-        if not config_path.is_file():
-            raise PgolfError(f"{config_path} not found; RUN_DIR must be a directory written by `pgolf train`.")
-        cfg = config_from_dict(json.loads(config_path.read_text()))
-        return apply_config_overrides(cfg, parse_cli_overrides(overrides), source="command line"), _run_dir_preset(path)
-    if target in PRESETS:
-        cfg, _, name = resolve_config(target, overrides)
-        return fill_default_data(cfg), name
-    raise ConfigError(f"{target!r} is neither a run directory nor a preset; presets: {', '.join(sorted(PRESETS))}.")
-
-
-def run_export_command(args: argparse.Namespace) -> int:
-    """``pgolf export``: write train_gpt.py and train_gpt.readable.py, report the byte counts."""
-    refuse_existing_outputs(args.output)  # before the work, not after it
-    cfg, preset_name = export_target_config(args.target, args.overrides)
-    script = build_exported_script(cfg, preset_name=preset_name)
-    output, readable = write_exported_script(script, args.output)
-    if args.json:
-        print(json.dumps({"output": str(output), "readable": str(readable), **script.summary()}, indent=2))
-        return 0
-    print(f"wrote {output}: {script.wrapped_bytes:,} bytes (wrapped: lzma + base85 + exec; the counted code size)")
-    print(f"wrote {readable}: {script.readable_bytes:,} bytes (flattened and commented, for reviewers)")
-    print(f"bytes: readable {script.readable_bytes:,} -> minified {script.minified_bytes:,} -> "
-          f"wrapped {script.wrapped_bytes:,}; {len(script.modules)} modules; preset {preset_name}; "
-          f"code hash {script.code_hash}")
-    print(f"data: DATA_PATH={cfg.data.data_path} TOKENIZER_PATH={cfg.data.tokenizer_path} "
-          "(baked; override with the environment variables)")
-    return 0

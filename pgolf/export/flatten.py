@@ -23,7 +23,8 @@ import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgolf.artifact.size import TOOLING_MODULE_NAMES
+import pgolf
+from pgolf.artifact.size import is_tooling_module
 from pgolf.errors import PgolfError
 
 PACKAGE_NAME = "pgolf"
@@ -75,11 +76,6 @@ class CoreModule:
 
 def _is_pgolf_name(module: str) -> bool:
     return module == PACKAGE_NAME or module.startswith(PACKAGE_NAME + ".")
-
-
-def is_tooling_module(module: str) -> bool:
-    """True for modules that never ship in train_gpt.py (``TOOLING_MODULE_NAMES`` and their submodules)."""
-    return any(module == tool or module.startswith(tool + ".") for tool in TOOLING_MODULE_NAMES)
 
 
 def _is_type_checking_test(test: ast.expr) -> bool:
@@ -151,7 +147,7 @@ def _check_import_form(module: CoreModule, site: ImportSite) -> None:
                           "(from pgolf.x import name), not the package or a star.")
     if is_tooling_module(node.module) and not site.type_checking:
         raise ExportError(f"{where}: core module {module.name} imports tooling module {node.module}; tooling "
-                          "(command line, downloads, export, experiments) never ships in train_gpt.py. Move "
+                          "(pgolf/commands/, exp/, export/, cli.py) never ships in train_gpt.py. Move "
                           "that code into a core module or the import into the tooling side.")
 
 
@@ -184,8 +180,6 @@ def core_module_order(entry: str = "pgolf.run", package_dir: Path | None = None)
 
 
 def default_package_dir() -> Path:
-    import pgolf
-
     return Path(pgolf.__path__[0])
 
 

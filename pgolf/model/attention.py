@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from pgolf.config import ModelConfig
+from pgolf.config import ModelConfig, config_field_choices
 from pgolf.errors import ConfigError
 from pgolf.model.features.attn_gate import build_attention_output_gate
 from pgolf.model.features.doc_isolation import document_causal_mask, varlen_cu_seqlens
@@ -41,7 +41,8 @@ SDPA_BACKENDS = {
     "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION,
     "sdpa_math": SDPBackend.MATH,
 }
-ATTENTION_BACKENDS = ("auto", "fa3", *SDPA_BACKENDS, "eager")
+# Every ATTENTION_BACKEND name, as the config declares them: SDPA_BACKENDS, "auto", "fa3" and "eager".
+ATTENTION_BACKENDS = config_field_choices()["attention_backend"]
 FA3_MODULE = "flash_attn_interface"
 FA3_INSTALL_HINT = ("install FlashAttention 3 (pip package flash-attn-3, prebuilt wheels: pip install flash-attn-3 "
                     "--find-links https://download.pytorch.org/whl/flash-attn-3/ ; or build the hopper/ folder of "
@@ -88,10 +89,9 @@ def choose_attention_kernel(requested: str, *, on_cuda: bool, fa3_ready: bool) -
     """The kernel ``requested`` runs: ``auto`` becomes "fa3" (``fa3_ready`` on CUDA) or "sdpa".
 
     ``fa3_ready``: FlashAttention 3 is importable and, for ``auto``, the GPU is a Hopper. Raises
-    ConfigError when a forced backend cannot run here.
+    ConfigError when a forced backend cannot run here (an unknown name is validate_config's to report).
     """
-    if requested not in ATTENTION_BACKENDS:
-        raise ConfigError(f"ATTENTION_BACKEND={requested!r} is unknown; choose one of {', '.join(ATTENTION_BACKENDS)}.")
+    assert requested in ATTENTION_BACKENDS, requested
     if requested == "auto":
         return "fa3" if on_cuda and fa3_ready else "sdpa"
     if requested == "fa3" and not (on_cuda and fa3_ready):

@@ -27,7 +27,7 @@ from pgolf.model.features.smear_gate import SmearGate
 from pgolf.model.kernels.softcap_ce import softcapped_cross_entropy
 from pgolf.model.layers import CastedLinear, RMSNorm
 from pgolf.model.schedule import LayerSchedule, build_layer_schedule, max_num_skip
-from pgolf.train.precision import cuda_autocast_dtype, embedding_storage_dtype
+from pgolf.runtime import Runtime
 
 
 class GPT(nn.Module):
@@ -80,7 +80,9 @@ class GPT(nn.Module):
         if self.skip_gates is None:
             return x + weighted
         gate = torch.sigmoid(self.skip_gates[position].to(x.dtype))
-        return gate * x + (1 - gate) * weighted
+        # g x + (1 - g) s as the record computes it: one lerp from the skip towards x (s + g (x - s)),
+        # which rounds differently from the two-product form.
+        return torch.lerp(weighted, x, gate)
 
     def two_lane_decoder(self, x: torch.Tensor, x0: torch.Tensor, skips: list[torch.Tensor], schedule: LayerSchedule,
                          segments_BT: torch.Tensor | None = None) -> torch.Tensor:
@@ -162,7 +164,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def place_model_on_device(model: GPT, device: torch.device) -> GPT:
+def place_model_on_device(model: GPT, runtime: Runtime) -> GPT:
     """Move to ``device`` with the baseline's dtypes (SPEC 2.5).
 
     On CUDA under bf16 autocast the embedding is stored in bf16 (it is read by lookup and by the tied
@@ -170,10 +172,11 @@ def place_model_on_device(model: GPT, device: torch.device) -> GPT:
     autocast (T4) it stays fp32: the loss scaler unscales its gradient and refuses half-precision ones.
     On CPU everything stays fp32, where bf16 buys nothing and costs precision.
     """
-    model = model.to(device)
-    model.tok_emb.to(embedding_storage_dtype(device, cuda_autocast_dtype()))
+    model = model.to(runtime.device)
+    model.tok_emb.to(runtime.embedding_dtype)
     return model
 
 
-def build_model(cfg: ModelConfig, device: torch.device) -> GPT:
-    return place_model_on_device(GPT(cfg), device)
+def build_model(cfg: ModelConfig, runtime: Runtime) -> GPT:
+    """A fresh model on the runtime's device, in the dtypes its precision wants."""
+    return place_model_on_device(GPT(cfg), runtime)

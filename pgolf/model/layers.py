@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pgolf.errors import ConfigError
 
 # Largest finite float8 e4m3fn value: an amax-scaled tensor fills [-448, 448].
 FP8_E4M3_MAX = 448.0
@@ -143,12 +142,8 @@ class Rotary(nn.Module):
 
     def __init__(self, dim: int, base: float = 10000.0, *, train_seq_len: int = 0):
         super().__init__()
-        if dim <= 0 or dim % 2:
-            raise ConfigError(f"rotary dims must be a positive even number, got {dim}; set ROPE_DIMS to 0 "
-                              "(whole head) or an even number of dims per head.")
-        if train_seq_len > 0 and dim <= 2:
-            raise ConfigError(f"the NTK rescale exponent dim/(dim-2) is undefined for {dim} rotated dims; "
-                              "set ROPE_DIMS >= 4 or ROPE_TRAIN_SEQ_LEN=0.")
+        # validate_config's ROPE_DIMS / ROPE_TRAIN_SEQ_LEN rules: an even number of dims, more than 2 to rescale.
+        assert dim > 0 and dim % 2 == 0 and (train_seq_len <= 0 or dim > 2), (dim, train_seq_len)
         self.dim = dim
         self.base = base
         self.train_seq_len = train_seq_len

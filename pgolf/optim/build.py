@@ -7,33 +7,54 @@
 | matrix | Muon                       | ``matrix_lr``                               | ``muon_wd``  |
 | scalar | Adam, AdamW if decay > 0   | ``scalar_lr``                               | ``adam_wd``  |
 
-Adam uses betas ``(beta1, beta2)`` and ``adam_eps``. Every decay is decoupled and scaled by the
-group's scheduled LR (``p *= 1 - lr * wd``, SPEC 4.6); with a decay of 0 the group is plain Adam, as
-in the baseline, so the default numerics do not move. Muon gets MuonEq-R (``muon_row_normalize``) and
-its Newton-Schulz coefficients (``muon_ns_coefficients``) from the same section, and with
-``muon_sharded`` on several ranks becomes :class:`pgolf.optim.sharded.ShardedMuon`. Every param group
-records its ``base_lr`` (and ``group_name``), so the training loop applies the schedule with
-``apply_lr_and_momentum`` as ``lr = base_lr * multiplier``.
+Adam uses betas ``(beta1, beta2)`` and ``adam_eps`` and, like the references, torch's fused
+implementation (``fused=True``) wherever this torch build has it for the parameters' device and dtype
+(CUDA, and CPU since torch 2.4): the fused kernel rounds differently from the for-each one, so only
+the fused one gives the references' step bit for bit (``tests/parity/test_reference_parity.py``).
+Where it is missing (:func:`fused_adam_available`) the group falls back to torch's default
+implementation. Every decay is decoupled and scaled by the group's scheduled LR (``p *= 1 - lr * wd``,
+SPEC 4.6); with a decay of 0 the group is plain Adam, as in the baseline. Muon gets MuonEq-R
+(``muon_row_normalize``) and its Newton-Schulz coefficients (``muon_ns_coefficients``) from the same
+section, and with ``muon_sharded`` on several ranks becomes :class:`pgolf.optim.sharded.ShardedMuon`.
+Every param group records its ``base_lr`` (and ``group_name``), so the training loop applies the
+schedule with ``apply_lr_and_momentum`` as ``lr = base_lr * multiplier``.
 """
 
+import functools
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
+from pgolf.config import OptimConfig
 from pgolf.optim.groups import GroupMembers, assign_parameter_groups
 from pgolf.optim.muon import Muon, OrthogonalizeFn, orthogonalizer_for
 from pgolf.optim.sharded import ShardedMuon
 
 
+@functools.cache
+def fused_adam_available(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether this torch build runs fused Adam for ``device_type``/``dtype``, by one probe step.
+
+    Construction alone is not proof: a build can list a device as supported and still lack the kernel
+    for a dtype, which only the first ``step`` reveals. The probe touches a one-element tensor only.
+    """
+    probe = torch.zeros(1, device=device_type, dtype=dtype, requires_grad=True)
+    probe.grad = torch.ones_like(probe)
+    try:
+        torch.optim.Adam([probe], fused=True).step()
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        return False
+    return True
+
+
 def _make_group_adam(
-    group_name: str, members: GroupMembers, lr: float, optim_cfg: Any, weight_decay: float = 0.0
+    group_name: str, members: GroupMembers, lr: float, optim_cfg: OptimConfig, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
     """Adam for one group; AdamW (decoupled decay) when ``weight_decay > 0``."""
     params = [p for _, p in members]
-    # The fused kernel is a CUDA win; elsewhere the plain implementation is the portable choice.
-    fused = all(p.is_cuda for p in params)
+    # Fused as in the references (same rounding); None = torch's default where the kernel is missing.
+    fused = all(fused_adam_available(p.device.type, p.dtype) for p in params) or None
     param_group = {"params": params, "lr": lr, "base_lr": lr, "group_name": group_name}
     # Plain Adam at zero decay keeps the baseline's exact code path (and numerics).
     optimizer_class = torch.optim.AdamW if weight_decay > 0 else torch.optim.Adam
@@ -48,7 +69,7 @@ def _make_group_adam(
 
 def build_optimizers(
     model: nn.Module,
-    optim_cfg: Any,
+    optim_cfg: OptimConfig,
     *,
     tie_embeddings: bool,
     control_patterns: Sequence[str],
@@ -58,7 +79,7 @@ def build_optimizers(
 ) -> list[torch.optim.Optimizer]:
     """One optimizer per non-empty group, in the order token, head, matrix (Muon), scalar.
 
-    ``optim_cfg`` is the ``OptimConfig`` section (any object with its field names works).
+    ``optim_cfg`` is the ``OptimConfig`` section.
     ``rank``/``world_size`` tell Muon which matrices this process orthogonalises; with
     ``optim_cfg.muon_sharded`` and ``world_size > 1`` the matrix optimizer is a
     :class:`pgolf.optim.sharded.ShardedMuon`, which expects local (not DDP-averaged) gradients. ``orthogonalize``
@@ -81,7 +102,7 @@ def build_optimizers(
         }
         # MUON_SHARDED with several ranks: reduce-scatter / all-gather instead of DDP + replicated Muon;
         # the caller then skips DDP and calls pgolf.optim.grad_sync.synchronize_gradients.
-        muon_class = ShardedMuon if getattr(optim_cfg, "muon_sharded", False) and world_size > 1 else Muon
+        muon_class = ShardedMuon if optim_cfg.muon_sharded and world_size > 1 else Muon
         optimizers.append(
             muon_class(
                 [matrix_group],

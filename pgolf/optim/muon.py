@@ -79,7 +79,9 @@ def newton_schulz_with_schedule(
     for step in range(steps):
         a, b, c = schedule[min(step, len(schedule) - 1)]
         A = X @ X.T
-        B = b * A + c * (A @ A)
+        # (c A) A, not c (A A): in bf16 the two orders round differently, and this is the references'
+        # order (their ``b * A + c * A @ A`` parses as ``(c * A) @ A``); tests/parity pins the bits.
+        B = b * A + (c * A) @ A
         X = a * X + B @ X
     if transposed:
         X = X.T

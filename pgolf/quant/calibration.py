@@ -13,15 +13,21 @@ token tensors; reading the validation split here would leak it into the artifact
 reads training data, so its time belongs inside the training budget (``GPTQ_RESERVE_SECONDS``).
 """
 
+import time
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from pgolf.config import Config
+from pgolf.data.run_data import build_train_loader
+from pgolf.dist import DistContext
 from pgolf.errors import ConfigError
-from pgolf.eval.bpb import autocast_context
+from pgolf.log import RunLogger
 from pgolf.quant.policy import QUANT_PASSTHROUGH_MAX_NUMEL
+from pgolf.runtime import Runtime
 
 
 def _accumulate_outer(hessians: dict[str, torch.Tensor], key: str, x: torch.Tensor) -> None:
@@ -80,18 +86,18 @@ def collect_hessians(
     model: nn.Module,
     batches: Iterable[torch.Tensor],
     *,
+    runtime: Runtime,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Hessians keyed by weight name (``blocks.0.attn.c_q.weight``, ``tok_emb.weight`` ...), fp32.
 
     ``model``: the bare model (not DDP / torch.compile wrapped, whose names carry prefixes).
     ``batches``: input-id tensors of TRAINING data (module docstring). ``forward`` defaults to
-    ``model.forward_logits``. The model runs in eval mode under no-grad (bf16 autocast on CUDA) and its
+    ``model.forward_logits``. The model runs in eval mode under no-grad in ``runtime``'s precision and its
     training mode is restored afterwards. In a distributed run every rank must call this with the same
     number of layers visited; the result is the average over all ranks' batches.
     """
     forward = forward or model.forward_logits
-    device = next(model.parameters()).device
     hessians: dict[str, torch.Tensor] = {}
     handles = _register_hessian_hooks(model, hessians)
     was_training = model.training
@@ -99,8 +105,8 @@ def collect_hessians(
     count = 0
     try:
         for input_ids in batches:
-            with autocast_context(device):
-                forward(input_ids.to(device))
+            with runtime.autocast():
+                forward(input_ids.to(runtime.device))
             count += 1
     finally:
         for handle in handles:
@@ -122,3 +128,42 @@ def training_calibration_batches(loader, num_batches: int, *, global_tokens: int
     for _ in range(num_batches):
         input_ids, _targets = loader.next_batch(global_tokens, seq_len, grad_accum_steps)
         yield input_ids
+
+
+def collect_gptq_hessians(model: nn.Module, cfg: Config, ctx: DistContext, train_files: list[Path],
+                          logger: RunLogger) -> tuple[dict[str, torch.Tensor] | None, float]:
+    """GPTQ Hessians (None with QUANT_METHOD=rtn) and the seconds they took, on every rank.
+
+    The batches come from a FRESH training loader (the sequences the run started with, SPEC 4.10):
+    training data only, never validation. ``model`` must be the bare model, not its compiled/DDP wrapper.
+    Reading training data is training, so these seconds belong inside MAX_WALLCLOCK_SECONDS (the reserve).
+    """
+    if cfg.quant.quant_method != "gptq":
+        return None, 0.0
+    logger.line("GPTQ:collecting Hessians from calibration data...")
+    ctx.runtime.synchronize()
+    start = time.perf_counter()
+    loader = build_train_loader(cfg.train.train_loader, cfg.model.vocab_size, ctx, train_files)
+    batches = training_calibration_batches(loader, cfg.quant.gptq_calibration_batches,
+                                           global_tokens=cfg.train.train_batch_tokens, seq_len=cfg.train.train_seq_len,
+                                           grad_accum_steps=ctx.grad_accum_steps)
+    hessians = collect_hessians(model, batches, runtime=ctx.runtime)
+    ctx.runtime.synchronize()
+    seconds = time.perf_counter() - start
+    logger.line(f"GPTQ:collected {len(hessians)} Hessians in {seconds:.1f}s")
+    return hessians, seconds
+
+
+def calibration_budget_fields(cfg: Config, train_seconds: float, calibration_seconds: float,
+                              logger: RunLogger) -> dict:
+    """Training + calibration seconds against MAX_WALLCLOCK_SECONDS (report fields; logged with GPTQ)."""
+    cap = cfg.train.max_wallclock_seconds
+    total = train_seconds + calibration_seconds
+    fits = total <= cap if cap > 0 else None
+    if cfg.quant.quant_method == "gptq":
+        verdict = "no cap" if fits is None else (f"fits, {cap - total:.1f}s to spare" if fits else
+                                                 f"OVER by {total - cap:.1f}s: raise GPTQ_RESERVE_SECONDS")
+        logger.line(f"GPTQ:train_time {train_seconds:.1f}s + calibration {calibration_seconds:.1f}s = {total:.1f}s "
+                    f"of MAX_WALLCLOCK_SECONDS={cap:g} ({verdict})")
+    return {"calibration_seconds": calibration_seconds, "train_plus_calibration_seconds": total,
+            "wallclock_cap_seconds": cap, "train_plus_calibration_fits": fits}

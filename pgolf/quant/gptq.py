@@ -7,7 +7,8 @@ minimised rather than the weight error. Steps, exactly as the records do them:
 
 1. dead columns (``H_jj = 0``: an input that is always zero) get ``H_jj = 1`` and zero weights;
 2. damping: ``H += damping * mean(diag H) * I``;
-3. act-order: columns sorted by descending ``diag H`` (W and H permuted, inverse permutation kept);
+3. act-order: columns sorted by descending ``diag H`` with torch's default (unstable) sort, as the record
+   does; W and H permuted, inverse permutation kept;
 4. ``U`` = upper Cholesky factor of ``H^-1`` (Cholesky of H -> cholesky_inverse -> upper Cholesky);
 5. blocks of ``block_size`` columns; for column j of a block: ``q = clamp(round(w_j / s), -R, R)``,
    ``e = (w_j - q s) / U_jj``, the block's later columns ``-= e U[j, j:]``; after the block, the later
@@ -16,7 +17,9 @@ minimised rather than the weight error. Steps, exactly as the records do them:
 
 The row scales ``s`` are an input (:func:`pgolf.quant.rtn.rtn_row_scales`; SPEC: SDClip from the
 *original* rows), so GPTQ and round-to-nearest can be compared at identical scales. All maths is fp32 on
-the device of the Hessian (CPU in tests, CUDA in runs).
+the device of the Hessian (CPU in tests, CUDA in runs). The float operations are the record's, in its
+order, so with the same Hessian and scales the codes are the record's bit for bit
+(``tests/parity/test_reference_parity.py``).
 """
 
 import torch
@@ -32,8 +35,11 @@ def _gptq_prepare(w_RC: torch.Tensor, hessian_CC: torch.Tensor, damping: float) 
     dead_C = torch.diagonal(h_CC) == 0
     h_CC[dead_C, dead_C] = 1.0
     w_RC[:, dead_C] = 0.0
-    diagonal = torch.diagonal(h_CC)
-    diagonal += damping * diagonal.mean()
+    # The mean of a contiguous copy of the diagonal (torch.diag), as the record takes it: a mean over
+    # the strided diagonal view sums in another order and can differ in the last bit.
+    damp = damping * torch.diag(h_CC).mean()
+    columns_C = torch.arange(h_CC.shape[0], device=h_CC.device)
+    h_CC[columns_C, columns_C] += damp
     return w_RC, h_CC
 
 
@@ -87,7 +93,8 @@ def gptq_quantize_matrix(
         )
     code_range = rtn_code_range(bits)
     w_RC, h_CC = _gptq_prepare(w_RC, hessian_CC, damping)
-    order_C = torch.argsort(torch.diagonal(h_CC), descending=True, stable=True) if act_order else torch.arange(
+    # The record's default (unstable) sort, so tied diagonals (dead columns: all 1 + damp) come out in its order.
+    order_C = torch.argsort(torch.diag(h_CC), descending=True) if act_order else torch.arange(
         columns, device=h_CC.device)
     w_RC = w_RC[:, order_C]
     u_CC = gptq_upper_inverse_factor(h_CC[order_C][:, order_C], name)

@@ -83,10 +83,12 @@ def fake_quantize_rows(w_RC: torch.Tensor, bits: int, clip: str, k: float = 0.0)
     """
     w_RC = w_RC.detach().float()
     code_range = rtn_code_range(bits)
-    if clip == "percentile":  # the baseline clamps the weights to the row quantile before rounding
+    if clip == "percentile":  # the baseline clamps to the row quantile, divides by the fp32 scale, stores it fp16
         clip_R = rtn_row_quantile(w_RC.abs(), INT8_CLIP_QUANTILE)
-        scale_R = _qat_fp16_scales((clip_R / code_range).clamp_min(PERCENTILE_SCALE_FLOOR))
+        divisor_R = (clip_R / code_range).clamp_min(PERCENTILE_SCALE_FLOOR)
         w_RC = torch.maximum(torch.minimum(w_RC, clip_R[:, None]), -clip_R[:, None])
+        codes_RC = torch.clamp(torch.round(w_RC / divisor_R[:, None]), -code_range, code_range)
+        return codes_RC * _qat_fp16_scales(divisor_R)[:, None]
     elif clip == "sdclip":  # codes saturate at +-R, i.e. at k row standard deviations
         if w_RC.shape[1] < 2:
             std_R = torch.zeros(w_RC.shape[0], device=w_RC.device)

@@ -6,8 +6,8 @@ Per tensor of the state dict:
 2. float with at most 65,536 elements: stored fp32 if its name contains one of the keep-float patterns
    (control tensors such as ``attn_scale``), else fp16 ("passthrough");
 3. other 2-D float: per-row int8 ("int8_per_row"); ``clip_r`` = the 0.9999984 quantile of ``|W_r|``,
-   ``scale_r = max(clip_r / 127, 1 / 127)`` stored fp16, ``q = clamp(round(clamp(W, ±clip_r) / scale_r),
-   -127, 127)``;
+   ``scale_r = max(clip_r / 127, 1 / 127)`` in fp32, ``q = clamp(round(clamp(W, ±clip_r) / scale_r),
+   -127, 127)``, and then ``scale_r`` stored as fp16 (the baseline's order: codes from the fp32 scale);
 4. other float: per-tensor int8 with one fp32 scale (``clip / 127``, or 1.0 when clip is 0)
    ("int8_per_tensor").
 
@@ -15,23 +15,27 @@ Stored tensors: passthrough under the original name; quantised ones as ``<name>.
 ``<name>.scale``. The meta records, per original name, the scheme and the original dtype, which
 dequantisation restores.
 
-One deliberate refinement over the baseline: the per-row scale is rounded to fp16 *before* quantising
-(the baseline divides by the fp32 scale and stores the fp16 one). Dividing by the scale that is actually
-stored makes the dequantisation error at most half a step for every unclipped weight, at no byte cost.
+Codes and stored scales equal the baseline's bit for bit (``tests/parity/test_reference_parity.py``).
+Because the codes come from the fp32 scale while dequantisation multiplies by its fp16 rounding ``s``
+(within ``2^-11 s`` of it), the error of an unclipped weight is at most ``s (1/2 + (|q| + 1/2) 2^-11)``:
+half a step plus up to about 6 % of a step, not exactly half a step. Rounding the scale first would
+make the bound exact but moves about 0.016 % of the codes away from the baseline's, so pgolf does not.
 The export's arithmetic is fp32 on the CPU (the scale functions below also run on CUDA, for GPTQ).
 
 The per-row routine is generalised to int-N codes (R = 2^(bits-1) - 1, still one code per int8 byte)
 with three ways of choosing the row scale, used by :mod:`pgolf.quant.artifact_quant`:
 
 * "percentile" (the baseline): ``max(quantile(|W_r|, 0.9999984) / R, 1/127)``, weights clamped to the
-  quantile before rounding. The 1/127 floor is the baseline's and is kept for every bit width (it only
-  guards all-zero rows; a floor of 1/R would wipe out small weights at low bit widths).
+  quantile before rounding, codes from the fp32 scale (the baseline's order, above). The 1/127 floor is
+  the baseline's and is kept for every bit width (it only guards all-zero rows; a floor of 1/R would
+  wipe out small weights at low bit widths).
 * "sdclip" (SPEC 4.10): ``k * std_unbiased(W_r) / R``, clamped >= 1e-10; no explicit clamp, the codes
   saturate at +-R, i.e. at k standard deviations.
 * "absmax" (the quant gate, SPEC 5.5): ``max|W_r| / R``.
 
-Every scale is rounded to fp16 before quantising, and an fp16 scale that rounds to 0 (e.g. SDClip on an
-all-zero row: 1e-10 underflows in fp16) is raised to the smallest fp16 subnormal so codes never become 0/0.
+The other two round the scale to fp16 *before* quantising, as the record does for SDClip (SPEC 4.10
+step 5). An fp16 scale that rounds to 0 (e.g. SDClip on an all-zero row: 1e-10 underflows in fp16) is
+raised to the smallest fp16 subnormal so codes never become 0/0.
 """
 
 import torch
@@ -104,10 +108,10 @@ def sdclip_row_scales(w_RC: torch.Tensor, bits: int, k: float, name: str = "tens
     return _rtn_fp16_scales(name, (k * std_R / rtn_code_range(bits)).clamp_min(SDCLIP_MIN_SCALE))
 
 
-def _percentile_clip_and_scales(name: str, w_RC: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The baseline's per-row clip values (fp32) and fp16 scales, generalised to R = 2^(bits-1) - 1."""
+def _percentile_clip_and_scales(w_RC: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The baseline's per-row clip values and fp32 scales, generalised to R = 2^(bits-1) - 1."""
     clip_R = rtn_row_quantile(w_RC.abs(), INT8_CLIP_QUANTILE)
-    return clip_R, _rtn_fp16_scales(name, (clip_R / rtn_code_range(bits)).clamp_min(PERCENTILE_SCALE_FLOOR))
+    return clip_R, (clip_R / rtn_code_range(bits)).clamp_min(PERCENTILE_SCALE_FLOOR)
 
 
 def rtn_row_scales(w_RC: torch.Tensor, bits: int, clip: str, k: float = 0.0, name: str = "tensor") -> torch.Tensor:
@@ -116,7 +120,7 @@ def rtn_row_scales(w_RC: torch.Tensor, bits: int, clip: str, k: float = 0.0, nam
     if clip == "sdclip":
         return sdclip_row_scales(w_RC, bits, k, name)
     if clip == "percentile":
-        return _percentile_clip_and_scales(name, w_RC, bits)[1]
+        return _rtn_fp16_scales(name, _percentile_clip_and_scales(w_RC, bits)[1])
     if clip == "absmax":
         absmax_R = w_RC.abs().amax(dim=1) if w_RC.shape[1] else torch.zeros(w_RC.shape[0])
         return _rtn_fp16_scales(name, absmax_R / code_range)
@@ -128,12 +132,15 @@ def rtn_quantize_rows(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Round-to-nearest per-row codes in [-R, R] (int8) and fp16 scales of a 2-D fp32 matrix."""
     code_range = rtn_code_range(bits)
-    if clip == "percentile":  # the baseline clamps weights to the quantile before rounding
-        clip_R, scale_R = _percentile_clip_and_scales(name, w_RC, bits)
+    if clip == "percentile":
+        # The baseline's order: clamp the weights to the quantile, divide by the fp32 scale, store it fp16.
+        clip_R, divisor_R = _percentile_clip_and_scales(w_RC, bits)
         w_RC = torch.maximum(torch.minimum(w_RC, clip_R[:, None]), -clip_R[:, None])
+        scale_R = _rtn_fp16_scales(name, divisor_R)
     else:
         scale_R = rtn_row_scales(w_RC, bits, clip, k, name)
-    q_RC = torch.clamp(torch.round(w_RC / scale_R.float()[:, None]), -code_range, code_range).to(torch.int8)
+        divisor_R = scale_R.float()
+    q_RC = torch.clamp(torch.round(w_RC / divisor_R[:, None]), -code_range, code_range).to(torch.int8)
     return q_RC.contiguous(), scale_R.contiguous()
 
 

@@ -158,7 +158,7 @@ class CheckpointManager:
     def __init__(self, run_dir: Path, cfg: Config, ctx: DistContext, logger: RunLogger, *,
                  resume_from: Path | None = None, run_info: dict | None = None, loss_scaler=None):
         self.root = Path(run_dir) / CHECKPOINTS_DIR_NAME
-        # fp16 training's loss scale (pgolf.train.precision); its state is plain numbers, kept as JSON.
+        # fp16 training's loss scale (pgolf.runtime.Runtime.loss_scaler); its state is plain numbers, kept as JSON.
         self.loss_scaler = loss_scaler
         self.train_cfg: TrainConfig = cfg.train
         self.ctx = ctx

@@ -9,14 +9,8 @@ training data for its Hessians, so that time is carved out of the training budge
 
 import time
 
-import torch
-
 from pgolf.errors import ConfigError
-
-
-def synchronize_device(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from pgolf.runtime import Runtime
 
 
 def effective_training_budget(max_wallclock_seconds: float, gptq_reserve_seconds: float) -> float:
@@ -42,20 +36,20 @@ class TrainingClock:
     validation that follows it.
     """
 
-    def __init__(self, device: torch.device, budget_seconds: float, *, already_elapsed: float = 0.0):
+    def __init__(self, runtime: Runtime, budget_seconds: float, *, already_elapsed: float = 0.0):
         """``already_elapsed``: training seconds spent before this process (a resumed run), counted
         against the budget like any other."""
-        self.device = device
+        self.runtime = runtime
         self.budget_seconds = budget_seconds
         self._accumulated = float(already_elapsed)
         self._started_at: float | None = None
 
     def resume(self) -> None:
-        synchronize_device(self.device)
+        self.runtime.synchronize()
         self._started_at = time.perf_counter()
 
     def pause(self) -> None:
-        synchronize_device(self.device)
+        self.runtime.synchronize()
         if self._started_at is not None:
             self._accumulated += time.perf_counter() - self._started_at
             self._started_at = None

@@ -25,18 +25,16 @@ import torch
 from pgolf.config import OptimConfig, TrainConfig
 from pgolf.dist import DistContext, all_ranks_agree_any, all_reduce_sum_
 from pgolf.errors import TrainingError
-from pgolf.eval.bpb import autocast_context
 from pgolf.log import ProgressBar, RunLogger
 from pgolf.optim.build import apply_lr_and_momentum
 from pgolf.optim.grad_sync import clip_grad_norm_synchronized_, synchronize_gradients
 from pgolf.optim.schedules import lr_multiplier_at, muon_momentum_at, training_progress
-from pgolf.quant.qat import QATController
+from pgolf.runtime import NoLossScaling
 from pgolf.train.checkpoint import CheckpointManager, TrainingPosition
 from pgolf.train.checkpoint_state import InterruptRequest, TrainingInterrupted, ranks_agree_any_of
 from pgolf.train.clock import TrainingClock, effective_training_budget
 from pgolf.train.ema import WeightEMA
 from pgolf.train.instrument import CompileMonitor, nvtx_range
-from pgolf.train.precision import NoLossScaling
 
 
 @dataclass(frozen=True)
@@ -53,6 +51,17 @@ class TrainOutcome:
     @property
     def tokens_per_second(self) -> float:
         return self.tokens_seen / max(self.train_seconds, 1e-9)
+
+
+class FakeQuantSwitch(Protocol):
+    """What the loop needs from quantization-aware training (``pgolf.quant.qat.QATController``): a
+    progress fraction at which to switch fake quantization on, and the switch. The loop knows nothing
+    else of QAT."""
+
+    start_frac: float
+    enabled: bool
+
+    def set_enabled(self, enabled: bool) -> None: ...
 
 
 class TrainingBatches(Protocol):
@@ -76,14 +85,14 @@ class TrainingParts:
     ``model`` may offer depth recurrence: a ``supports_looping`` property, a ``looping`` attribute and
     ``set_looping(enabled)``; models without them simply never loop. ``qat`` is the controller of the
     model's fake-quant modules (``pgolf.quant.qat.attach_qat``), or None for no QAT. ``loss_scaler``
-    scales fp16 losses (``pgolf.train.precision.build_loss_scaler``); the default does nothing.
+    scales fp16 losses (``pgolf.runtime.Runtime.loss_scaler``); the default does nothing.
     """
 
     model: torch.nn.Module
     forward_model: torch.nn.Module
     optimizers: list[torch.optim.Optimizer]
     loader: TrainingBatches
-    qat: QATController | None = None
+    qat: FakeQuantSwitch | None = None
     loss_scaler: object = field(default_factory=NoLossScaling)
     # Sharded Muon (MUON_SHARDED=1, several ranks): no DDP; the optimizers average the gradients.
     sharded_gradients: bool = False
@@ -104,7 +113,7 @@ def run_training_step(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimCo
         ddp = ctx.is_distributed and not parts.sharded_gradients
         sync_context = parts.forward_model.no_sync() if ddp and not is_last else nullcontext()
         with sync_context:
-            with nvtx_range("forward"), autocast_context(ctx.device):
+            with nvtx_range("forward"), ctx.runtime.autocast():
                 loss = parts.forward_model(x, y)
             with nvtx_range("backward"):
                 scaler.scale(loss / accum).backward()
@@ -151,7 +160,7 @@ def _priming_steps(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfi
 
 def _qat_active(parts: TrainingParts) -> bool:
     """True if the model has fake-quant modules the loop can switch on."""
-    return parts.qat is not None and bool(parts.qat.modules)
+    return parts.qat is not None
 
 
 def _graph_state(parts: TrainingParts) -> dict[str, bool]:
@@ -341,7 +350,7 @@ def train_model(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfig, 
     # Built from the restored initial weights, after priming, before the clock starts.
     ema = WeightEMA(parts.model, cfg.ema_decay, cfg.ema_start_step) if cfg.ema_decay > 0 else None
     position = _starting_position(parts, ema, checkpoints)
-    clock = TrainingClock(ctx.device, budget, already_elapsed=position.train_seconds)
+    clock = TrainingClock(ctx.runtime, budget, already_elapsed=position.train_seconds)
     bar = ProgressBar("train", budget if budget > 0 else cfg.iterations, enabled=ctx.is_main)
     stopped_by = "iterations"
     # Priming compiled every graph the run needs: anything compiled from here on costs budget time.

@@ -4,10 +4,10 @@ Three ways in:
 
 * ``pgolf train --resume RUN_DIR``: the run's own ``config.json`` (command-line ``KEY=value`` only
   for the adjustable fields below), continued from its newest complete checkpoint;
-* ``PGOLF_AUTO_RESUME=1`` with ``RUN_ID`` naming a run under ``RUNS_DIR``: resumed when that directory
-  exists (from its newest checkpoint, or from step 0 when none is complete yet), started when it does
-  not. The same command can therefore be re-run as is, which is what ``torchrun --max-restarts``
-  does with a failed worker group;
+* ``PGOLF_AUTO_RESUME=1`` (the run section's ``pgolf_auto_resume``) with ``RUN_ID`` naming a run
+  under ``RUNS_DIR``: resumed when that directory exists (from its newest checkpoint, or from step 0
+  when none is complete yet), started when it does not. The same command can therefore be re-run as
+  is, which is what ``torchrun --max-restarts`` does with a failed worker group;
 * neither: a fresh directory, and an existing one is an error (a run is never overwritten).
 
 A finished run (one with ``report.json``) is never resumed. A resumed run must have the run's own
@@ -15,24 +15,25 @@ configuration: anything that changes the maths is refused, so a resumed run is t
 """
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgolf.config import Config, apply_config_overrides, config_field_index, config_from_dict, flatten_config
+from pgolf.config import (Config, apply_config_overrides, config_field_index, config_from_dict,
+                          flatten_config)
 from pgolf.errors import ConfigError, PgolfError
 from pgolf.fsutil import remove_tree
 from pgolf.log import RunLogger
 from pgolf.train.checkpoint import CHECKPOINTS_DIR_NAME, newest_checkpoint, read_checkpoint_manifest
 
-# Set to 1 to resume RUNS_DIR/RUN_ID when it exists (e.g. a worker group restarted by torchrun).
-AUTO_RESUME_ENV_VAR = "PGOLF_AUTO_RESUME"
+# pgolf's own settings of the machine (the pgolf_* fields: device, cache directory, auto-resume): they
+# belong to where a run executes, not to the run, so a resumed run takes them from this machine.
+MACHINE_FIELDS = frozenset(name for name in config_field_index() if name.startswith("pgolf_"))
 
 # Config fields a resumed run may change: where things are and how often to log/checkpoint. Anything
 # else would make the resumed run a different run, so it is refused.
 RESUME_ADJUSTABLE_FIELDS = frozenset({"data_path", "tokenizer_path", "runs_dir", "run_id", "train_log_every",
                                       "val_loss_every", "checkpoint_every", "checkpoint_every_seconds",
-                                      "checkpoint_keep"})
+                                      "checkpoint_keep"}) | MACHINE_FIELDS
 
 
 def resume_config_conflicts(saved_sections: dict, cfg: Config) -> list[str]:
@@ -51,9 +52,12 @@ def check_resume_config(saved_sections: dict, cfg: Config, source: Path) -> None
                           "intervals may change), or start a new run with another RUN_ID.")
 
 
-def resume_run_config(run_dir: Path, overrides: dict[str, str]) -> tuple[Config, str]:
+def resume_run_config(run_dir: Path, overrides: dict[str, str],
+                      machine: dict[str, str] | None = None) -> tuple[Config, str]:
     """The configuration of the run in ``run_dir`` (its config.json, placed where the directory is now)
-    with command-line ``overrides`` of the adjustable fields, and the run's preset name."""
+    with this machine's settings ``machine`` (MACHINE_FIELDS, such as PGOLF_DEVICE, as the caller read
+    them from the environment) and command-line ``overrides`` of the adjustable fields, and the run's
+    preset name."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.is_file():
@@ -66,6 +70,7 @@ def resume_run_config(run_dir: Path, overrides: dict[str, str]) -> tuple[Config,
         raise ConfigError(f"--resume keeps the run's own configuration; {', '.join(refused)} cannot change. Only "
                           f"{', '.join(sorted(k.upper() for k in allowed))} may be given.")
     cfg = config_from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+    cfg = apply_config_overrides(cfg, machine or {}, source="environment")
     cfg = apply_config_overrides(cfg, overrides, source="command line")
     cfg = apply_config_overrides(cfg, {"runs_dir": str(run_dir.parent), "run_id": run_dir.name}, source="--resume")
     checkpoint = newest_checkpoint(run_dir)
@@ -83,11 +88,12 @@ class RunStart:
     checkpoint: Path | None = None
 
 
-def resume_mode(resume: bool) -> str:
-    """"required" (``--resume``), "auto" (``PGOLF_AUTO_RESUME=1``) or "never"."""
+def resume_mode(resume: bool, auto_resume: bool) -> str:
+    """"required" (``--resume``), "auto" (``auto_resume``: the run section's ``pgolf_auto_resume``,
+    ``PGOLF_AUTO_RESUME=1``) or "never"."""
     if resume:
         return "required"
-    return "auto" if os.environ.get(AUTO_RESUME_ENV_VAR, "").strip() not in ("", "0") else "never"
+    return "auto" if auto_resume else "never"
 
 
 def resume_decision(cfg: Config, mode: str) -> tuple[RunStart | None, str | None]:

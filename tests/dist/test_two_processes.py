@@ -53,12 +53,12 @@ def _worker(rank: int, world_size: int, port: int, data_dir: str, out_dir: str, 
     from pgolf.eval.bpb import evaluate_bpb
     from pgolf.model.gpt import build_model
     from pgolf.optim.build import build_optimizers
-    from pgolf.run import uses_sharded_muon, wrap_for_training
+    from pgolf.train.wrap import uses_sharded_muon, wrap_for_training
     from pgolf.train.loop import TrainingParts, run_training_step
 
     ctx = init_distributed()
     torch.manual_seed(0)
-    model = build_model(MODEL, ctx.device)
+    model = build_model(MODEL, ctx.runtime)
     optim = OptimConfig(muon_sharded=sharded, grad_clip_norm=0.5)
     optimizers = build_optimizers(model, optim, tie_embeddings=True,
                                   control_patterns=MODEL.control_tensor_name_patterns, rank=ctx.rank,
@@ -67,14 +67,14 @@ def _worker(rank: int, world_size: int, port: int, data_dir: str, out_dir: str, 
     cfg = Config(model=MODEL, train=TRAIN)
     use_shards = uses_sharded_muon(optimizers)
     assert use_shards == (sharded and world_size > 1)
-    parts = TrainingParts(model, wrap_for_training(model, cfg, ctx, sharded_muon=use_shards), optimizers, loader,
+    parts = TrainingParts(model, wrap_for_training(model, cfg.model, cfg.train.compile, ctx, sharded_muon=use_shards), optimizers, loader,
                           sharded_gradients=use_shards)
     losses = []
     for _ in range(STEPS):
         loss = run_training_step(parts, TRAIN, optim, ctx, lr_mult=1.0, muon_momentum=0.9)
         losses.append(all_reduce_sum_(loss.clone()).item() / ctx.world_size)
     val = torch.from_numpy(np.fromfile(Path(data_dir) / "val.npy", dtype=np.int64))
-    sums = evaluate_bpb(model, val, seq_len=16, batch_sequences=3, byte_tables=_byte_tables(), device=ctx.device,
+    sums = evaluate_bpb(model, val, seq_len=16, batch_sequences=3, byte_tables=_byte_tables(), runtime=ctx.runtime,
                         rank=ctx.rank, world_size=ctx.world_size)
     if ctx.is_main:
         Path(out_dir, f"world{world_size}{'_sharded' if sharded else ''}.json").write_text(json.dumps({"losses": losses, **sums.as_dict()}))

@@ -8,11 +8,14 @@ import pytest
 import torch
 
 from pgolf.cli import main as cli_main
+from pgolf.commands.configuration import resolve_config
 from pgolf.config import apply_config_overrides
 from pgolf.data.corpus import ensure_default_dataset
 from pgolf.errors import ArtifactError, ConfigError, TrainingError
+from pgolf.export.bundle import exported_code_bytes
 from pgolf.presets import tiny_cpu
-from pgolf.run import load_artifact_into_fresh_model
+from pgolf.quant.model_artifact import load_artifact_into_fresh_model
+from pgolf.runtime import Runtime
 from pgolf.run import main as run_main
 
 QUICK = {"ITERATIONS": "4", "MAX_WALLCLOCK_SECONDS": "0", "TRAIN_SEQ_LEN": "64", "TRAIN_BATCH_TOKENS": "4096",
@@ -81,7 +84,7 @@ def test_same_seed_same_result(default_data, tmp_path):
 
 
 def test_over_the_cap_reports_then_fails(default_data, tmp_path, monkeypatch):
-    monkeypatch.setattr("pgolf.run.ARTIFACT_CAP_BYTES", 100_000)
+    monkeypatch.setattr("pgolf.quant.model_artifact.ARTIFACT_CAP_BYTES", 100_000)
     with pytest.raises(ArtifactError, match="over"):
         run_main(quick_config(default_data, tmp_path, RUN_ID="big", ITERATIONS="1"), echo=False)
     report = json.loads((tmp_path / "runs/big/report.json").read_text())
@@ -145,8 +148,8 @@ def test_record_features_sliding_and_ttt_run_end_to_end(default_data, tmp_path):
     # only by quantization, not by a different layer schedule.
     assert abs(report["val_bpb"] - report["val_bpb_prequant"]) < 0.05
     cfg = quick_config(default_data, tmp_path, **features)
-    reloaded = load_artifact_into_fresh_model(tmp_path / "runs" / "rec" / "artifact" / "final_model.int8.ptz", cfg,
-                                              torch.device("cpu"))
+    reloaded = load_artifact_into_fresh_model(tmp_path / "runs" / "rec" / "artifact" / "final_model.int8.ptz",
+                                              cfg.model, Runtime(torch.device("cpu")))
     assert reloaded.looping
 
 
@@ -158,9 +161,6 @@ def test_qat_switches_on_in_a_run_and_the_artifact_round_trips(default_data, tmp
 
 
 def test_cli_train_counts_the_exact_exported_script_size(default_data, tmp_path, monkeypatch):
-    from pgolf.cli import resolve_config
-    from pgolf.export.bundle import exported_code_bytes
-
     items = [f"{key}={value}" for key, value in {**QUICK, "DATA_PATH": str(default_data.data_path),
                                                   "TOKENIZER_PATH": str(default_data.tokenizer_path),
                                                   "RUNS_DIR": str(tmp_path / "runs"), "RUN_ID": "cli"}.items()]

@@ -19,7 +19,7 @@ from pgolf.log import RunLogger
 from pgolf.model.gpt import GPT
 from pgolf.optim.build import build_optimizers
 from pgolf.presets import PRESETS, preset_config
-from pgolf.run import build_train_loader
+from pgolf.data.run_data import build_train_loader
 from pgolf.train.loop import TrainingParts, train_model
 
 VOCAB, SEQ, STEPS = 128, 64, 14
@@ -52,7 +52,7 @@ def test_preset_shrunk_to_tiny_trains(name, train_files, tmp_path):
     model = GPT(cfg.model)
     optimizers = build_optimizers(model, cfg.optim, tie_embeddings=cfg.model.tie_embeddings,
                                   control_patterns=cfg.model.control_tensor_name_patterns)
-    parts = TrainingParts(model, model, optimizers, build_train_loader(cfg, ctx, train_files))
+    parts = TrainingParts(model, model, optimizers, build_train_loader(cfg.train.train_loader, cfg.model.vocab_size, ctx, train_files))
     logger = RunLogger(tmp_path, enabled=True, echo=False)
     outcome = train_model(parts, cfg.train, cfg.optim, ctx, logger)
     logger.close()

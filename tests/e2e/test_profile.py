@@ -13,7 +13,7 @@ from pgolf.cli import main as cli_main
 from pgolf.config import ModelConfig
 from pgolf.data.shards import write_shard
 from pgolf.model.gpt import GPT
-from pgolf.profiler import cpu_self_times, new_trace_path, training_flops_per_token
+from pgolf.commands.profile import cpu_self_times, new_trace_path, training_flops_per_token
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,14 +10,13 @@ import json
 import math
 import shutil
 import struct
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-import pgolf.quant.tools as quant_tools
-import pgolf.run
+import pgolf.commands.quantize as quant_tools
+import pgolf.data.run_data
 from pgolf.cli import main as cli_main
 from pgolf.config import apply_config_overrides
 from pgolf.data.corpus import ensure_default_dataset
@@ -28,8 +27,8 @@ from pgolf.errors import ArtifactError, ConfigError, DataError
 from pgolf.log import RunLogger
 from pgolf.model.gpt import build_model
 from pgolf.presets import tiny_cpu
-from pgolf.quant.tools import quantize_run
-from pgolf.run import collect_gptq_hessians
+from pgolf.commands.quantize import quantize_run
+from pgolf.quant.calibration import collect_gptq_hessians
 from pgolf.run import main as run_main
 
 QUICK = {"ITERATIONS": "4", "MAX_WALLCLOCK_SECONDS": "0", "TRAIN_SEQ_LEN": "64", "TRAIN_BATCH_TOKENS": "4096",
@@ -66,15 +65,16 @@ def gptq_run(default_data, tmp_path_factory):
     """One GPTQ int6 run, with every training-loader construction recorded: (run dir, report, loader files)."""
     runs = tmp_path_factory.mktemp("runs")
     loader_files: list[list[str]] = []
-    real_build = pgolf.run.build_train_loader
+    real_build = pgolf.data.run_data.build_train_loader
 
-    def spy(cfg, ctx, train_files):
+    def spy(train_loader, vocab_size, ctx, train_files):
         loader_files.append([str(path) for path in train_files])
-        return real_build(cfg, ctx, train_files)
+        return real_build(train_loader, vocab_size, ctx, train_files)
 
     with pytest.MonkeyPatch.context() as patch:
         force_single_cpu_process(patch)
-        patch.setattr("pgolf.run.build_train_loader", spy)
+        patch.setattr("pgolf.train.setup.build_train_loader", spy)  # the training loader
+        patch.setattr("pgolf.quant.calibration.build_train_loader", spy)  # GPTQ calibration's
         report = run_main(quick_config(default_data, runs, RUN_ID="gptq", **GPTQ), preset_name="tiny_cpu", echo=False)
     return runs / "gptq", report, loader_files
 
@@ -109,7 +109,7 @@ def test_calibration_reads_only_training_shards(gptq_run, default_data):
     ctx = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_distributed=False)
     val_files = find_shards(cfg.data.data_path, "val")
     with pytest.raises(DataError):
-        collect_gptq_hessians(build_model(cfg.model, ctx.device), cfg, ctx, val_files, RunLogger(None))
+        collect_gptq_hessians(build_model(cfg.model, ctx.runtime), cfg, ctx, val_files, RunLogger(None))
 
 
 def test_eval_finds_the_gptq_artifact(gptq_run, capsys):
@@ -121,7 +121,7 @@ def test_eval_finds_the_gptq_artifact(gptq_run, capsys):
 
 def test_over_the_cap_fails_with_the_margin_or_prunes_to_fit(default_data, tmp_path, monkeypatch):
     settings = {"ITERATIONS": "1", "MATRIX_BITS": "6", "CLIP_METHOD": "sdclip"}
-    monkeypatch.setattr("pgolf.run.ARTIFACT_CAP_BYTES", 100_000)
+    monkeypatch.setattr("pgolf.quant.model_artifact.ARTIFACT_CAP_BYTES", 100_000)
     with pytest.raises(ArtifactError) as failure:
         run_main(quick_config(default_data, tmp_path, RUN_ID="over", FIT_TO_CAP="0", **settings), echo=False)
     over = json.loads((tmp_path / "over" / "report.json").read_text())
@@ -129,7 +129,7 @@ def test_over_the_cap_fails_with_the_margin_or_prunes_to_fit(default_data, tmp_p
     assert f"over the 100,000-byte cap by {over['total_bytes'] - 100_000:,} bytes" in str(failure.value)
 
     cap = over["total_bytes"] - 3_000
-    monkeypatch.setattr("pgolf.run.ARTIFACT_CAP_BYTES", cap)
+    monkeypatch.setattr("pgolf.quant.model_artifact.ARTIFACT_CAP_BYTES", cap)
     fitted = run_main(quick_config(default_data, tmp_path, RUN_ID="fit", FIT_TO_CAP="1", **settings), echo=False)
     artifact = tmp_path / "fit" / "artifact" / fitted["artifact_file"]
     assert fitted["fits"] and fitted["total_bytes"] <= cap
@@ -140,7 +140,7 @@ def test_over_the_cap_fails_with_the_margin_or_prunes_to_fit(default_data, tmp_p
     assert "fit_to_cap: pruned " in (tmp_path / "fit" / "train.log").read_text()
     assert abs(fitted["val_bpb"] - fitted["val_bpb_prequant"]) < 0.05
 
-    monkeypatch.setattr("pgolf.run.ARTIFACT_CAP_BYTES", 100_000)
+    monkeypatch.setattr("pgolf.quant.model_artifact.ARTIFACT_CAP_BYTES", 100_000)
     with pytest.raises(ArtifactError, match="even zeroing all"):
         run_main(quick_config(default_data, tmp_path, RUN_ID="hopeless", FIT_TO_CAP="1", **settings), echo=False)
 
@@ -224,8 +224,8 @@ def test_sweep_writes_the_rate_distortion_table_and_plot(gptq_run, monkeypatch, 
     run_dir, report, _ = gptq_run
     schemes = {label: settings for label, settings in quant_tools.SWEEP_SCHEMES.items()
                if label in ("rtn int8 percentile", "rtn int6 sdclip", "gptq int6 sdclip")}
-    monkeypatch.setattr("pgolf.quant.tools.SWEEP_SCHEMES", schemes)
-    monkeypatch.setattr("pgolf.quant.tools.available_model_compressor_names", lambda: ["zlib", "pergroup"])
+    monkeypatch.setattr("pgolf.commands.quantize.SWEEP_SCHEMES", schemes)
+    monkeypatch.setattr("pgolf.commands.quantize.available_model_compressor_names", lambda: ["zlib", "pergroup"])
     capsys.readouterr()
     assert cli_main(["quantize", str(run_dir), "--sweep", "--name", "sweep", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -256,7 +256,7 @@ def test_sweep_writes_the_rate_distortion_table_and_plot(gptq_run, monkeypatch, 
 def test_sweep_without_matplotlib_still_writes_the_table(tmp_path, monkeypatch):
     rows = [{"scheme": "rtn int8 percentile", "compressor": "zlib", "total_bytes": 1000, "val_bpb": 3.5}]
     summary = {"run_dir": "r", "val_bpb_prequant": 3.4, "cap_bytes": 16_000_000}
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    monkeypatch.setattr(quant_tools, "Figure", None)  # what the guarded import leaves without matplotlib
     notes = quant_tools.write_sweep_files(tmp_path, rows, summary)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.csv", "sweep.json"]
     assert "no sweep.png: matplotlib is not installed" in notes[0]

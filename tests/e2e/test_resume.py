@@ -16,11 +16,10 @@ import torch
 from pgolf.cli import main as cli_main
 from pgolf.config import apply_config_overrides
 from pgolf.data.corpus import ensure_default_dataset
-from pgolf.errors import ConfigError
+from pgolf.errors import ConfigError, PgolfError
 from pgolf.presets import tiny_cpu
 from pgolf.run import main as run_main
 from pgolf.train import loop as loop_module
-from pgolf.train.resume import AUTO_RESUME_ENV_VAR
 
 REPO = Path(__file__).resolve().parents[2]
 # A very small model and batch: the run's fixed costs (imports, data, evaluation) dominate anyway.
@@ -53,10 +52,10 @@ def default_data(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def single_process(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", AUTO_RESUME_ENV_VAR):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "PGOLF_AUTO_RESUME"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("PGOLF_DEVICE", "cpu")
-    monkeypatch.setattr("pgolf.cli.exact_code_bytes", lambda cfg, name: 50_000)  # the export is not under test
+    monkeypatch.setattr("pgolf.commands.train.exported_code_bytes", lambda cfg, preset_name: 50_000)  # the export is not under test
 
 
 def items(default_data, runs_dir, **extra) -> list[str]:
@@ -75,7 +74,7 @@ def reference(default_data, tmp_path_factory):
     """The uninterrupted run: its report and its train losses by step."""
     runs = tmp_path_factory.mktemp("reference")
     with pytest.MonkeyPatch.context() as patch:
-        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", AUTO_RESUME_ENV_VAR):
+        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "PGOLF_AUTO_RESUME"):
             patch.delenv(key, raising=False)
         patch.setenv("PGOLF_DEVICE", "cpu")
         report = run_main(config(default_data, runs, RUN_ID="reference"), echo=False)
@@ -174,17 +173,43 @@ def test_auto_resume_continues_a_crashed_run_with_the_same_command(default_data,
             raise RuntimeError("worker lost")
         return real_step(*args, **kwargs)
 
-    cfg = config(default_data, tmp_path, RUN_ID="auto", CHECKPOINT_EVERY="2")
-    monkeypatch.setenv(AUTO_RESUME_ENV_VAR, "1")
+    # PGOLF_AUTO_RESUME is a config field: the environment variable reaches it through the CLI's
+    # configuration (test_auto_resume_from_the_environment_through_the_cli), run.main reads the field.
+    cfg = config(default_data, tmp_path, RUN_ID="auto", CHECKPOINT_EVERY="2", PGOLF_AUTO_RESUME="1")
     monkeypatch.setattr(loop_module, "run_training_step", crash_at_step_four)
     with pytest.raises(RuntimeError, match="worker lost"):
         run_main(cfg, echo=False)  # RUN_ID did not exist: a fresh start
     monkeypatch.setattr(loop_module, "run_training_step", real_step)
-    with monkeypatch.context() as plain:
-        plain.delenv(AUTO_RESUME_ENV_VAR)
-        with pytest.raises(ConfigError, match="already exists"):
-            run_main(cfg, echo=False)
+    with pytest.raises(ConfigError, match="already exists"):
+        run_main(config(default_data, tmp_path, RUN_ID="auto", CHECKPOINT_EVERY="2"), echo=False)
     with pytest.raises(ConfigError, match="NUM_LAYERS=3"):
-        run_main(config(default_data, tmp_path, RUN_ID="auto", NUM_LAYERS="3"), echo=False)
+        run_main(config(default_data, tmp_path, RUN_ID="auto", NUM_LAYERS="3", PGOLF_AUTO_RESUME="1"), echo=False)
     run_main(cfg, echo=False)  # what a restarted torchrun worker group does: the same command again
     assert_same_as_reference(tmp_path / "auto", 2, reference)
+
+
+def test_auto_resume_from_the_environment_through_the_cli(default_data, tmp_path, monkeypatch, capsys):
+    """torchrun restarts run the same command; PGOLF_AUTO_RESUME=1 in the environment reaches the run's
+    config field, so an existing (checkpoint-less) directory is continued from step 0, not refused."""
+    (tmp_path / "restarted").mkdir()
+    assert cli_main(["train", *items(default_data, tmp_path, RUN_ID="restarted")]) == 2  # refused: exists
+    assert "already exists" in capsys.readouterr().err
+    monkeypatch.setenv("PGOLF_AUTO_RESUME", "1")
+    assert cli_main(["train", *items(default_data, tmp_path, RUN_ID="restarted")]) == 0
+    assert json.loads((tmp_path / "restarted" / "report.json").read_text())["steps"] == 6
+
+
+def test_two_writers_of_one_run_directory_are_refused_before_training(default_data, tmp_path, monkeypatch):
+    """Two launches with one RUN_ID and auto-resume: the second names the first and trains nothing."""
+    (tmp_path / "shared").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "shared" / "run.lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename}))
+        with pytest.raises(PgolfError, match=f"in use by process {holder.pid}"):
+            run_main(config(default_data, tmp_path, RUN_ID="shared", PGOLF_AUTO_RESUME="1"), echo=False)
+        assert sorted(path.name for path in (tmp_path / "shared").iterdir()) == ["run.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    report = run_main(config(default_data, tmp_path, RUN_ID="shared", PGOLF_AUTO_RESUME="1"), echo=False)
+    assert report["steps"] == 6 and not (tmp_path / "shared" / "run.lock").exists()

@@ -14,6 +14,7 @@ from pgolf.eval.sliding import evaluate_sliding_bpb
 from pgolf.eval.ttt import TTTObserver, assign_windows_to_chunks, evaluate_ttt_bpb, ttt_learning_rate
 from pgolf.eval.sliding import sliding_windows
 from pgolf.model.gpt import GPT
+from pgolf.runtime import Runtime
 
 VOCAB, WINDOW, STRIDE, CHUNK = 40, 16, 4, 32
 CPU = torch.device("cpu")
@@ -37,7 +38,7 @@ def repeated_text(repeats: int, period: int = 24, seed: int = 0) -> torch.Tensor
 
 def run_ttt(model, val, cfg, observer=None, **kwargs):
     return evaluate_ttt_bpb(model, val, cfg, window=WINDOW, stride=STRIDE, batch_windows=3, byte_tables=tables(),
-                            device=CPU, observer=observer, **kwargs)
+                            runtime=Runtime(CPU), observer=observer, **kwargs)
 
 
 CFG = TTTConfig(ttt_enabled=True, ttt_chunk_tokens=CHUNK, ttt_lr=0.05, ttt_epochs=2, ttt_batch_seqs=2)
@@ -67,7 +68,7 @@ def test_the_check_catches_training_before_scoring():
 def sliding_reference(model, val):
     """The sliding-window score TTT must reproduce at lr 0 (and beat when it learns)."""
     return evaluate_sliding_bpb(model, val, window=WINDOW, stride=STRIDE, batch_windows=3, byte_tables=tables(),
-                                device=CPU)
+                                runtime=Runtime(CPU))
 
 
 def test_zero_learning_rate_equals_sliding_evaluation():

@@ -23,6 +23,7 @@ from pgolf.eval.ttt import TTTObserver
 from pgolf.eval.ttt_lora import (BatchedLoRALinear, attach_lora_adapters, batch_rounds, document_spans,
                                  evaluate_lora_ttt_bpb, lora_document_batches)
 from pgolf.model.gpt import GPT
+from pgolf.runtime import Runtime
 
 VOCAB, BOS, WINDOW = 40, 1, 32
 CPU = torch.device("cpu")
@@ -50,7 +51,7 @@ def doc(length: int, seed: int) -> list[int]:
 
 
 def run(gpt, val, cfg=CFG, observer=None):
-    return evaluate_lora_ttt_bpb(gpt, val, cfg, window=WINDOW, bos_id=BOS, byte_tables=tables(), device=CPU,
+    return evaluate_lora_ttt_bpb(gpt, val, cfg, window=WINDOW, bos_id=BOS, byte_tables=tables(), runtime=Runtime(CPU),
                                  observer=observer)
 
 

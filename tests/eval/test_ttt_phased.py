@@ -15,6 +15,7 @@ from pgolf.eval.compliance import check_score_before_update
 from pgolf.eval.ttt import TTTObserver
 from pgolf.eval.ttt_lora import document_spans, evaluate_lora_ttt_bpb, lora_document_batches
 from pgolf.eval.ttt_phased import concatenate_documents, phase_boundaries, run_global_sgd_phase
+from pgolf.runtime import Runtime
 
 VOCAB, BOS, WINDOW = 40, 1, 16
 CPU = torch.device("cpu")
@@ -37,7 +38,7 @@ def validation_stream(lengths=(60, 55, 50, 45, 40, 35, 30, 25), seed=0) -> torch
 
 
 def run(gpt, val, cfg=CFG, observer=None, rank=0, world_size=1):
-    return evaluate_lora_ttt_bpb(gpt, val, cfg, window=WINDOW, bos_id=BOS, byte_tables=tables(), device=CPU,
+    return evaluate_lora_ttt_bpb(gpt, val, cfg, window=WINDOW, bos_id=BOS, byte_tables=tables(), runtime=Runtime(CPU),
                                  rank=rank, world_size=world_size, observer=observer)
 
 
@@ -69,7 +70,7 @@ def test_a_phase_is_plain_sgd_with_momentum_over_the_scored_documents():
     for p in params:
         p.requires_grad_(False)
     observer = TTTObserver()
-    run_global_sgd_phase(gpt, val, documents, cfg, params, window=WINDOW, device=CPU, rank=0, world_size=1,
+    run_global_sgd_phase(gpt, val, documents, cfg, params, window=WINDOW, runtime=Runtime(CPU), rank=0, world_size=1,
                          observer=observer)
     # The reference: tokens = BOS doc1 BOS doc2 BOS, windows [0, 16) and [16, 32) of chunk 0.
     momentum = [torch.zeros_like(p) for p in expected.parameters()]

@@ -30,7 +30,7 @@ SEEDS = (7, 8)
 @pytest.fixture(scope="module")
 def pinned_code_hash():
     with pytest.MonkeyPatch.context() as patch:
-        for module in ("pgolf.run", "pgolf.exp.record"):
+        for module in ("pgolf.report", "pgolf.exp.record"):
             patch.setattr(f"{module}.pgolf_code_hash", lambda: PINNED_HASH)
         yield
 

@@ -66,7 +66,8 @@ def test_seed_group_end_to_end(exp_default_data, tmp_path, monkeypatch, capsys):
     runs' own reports, and the same --name again is refused. (The exact code size costs a full export
     per run; a stand-in records that each run asks for it with its own configuration.)"""
     asked = []
-    monkeypatch.setattr("pgolf.cli.exact_code_bytes", lambda cfg, name: asked.append((cfg.train.seed, name)) or 4321)
+    monkeypatch.setattr("pgolf.exp.runner.exported_code_bytes",
+                        lambda cfg, preset_name: asked.append((cfg.train.seed, preset_name)) or 4321)
     items = tiny_items(exp_default_data, tmp_path)
     assert cli_main(["seeds", "--seeds", "3,4", "--name", "grp", "--json", *items]) == 0
     assert asked == [(3, "tiny_cpu"), (4, "tiny_cpu")]

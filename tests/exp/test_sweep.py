@@ -11,11 +11,11 @@ import pytest
 from scipy import stats as scipy_stats
 
 from pgolf.cli import main as cli_main
+from pgolf.commands.sweep import plan_sweep
 from pgolf.config import config_differences, flatten_config
 from pgolf.errors import ConfigError
 from pgolf.exp.runner import compare_arm
-from pgolf.exp.sweep import (FEATURE_SWITCHES, format_sweep_table, parse_sweep_items, plan_ablation_arms,
-                             plan_axis_arms, plan_sweep)
+from pgolf.exp.sweep import FEATURE_SWITCHES, format_sweep_table, parse_sweep_items, plan_ablation_arms, plan_axis_arms
 from pgolf.presets import record_sp8192, tiny_cpu
 
 TINY = {"ITERATIONS": "2", "TRAIN_SEQ_LEN": "64", "TRAIN_BATCH_TOKENS": "4096", "VAL_MAX_TOKENS": "8192",
@@ -171,7 +171,7 @@ def test_identical_arms_pair_to_exactly_zero_end_to_end(exp_default_data, tmp_pa
     """2 arms x 2 seeds of a tiny run. The arms have the same settings, so each seed's pair must give
     exactly the same score: any drift in seed, data order or state between runs would show here.
     (The exact code size costs a full export per run; a stand-in answers it here.)"""
-    monkeypatch.setattr("pgolf.cli.exact_code_bytes", lambda cfg, name: 1234)
+    monkeypatch.setattr("pgolf.exp.runner.exported_code_bytes", lambda cfg, preset_name: 1234)
     settings = {**TINY, "DATA_PATH": str(exp_default_data.data_path),
                 "TOKENIZER_PATH": str(exp_default_data.tokenizer_path), "RUNS_DIR": str(tmp_path)}
     items = [f"{key}={value}" for key, value in settings.items()] + ["MATRIX_LR=0.04,0.04"]

@@ -19,7 +19,12 @@ from pgolf.optim.build import build_optimizers
 from pgolf.presets import tiny_cpu
 from pgolf.train.loop import TrainingParts, run_training_step
 
-GOLDEN_LOSSES = [6.93299, 7.18375, 5.23532, 4.75446, 4.60711, 4.29711]
+# Re-pinned when pgolf adopted the references' rounding order: Newton-Schulz computes (c A) A instead of
+# c (A A), Adam/AdamW use torch's fused kernel (also on CPU), and the skip gate is a torch.lerp (unused by
+# tiny_cpu). Before: [6.93299, 7.18375, 5.23532, 4.75446, 4.60711, 4.29711]. The losses moved by at most
+# 1.2e-4, inside the 2e-4 tolerance: rounding-order changes are too small for this test to catch (the
+# bit-level ones are pinned in tests/parity/test_reference_parity.py); it catches changes in the maths.
+GOLDEN_LOSSES = [6.93299, 7.18369, 5.23525, 4.75436, 4.60699, 4.29708]
 
 
 def first_losses(tmp_path, steps: int = 6) -> list[float]:

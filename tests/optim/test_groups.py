@@ -1,13 +1,14 @@
 """Parameter groups (every parameter exactly once) and the optimizers built on them (SPEC 2.6)."""
 
 import copy
-import types
 
 import pytest
 import torch
 from torch import nn
 
+from pgolf.config import OptimConfig
 from pgolf.errors import ConfigError
+from pgolf.optim import build
 from pgolf.optim.build import apply_lr_and_momentum, build_optimizers
 from pgolf.optim.groups import assign_parameter_groups
 from pgolf.optim.muon import Muon
@@ -17,7 +18,8 @@ CONTROL_PATTERNS = (
     "q_gain", "skip_weight", "skip_weights",
 )  # fmt: skip
 
-BASELINE_OPTIM = types.SimpleNamespace(
+# The baseline's values (SPEC 2.1, 2.6), spelled out rather than taken from OptimConfig's defaults.
+BASELINE_OPTIM = OptimConfig(
     embed_lr=0.6, head_lr=0.008, tied_embed_lr=0.05, matrix_lr=0.04, scalar_lr=0.04,
     muon_momentum=0.95, muon_backend_steps=5, muon_momentum_warmup_start=0.85,
     muon_momentum_warmup_steps=500, beta1=0.9, beta2=0.95, adam_eps=1e-8, grad_clip_norm=0.0,
@@ -145,18 +147,19 @@ def test_build_optimizers_layout_and_base_lrs(tie_embeddings):
         else:
             assert isinstance(o, torch.optim.Adam)
             assert group["betas"] == (0.9, 0.95) and group["eps"] == 1e-8 and group["weight_decay"] == 0.0
-            assert not group["fused"]  # CPU: fused only on CUDA
+            assert group["fused"]  # as in the references; torch has a fused CPU kernel since 2.4
 
 
 def test_adam_groups_equal_torch_reference_with_schedule():
-    """Token/head/scalar params follow torch.optim.Adam with the SPEC hyperparameters, LR scaled each step."""
+    """Token/head/scalar params follow fused torch.optim.Adam with the SPEC hyperparameters, LR scaled each step."""
     model = TinyBaselineNames(tie_embeddings=False)
     reference = copy.deepcopy(model)
     opts = build_optimizers(model, BASELINE_OPTIM, tie_embeddings=False, control_patterns=CONTROL_PATTERNS)
     ref_groups = assign_parameter_groups(reference, tie_embeddings=False, control_patterns=CONTROL_PATTERNS)
     base_lrs = {"token": 0.6, "head": 0.008, "scalar": 0.04}
     ref_opts = {
-        key: torch.optim.Adam([p for _, p in ref_groups[key]], lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+        key: torch.optim.Adam([p for _, p in ref_groups[key]], lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0,
+                              fused=True)
         for key, lr in base_lrs.items()
     }
     for step, mult in enumerate([1.0, 0.5, 0.25]):
@@ -186,3 +189,27 @@ def test_apply_lr_without_momentum_leaves_muon_momentum():
     apply_lr_and_momentum(opts, lr_mult=0.0)
     assert all(o.param_groups[0]["lr"] == 0.0 for o in opts)
     assert next(o for o in opts if isinstance(o, Muon)).param_groups[0]["momentum"] == 0.95
+
+
+def test_adam_falls_back_to_torch_default_without_a_fused_kernel(monkeypatch):
+    """A torch build or device without fused Adam still gets working (unfused) Adam groups."""
+    monkeypatch.setattr(build, "fused_adam_available", lambda device_type, dtype: False)
+    model = TinyBaselineNames(tie_embeddings=False)
+    opts = build_optimizers(model, BASELINE_OPTIM, tie_embeddings=False, control_patterns=CONTROL_PATTERNS)
+    adams = [o for o in opts if not isinstance(o, Muon)]
+    assert adams and all(o.param_groups[0]["fused"] is None for o in adams)
+    randomize_grads(model, seed=7)
+    before = model.tok_emb.weight.detach().clone()
+    for opt in opts:
+        opt.step()
+    assert not torch.equal(model.tok_emb.weight.detach(), before)
+
+
+def test_fused_probe_says_no_when_torch_refuses(monkeypatch):
+    class RefusingAdam:
+        def __init__(self, params, fused):
+            raise RuntimeError("`fused=True` requires all the params to be on a supported device")
+
+    assert build.fused_adam_available.__wrapped__("cpu", torch.float32)  # torch >= 2.4 has the CPU kernel
+    monkeypatch.setattr(torch.optim, "Adam", RefusingAdam)
+    assert not build.fused_adam_available.__wrapped__("cpu", torch.float32)

@@ -9,7 +9,7 @@ import torch
 from pgolf.config import OptimConfig
 from pgolf.errors import ConfigError
 from pgolf.optim.muon import (NEWTON_SCHULZ_SCHEDULES, Muon, newton_schulz_with_schedule, orthogonalizer_for,
-                              row_normalized, zeropower_via_newton_schulz)
+                              row_normalized)
 
 # Written out from SPEC 5.7, independently of the implementation's constant.
 SPEC_POLAR_EXPRESS = [
@@ -85,9 +85,10 @@ def test_polar_express_bf16_is_close_to_reference_and_orthogonal(shape):
     assert (polar_sv - 1).abs().max() < 0.2
 
 
-def test_quintic_by_name_is_bitwise_the_baseline_function():
+def test_quintic_schedule_matches_the_float64_reference():
+    """The maths of the quintic schedule; the bf16 bits against the references' loop are pinned in
+    tests/parity/test_reference_parity.py."""
     G = torch.randn(40, 24, generator=torch.Generator().manual_seed(2))
-    assert torch.equal(orthogonalizer_for("quintic")(G, 5), zeropower_via_newton_schulz(G, 5))
     float64 = newton_schulz_with_schedule(G.double(), 5, NEWTON_SCHULZ_SCHEDULES["quintic"], dtype=torch.float64)
     torch.testing.assert_close(float64, reference_newton_schulz(G, 5, SPEC_QUINTIC), rtol=1e-10, atol=1e-12)
 

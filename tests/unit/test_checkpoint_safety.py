@@ -17,11 +17,12 @@ from pgolf.data.loader import DistributedTokenLoader
 from pgolf.data.shards import write_shard
 from pgolf.dist import DistContext
 from pgolf.errors import ArtifactError, ConfigError, PgolfError, TrainingError
-from pgolf.artifact.pack import pack_model_artifact
+from pgolf.quant.packing import pack_model_artifact
 from pgolf.fsutil import write_bytes_atomic
 from pgolf.model.gpt import GPT
 from pgolf.optim.build import build_optimizers
-from pgolf.run import load_artifact_into_fresh_model
+from pgolf.quant.model_artifact import load_artifact_into_fresh_model
+from pgolf.runtime import Runtime
 from pgolf.train import checkpoint as checkpoint_module
 from pgolf.train.checkpoint import (CheckpointManager, TrainingPosition, check_room_for_run, complete_checkpoints,
                                     newest_checkpoint)
@@ -204,11 +205,11 @@ def test_damaged_and_pickled_artifacts_are_refused_by_name(tmp_path):
     for damaged in (blob[: len(blob) // 2], bytes(flipped), pickle.dumps({"w": WritesMarker(marker)})):
         path.write_bytes(damaged)
         with pytest.raises(ArtifactError) as error:
-            load_artifact_into_fresh_model(path, cfg, torch.device("cpu"))
+            load_artifact_into_fresh_model(path, cfg.model, Runtime(torch.device("cpu")))
         assert str(path) in str(error.value)
     assert not marker.exists()
     path.write_bytes(blob)
-    load_artifact_into_fresh_model(path, cfg, torch.device("cpu"))
+    load_artifact_into_fresh_model(path, cfg.model, Runtime(torch.device("cpu")))
 
 
 def test_an_unwritable_runs_dir_is_refused_before_anything_runs(tmp_path, monkeypatch):

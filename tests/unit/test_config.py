@@ -3,11 +3,13 @@ import json
 
 import pytest
 
-from pgolf.cli import resolve_config
-from pgolf.config import (Config, apply_config_overrides, config_differences, config_field_index, config_from_dict,
-                          config_to_json, parse_cli_overrides, validate_config)
+from pgolf.commands.configuration import machine_settings, resolve_config
+from pgolf.config import (Config, ModelConfig, apply_config_overrides, config_differences, config_field_index,
+                          config_from_dict, config_to_json, environment_overrides, parse_cli_overrides,
+                          validate_config)
 from pgolf.errors import ConfigError
 from pgolf.presets import PRESETS, baseline_sp1024, preset_config
+from pgolf.train.resume import resume_config_conflicts, resume_mode, resume_run_config
 
 
 def test_leaf_names_are_unique_and_flat_names_resolve():
@@ -61,7 +63,7 @@ def test_values_are_coerced_from_annotations():
     assert cfg.model.tie_embeddings is False
     assert cfg.train.train_batch_tokens == 524288
     assert cfg.model.logit_softcap == 15.0 and isinstance(cfg.model.logit_softcap, float)
-    assert cfg.quant.compressor == "lzma"
+    assert cfg.artifact.compressor == "lzma"
     assert cfg.model.control_tensor_name_patterns == ("a", "b")
 
 
@@ -76,6 +78,12 @@ def test_malformed_command_line_item():
     ({"LOGIT_SOFTCAP": "0"}, "LOGIT_SOFTCAP"),
     ({"TRAIN_BATCH_TOKENS": "1000"}, "multiple of TRAIN_SEQ_LEN"),
     ({"WARMDOWN_FRAC": "1.5"}, "WARMDOWN_FRAC"),
+    # rules the model's constructors assert rather than restate
+    ({"ROPE_DIMS": "2", "ROPE_TRAIN_SEQ_LEN": "16"}, "ROPE_DIMS"),
+    ({"ROPE_DIMS": "6", "MODEL_DIM": "32", "NUM_HEADS": "8", "NUM_KV_HEADS": "4"}, "ROPE_DIMS"),
+    ({"MODEL_DIM": "8", "NUM_HEADS": "2", "NUM_KV_HEADS": "1", "ATTN_OUT_GATE": "sparse"}, "ATTN_OUT_GATE"),
+    ({"MODEL_DIM": "8", "NUM_HEADS": "2", "NUM_KV_HEADS": "1", "SMEAR_GATE_ENABLED": "1"}, "SMEAR_GATE_ENABLED"),
+    ({"BYTE_SHUFFLE_STRIDE": "256"}, "BYTE_SHUFFLE_STRIDE"),
 ])
 def test_inconsistent_values_rejected(overrides, fragment):
     cfg = apply_config_overrides(baseline_sp1024(), overrides, source="test")
@@ -101,14 +109,6 @@ def test_preset_can_be_named_among_the_overrides():
         resolve_config("tiny_cpu", ["PRESET=seq4096"], environ={})
 
 
-def test_one_gpu_presets_keep_the_step_and_stretch_the_clock():
-    for name in ("baseline_sp1024", "record_sp8192"):
-        eight, one = preset_config(name), preset_config(f"{name}_1gpu")
-        assert one.train.max_wallclock_seconds == 8 * eight.train.max_wallclock_seconds
-        assert one.train.gptq_reserve_seconds == 8 * eight.train.gptq_reserve_seconds
-        assert config_differences(one, eight).keys() <= {"max_wallclock_seconds", "gptq_reserve_seconds"}
-
-
 def test_an_empty_tuple_value_can_be_written_as_nothing_or_as_parentheses():
     from pgolf.config import apply_config_overrides
     from pgolf.presets import tiny_cpu
@@ -116,3 +116,48 @@ def test_an_empty_tuple_value_can_be_written_as_nothing_or_as_parentheses():
     for text in ("", "()", " () "):
         cfg = apply_config_overrides(tiny_cpu(), {"INT8_KEEP_FLOAT_FP32_NAME_PATTERNS": text}, source="test")
         assert cfg.quant.int8_keep_float_fp32_name_patterns == ()
+
+
+def test_a_choice_outside_its_literal_is_rejected_even_when_built_in_python():
+    cfg = dataclasses.replace(Config(), model=ModelConfig(activation="gelu", attention_backend="flash"))
+    with pytest.raises(ConfigError, match="ACTIVATION='gelu' is not one of relu2, leaky_relu2") as error:
+        validate_config(cfg)
+    assert "ATTENTION_BACKEND='flash'" in str(error.value)
+
+
+def test_compression_settings_live_in_the_artifact_section():
+    cfg = apply_config_overrides(Config(), {"COMPRESSOR": "brotli", "BYTE_SHUFFLE_STRIDE": "2"}, source="test")
+    assert (cfg.artifact.compressor, cfg.artifact.byte_shuffle_stride) == ("brotli", 2)
+    assert not hasattr(cfg.quant, "compressor") and not hasattr(cfg.quant, "byte_shuffle_stride")
+
+
+def test_a_config_json_from_before_the_artifact_section_still_loads():
+    sections = json.loads(config_to_json(Config()))
+    del sections["artifact"], sections["run"]["pgolf_device"], sections["run"]["pgolf_cache_dir"]
+    sections["quant"].update(compressor="lzma", byte_shuffle_stride=2)  # where older pgolf wrote them
+    cfg = config_from_dict(sections)
+    assert (cfg.artifact.compressor, cfg.artifact.byte_shuffle_stride) == ("lzma", 2)
+    assert cfg.run.pgolf_device == "" and cfg.run.pgolf_cache_dir == ""  # missing leaves keep their defaults
+
+
+def test_pgolf_machine_settings_keep_their_environment_names():
+    env = {"PGOLF_DEVICE": "cpu", "PGOLF_AUTO_RESUME": "1", "PGOLF_CACHE_DIR": "/cache",
+           "DEVICE": "cuda", "AUTO_RESUME": "1", "CACHE_DIR": "/elsewhere"}  # generic names are not config keys
+    assert set(environment_overrides(env)) == {"PGOLF_DEVICE", "PGOLF_AUTO_RESUME", "PGOLF_CACHE_DIR"}
+    cfg = apply_config_overrides(Config(), environment_overrides(env), source="environment")
+    assert (cfg.run.pgolf_device, cfg.run.pgolf_auto_resume, cfg.run.pgolf_cache_dir) == ("cpu", True, "/cache")
+    assert Config().run.pgolf_device == "" and Config().run.pgolf_auto_resume is False
+
+
+def test_a_resumed_run_takes_the_machine_settings_from_this_machine(tmp_path):
+    run_dir = tmp_path / "r1"
+    run_dir.mkdir()
+    saved = apply_config_overrides(Config(), {"PGOLF_DEVICE": "cuda:3", "NUM_LAYERS": "3"}, source="test")
+    (run_dir / "config.json").write_text(config_to_json(saved))
+    machine = machine_settings({"PGOLF_DEVICE": "cpu", "NUM_LAYERS": "5"})  # what the CLI reads off the machine
+    assert machine == {"PGOLF_DEVICE": "cpu"}
+    cfg, _ = resume_run_config(run_dir, {}, machine)
+    assert (cfg.run.pgolf_device, cfg.model.num_layers) == ("cpu", 3)  # the run's maths stays the run's
+    assert resume_config_conflicts(json.loads(config_to_json(saved)), cfg) == []
+    assert (resume_mode(False, True), resume_mode(False, False), resume_mode(True, False)) == (
+        "auto", "never", "required")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pgolf.config import Config, apply_config_overrides, environment_overrides
 from pgolf.data import corpus
 from pgolf.data.corpus import (
     DEFAULT_CORPUS_NUM_VAL_DOCS,
@@ -18,7 +19,7 @@ from pgolf.data.corpus import (
     default_dataset_key,
     ensure_default_dataset,
     module_docstring_text,
-    pgolf_cache_dir,
+    resolve_cache_dir,
     stdlib_docstring_documents,
 )
 from pgolf.errors import DataError
@@ -150,14 +151,16 @@ def test_key_depends_on_every_document(documents):
 
 
 def test_cache_dir_precedence(monkeypatch, tmp_path):
-    monkeypatch.delenv("PGOLF_CACHE_DIR", raising=False)
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert pgolf_cache_dir() == tmp_path / "home" / ".cache" / "pgolf"
+    assert resolve_cache_dir("") == tmp_path / "home" / ".cache" / "pgolf"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert pgolf_cache_dir() == tmp_path / "xdg" / "pgolf"
-    monkeypatch.setenv("PGOLF_CACHE_DIR", str(tmp_path / "mine"))
-    assert pgolf_cache_dir() == tmp_path / "mine"
+    assert resolve_cache_dir("") == tmp_path / "xdg" / "pgolf"
+    assert resolve_cache_dir(str(tmp_path / "mine")) == tmp_path / "mine"  # PGOLF_CACHE_DIR, from the config
+    monkeypatch.setenv("PGOLF_CACHE_DIR", str(tmp_path / "ignored"))  # the config reads it, not the cache code
+    assert resolve_cache_dir("") == tmp_path / "xdg" / "pgolf"
+    cfg = apply_config_overrides(Config(), environment_overrides({"PGOLF_CACHE_DIR": "~/mine"}), source="test")
+    assert resolve_cache_dir(cfg.run.pgolf_cache_dir) == tmp_path / "home" / "mine"
 
 
 def test_too_small_corpus_is_a_clear_error(monkeypatch, tmp_path):

@@ -1,4 +1,4 @@
-"""`pgolf data build|stats|verify` (pgolf/data/tools.py) on synthetic and real shards."""
+"""`pgolf data build|stats|verify` (pgolf/commands/data.py, pgolf/data/dataset.py) on synthetic and real shards."""
 
 import json
 import random
@@ -10,10 +10,11 @@ import pytest
 
 from pgolf.cli import build_parser
 from pgolf.cli import main as cli_main
+from pgolf.commands.data import command_data_build
 from pgolf.data.build import train_sentencepiece_tokenizer
+from pgolf.data.dataset import dataset_stats, iter_documents_in_stream, verify_dataset
 from pgolf.data.shards import SHARD_HEADER_BYTES, read_shard, write_shard
 from pgolf.data.tokenizer import load_sentencepiece
-from pgolf.data.tools import command_data_build, dataset_stats, iter_documents_in_stream, verify_dataset
 from pgolf.errors import DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pgolf.doctor import doctor_warnings, expected_figures, format_doctor_report, run_doctor_command
+from pgolf.commands.doctor import doctor_warnings, expected_figures, format_doctor_report, run_doctor_command
 
 H100 = {"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_gib": 79.1, "capability": "9.0", "multiprocessors": 132}
 HEALTHY_H100 = {

@@ -1,4 +1,4 @@
-"""`pgolf data fineweb` (pgolf/data/fineweb.py): the real huggingface_hub download code against a
+"""`pgolf data fineweb` (pgolf/commands/data_fineweb.py): the real huggingface_hub download code against a
 local stand-in of the hub (tests/unit/hub_standin.py), never the real hub."""
 
 import json
@@ -17,9 +17,9 @@ from hub_standin import HubStandIn, RunningHub  # noqa: E402
 
 from pgolf.cli import main as cli_main  # noqa: E402
 from pgolf.data.build import train_sentencepiece_tokenizer  # noqa: E402
-from pgolf.data.fineweb import HubClient, download_fineweb, fineweb_dataset_dir, plan_fineweb_download  # noqa: E402
+from pgolf.commands.data_fineweb import HubClient, download_fineweb, fineweb_dataset_dir, plan_fineweb_download  # noqa: E402
 from pgolf.data.shards import SHARD_HEADER_BYTES, read_shard, write_shard  # noqa: E402
-from pgolf.data.tools import verify_dataset  # noqa: E402
+from pgolf.data.dataset import verify_dataset  # noqa: E402
 from pgolf.errors import DataError  # noqa: E402
 
 REPO = "someone/parameter-golf"
@@ -69,6 +69,8 @@ def repository(tmp_path_factory):
 @pytest.fixture
 def hub(repository, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # huggingface_hub read the variable when pgolf imported it, before this fixture ran: reset its copy too.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     return HubStandIn(REPO, files=dict(repository))
 

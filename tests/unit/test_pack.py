@@ -11,9 +11,9 @@ from torch import nn
 
 from pgolf.artifact.compress import COMPRESSORS, compress_model_bytes, decompress_model_bytes, describe_compressed_blob
 from pgolf.artifact.container import unpack_tensor_container
-from pgolf.artifact.pack import (artifact_file_name, build_model_artifact, load_artifact_file, pack_model_artifact,
-                                 save_artifact, unpack_model_artifact)
-from pgolf.config import QuantConfig
+from pgolf.artifact.pack import load_artifact_file, save_artifact
+from pgolf.quant.packing import artifact_file_name, build_model_artifact, pack_model_artifact, unpack_model_artifact
+from pgolf.config import ArtifactConfig, QuantConfig
 from pgolf.errors import ArtifactError, ConfigError
 from pgolf.quant.rtn import INT8_CLIP_QUANTILE, quantize_state_dict_int8
 
@@ -73,7 +73,7 @@ def test_round_trip_into_a_fresh_model_with_int8_bound():
 def test_every_compressor_round_trips(compressor, stride):
     state = tiny_state_dict()
     reference, _ = unpack_model_artifact(pack_model_artifact(state, qcfg()))
-    blob = pack_model_artifact(state, qcfg(compressor=compressor, byte_shuffle_stride=stride))
+    blob = pack_model_artifact(state, qcfg(), ArtifactConfig(compressor=compressor, byte_shuffle_stride=stride))
     restored, meta = unpack_model_artifact(blob)
     if compressor != "auto":
         assert (meta["compressor"], meta["shuffle_stride"]) == (compressor, stride)
@@ -84,9 +84,9 @@ def test_every_compressor_round_trips(compressor, stride):
 
 def test_auto_is_no_larger_than_any_single_choice():
     state = tiny_state_dict()
-    auto_size = len(pack_model_artifact(state, qcfg(compressor="auto")))
+    auto_size = len(pack_model_artifact(state, qcfg(), ArtifactConfig(compressor="auto")))
     for compressor in COMPRESSORS:
-        assert auto_size <= len(pack_model_artifact(state, qcfg(compressor=compressor)))
+        assert auto_size <= len(pack_model_artifact(state, qcfg(), ArtifactConfig(compressor=compressor)))
 
 
 def raw_bytes(tensor: torch.Tensor) -> bytes:
@@ -226,8 +226,8 @@ def test_pickle_payloads_are_rejected_and_never_run(tmp_path):
 def small_artifact(compressor: str) -> bytes:
     # one per-row int8 matrix (smooth, so it compresses to a few hundred bytes) and two passthroughs
     state = {"w": torch.linspace(-1, 1, 70_000).reshape(7, 10_000), "b": torch.ones(4), "n": torch.arange(3)}
-    return pack_model_artifact(state, QuantConfig(int8_keep_float_fp32_name_patterns=(), compressor=compressor,
-                                                   byte_shuffle_stride=2))
+    return pack_model_artifact(state, QuantConfig(int8_keep_float_fp32_name_patterns=()),
+                               ArtifactConfig(compressor=compressor, byte_shuffle_stride=2))
 
 
 @pytest.mark.parametrize("compressor", list(COMPRESSORS))
@@ -245,7 +245,7 @@ def test_every_truncation_and_flipped_byte_is_rejected(compressor):
 
 
 def test_large_artifact_damage_is_rejected():
-    blob = pack_model_artifact(tiny_state_dict(), qcfg(compressor="brotli"))
+    blob = pack_model_artifact(tiny_state_dict(), qcfg(), ArtifactConfig(compressor="brotli"))
     for position in (5, 100, len(blob) // 2, len(blob) - 3):
         damaged = bytearray(blob)
         damaged[position] ^= 0x10

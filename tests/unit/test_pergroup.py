@@ -10,10 +10,11 @@ import torch
 from pgolf.artifact.compress import (auto_compress, choose_smallest_compression, compress_model_bytes,
                                      decompress_model_bytes, describe_compressed_blob)
 from pgolf.artifact.container import pack_tensor_container, unpack_tensor_container
-from pgolf.artifact.pack import build_model_artifact, pack_quantized_tensors, unpack_model_artifact
+from pgolf.artifact.pack import pack_quantized_tensors
+from pgolf.quant.packing import build_model_artifact, unpack_model_artifact
 from pgolf.artifact.pergroup import (PERGROUP_PERM_PREFIX, greedy_l1_row_chain, pack_pergroup_streams,
                                      split_container_by_role, unpack_pergroup_streams)
-from pgolf.config import QuantConfig
+from pgolf.config import ArtifactConfig, QuantConfig
 from pgolf.errors import ArtifactError, ConfigError
 from pgolf.quant.artifact_quant import quantize_for_artifact
 
@@ -225,10 +226,11 @@ def test_auto_keeps_pergroup_only_when_it_is_smaller():
 
 def test_fit_to_cap_with_pergroup_prunes_and_round_trips():
     state = model_state(tied=True)
-    cfg = QuantConfig(matrix_bits=6, clip_method="sdclip", compressor="pergroup", byte_shuffle_stride=2, fit_to_cap=True)
-    plain = build_model_artifact(state, cfg)
+    cfg = QuantConfig(matrix_bits=6, clip_method="sdclip", fit_to_cap=True)
+    packing = ArtifactConfig(compressor="pergroup", byte_shuffle_stride=2)
+    plain = build_model_artifact(state, cfg, packing)
     cap = 1_000 + len(plain.blob) - 40
-    fitted = build_model_artifact(state, cfg, code_bytes=1_000, cap=cap)
+    fitted = build_model_artifact(state, cfg, packing, code_bytes=1_000, cap=cap)
     assert fitted.prune is not None and fitted.prune.pruned > 0 and 1_000 + len(fitted.blob) <= cap
     assert fitted.prune.size_bytes == 1_000 + len(fitted.blob) and fitted.compressor == "pergroup"
     restored, _ = unpack_model_artifact(fitted.blob)

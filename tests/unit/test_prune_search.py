@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 import torch
 
-import pgolf.artifact.pack as pack
+import pgolf.artifact.pack as artifact_bytes
+import pgolf.quant.packing as pack
 from pgolf.artifact.container import pack_tensor_container
 from pgolf.config import QuantConfig
 from pgolf.errors import ArtifactError
@@ -178,7 +179,8 @@ def test_fit_to_cap_reuses_measured_blobs(monkeypatch):
         calls.append(len(data))
         return real_compress(data, compressor, stride)
 
-    monkeypatch.setattr(pack, "compress_model_bytes", counting)
+    monkeypatch.setattr(pack, "compress_model_bytes", counting)  # the pruning search's compressions
+    monkeypatch.setattr(artifact_bytes, "compress_model_bytes", counting)  # the unpruned artifact's
     state = {name: tensors[name + ".q"].float() * tensors[name + ".scale"].float()[:, None] for name in meta["entries"]}
     cfg = QuantConfig(matrix_bits=6, clip_method="sdclip", fit_to_cap=True)
     plain = pack.build_model_artifact(state, cfg)

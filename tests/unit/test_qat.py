@@ -215,9 +215,12 @@ def test_qat_that_never_switches_on_leaves_numerics_unchanged(shard):
         assert torch.equal(a, b)
 
 
-def test_loop_runs_without_qat_modules(shard):
-    parts, states = gpt_parts(shard, None)
-    parts.qat = attach_fake_quant(parts.model, {}, 0.0)  # a model with nothing to fake-quantize
+def test_a_model_with_nothing_to_fake_quantize_gets_no_qat_and_trains_without_it(shard):
+    """attach_qat returns None when no matrix is large enough to be stored per row, so the loop (which
+    knows only the switch, not QAT's modules) never holds an empty controller."""
+    parts, _ = gpt_parts(shard, None)
+    small = GPT(dataclasses.replace(MODEL, model_dim=16, num_heads=2, num_kv_heads=1))
+    assert attach_qat(small, QuantConfig(qat_start_frac=0.5)) is None
     outcome, logger = train_logged(parts, dataclasses.replace(TRAIN, warmup_steps=1))
     assert outcome.qat_enabled_step is None and not any("qat" in line for line in logger.lines)
 

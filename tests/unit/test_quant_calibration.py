@@ -8,6 +8,9 @@ from torch import nn
 
 from pgolf.errors import ConfigError
 from pgolf.quant.calibration import collect_hessians, hessian_target_modules, training_calibration_batches
+from pgolf.runtime import Runtime
+
+CPU_RUNTIME = Runtime(torch.device("cpu"))
 
 D, VOCAB = 256, 50
 
@@ -80,7 +83,7 @@ def hand_hessians(model, inputs):
 def test_hessians_equal_xtx_over_batches(tied):
     model = TinyModel(tied=tied).train()
     inputs = batches(3)
-    hessians = collect_hessians(model, inputs)
+    hessians = collect_hessians(model, inputs, runtime=CPU_RUNTIME)
     expected = hand_hessians(model, inputs)
     head = "tok_emb.weight" if tied else "lm_head.weight"
     assert set(hessians) == {f"blocks.{i}.{m}.weight" for i in (0, 1) for m in ("attn.c_q", "mlp.fc", "mlp.proj")} | {head}
@@ -102,7 +105,7 @@ def test_a_module_called_twice_accumulates_twice():
             return self.blocks[0].fc(x) + self.blocks[0].fc(x)  # the same input, twice per forward
 
     x = torch.randn(5, D, generator=torch.Generator().manual_seed(3))
-    hessians = collect_hessians(Twice(), [x, x, x])  # three batches
+    hessians = collect_hessians(Twice(), [x, x, x], runtime=CPU_RUNTIME)  # three batches
     expected = 2 * x.double().T @ x.double()  # (3 batches x 2 visits) / 3 batches
     torch.testing.assert_close(hessians["blocks.0.fc.weight"].double(), expected, rtol=1e-5, atol=1e-4)
 
@@ -114,7 +117,7 @@ def test_targets_are_large_block_linears_only():
 
 def test_no_batches_is_an_error():
     with pytest.raises(ConfigError, match="GPTQ_CALIBRATION_BATCHES"):
-        collect_hessians(TinyModel(), [])
+        collect_hessians(TinyModel(), [], runtime=CPU_RUNTIME)
 
 
 def test_training_calibration_batches_reads_the_loader():
@@ -139,7 +142,7 @@ def calibration_worker(rank, store_path, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=WORLD)
     try:
-        hessians = collect_hessians(TinyModel(), batches(1 + rank, seed=10 + rank))  # uneven batch counts
+        hessians = collect_hessians(TinyModel(), batches(1 + rank, seed=10 + rank), runtime=CPU_RUNTIME)  # uneven batch counts
         torch.save(hessians, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()

@@ -15,7 +15,7 @@ from pgolf.config import TrainConfig
 from pgolf.data.shards import write_shard
 from pgolf.data.shuffled import ShuffledSequenceLoader
 from pgolf.errors import ConfigError, DataError
-from pgolf.run import TRAIN_LOADERS
+from pgolf.data.run_data import TRAIN_LOADERS
 
 SEQ_LEN = 8
 SEQS_PER_SHARD = 6  # shard length 7 * SEQ_LEN: 6 windows of SEQ_LEN + 1 for every phase in [0, SEQ_LEN - 1]

@@ -95,11 +95,13 @@ def test_modules_without_source_are_errors():
         source_bytes_of_modules(["no_such_module_xyz"])
 
 
-def test_loaded_pgolf_modules_excludes_tooling(monkeypatch):
-    for name in ("pgolf.cli", "pgolf.data.fineweb", "pgolf.data.corpus", "pgolf.export.bundle", "pgolfish", "pgolf.zz_core_probe"):
+def test_loaded_pgolf_modules_excludes_tooling_by_folder(monkeypatch):
+    tooling = ("pgolf.cli", "pgolf.__main__", "pgolf.commands.zz_new_command", "pgolf.export.bundle", "pgolf.exp.zz_new")
+    for name in (*tooling, "pgolfish", "pgolf.zz_core_probe", "pgolf.data.zz_core_probe", "pgolf.commandsish"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     names = loaded_pgolf_modules()
     assert names == sorted(names)
-    assert "pgolf.artifact.size" in names and "pgolf.zz_core_probe" in names and "pgolf" in names
-    for excluded in ("pgolf.cli", "pgolf.data.fineweb", "pgolf.data.corpus", "pgolf.export.bundle", "pgolfish"):
+    for core in ("pgolf", "pgolf.artifact.size", "pgolf.zz_core_probe", "pgolf.data.zz_core_probe", "pgolf.commandsish"):
+        assert core in names
+    for excluded in (*tooling, "pgolfish"):
         assert excluded not in names

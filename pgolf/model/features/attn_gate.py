@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgolf.config import ModelConfig
-from pgolf.errors import ConfigError
 
 # The windowed variants read only the first 12 channels of x: 12 * H weights per layer.
 ATTN_GATE_WINDOW = 12
@@ -47,6 +46,7 @@ class AttentionOutputGate(nn.Module):
     def __init__(self, variant: str, model_dim: int, num_heads: int, *, logit_scale: float = 1.0):
         super().__init__()
         spec = ATTN_GATE_VARIANTS[variant]
+        assert model_dim >= ATTN_GATE_WINDOW or not spec.windowed, (variant, model_dim)  # validate_config's rule
         self.variant = variant
         self.in_features = ATTN_GATE_WINDOW if spec.windowed else model_dim
         self.output_gain = spec.output_gain
@@ -72,13 +72,5 @@ def build_attention_output_gate(cfg: ModelConfig) -> AttentionOutputGate | None:
     """The gate ``cfg.attn_out_gate`` names, or ``None`` for "none" (the baseline)."""
     if cfg.attn_out_gate == "none":
         return None
-    if cfg.attn_out_gate not in ATTN_GATE_VARIANTS:
-        raise ConfigError(f"ATTN_OUT_GATE={cfg.attn_out_gate!r} is not a gate variant; use one of "
-                          f"{['none', *ATTN_GATE_VARIANTS]}.")
-    if ATTN_GATE_VARIANTS[cfg.attn_out_gate].windowed and cfg.model_dim < ATTN_GATE_WINDOW:
-        raise ConfigError(
-            f"ATTN_OUT_GATE={cfg.attn_out_gate!r} reads the first {ATTN_GATE_WINDOW} channels, but MODEL_DIM="
-            f"{cfg.model_dim}; use MODEL_DIM >= {ATTN_GATE_WINDOW} or ATTN_OUT_GATE=gated."
-        )
     return AttentionOutputGate(cfg.attn_out_gate, cfg.model_dim, cfg.num_heads,
                                logit_scale=cfg.sparse_attn_gate_scale)

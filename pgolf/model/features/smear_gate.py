@@ -17,7 +17,6 @@ control pattern, so they are trained by the scalar AdamW and kept in float in th
 import torch
 from torch import nn
 
-from pgolf.errors import ConfigError
 from pgolf.model.layers import CastedLinear
 
 # Channels of the current token the gate reads (the TOP record's GATE_WINDOW).
@@ -27,11 +26,7 @@ SMEAR_GATE_WINDOW = 12
 class SmearGate(nn.Module):
     def __init__(self, model_dim: int, bos_token_id: int):
         super().__init__()
-        if model_dim < SMEAR_GATE_WINDOW:
-            raise ConfigError(
-                f"SMEAR_GATE_ENABLED needs MODEL_DIM >= {SMEAR_GATE_WINDOW} (the gate reads the first "
-                f"{SMEAR_GATE_WINDOW} channels); got MODEL_DIM={model_dim}."
-            )
+        assert model_dim >= SMEAR_GATE_WINDOW, model_dim  # validate_config's rule
         self.bos_token_id = bos_token_id
         self.gate = CastedLinear(SMEAR_GATE_WINDOW, 1, zero_init=True)
         self.smear_lambda = nn.Parameter(torch.zeros(1))

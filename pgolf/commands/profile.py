@@ -27,18 +27,18 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from pgolf.cli import fill_default_data, resolve_config
+from pgolf.commands.configuration import fill_default_data, resolve_config
 from pgolf.config import Config
 from pgolf.data.shards import find_shards
 from pgolf.dist import DistContext, init_distributed
 from pgolf.model.gpt import GPT, build_model
 from pgolf.model.layers import CastedLinear
 from pgolf.optim.build import build_optimizers
-from pgolf.run import build_train_loader, seed_everything, uses_sharded_muon, wrap_for_training
-from pgolf.train.clock import synchronize_device
+from pgolf.data.run_data import build_train_loader
+from pgolf.runtime import Runtime, seed_everything
 from pgolf.train.instrument import nvtx_range
 from pgolf.train.loop import TrainingParts, run_training_step
-from pgolf.train.precision import build_loss_scaler, configure_precision, resolve_autocast_dtype
+from pgolf.train.wrap import uses_sharded_muon, wrap_for_training
 
 TOP_OPS = 15
 PHASES = ("data", "forward", "backward", "optimizer")
@@ -70,16 +70,16 @@ def training_flops_per_token(model: GPT, seq_len: int, *, looping: bool = False)
 class PhaseTimer:
     """Wall-clock seconds per phase, with the device synchronised at each boundary."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
         self.seconds = dict.fromkeys(PHASES, 0.0)
 
     @contextmanager
     def phase(self, name: str):
-        synchronize_device(self.device)
+        self.runtime.synchronize()
         start = time.perf_counter()
         yield
-        synchronize_device(self.device)
+        self.runtime.synchronize()
         self.seconds[name] += time.perf_counter() - start
 
 
@@ -120,26 +120,27 @@ class Instrumented:
 
     def _before_optimizer(self, *_):
         if self.timer is not None:
-            synchronize_device(self.timer.device)
+            self.timer.runtime.synchronize()
             self._optimizer_start = time.perf_counter()
 
     def _after_optimizer(self, *_):
         if self.timer is not None:
-            synchronize_device(self.timer.device)
+            self.timer.runtime.synchronize()
             self.timer.seconds["optimizer"] += time.perf_counter() - self._optimizer_start
 
 
 def build_training_parts(cfg: Config, ctx: DistContext) -> TrainingParts:
     """Model, optimizers and loader as ``pgolf train`` builds them (before any QAT or checkpointing)."""
     seed_everything(cfg.train.seed)
-    model = build_model(cfg.model, ctx.device)
+    model = build_model(cfg.model, ctx.runtime)
     optimizers = build_optimizers(model, cfg.optim, tie_embeddings=cfg.model.tie_embeddings,
                                   control_patterns=cfg.model.control_tensor_name_patterns,
                                   rank=ctx.rank, world_size=ctx.world_size)
-    loader = build_train_loader(cfg, ctx, find_shards(cfg.data.data_path, "train"))
-    scaler = build_loss_scaler(ctx.device, resolve_autocast_dtype(cfg.train, ctx.device))
+    loader = build_train_loader(cfg.train.train_loader, cfg.model.vocab_size, ctx,
+                                find_shards(cfg.data.data_path, "train"))
+    scaler = ctx.runtime.loss_scaler()
     sharded = uses_sharded_muon(optimizers)
-    return TrainingParts(model, wrap_for_training(model, cfg, ctx, sharded_muon=sharded), optimizers, loader,
+    return TrainingParts(model, wrap_for_training(model, cfg.model, cfg.train.compile, ctx, sharded_muon=sharded), optimizers, loader,
                          loss_scaler=scaler, sharded_gradients=sharded)
 
 
@@ -198,8 +199,7 @@ def run_steps(parts: TrainingParts, cfg: Config, ctx: DistContext, steps: int) -
 
 def profile_training(cfg: Config, *, steps: int, warmup: int, out_dir: Path) -> dict:
     """Warm up, profile ``steps`` steps into a Chrome trace, then time ``steps`` steps by phase."""
-    ctx = init_distributed()
-    configure_precision(cfg.train, ctx.device)
+    ctx = init_distributed(cfg.run.pgolf_device).with_precision(cfg.train.autocast_dtype)
     parts = build_training_parts(cfg, ctx)
     instrumented = Instrumented(parts)
     parts.forward_model, parts.loader = instrumented, instrumented
@@ -208,10 +208,10 @@ def profile_training(cfg: Config, *, steps: int, warmup: int, out_dir: Path) -> 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
     with profile(activities=activities) as prof:
         run_steps(parts, cfg, ctx, steps)
-        synchronize_device(ctx.device)
+        ctx.runtime.synchronize()
     trace = new_trace_path(out_dir, ctx.rank)
     prof.export_chrome_trace(str(trace))
-    instrumented.timer = PhaseTimer(ctx.device)
+    instrumented.timer = PhaseTimer(ctx.runtime)
     start = time.perf_counter()
     run_steps(parts, cfg, ctx, steps)
     step_seconds = (time.perf_counter() - start) / steps

@@ -1,4 +1,4 @@
-"""``pgolf data fineweb``: fetch the challenge's tokenized FineWeb from the Hugging Face hub (tooling).
+"""The download behind ``pgolf data fineweb``: the challenge's tokenized FineWeb from the Hugging Face hub.
 
 The hub repository holds a ``manifest.json`` (SPEC 1.1, 1.3) naming every dataset variant with its
 shard counts and tokenizer files. This module reads it, plans the files a variant needs (ALL
@@ -14,24 +14,33 @@ A damaged file is fetched again once, bypassing the cache; still damaged is an e
 are placed with a hard link (or a copy) from the hub cache, through a temporary name and an atomic
 rename, so an interrupted run leaves only complete files and the next run resumes where it stopped.
 
-Not part of the one-file submission export; ``huggingface_hub`` is imported only when downloading.
+Tooling, never exported: this is why it lives beside the commands and not in ``pgolf/data/`` (whose
+modules may only use what a training run may use). The handler that prints is in pgolf/commands/data.py.
 """
 
-import argparse
 import hashlib
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pgolf.data.dataset import dataset_split_stats
 from pgolf.data.shards import read_shard_header
 from pgolf.data.tokenizer import load_sentencepiece
 from pgolf.errors import DataError, PgolfError
 from pgolf.fsutil import write_text_atomic
 from pgolf.log import ProgressBar
+
+try:  # a dependency of pgolf; guarded so that only `pgolf data fineweb` fails (clearly) without it
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+except ImportError:
+    hf_hub_download = None
 
 FINEWEB_DEFAULT_REPO_ID = "willdepueoai/parameter-golf"
 FINEWEB_REPO_ENV = "MATCHED_FINEWEB_REPO_ID"
@@ -117,10 +126,8 @@ class HubClient:
 
     def __init__(self, repo_id: str, *, prefix: str = FINEWEB_DEFAULT_PREFIX, endpoint: str | None = None,
                  cache_dir: str | os.PathLike | None = None, revision: str | None = None):
-        try:
-            import huggingface_hub  # noqa: F401  (tooling-only dependency, imported on use)
-        except ImportError as exc:
-            raise DataError("downloading FineWeb needs huggingface_hub: pip install huggingface_hub") from exc
+        if hf_hub_download is None:
+            raise DataError("downloading FineWeb needs huggingface_hub: pip install huggingface_hub")
         self.repo_id, self.prefix, self.endpoint = repo_id, prefix.strip("/"), endpoint
         self.cache_dir, self.revision = cache_dir, revision
         self.requests = 0
@@ -130,10 +137,6 @@ class HubClient:
 
     def fetch(self, path: str, *, force: bool = False) -> Path:
         """The hub cache's copy of ``prefix/path`` (downloaded, or resumed, when missing or stale)."""
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
-        from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-
         name = self.remote_name(path)
         self.requests += 1
         try:
@@ -210,8 +213,6 @@ def place_file(source: Path, destination: Path) -> None:
     try:
         os.link(os.path.realpath(source), temporary)
     except OSError:  # another filesystem, or links not allowed: copy instead
-        import shutil
-
         shutil.copyfile(source, temporary)
     os.replace(temporary, destination)
 
@@ -293,8 +294,6 @@ def _write_dataset_manifest(folder: Path, plan: FinewebPlan, manifest: dict, cli
 
 def _validation_summary(folder: Path, tokenizer: Path | None, expected_docs: int | None) -> dict:
     """Validation tokens, documents (BOS count) and bytes; documents must match the manifest."""
-    from pgolf.data.tools import dataset_split_stats
-
     summary = dataset_split_stats(folder, "val", tokenizer)
     if expected_docs is not None and summary["documents"] != expected_docs:
         raise DataError(f"{folder}: the validation shards hold {summary['documents']} documents but the manifest says "
@@ -330,22 +329,3 @@ def download_fineweb(variant: str, train_shards: int, out: str | os.PathLike, cl
     summary = _validation_summary(folder, tokenizer, plan.num_val_docs)
     return FinewebResult(folder, tokenizer, fetched, present, fetched_bytes, time.perf_counter() - started, summary,
                          int(vocab_size) if vocab_size else None)
-
-
-def command_data_fineweb(args: argparse.Namespace) -> int:
-    """``pgolf data fineweb``: download, then print the counts and the command that trains on it."""
-    repo_id = args.repo_id or os.environ.get(FINEWEB_REPO_ENV) or FINEWEB_DEFAULT_REPO_ID
-    prefix = args.prefix if args.prefix is not None else os.environ.get(FINEWEB_PREFIX_ENV, FINEWEB_DEFAULT_PREFIX)
-    client = HubClient(repo_id, prefix=prefix, endpoint=args.endpoint, cache_dir=args.cache_dir, revision=args.revision)
-    result = download_fineweb(args.variant, args.train_shards, args.out, client, skip_manifest=args.skip_manifest)
-    val = result.val_summary
-    print(f"fineweb {args.variant} from {repo_id}: fetched {len(result.fetched)} files "
-          f"({result.fetched_bytes / 1e6:,.1f} MB), {len(result.already_present)} already present, "
-          f"{result.seconds:.1f}s")
-    bytes_text = f", {val['bytes']:,} bytes (the BPB denominator)" if val["bytes"] is not None else ""
-    print(f"validation: {val['tokens']:,} tokens, {val['documents']:,} documents{bytes_text}")
-    print(f"dataset:   {result.dataset_path}")
-    print(f"tokenizer: {result.tokenizer_path}")
-    print(f"train on it: pgolf train DATA_PATH={result.dataset_path} TOKENIZER_PATH={result.tokenizer_path} "
-          f"VOCAB_SIZE={result.vocab_size or '<V>'}")
-    return 0

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from pgolf.config import Config, apply_config_overrides, config_from_dict, parse_cli_overrides
+from pgolf.commands.configuration import load_run_dir_config
+from pgolf.config import Config, parse_cli_overrides
 from pgolf.data.loader import assert_disjoint_splits
 from pgolf.data.tokenizer import load_sentencepiece
 from pgolf.errors import PgolfError
@@ -37,6 +38,9 @@ from pgolf.eval.phases import evaluation_window
 from pgolf.eval.ttt import TTTObserver, evaluate_ttt_bpb
 from pgolf.eval.ttt_lora import document_spans, evaluate_lora_ttt_bpb
 from pgolf.fsutil import write_text_atomic
+from pgolf.data.run_data import TRAIN_LOADERS, prepare_validation_data
+from pgolf.quant.model_artifact import load_artifact_into_fresh_model
+from pgolf.runtime import Runtime
 
 CHECK_BYTE_AUDIT_TOKENS = 1 << 20
 CHECK_NORMALIZATION_TOKENS = 16
@@ -51,8 +55,7 @@ def load_run(run_dir: Path, overrides: list[str]) -> tuple[Config, dict]:
     for path in (config_path, report_path):
         if not path.is_file():
             raise PgolfError(f"{path} not found; RUN_DIR must be a finished run written by `pgolf train`.")
-    cfg = config_from_dict(json.loads(config_path.read_text()))
-    cfg = apply_config_overrides(cfg, parse_cli_overrides(overrides), source="command line")
+    cfg = load_run_dir_config(run_dir, parse_cli_overrides(overrides))
     return cfg, json.loads(report_path.read_text())
 
 
@@ -68,10 +71,10 @@ def find_artifact(run_dir: Path, report: dict) -> Path:
 
 
 def check_score_first_ttt(cfg: Config, model_factory, val_tokens: torch.Tensor, byte_tables,
-                          device: torch.device) -> ComplianceResult:
+                          runtime: Runtime) -> ComplianceResult:
     """Run the run's TTT mode on a validation prefix of a few chunks and check its record."""
     if cfg.ttt.ttt_mode == "lora":
-        return check_score_first_lora_ttt(cfg, model_factory, val_tokens, byte_tables, device)
+        return check_score_first_lora_ttt(cfg, model_factory, val_tokens, byte_tables, runtime)
     window = evaluation_window(cfg)
     available = val_tokens.numel() - 1
     chunk = max(window, min(cfg.ttt.ttt_chunk_tokens, available // CHECK_TTT_CHUNKS))
@@ -79,7 +82,7 @@ def check_score_first_ttt(cfg: Config, model_factory, val_tokens: torch.Tensor, 
     ttt_cfg = dataclasses.replace(cfg.ttt, ttt_chunk_tokens=chunk, ttt_epochs=1)
     observer = TTTObserver()
     evaluate_ttt_bpb(model_factory(), prefix, ttt_cfg, window=window, stride=cfg.eval.eval_stride,
-                     batch_windows=cfg.eval.eval_batch_windows, byte_tables=byte_tables, device=device,
+                     batch_windows=cfg.eval.eval_batch_windows, byte_tables=byte_tables, runtime=runtime,
                      observer=observer)
     result = check_score_before_update(observer, prefix.numel() - 1)
     result.details.append(f"{prefix.numel() - 1} targets in {CHECK_TTT_CHUNKS} chunks of {chunk}")
@@ -87,7 +90,7 @@ def check_score_first_ttt(cfg: Config, model_factory, val_tokens: torch.Tensor, 
 
 
 def check_score_first_lora_ttt(cfg: Config, model_factory, val_tokens: torch.Tensor, byte_tables,
-                               device: torch.device) -> ComplianceResult:
+                               runtime: Runtime) -> ComplianceResult:
     """Batched LoRA TTT, with the run's phases, on a validation prefix of a few windows: batches and
     phase sizes shrunk so that several batches run and every phase fires inside the prefix."""
     window = evaluation_window(cfg)
@@ -100,7 +103,7 @@ def check_score_first_lora_ttt(cfg: Config, model_factory, val_tokens: torch.Ten
         ttt_phase_prefix_docs=max(1, min(cfg.ttt.ttt_phase_prefix_docs, num_documents // 2)))
     observer = TTTObserver()
     evaluate_lora_ttt_bpb(model_factory(), prefix, ttt_cfg, window=window, bos_id=cfg.model.bos_token_id,
-                          byte_tables=byte_tables, device=device, observer=observer)
+                          byte_tables=byte_tables, runtime=runtime, observer=observer)
     result = check_score_before_update(observer, prefix.numel() - 1)
     phase_steps = sum(kind == "phase_train" for kind, _ in observer.events)
     result.details.append(f"LoRA TTT: {prefix.numel() - 1} targets, {num_documents} documents in batches of "
@@ -143,13 +146,11 @@ def check_budgets(cfg: Config, report: dict) -> ComplianceResult:
 
 def run_checks(run_dir: Path, overrides: list[str]) -> dict:
     """Every check on the run; returns the receipt."""
-    from pgolf.run import TRAIN_LOADERS, load_artifact_into_fresh_model, prepare_validation_data
-
     cfg, report = load_run(run_dir, overrides)
-    device = torch.device("cpu")
+    runtime = Runtime(torch.device("cpu"))  # the checks are exact fp32 computations
     data = prepare_validation_data(cfg)
     artifact = find_artifact(run_dir, report)
-    model = load_artifact_into_fresh_model(artifact, cfg, device).eval()
+    model = load_artifact_into_fresh_model(artifact, cfg.model, runtime).eval()
     sp = load_sentencepiece(cfg.data.tokenizer_path)
     bos = sp.bos_id()
     window = min(evaluation_window(cfg), data.tokens.numel() - 1)
@@ -159,7 +160,7 @@ def run_checks(run_dir: Path, overrides: list[str]) -> dict:
     validation = check_validation_refused(TRAIN_LOADERS, data.val_files, cfg.model.vocab_size)
     validation.details.append(f"{len(data.train_files)} training and {len(data.val_files)} validation files disjoint")
     results = [
-        check_score_first_ttt(cfg, lambda: copy.deepcopy(model), data.tokens, data.byte_tables, device),
+        check_score_first_ttt(cfg, lambda: copy.deepcopy(model), data.tokens, data.byte_tables, runtime),
         check_causality(model, sample, cut=window // 2),
         check_normalization(model, data.tokens[:CHECK_NORMALIZATION_TOKENS].to(torch.int64)),
         check_input_document_isolation(model, boundary_span, bos),
@@ -181,7 +182,7 @@ def write_receipt(run_dir: Path, receipt: dict) -> Path:
     return path
 
 
-def command_check(args: argparse.Namespace) -> int:
+def run_check_command(args: argparse.Namespace) -> int:
     """``pgolf check RUN_DIR``: print each check, write the receipt, exit 1 on any failure."""
     run_dir = Path(args.run_dir)
     receipt = run_checks(run_dir, args.overrides)

@@ -1,17 +1,16 @@
-"""``pgolf data build|stats|verify``: make a dataset from text, describe it, and check it (tooling).
+"""Datasets as a whole: build one from documents, count it, and verify it.
 
-* build: JSONL or plain-text documents -> a tokenizer (trained unless given) and challenge shards,
-  laid out like the challenge's ``data/`` folder: ``DIR/tokenizers/fineweb_<V>_bpe.model`` and
-  ``DIR/datasets/<name>_sp<V>/``.
+* build: documents -> a tokenizer (trained unless given) and challenge shards, laid out like the
+  challenge's ``data/`` folder: ``DIR/tokenizers/fineweb_<V>_bpe.model`` and ``DIR/datasets/<name>_sp<V>/``.
 * stats: per split shards, tokens, documents and the bits-per-byte denominator (bytes), counted the
   way the evaluator counts them, streaming the shards in chunks so an 8-GB dataset is never in memory.
 * verify: every problem a dataset can have (broken shards, out-of-range ids, missing BOS, validation
   documents leaking into training, counts that disagree with the manifest), all collected in one report.
 
-Not part of the one-file submission export.
+The ``pgolf data build|stats|verify`` commands (pgolf/commands/data.py) print what these return; a
+training run never imports this module.
 """
 
-import argparse
 import hashlib
 import json
 import os
@@ -59,18 +58,6 @@ def iter_text_file_documents(paths: list[str | os.PathLike]) -> Iterator[str]:
     """Each text file in ``paths`` as one document."""
     for path in paths:
         yield Path(path).read_text(encoding="utf-8")
-
-
-def _document_source(docs_path, text_paths) -> tuple[Callable[[], Iterator[str]], str]:
-    """A function giving a fresh iterator over the documents (the corpus is read more than once) and a name."""
-    for path in ([docs_path] if docs_path else []) + list(text_paths or []):
-        if not Path(path).is_file():
-            raise DataError(f"input file {path} does not exist; check the --docs/--text argument.")
-    if docs_path:
-        return (lambda: iter_jsonl_documents(docs_path)), Path(docs_path).stem
-    if text_paths:
-        return (lambda: iter_text_file_documents(text_paths)), Path(text_paths[0]).stem
-    raise DataError("no input documents: give --docs FILE.jsonl or --text FILE [FILE ...].")
 
 
 def _dataset_dir_name(name: str, vocab_size: int) -> str:
@@ -121,22 +108,6 @@ def build_dataset(
     return {"data_dir": str(data_dir), "tokenizer_path": str(tokenizer_path), "num_docs": num_docs,
             "text_bytes": text_bytes, "stats": manifest["datasets"][0]["stats"], "count_seconds": count_seconds,
             "tokenizer_seconds": tokenizer_seconds, "export_seconds": export_seconds}
-
-
-def command_data_build(args: argparse.Namespace) -> int:
-    """``pgolf data build``: print what was written."""
-    documents, default_name = _document_source(args.docs, args.text)
-    given_tokenizer = args.tokenizer is not None
-    result = build_dataset(documents, args.vocab_size, args.out, name=args.name or default_name,
-                           tokenizer_path=args.tokenizer, num_val_docs=args.num_val_docs, num_workers=args.workers)
-    stats = result["stats"]
-    print(f"tokenizer: {result['tokenizer_path']}" + (" (given)" if given_tokenizer else
-                                                       f" (trained in {result['tokenizer_seconds']:.1f}s)"))
-    print(f"dataset:   {result['data_dir']} (exported in {result['export_seconds']:.1f}s)")
-    for split in DATA_TOOLS_SPLITS:
-        print(f"  {split:<5} docs {stats['docs_' + split]:>10,}  tokens {stats['tokens_' + split]:>14,}  "
-              f"shards {stats['files_' + split]}")
-    return 0
 
 
 # --------------------------------------------------------------------------- streaming shards
@@ -243,25 +214,6 @@ def _split_stats(files: list[Path], tables, bos_id: int, chunk_tokens: int) -> S
                     stats.target_bytes += int(count_target_bytes(tables, ids[:-1], ids[1:]).sum())
             previous_token = int(chunk[-1])
     return stats
-
-
-def format_dataset_stats(stats: dict) -> str:
-    """Human-readable table of :func:`dataset_stats`."""
-    lines = [f"dataset:   {stats['data_dir']}", f"tokenizer: {stats['tokenizer'] or '(none found: tokens only)'}"]
-    for split, row in stats["splits"].items():
-        text = f"  {split:<5} shards {row['shards']:>5}  tokens {row['tokens']:>14,}  documents {row['documents']:>10,}"
-        if row["bytes"] is not None:
-            per_token = row["bytes_per_target_token"] or 0.0
-            text += f"  bytes {row['bytes']:>15,}  bytes/token {per_token:.4f}"
-        lines.append(text)
-    return "\n".join(lines)
-
-
-def command_data_stats(args: argparse.Namespace) -> int:
-    """``pgolf data stats``."""
-    stats = dataset_stats(args.data_dir, args.tokenizer)
-    print(json.dumps(stats, indent=2) if args.json else format_dataset_stats(stats))
-    return 0
 
 
 # --------------------------------------------------------------------------- verify
@@ -411,34 +363,3 @@ def _compare_with_manifest(data_dir: Path, manifest: dict | None, check: Dataset
         if value is not None and found is not None and int(value) != found:
             check.problems.append(f"{data_dir / EXPORT_MANIFEST_NAME}: says {value} {split} {what} but the shards hold "
                                   f"{found}; shards are missing, extra or altered. Re-export the dataset.")
-
-
-def format_dataset_check(check: DatasetCheck, data_dir) -> str:
-    """Report of :func:`verify_dataset`: problems first, then notes, then the verdict."""
-    lines = [f"problem: {text}" for text in check.problems] + [f"note: {text}" for text in check.notes]
-    counts = ", ".join(f"{split} {check.documents.get(split, 0):,} docs / {check.tokens.get(split, 0):,} tokens"
-                       for split in DATA_TOOLS_SPLITS)
-    verdict = "OK" if check.ok else f"FAILED: {len(check.problems)} problem(s)"
-    return "\n".join(lines + [f"{data_dir}: {counts}", verdict])
-
-
-def command_data_verify(args: argparse.Namespace) -> int:
-    """``pgolf data verify``: exit status 1 when any problem was found."""
-    check = verify_dataset(args.data_dir, args.tokenizer, args.vocab_size)
-    print(format_dataset_check(check, args.data_dir))
-    return 0 if check.ok else 1
-
-
-def command_data_fineweb(args: argparse.Namespace) -> int:
-    from pgolf.data.fineweb import command_data_fineweb as download_command
-
-    return download_command(args)
-
-
-DATA_COMMANDS = {"fineweb": command_data_fineweb, "build": command_data_build, "stats": command_data_stats,
-                 "verify": command_data_verify}
-
-
-def run_data_command(args: argparse.Namespace) -> int:
-    """Dispatch ``pgolf data <subcommand>`` to its handler."""
-    return DATA_COMMANDS[args.data_command](args)

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from pgolf.config import ModelConfig, RunConfig
+from pgolf.commands.configuration import configured_runs_dir
+from pgolf.config import ModelConfig
 from pgolf.model.attention import describe_attention_backend, load_flash_attn_3
 
 # Vendor datasheet figures (dense 16-bit tensor-core TFLOP/s, memory GB/s), first match wins. These are
@@ -278,7 +279,6 @@ def format_doctor_report(report: dict) -> str:
 
 def run_doctor_command(args: argparse.Namespace) -> int:
     """Handler of ``pgolf doctor``."""
-    runs_dir = os.environ.get("RUNS_DIR", RunConfig().runs_dir)
-    report = collect_doctor_report(quick=args.quick, runs_dir=runs_dir)
+    report = collect_doctor_report(quick=args.quick, runs_dir=configured_runs_dir())
     print(json.dumps(report, indent=2) if args.json else format_doctor_report(report))
     return 0

@@ -21,20 +21,34 @@ import torch
 
 from pgolf.artifact.compress import available_model_compressor_names
 from pgolf.artifact.container import unpack_tensor_container
-from pgolf.artifact.pack import pack_quantized_tensors, unpack_model_artifact
+from pgolf.artifact.pack import pack_quantized_tensors
+from pgolf.quant.packing import unpack_model_artifact
 from pgolf.artifact.size import ARTIFACT_CAP_BYTES
-from pgolf.config import (Config, apply_config_overrides, config_field_index, config_from_dict, config_to_json,
-                          parse_cli_overrides, validate_config)
+from pgolf.commands.configuration import load_run_dir_config, require_run_config
+from pgolf.config import (Config, apply_config_overrides, config_field_index, config_to_json, parse_cli_overrides,
+                          validate_config)
 from pgolf.dist import init_distributed
 from pgolf.errors import ArtifactError, ConfigError, PgolfError
 from pgolf.export.bundle import exported_code_bytes
 from pgolf.fsutil import write_text_atomic
 from pgolf.model.gpt import build_model
 from pgolf.quant.artifact_quant import quantize_for_artifact
-from pgolf.run import (collect_gptq_hessians, load_artifact_into_fresh_model, make_evaluator, new_run_id,
-                       prepare_validation_data, write_quantized_artifact)
+from pgolf.data.run_data import prepare_validation_data
+from pgolf.eval.phases import plain_evaluator
+from pgolf.quant.calibration import collect_gptq_hessians
+from pgolf.quant.model_artifact import load_artifact_into_fresh_model, write_quantized_artifact
+from pgolf.runtime import Runtime
+from pgolf.train.run_directory import new_run_id
 
-# Besides the quant section: where the data lives (as for `pgolf eval`), which does not change what is measured.
+try:  # the `plots` extra: without matplotlib the sweep still writes its table, only sweep.png is left out
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
+except ImportError:
+    Figure = Line2D = FuncFormatter = None
+
+# Besides the quant and artifact sections: where the data lives (as for `pgolf eval`), which does not change
+# what is measured.
 QUANTIZE_EXTRA_KEYS = ("data_path", "tokenizer_path")
 # Quant-section keys that act during training, so they cannot change after it.
 QUANTIZE_TRAINING_ONLY_KEYS = ("qat_start_frac",)
@@ -102,10 +116,11 @@ def check_quantize_overrides(overrides: dict[str, str]) -> None:
     index = config_field_index()
     for raw_key in overrides:
         key = raw_key.strip().lower()
-        if key in QUANTIZE_TRAINING_ONLY_KEYS or (key in index and index[key][0] != "quant"
+        if key in QUANTIZE_TRAINING_ONLY_KEYS or (key in index and index[key][0] not in ("quant", "artifact")
                                                   and key not in QUANTIZE_EXTRA_KEYS):
             quant_keys = ", ".join(sorted(name.upper() for name, (section, _) in index.items()
-                                          if section == "quant" and name not in QUANTIZE_TRAINING_ONLY_KEYS))
+                                          if section in ("quant", "artifact")
+                                          and name not in QUANTIZE_TRAINING_ONLY_KEYS))
             why = "acts during training" if key in QUANTIZE_TRAINING_ONLY_KEYS else f"is in the {index[key][0]} section"
             raise ConfigError(f"{raw_key.upper()} {why}; `pgolf quantize` re-quantizes trained "
                               f"weights and only accepts quantization keys ({quant_keys}) and DATA_PATH/TOKENIZER_PATH. "
@@ -114,12 +129,9 @@ def check_quantize_overrides(overrides: dict[str, str]) -> None:
 
 def load_run_config(run_dir: Path, overrides: dict[str, str]) -> Config:
     """The run's config.json with the (checked) overrides applied."""
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise PgolfError(f"{config_path} not found; RUN_DIR must be a directory written by `pgolf train`.")
+    require_run_config(run_dir)  # before the overrides: a wrong RUN_DIR is the first thing to say
     check_quantize_overrides(overrides)
-    cfg = config_from_dict(json.loads(config_path.read_text()))
-    return validate_config(apply_config_overrides(cfg, overrides, source="command line"))
+    return validate_config(load_run_dir_config(run_dir, overrides))
 
 
 def load_full_precision_weights(run_dir: Path) -> tuple[dict[str, torch.Tensor], bool]:
@@ -135,8 +147,8 @@ def load_full_precision_weights(run_dir: Path) -> tuple[dict[str, torch.Tensor],
     return state, bool(artifact_meta["extra"].get("looping"))
 
 
-def model_from_state(state: dict[str, torch.Tensor], cfg: Config, device: torch.device, looping: bool):
-    model = build_model(cfg.model, device)
+def model_from_state(state: dict[str, torch.Tensor], cfg: Config, runtime: Runtime, looping: bool):
+    model = build_model(cfg.model, runtime)
     model.load_state_dict(state, strict=True)
     if looping:
         model.set_looping(True)
@@ -147,10 +159,10 @@ def open_session(run_dir: Path, overrides: dict[str, str], log: ToolLog) -> Quan
     """Load the run, its data and its weights, and score the full-precision model (``val_bpb_prequant``)."""
     cfg = load_run_config(run_dir, overrides)
     state, looping = load_full_precision_weights(run_dir)
-    ctx = init_distributed()
+    ctx = init_distributed(cfg.run.pgolf_device).with_precision(cfg.train.autocast_dtype)
     data = prepare_validation_data(cfg)
-    evaluate = make_evaluator(cfg, ctx, data)
-    prequant = evaluate(model_from_state(state, cfg, ctx.device, looping))
+    evaluate = plain_evaluator(cfg, ctx, data)
+    prequant = evaluate(model_from_state(state, cfg, ctx.runtime, looping))
     log.line(f"quantize: {run_dir} looping:{looping} val_bpb_prequant:{prequant.val_bpb:.6f}")
     return QuantizeSession(run_dir, cfg, ctx, data, evaluate, state, looping, prequant)
 
@@ -168,7 +180,7 @@ def gptq_hessians_for(session: QuantizeSession, cfg: Config, log: ToolLog):
     """Hessians from the run's training shards (None unless ``cfg`` asks for GPTQ), and their seconds."""
     if cfg.quant.quant_method != "gptq":
         return None, 0.0
-    model = model_from_state(session.state, cfg, session.ctx.device, session.looping)
+    model = model_from_state(session.state, cfg, session.ctx.runtime, session.looping)
     return collect_gptq_hessians(model, cfg, session.ctx, session.data.train_files, log)
 
 
@@ -205,7 +217,7 @@ def quantize_run(run_dir: Path, overrides: dict[str, str], *, name: str | None =
     hessians, calibration_seconds = gptq_hessians_for(session, cfg, log)
     path, size, fields = write_quantized_artifact(session.state, cfg, out_dir, log, hessians=hessians,
                                                   looping=session.looping, code_bytes=code_bytes_of(run_dir, cfg))
-    roundtrip = session.evaluate(load_artifact_into_fresh_model(path, cfg, session.ctx.device))
+    roundtrip = session.evaluate(load_artifact_into_fresh_model(path, cfg.model, session.ctx.runtime))
     report = {"run_dir": str(run_dir), "output_dir": str(out_dir), "artifact_path": str(path),
               "overrides": {key.upper(): value for key, value in overrides.items()},
               "val_bpb_prequant": session.prequant.val_bpb, "val_loss_prequant": session.prequant.val_loss,
@@ -226,10 +238,10 @@ def sweep_scheme_rows(session: QuantizeSession, label: str, cfg: Config, hessian
                       compressors: list[str]) -> list[dict]:
     """Quantize once as ``cfg`` says, score the round trip once, compress with every compressor."""
     tensors, meta = quantize_for_artifact(session.state, cfg.quant, hessians if cfg.quant.quant_method == "gptq" else None)
-    stride = cfg.quant.byte_shuffle_stride
+    stride = cfg.artifact.byte_shuffle_stride
     blobs = {name: pack_quantized_tensors(tensors, meta, name, stride, {"looping": session.looping}) for name in compressors}
     restored, _ = unpack_model_artifact(blobs[compressors[0]])
-    sums = session.evaluate(model_from_state(restored, cfg, session.ctx.device, session.looping))
+    sums = session.evaluate(model_from_state(restored, cfg, session.ctx.runtime, session.looping))
     q = cfg.quant
     common = {"scheme": label, "quant_method": q.quant_method, "matrix_bits": q.matrix_bits, "embed_bits": q.embed_bits,
               "clip_method": q.clip_method, "shuffle_stride": stride, "val_bpb": sums.val_bpb,
@@ -261,16 +273,14 @@ SWEEP_PNG_POINTS_KEY = "pgolf-sweep-points"
 def plot_sweep(rows: list[dict], path: Path, title: str) -> list[dict]:
     """Draw the rate-distortion plot (total bytes vs round-trip BPB): one marker shape per scheme, one
     colour per compressor. Returns the plotted points read back from the figure, also stored as JSON in
-    the PNG's ``pgolf-sweep-points`` text chunk. Needs matplotlib (the ``plots`` extra)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
+    the PNG's ``pgolf-sweep-points`` text chunk. Needs matplotlib (the ``plots`` extra).
 
+    Drawn on a bare :class:`Figure` (no pyplot): no global backend or figure registry is touched."""
     schemes = list(dict.fromkeys(row["scheme"] for row in rows))
     compressors = list(dict.fromkeys(row["compressor"] for row in rows))
     colours = {name: f"C{index % 10}" for index, name in enumerate(compressors)}
-    figure, axes = plt.subplots(figsize=(9, 5))
+    figure = Figure(figsize=(9, 5))
+    axes = figure.subplots()
     for index, scheme in enumerate(schemes):
         for compressor in compressors:
             mine = [row for row in rows if row["scheme"] == scheme and row["compressor"] == compressor]
@@ -289,14 +299,11 @@ def plot_sweep(rows: list[dict], path: Path, title: str) -> list[dict]:
     # bbox_inches="tight" grows the canvas to hold the legends outside the axes.
     figure.savefig(path, dpi=120, bbox_inches="tight", bbox_extra_artists=legends,
                    metadata={SWEEP_PNG_POINTS_KEY: json.dumps(points)})
-    plt.close(figure)
     return points
 
 
 def _sweep_legends(axes, schemes: list[str], compressors: list[str], colours: dict[str, str]) -> list:
     """Two legends: marker shape = scheme, colour = compressor; returns both."""
-    from matplotlib.lines import Line2D
-
     shapes = [Line2D([], [], linestyle="none", marker=SWEEP_MARKERS[i % len(SWEEP_MARKERS)], color="0.3", label=scheme)
               for i, scheme in enumerate(schemes)]
     swatches = [Line2D([], [], linestyle="none", marker="o", color=colours[name], label=name) for name in compressors]
@@ -316,9 +323,7 @@ def write_sweep_files(out_dir: Path, rows: list[dict], summary: dict) -> list[st
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    try:
-        import matplotlib  # noqa: F401  (only to know whether the plot can be drawn)
-    except ImportError:
+    if Figure is None:
         return [f"sweep: wrote {out_dir / 'sweep.json'} and sweep.csv; no sweep.png: matplotlib is not installed "
                 "(pip install 'pgolf[plots]' or pip install matplotlib)"]
     title = (f"run {Path(summary['run_dir']).name}: rate-distortion (pre-quant val_bpb "
@@ -351,7 +356,7 @@ def sweep_run(run_dir: Path, overrides: dict[str, str], *, name: str | None = No
 
 
 def run_quantize_command(args: argparse.Namespace) -> int:
-    """Handler of ``pgolf quantize`` (registered in pgolf/cli.py)."""
+    """Handler of ``pgolf quantize`` (its parser is in pgolf/cli.py)."""
     overrides = parse_cli_overrides(args.overrides)
     action = sweep_run if args.sweep else quantize_run
     result = action(Path(args.run_dir), overrides, name=args.name, echo=not args.json)

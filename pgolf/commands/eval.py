@@ -16,13 +16,15 @@ import json
 import time
 from pathlib import Path
 
-from pgolf.config import (Config, apply_config_overrides, config_field_index, config_from_dict, parse_cli_overrides,
-                          validate_config)
+from pgolf.commands.configuration import load_run_dir_config, require_run_config
+from pgolf.commands.quantize import find_run_artifact
+from pgolf.config import Config, config_field_index, parse_cli_overrides, validate_config
 from pgolf.dist import DistContext, init_distributed, shutdown_distributed
-from pgolf.errors import ConfigError, PgolfError
-from pgolf.eval.phases import EvalPhase, evaluation_budget, extra_evaluation_phases, timed_phase
+from pgolf.errors import ConfigError
+from pgolf.eval.phases import EvalPhase, evaluation_budget, extra_evaluation_phases, plain_evaluator, timed_phase
 from pgolf.fsutil import write_text_atomic
-from pgolf.train.precision import configure_precision
+from pgolf.data.run_data import prepare_validation_data
+from pgolf.quant.model_artifact import load_artifact_into_fresh_model
 
 EVAL_OVERRIDE_SECTIONS = ("eval", "ttt")
 EVAL_EXTRA_KEYS = ("data_path", "tokenizer_path")
@@ -42,27 +44,21 @@ def check_eval_overrides(overrides: dict[str, str]) -> None:
 
 def load_eval_config(run_dir: Path, items: list[str]) -> tuple[Config, dict[str, str]]:
     """The run's config.json with the checked overrides applied, and the overrides."""
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise PgolfError(f"{config_path} not found; RUN_DIR must be a directory written by `pgolf train`.")
+    require_run_config(run_dir)  # before the overrides: a wrong RUN_DIR is the first thing to say
     overrides = parse_cli_overrides(items)
     check_eval_overrides(overrides)
-    cfg = config_from_dict(json.loads(config_path.read_text()))
-    return validate_config(apply_config_overrides(cfg, overrides, source="command line")), overrides
+    return validate_config(load_run_dir_config(run_dir, overrides)), overrides
 
 
 def evaluate_run(run_dir: Path, cfg: Config, ctx: DistContext) -> tuple[list[EvalPhase], Path]:
     """The quantized evaluation and the phases ``cfg`` enables, on the run's artifact."""
-    from pgolf.quant.tools import find_run_artifact
-    from pgolf.run import load_artifact_into_fresh_model, make_evaluator, prepare_validation_data
-
     data = prepare_validation_data(cfg)
     artifact = find_run_artifact(run_dir)
-    model = load_artifact_into_fresh_model(artifact, cfg, ctx.device)
-    evaluate = make_evaluator(cfg, ctx, data)
-    plain = timed_phase("quantized", ctx.device, lambda: evaluate(model))
+    model = load_artifact_into_fresh_model(artifact, cfg.model, ctx.runtime)
+    evaluate = plain_evaluator(cfg, ctx, data)
+    plain = timed_phase("quantized", ctx.runtime, lambda: evaluate(model))
     extra = extra_evaluation_phases(cfg, ctx, data.tokens, data.byte_tables, model,
-                                    lambda: load_artifact_into_fresh_model(artifact, cfg, ctx.device))
+                                    lambda: load_artifact_into_fresh_model(artifact, cfg.model, ctx.runtime))
     return [plain, *extra], artifact
 
 
@@ -102,8 +98,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     """``pgolf eval``: evaluate, print, save under ``RUN_DIR/evals/``."""
     run_dir = Path(args.run_dir)
     cfg, overrides = load_eval_config(run_dir, args.overrides)
-    ctx = init_distributed()
-    configure_precision(cfg.train, ctx.device)
+    ctx = init_distributed(cfg.run.pgolf_device).with_precision(cfg.train.autocast_dtype)
     phases, artifact = evaluate_run(run_dir, cfg, ctx)
     if ctx.is_main:
         result = eval_result(run_dir, artifact, cfg, overrides, phases)

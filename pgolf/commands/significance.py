@@ -1,4 +1,5 @@
-"""``pgolf significance``: is a claimed improvement real under the challenge's rule? (tooling)"""
+"""``pgolf significance RUN_OR_LOG... --against BPB``: is a claimed improvement real under the challenge's
+rule? (tooling; the statistics are in :mod:`pgolf.exp.stats`, the scores come from :mod:`pgolf.exp.logs`)"""
 
 import argparse
 import json
@@ -13,7 +14,7 @@ def margin_in_bpb(margin: float, units: str, tokens_per_byte: float) -> float:
     return margin if units == "bpb" else nats_to_bpb(margin, tokens_per_byte)
 
 
-def command_significance(args: argparse.Namespace) -> int:
+def run_significance_command(args: argparse.Namespace) -> int:
     """Print the test and exit 0 when the rule is met, 1 when it is not."""
     runs = [read_run_score(path) for path in args.runs]
     scores = [run.val_bpb for run in runs]

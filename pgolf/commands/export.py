@@ -1,0 +1,61 @@
+"""``pgolf export RUN_DIR|PRESET [KEY=value ...] [-o train_gpt.py] [--json]`` (tooling: never exported).
+
+Writes the one-file ``train_gpt.py`` (flattened, minified, wrapped: its size is the code size) and
+``train_gpt.readable.py`` beside it; how the script is built is in :mod:`pgolf.export.bundle`.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from pgolf.commands.configuration import fill_default_data, load_run_dir_config, require_run_config, resolve_config
+from pgolf.config import Config, parse_cli_overrides
+from pgolf.errors import ConfigError
+from pgolf.export.bundle import build_exported_script, refuse_existing_outputs, write_exported_script
+from pgolf.presets import PRESETS
+
+
+def run_dir_preset(run_dir: Path) -> str:
+    """The preset a run was started from (its report, else its log header), or ``custom``."""
+    report = run_dir / "report.json"
+    if report.is_file():
+        return json.loads(report.read_text()).get("preset", "custom")
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        first = metrics.read_text().splitlines()[:1]
+        if first and json.loads(first[0]).get("event") == "header":
+            return json.loads(first[0]).get("preset", "custom")
+    return "custom"
+
+
+def export_target_config(target: str, overrides: list[str]) -> tuple[Config, str]:
+    """(config, preset name) for ``pgolf export TARGET``: a run directory's config.json plus ``KEY=value``
+    overrides, or a preset resolved as ``pgolf train`` does (preset < environment < ``KEY=value``),
+    with empty data paths pointed at the embedded default dataset's cache."""
+    path = Path(target)
+    if path.is_dir():
+        require_run_config(path)  # before the overrides: a wrong RUN_DIR is the first thing to say
+        return load_run_dir_config(path, parse_cli_overrides(overrides)), run_dir_preset(path)
+    if target in PRESETS:
+        cfg, _, name = resolve_config(target, overrides)
+        return fill_default_data(cfg), name
+    raise ConfigError(f"{target!r} is neither a run directory nor a preset; presets: {', '.join(sorted(PRESETS))}.")
+
+
+def run_export_command(args: argparse.Namespace) -> int:
+    """``pgolf export``: write train_gpt.py and train_gpt.readable.py, report the byte counts."""
+    refuse_existing_outputs(args.output)  # before the work, not after it
+    cfg, preset_name = export_target_config(args.target, args.overrides)
+    script = build_exported_script(cfg, preset_name=preset_name)
+    output, readable = write_exported_script(script, args.output)
+    if args.json:
+        print(json.dumps({"output": str(output), "readable": str(readable), **script.summary()}, indent=2))
+        return 0
+    print(f"wrote {output}: {script.wrapped_bytes:,} bytes (wrapped: lzma + base85 + exec; the counted code size)")
+    print(f"wrote {readable}: {script.readable_bytes:,} bytes (flattened and commented, for reviewers)")
+    print(f"bytes: readable {script.readable_bytes:,} -> minified {script.minified_bytes:,} -> "
+          f"wrapped {script.wrapped_bytes:,}; {len(script.modules)} modules; preset {preset_name}; "
+          f"code hash {script.code_hash}")
+    print(f"data: DATA_PATH={cfg.data.data_path} TOKENIZER_PATH={cfg.data.tokenizer_path} "
+          "(baked; override with the environment variables)")
+    return 0

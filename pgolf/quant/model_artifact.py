@@ -1,0 +1,89 @@
+"""The run's artifact files: the full-precision weights kept for ``pgolf quantize``, the quantized and
+compressed model written against the cap, and a fresh model loaded back from it (the round trip)."""
+
+import time
+from pathlib import Path
+
+import torch
+
+from pgolf.artifact.container import pack_tensor_container
+from pgolf.artifact.pack import load_artifact_file, save_artifact
+from pgolf.artifact.size import ARTIFACT_CAP_BYTES, SizeReport, loaded_pgolf_modules, source_bytes_of_modules
+from pgolf.config import Config, ModelConfig
+from pgolf.errors import ArtifactError
+from pgolf.fsutil import write_bytes_atomic
+from pgolf.log import RunLogger
+from pgolf.model.gpt import GPT, build_model
+from pgolf.quant.artifact_quant import format_quantized_weights
+from pgolf.quant.packing import (artifact_file_name, build_model_artifact, describe_artifact_pruning,
+                                 unpack_model_artifact)
+from pgolf.quant.policy import describe_quant_plan, format_quant_plan
+from pgolf.runtime import Runtime
+
+EXACT_CODE_BYTES_NOTE = "exact: the wrapped train_gpt.py that `pgolf export` writes for this configuration"
+UPPER_BOUND_CODE_BYTES_NOTE = ("upper bound: total source bytes of the pgolf modules this run imported "
+                               "(`pgolf export` measures the real wrapped train_gpt.py)")
+
+
+def write_artifact(model: GPT, cfg: Config, run_dir: Path, logger: RunLogger,
+                   hessians: dict[str, torch.Tensor] | None = None,
+                   code_bytes: int | None = None) -> tuple[Path, SizeReport, dict]:
+    """Keep the full-precision weights (for ``pgolf quantize``), then write the quantized artifact."""
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    # The looping state travels with the weights: a looped model is evaluated looped (SPEC 4.11).
+    looping = bool(getattr(model, "looping", False))
+    write_bytes_atomic(run_dir / "final_weights.pgtc",
+                       pack_tensor_container(state, {"kind": "full_precision", "looping": looping}))
+    return write_quantized_artifact(state, cfg, run_dir / "artifact", logger, hessians=hessians, looping=looping,
+                                    code_bytes=code_bytes)
+
+
+def write_quantized_artifact(state: dict[str, torch.Tensor], cfg: Config, out_dir: Path, logger: RunLogger, *,
+                             hessians: dict[str, torch.Tensor] | None, looping: bool,
+                             code_bytes: int | None = None) -> tuple[Path, SizeReport, dict]:
+    """Quantize, compress (pruning to the cap with FIT_TO_CAP=1) and save into ``out_dir``, logging the
+    per-tensor plan and the result. ``code_bytes``: the exact size of the exported train_gpt.py when the
+    caller knows it; None = an upper bound, the sources this process imported.
+    Returns (artifact path, size, report fields)."""
+    for line in format_quant_plan(describe_quant_plan(state, cfg.quant)):
+        logger.line(line)
+    code_bytes_note = EXACT_CODE_BYTES_NOTE
+    if code_bytes is None:
+        code_bytes = source_bytes_of_modules(loaded_pgolf_modules())
+        code_bytes_note = UPPER_BOUND_CODE_BYTES_NOTE
+    started = time.perf_counter()
+    artifact = build_model_artifact(state, cfg.quant, cfg.artifact, hessians=hessians, extra_meta={"looping": looping},
+                                    code_bytes=code_bytes, cap=ARTIFACT_CAP_BYTES)
+    quantize_seconds = time.perf_counter() - started
+    for line in format_quantized_weights(artifact.quant_meta):
+        logger.line(line)
+    artifact_path = save_artifact(out_dir / artifact_file_name(cfg.quant), artifact.blob)
+    size = SizeReport(code_bytes=code_bytes, model_bytes=len(artifact.blob), cap=ARTIFACT_CAP_BYTES,
+                      code_bytes_note=code_bytes_note)
+    what = f"{artifact_path.name.split('.')[1]}+{artifact.compressor}"
+    logger.line(f"Serialized model {what}: {len(artifact.blob)} bytes (quantize+compress {quantize_seconds:.1f}s)")
+    logger.line(f"Code size: {code_bytes} bytes ({size.code_bytes_note})")
+    prune_lines, prune_fields = describe_artifact_pruning(artifact, code_bytes)
+    for line in prune_lines:
+        logger.line(line)
+    logger.line(f"Total submission size {what}: {size.total_bytes} bytes (cap {size.cap}, margin {size.margin_bytes})")
+    fields = {"artifact_file": artifact_path.name, "artifact_path": str(artifact_path),
+              "artifact_compressor": artifact.compressor,
+              "artifact_shuffle_stride": artifact.shuffle_stride, "quant_method": cfg.quant.quant_method,
+              "quantize_seconds": quantize_seconds, **prune_fields}
+    logger.event("artifact", path=str(artifact_path), **size.as_dict(), **fields)
+    return artifact_path, size, fields
+
+
+def load_artifact_into_fresh_model(path: Path, model_cfg: ModelConfig, runtime: Runtime) -> GPT:
+    """A new model holding the artifact's weights, in the layer schedule it was trained in last."""
+    try:
+        state, meta = unpack_model_artifact(load_artifact_file(path))
+    except ArtifactError as error:
+        message = str(error) if str(path) in str(error) else f"artifact {path}: {error}"
+        raise ArtifactError(message) from None
+    model = build_model(model_cfg, runtime)
+    model.load_state_dict(state, strict=True)
+    if meta["extra"].get("looping"):
+        model.set_looping(True)
+    return model

@@ -1,0 +1,78 @@
+"""Presets: a few key values each, and what every preset changes relative to the one it derives from."""
+
+import pytest
+
+from pgolf.config import Config, config_differences
+from pgolf.presets import GPU_PRESETS, ONE_GPU_TIME_FACTOR, PRESETS, preset_config
+
+
+def changed(name: str, parent: Config) -> set[str]:
+    return set(config_differences(preset_config(name), parent))
+
+
+def test_baseline_is_the_default_config_with_data_and_compilation():
+    assert changed("baseline_sp1024", Config()) == {"data_path", "tokenizer_path", "compile"}
+    cfg = preset_config("baseline_sp1024")
+    assert (cfg.model.vocab_size, cfg.model.num_layers, cfg.model.model_dim, cfg.train.compile) == (1024, 9, 512, True)
+    assert (cfg.artifact.compressor, cfg.quant.matrix_bits, cfg.quant.quant_method) == ("zlib", 8, "rtn")
+
+
+@pytest.mark.parametrize("name,parent,fields", [
+    ("tiny_cpu", "baseline_sp1024", {"data_path", "tokenizer_path", "num_layers", "model_dim", "num_heads",
+                                     "num_kv_heads", "train_batch_tokens", "train_seq_len", "max_wallclock_seconds",
+                                     "warmdown_frac", "warmup_steps", "train_log_every", "val_loss_every", "compile",
+                                     "val_batch_size"}),
+    ("t4", "baseline_sp1024", {"attention_backend", "autocast_dtype", "train_batch_tokens", "compile", "warmup_steps",
+                               "val_batch_size"}),
+    ("seq4096", "baseline_sp1024", {"tied_embed_lr", "matrix_lr", "scalar_lr", "muon_momentum",
+                                    "muon_momentum_warmup_start", "muon_momentum_warmup_steps", "train_seq_len",
+                                    "train_batch_tokens", "warmdown_frac"}),
+    ("systematic_search", "seq4096", {"rope_base"}),
+    ("sp4096_recur", "record_sp8192", {"vocab_size", "data_path", "tokenizer_path", "qk_gain_init", "muon_momentum",
+                                       "ema_start_step"}),
+])
+def test_each_preset_changes_only_what_it_says(name, parent, fields):
+    assert changed(name, preset_config(parent)) == fields
+
+
+def test_key_values():
+    tiny, t4 = preset_config("tiny_cpu"), preset_config("t4")
+    assert (tiny.data.data_path, tiny.model.num_layers, tiny.model.model_dim, tiny.train.max_wallclock_seconds) == (
+        "", 4, 128, 120.0)
+    assert (t4.train.autocast_dtype, t4.model.attention_backend, t4.train.train_batch_tokens) == (
+        "fp16", "sdpa", 131_072)
+    assert preset_config("seq4096").train.train_seq_len == 4096
+    assert preset_config("systematic_search").model.rope_base == 200_000.0
+    assert preset_config("sp4096_recur").model.vocab_size == 4096
+
+
+def test_the_record_stack():
+    cfg = preset_config("record_sp8192")
+    assert (cfg.model.vocab_size, cfg.model.num_layers, cfg.model.mlp_mult, cfg.model.activation) == (
+        8192, 11, 4.0, "leaky_relu2")
+    assert (cfg.model.num_loops, cfg.model.loop_start, cfg.model.loop_end, cfg.model.parallel_residual_start) == (
+        2, 3, 5, 7)
+    assert (cfg.optim.matrix_lr, cfg.optim.muon_wd, cfg.train.ema_decay, cfg.train.train_loader) == (
+        0.022, 0.095, 0.9965, "shuffled")
+    assert (cfg.quant.quant_method, cfg.quant.matrix_bits, cfg.quant.clip_method, cfg.quant.embed_bits) == (
+        "gptq", 6, "sdclip", 8)
+    assert cfg.quant.int8_keep_float_fp32_name_patterns == ()
+    assert (cfg.artifact.compressor, cfg.artifact.byte_shuffle_stride) == ("brotli", 2)
+    assert cfg.eval.sliding_window_enabled and cfg.ttt.ttt_enabled
+    assert (cfg.train.gptq_reserve_seconds, cfg.train.compile) == (12.0, True)
+
+
+@pytest.mark.parametrize("name", sorted(GPU_PRESETS))
+def test_one_gpu_variants_stretch_only_the_clock(name):
+    eight, one = preset_config(name), preset_config(f"{name}_1gpu")
+    assert changed(f"{name}_1gpu", eight) <= {"max_wallclock_seconds", "gptq_reserve_seconds"}
+    assert one.train.max_wallclock_seconds == ONE_GPU_TIME_FACTOR * eight.train.max_wallclock_seconds
+    assert one.train.gptq_reserve_seconds == ONE_GPU_TIME_FACTOR * eight.train.gptq_reserve_seconds
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_data_paths_name_the_vocabulary(name):
+    cfg = preset_config(name)
+    if cfg.data.data_path:
+        vocab = cfg.model.vocab_size
+        assert cfg.data.data_path.endswith(f"_sp{vocab}") and cfg.data.tokenizer_path.endswith(f"_{vocab}_bpe.model")
