@@ -444,6 +444,9 @@ def _record_feature_problems(m: ModelConfig) -> list[str]:
     elif m.num_loops > 0 and not 0 <= m.loop_start <= m.loop_end < m.num_layers:
         problems.append(f"LOOP_START={m.loop_start} and LOOP_END={m.loop_end} must satisfy "
                         f"0 <= LOOP_START <= LOOP_END < NUM_LAYERS={m.num_layers}")
+    if m.parallel_residual_mode == "two_lane" and m.parallel_residual_start == -1:
+        problems.append("PARALLEL_RESIDUAL_MODE=two_lane does nothing with PARALLEL_RESIDUAL_START=-1 (off); set "
+                        "PARALLEL_RESIDUAL_START to the first two-lane layer, or leave the mode at single")
     if m.parallel_residual_start != -1 and not 0 <= m.parallel_residual_start < m.num_layers:
         problems.append(f"PARALLEL_RESIDUAL_START={m.parallel_residual_start} must be -1 (off) or a layer "
                         f"index in [0, {m.num_layers})")
@@ -508,6 +511,9 @@ def _evaluation_problems(cfg: Config) -> list[str]:
         problems.append("TTT_EPOCHS must be >= 1, TTT_LR >= 0, TTT_MOMENTUM in [0, 1), TTT_GRAD_CLIP >= 0")
     if t.ttt_lora_chunk_tokens < 1 or t.ttt_lora_lr < 0 or t.ttt_lora_wd < 0:
         problems.append("TTT_LORA_CHUNK_TOKENS must be >= 1, TTT_LORA_LR and TTT_LORA_WD >= 0")
+    if t.ttt_lora_chunk_tokens > window:
+        problems.append(f"TTT_LORA_CHUNK_TOKENS={t.ttt_lora_chunk_tokens} must be at most the evaluation window "
+                        f"EVAL_SEQ_LEN={window}: a chunk is scored inside one context window")
     if t.ttt_lora_rank < 1 or t.ttt_lora_alpha <= 0:
         problems.append(f"TTT_LORA_RANK={t.ttt_lora_rank} must be >= 1 and TTT_LORA_ALPHA > 0")
     if t.ttt_lora_batch_docs < 1:

@@ -219,9 +219,7 @@ def evaluate_lora_ttt_bpb(model: nn.Module, val_tokens: torch.Tensor, cfg: TTTCo
                           observer: TTTObserver | None = None) -> EvalSums:
     """Document-level score-first LoRA TTT BPB over all targets. ``model`` is changed in place (adapters
     attached; with phases, base weights trained): pass a fresh copy of the artifact's model."""
-    if cfg.ttt_lora_chunk_tokens > window:
-        raise ConfigError(f"TTT_LORA_CHUNK_TOKENS={cfg.ttt_lora_chunk_tokens} must be at most the evaluation "
-                          f"window EVAL_SEQ_LEN={window}: a chunk is scored inside one context window")
+    assert cfg.ttt_lora_chunk_tokens <= window, (cfg.ttt_lora_chunk_tokens, window)  # validate_config's rule
     model.eval()
     run = _BatchedDocumentTTT(model, val_tokens, cfg, window, byte_tables.to(runtime.device), runtime, observer)
     spans = document_spans(val_tokens, bos_id)

@@ -29,8 +29,7 @@ def lr_multiplier_at(progress: float, *, warmdown_frac: float, min_lr: float = 0
     (floored at ``min_lr``, SPEC 5.9; 0 reproduces the baseline). ``warmdown_frac == 0``: always 1.
     There is no LR warm-up.
     """
-    if not 0.0 <= warmdown_frac <= 1.0:
-        raise ConfigError(f"WARMDOWN_FRAC must be in [0, 1], got {warmdown_frac}; 0 disables the warm-down.")
+    assert 0.0 <= warmdown_frac <= 1.0, warmdown_frac  # validate_config's rule (WARMDOWN_FRAC)
     if warmdown_frac == 0.0 or progress < 1.0 - warmdown_frac:
         return 1.0
     return max((1.0 - progress) / warmdown_frac, min_lr)

@@ -182,8 +182,7 @@ def qat_schemes_for(model: nn.Module, cfg: QuantConfig) -> dict[str, QuantScheme
 
 def attach_fake_quant(model: nn.Module, schemes: dict[str, QuantScheme], start_frac: float) -> QATController:
     """Replace the named ``CastedLinear`` modules by switched-off :class:`FakeQuantLinear` ones."""
-    if not 0.0 <= start_frac < 1.0:
-        raise ConfigError(f"QAT_START_FRAC={start_frac} must be in [0, 1); 0 in the config means no QAT.")
+    assert 0.0 <= start_frac < 1.0, start_frac  # validate_config's rule (QAT_START_FRAC)
     originals = {name: model.get_submodule(name) for name in schemes}
     for name, scheme in schemes.items():  # check everything before replacing anything
         if type(originals[name]) is not CastedLinear:

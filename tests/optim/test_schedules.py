@@ -2,6 +2,7 @@
 
 import pytest
 
+from pgolf.config import Config, TrainConfig, validate_config
 from pgolf.errors import ConfigError
 from pgolf.optim.schedules import lr_multiplier_at, muon_momentum_at, training_progress
 
@@ -51,8 +52,10 @@ def test_lr_multiplier_min_lr_floor():
     assert lr_multiplier_at(0.28 + 0.36, warmdown_frac=0.72, min_lr=0.1) == pytest.approx(0.5)
 
 
-def test_lr_multiplier_rejects_bad_fraction():
+def test_a_bad_warmdown_fraction_is_refused_by_the_config_once():
     with pytest.raises(ConfigError, match="WARMDOWN_FRAC"):
+        validate_config(Config(train=TrainConfig(warmdown_frac=1.5)))
+    with pytest.raises(AssertionError):  # the schedule only asserts what the config guarantees
         lr_multiplier_at(0.5, warmdown_frac=1.5)
 
 

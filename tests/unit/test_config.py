@@ -161,3 +161,10 @@ def test_a_resumed_run_takes_the_machine_settings_from_this_machine(tmp_path):
     assert resume_config_conflicts(json.loads(config_to_json(saved)), cfg) == []
     assert (resume_mode(False, True), resume_mode(False, False), resume_mode(True, False)) == (
         "auto", "never", "required")
+
+
+def test_two_lane_mode_without_a_start_layer_is_refused():
+    """PARALLEL_RESIDUAL_MODE=two_lane with the start at -1 (off) would silently train a plain model."""
+    with pytest.raises(ConfigError, match="PARALLEL_RESIDUAL_MODE=two_lane does nothing"):
+        validate_config(Config(model=ModelConfig(parallel_residual_mode="two_lane")))
+    validate_config(Config(model=ModelConfig(parallel_residual_mode="two_lane", parallel_residual_start=5)))

@@ -12,7 +12,7 @@ import torch
 from testkit import RecordingLogger
 import torch.nn.functional as F
 
-from pgolf.config import ModelConfig, OptimConfig, QuantConfig, TrainConfig
+from pgolf.config import Config, ModelConfig, OptimConfig, QuantConfig, TrainConfig, validate_config
 from pgolf.data.loader import DistributedTokenLoader
 from pgolf.data.shards import write_shard
 from pgolf.dist import DistContext
@@ -144,6 +144,8 @@ def test_attach_qat_returns_none_when_off_or_nothing_is_quantised_per_row():
     assert attach_qat(GPT(MODEL), QuantConfig()) is None  # QAT_START_FRAC=0
     assert attach_qat(GPT(MODEL), QuantConfig(qat_start_frac=0.5)) is None  # every matrix is fp16-sized
     with pytest.raises(ConfigError, match="QAT_START_FRAC"):
+        validate_config(Config(quant=QuantConfig(qat_start_frac=1.0)))
+    with pytest.raises(AssertionError):  # attach only asserts what the config guarantees
         attach_fake_quant(GPT(MODEL), {}, 1.0)
 
 
