@@ -511,7 +511,7 @@ def _evaluation_problems(cfg: Config) -> list[str]:
         problems.append("TTT_EPOCHS must be >= 1, TTT_LR >= 0, TTT_MOMENTUM in [0, 1), TTT_GRAD_CLIP >= 0")
     if t.ttt_lora_chunk_tokens < 1 or t.ttt_lora_lr < 0 or t.ttt_lora_wd < 0:
         problems.append("TTT_LORA_CHUNK_TOKENS must be >= 1, TTT_LORA_LR and TTT_LORA_WD >= 0")
-    if t.ttt_lora_chunk_tokens > window:
+    if t.ttt_enabled and t.ttt_mode == "lora" and t.ttt_lora_chunk_tokens > window:
         problems.append(f"TTT_LORA_CHUNK_TOKENS={t.ttt_lora_chunk_tokens} must be at most the evaluation window "
                         f"EVAL_SEQ_LEN={window}: a chunk is scored inside one context window")
     if t.ttt_lora_rank < 1 or t.ttt_lora_alpha <= 0:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from testkit import small_scoring_gpt
 from torch import nn
 
-from pgolf.config import Config, TrainConfig, TTTConfig, validate_config
+from pgolf.config import Config, EvalConfig, TrainConfig, TTTConfig, validate_config
 from pgolf.data.tokenizer import ByteTables
 from pgolf.errors import ConfigError
 from pgolf.eval.compliance import check_score_before_update
@@ -211,7 +211,9 @@ def test_adapters_attach_by_module_replacement_and_start_as_identity():
 
 
 def test_a_chunk_longer_than_the_window_is_refused_before_anything_runs():
-    too_long = Config(train=TrainConfig(train_seq_len=WINDOW), ttt=dataclasses.replace(CFG, ttt_lora_chunk_tokens=WINDOW + 1))
+    too_long = Config(train=TrainConfig(train_seq_len=WINDOW), eval=EvalConfig(eval_stride=WINDOW),
+                      ttt=dataclasses.replace(CFG, ttt_enabled=True, ttt_mode="lora", ttt_lora_chunk_tokens=WINDOW + 1))
+    validate_config(dataclasses.replace(too_long, ttt=dataclasses.replace(too_long.ttt, ttt_enabled=False)))  # unused
     with pytest.raises(ConfigError, match="TTT_LORA_CHUNK_TOKENS"):
         validate_config(too_long)
     with pytest.raises(AssertionError):
