@@ -1,7 +1,8 @@
-"""``pgolf export RUN_DIR|PRESET [KEY=value ...] [-o train_gpt.py] [--json]`` (tooling: never exported).
+"""``pgolf export RUN_DIR|PRESET [KEY=value ...] [-o train_gpt.py] [--json] [--explain]`` (tooling: never exported).
 
-Writes the one-file ``train_gpt.py`` (flattened, minified, wrapped: its size is the code size) and
-``train_gpt.readable.py`` beside it; how the script is built is in :mod:`pgolf.export.bundle`.
+Writes the one-file ``train_gpt.py`` (specialized to the configuration, minified, wrapped: its size is
+the code size) and ``train_gpt.readable.py`` beside it; how the script is built is in
+:mod:`pgolf.export.bundle`. ``--explain`` lists what ships and why.
 """
 
 import argparse
@@ -11,7 +12,9 @@ from pathlib import Path
 from pgolf.commands.configuration import fill_default_data, load_run_dir_config, require_run_config, resolve_config
 from pgolf.config import Config, parse_cli_overrides
 from pgolf.errors import ConfigError
-from pgolf.export.bundle import build_exported_script, refuse_existing_outputs, write_exported_script
+from pgolf.fsutil import require_writable_directory
+from pgolf.export.bundle import (ExportedScript, build_exported_script, module_costs, refuse_existing_outputs,
+                                 write_exported_script)
 from pgolf.presets import PRESETS
 
 
@@ -42,20 +45,47 @@ def export_target_config(target: str, overrides: list[str]) -> tuple[Config, str
     raise ConfigError(f"{target!r} is neither a run directory nor a preset; presets: {', '.join(sorted(PRESETS))}.")
 
 
+def explanation(script: ExportedScript) -> dict:
+    """What ships and why: per module, what pulled it in and its bytes; what the configuration dropped."""
+    costs = module_costs(script)
+    modules = [{"module": m.label, "why": m.why, "switch": m.switch or None, "kept": len(m.kept),
+                "dropped": len(m.dropped), "readable_bytes": m.readable_bytes,
+                "minified_bytes": costs.get(m.name, (0, 0))[0], "wrapped_bytes_estimate": costs.get(m.name, (0, 0))[1]}
+               for m in script.shipped]
+    return {"modules": modules, "dropped_modules": list(script.dropped_modules),
+            "fixed_fields": len(script.fixed_fields)}
+
+
+def print_explanation(script: ExportedScript, explained: dict) -> None:
+    print(f"{'module':40s} {'readable':>9s} {'minified':>9s} {'wrapped~':>9s}  why (names kept/dropped)")
+    for row in explained["modules"]:
+        print(f"{row['module']:40s} {row['readable_bytes']:9,d} {row['minified_bytes']:9,d} "
+              f"{row['wrapped_bytes_estimate']:9,d}  {row['why']} ({row['kept']}/{row['dropped']})")
+    dropped = ", ".join(name.removeprefix("pgolf.") for name in explained["dropped_modules"]) or "none"
+    print(f"not shipped (this configuration never runs them): {dropped}")
+    print("wrapped~: bytes the script would lose without the module (LZMA compresses the modules together, so "
+          "these do not add up to the total)")
+
+
 def run_export_command(args: argparse.Namespace) -> int:
     """``pgolf export``: write train_gpt.py and train_gpt.readable.py, report the byte counts."""
     refuse_existing_outputs(args.output)  # before the work, not after it
+    require_writable_directory(Path(args.output).parent, "the exported script")
     cfg, preset_name = export_target_config(args.target, args.overrides)
     script = build_exported_script(cfg, preset_name=preset_name)
     output, readable = write_exported_script(script, args.output)
+    explained = explanation(script) if getattr(args, "explain", False) else None
     if args.json:
-        print(json.dumps({"output": str(output), "readable": str(readable), **script.summary()}, indent=2))
+        print(json.dumps({"output": str(output), "readable": str(readable), **script.summary(),
+                          **({"explain": explained} if explained else {})}, indent=2))
         return 0
+    if explained:
+        print_explanation(script, explained)
     print(f"wrote {output}: {script.wrapped_bytes:,} bytes (wrapped: lzma + base85 + exec; the counted code size)")
-    print(f"wrote {readable}: {script.readable_bytes:,} bytes (flattened and commented, for reviewers)")
+    print(f"wrote {readable}: {script.readable_bytes:,} bytes (the specialized program, for reviewers)")
     print(f"bytes: readable {script.readable_bytes:,} -> minified {script.minified_bytes:,} -> "
-          f"wrapped {script.wrapped_bytes:,}; {len(script.modules)} modules; preset {preset_name}; "
-          f"code hash {script.code_hash}")
+          f"wrapped {script.wrapped_bytes:,}; {len(script.modules)} modules ({len(script.dropped_modules)} not "
+          f"needed by this configuration); preset {preset_name}; code hash {script.code_hash}")
     print(f"data: DATA_PATH={cfg.data.data_path} TOKENIZER_PATH={cfg.data.tokenizer_path} "
           "(baked; override with the environment variables)")
     return 0

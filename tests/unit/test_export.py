@@ -1,7 +1,9 @@
-"""``pgolf export``: dependency order, flattening, minification, the wrapper, baking, refusals.
+"""``pgolf export``: dependency order, flattening, minification, the wrapper, baking, refusals, the cache.
 
 Small synthetic ``pgolf`` packages written into tmp folders exercise each flattening rule; the real
-package is exported once (module fixture) for the checks on what actually ships.
+package is exported for tiny_cpu once (module fixture) for the checks on what actually ships. How the
+exporter specializes a program is tested on small programs in test_export_specialize.py; the exported
+script of every preset is run against the package in tests/e2e/test_export_script.py.
 """
 
 import ast
@@ -17,10 +19,13 @@ import pytest
 from pgolf.cli import main as cli_main
 from pgolf.config import apply_config_overrides, config_to_json
 from pgolf.errors import ConfigError, PgolfError
-from pgolf.export.bundle import (_settle_code_bytes, baked_config_values, build_exported_script, export_ready_config,
-                                 exported_code_bytes, write_exported_script)
+from pgolf.export import bundle
+from pgolf.export.bundle import (CODE_BYTES_PLACEHOLDER, ENVIRONMENT_FIELDS, _settle_code_bytes, baked_config_values,
+                                 build_exported_script, export_ready_config, exported_code_bytes, module_costs,
+                                 write_exported_script)
 from pgolf.export.flatten import ExportError, core_module_order, flatten_core_modules
 from pgolf.export.minify import minify_source, unwrap_script, wrap_source
+from pgolf.export.verify import verify_minified
 from pgolf.presets import tiny_cpu
 from pgolf.provenance import pgolf_code_hash
 
@@ -51,8 +56,9 @@ def pgolf_imports(path: Path, top_level_only: bool) -> list[str]:
 
 @pytest.fixture(scope="module")
 def real_script():
+    """tiny_cpu, exported with the check that runs the minified program against the readable one."""
     cfg = apply_config_overrides(tiny_cpu(), {**DATA, "RUN_ID": "fixed_run"}, source="test")
-    return cfg, build_exported_script(cfg, preset_name="tiny_cpu")
+    return cfg, build_exported_script(cfg, preset_name="tiny_cpu", verify=True)
 
 
 def test_real_package_order_every_module_after_its_imports_and_no_tooling():
@@ -124,9 +130,6 @@ def test_flattened_fake_package_keeps_aliases_nested_imports_and_type_checking(t
     assert namespace["main"](3) == 6 * math.pi and namespace["twice"] is namespace["double"]
     with pytest.raises(namespace["BoomError"], match="negative"):
         namespace["main"](-1)
-    minified: dict = {}
-    exec(compile(minify_source(flat.text), "min.py", "exec"), minified)
-    assert minified["main"](3) == 6 * math.pi
 
 
 @pytest.mark.parametrize("files, message", [
@@ -146,18 +149,18 @@ def test_what_cannot_be_flattened_faithfully_is_refused(tmp_path, files, message
 
 
 MINIFY_SAMPLE = '''
-"""Module docstring."""
+\"\"\"Module docstring.\"\"\"
 import math
 
 
 def tricky(n, word="a # not a comment"):
-    """Docstring.
+    \"\"\"Docstring.
 
-    With a blank line."""
+    With a blank line.\"\"\"
     # a comment
-    text = """keep
+    text = \"\"\"keep
 
-    these   lines"""
+    these   lines\"\"\"
     values = [1 if n else 2, n * 2, -n, n ** -1 if n else 0, 1.5e3, 0x1F, math.floor(2.5), (1).real]
     label = f"{n!r:>5} {{braces}} {word}"
     if not n:
@@ -167,6 +170,9 @@ def tricky(n, word="a # not a comment"):
 
 class Box:
     "only a docstring"
+
+
+RESULT = [tricky(0), tricky(3), tricky(2, word="w"), Box.__name__]
 '''
 
 
@@ -175,11 +181,30 @@ def test_minified_source_behaves_identically_and_is_smaller():
     original, compact = {}, {}
     exec(compile(MINIFY_SAMPLE, "original.py", "exec"), original)
     exec(compile(minified, "minified.py", "exec"), compact)
-    for n in (0, 3):
-        assert compact["tricky"](n) == original["tricky"](n)
+    result = next(value for name, value in compact.items() if isinstance(value, list) and not name.startswith("__"))
+    assert result[:3] == original["RESULT"][:3]  # python-minifier renames globals, so the class is not "Box"
     assert "Docstring" not in minified and "# a comment" not in minified and "literal statement" not in minified
-    assert "\n\n" not in minified.replace("keep\n\n", "") and "\n  return" not in minified  # one space per level
-    assert len(minified) < 0.8 * len(MINIFY_SAMPLE)
+    assert len(minified) < 0.6 * len(MINIFY_SAMPLE)
+
+
+def test_a_minifier_failure_stops_the_export_with_a_clear_error(monkeypatch):
+    def broken(source, **options):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr("pgolf.export.minify.python_minifier.minify", broken)
+    with pytest.raises(ExportError, match="python-minifier failed.*RecursionError"):
+        minify_source("x = 1\n")
+    monkeypatch.setattr("pgolf.export.minify.python_minifier.minify", lambda source, **options: "def (:\n")
+    with pytest.raises(ExportError, match="does not compile"):
+        minify_source("x = 1\n")
+
+
+@pytest.mark.parametrize("source, register", [("X = 1\n", False), ("import triton\nX = 1\n", True)])
+def test_both_wrapper_forms_round_trip(source, register):
+    wrapped = wrap_source(source)
+    assert unwrap_script(wrapped) == source
+    assert (b"linecache" in wrapped) == register  # only a program with Triton kernels registers its source
+    assert len(wrapped.splitlines()) == (4 if register else 2)
 
 
 def test_wrapped_file_decompresses_to_the_minified_source_and_counts_its_disk_bytes(real_script, tmp_path):
@@ -188,14 +213,33 @@ def test_wrapped_file_decompresses_to_the_minified_source_and_counts_its_disk_by
     assert minify_source(script.readable) == script.minified  # the readable file is the same program
     compile(script.readable, "train_gpt.readable.py", "exec")
     lines = script.wrapped.decode("ascii").splitlines()
-    assert len(lines) == 4 and lines[0] == "import lzma,base64,linecache as L"
-    assert lines[-1] == 'exec(compile(_S,"<pgolf>","exec"))'  # source registered for Triton and tracebacks
+    assert len(lines) == 2 and lines[0] == "import lzma,base64"  # no kernels in tiny_cpu: the records' form
     wrapped, readable = write_exported_script(script, tmp_path / "train_gpt.py")
     assert wrapped.stat().st_size == script.wrapped_bytes == len(wrapped.read_bytes())
     assert readable.name == "train_gpt.readable.py" and readable.read_text() == script.readable
     assert script.wrapped_bytes < script.minified_bytes < script.readable_bytes
     assert not any(isinstance(node, (ast.Import, ast.ImportFrom)) and "pgolf" in ast.unparse(node)
                    for node in ast.walk(ast.parse(script.minified)))
+
+
+def test_what_tiny_cpu_never_runs_is_not_shipped(real_script):
+    _, script = real_script
+    for module in ("pgolf.model.features.smear_gate", "pgolf.model.kernels.fused_mlp", "pgolf.optim.sharded",
+                   "pgolf.quant.qat", "pgolf.eval.ttt_lora", "pgolf.quant.prune_search"):
+        assert module in script.dropped_modules and module not in script.modules
+    assert "def relu_squared" in script.readable and "def leaky_relu_squared" not in script.readable
+    assert "pgolf.model.gpt" in script.modules and "train_seq_len" in script.fixed_fields
+
+
+def test_the_minified_program_is_checked_by_running_it(real_script):
+    _, script = real_script
+    result = verify_minified(script.readable, script.minified)
+    assert math.isfinite(result["loss"]) and result["grads"] and result["weights"]
+    # TIED_EMBED_INIT_STD is folded into the embedding's init; a minifier that changed it would change the run.
+    assert script.minified.count("std=.005") == 1, "the baked init scale is not where the test expects it"
+    broken = script.minified.replace("std=.005", "std=.006")
+    with pytest.raises(ExportError, match="computes differently"):
+        verify_minified(script.readable, broken)
 
 
 def test_an_existing_file_is_never_overwritten(real_script, tmp_path):
@@ -209,23 +253,33 @@ def test_an_existing_file_is_never_overwritten(real_script, tmp_path):
         write_exported_script(script, tmp_path / "other.py")
 
 
-def test_entry_bakes_the_config_and_the_environment_overrides_it(real_script, monkeypatch, capsys):
+def test_entry_bakes_the_config_and_the_environment_sets_only_what_it_may(real_script, monkeypatch, capsys):
     cfg, script = real_script
     module = types.ModuleType("exported_train_gpt_under_test")
     monkeypatch.setitem(sys.modules, module.__name__, module)
     exec(compile(script.readable, "train_gpt.readable.py", "exec"), module.__dict__)
     calls = []
     module.main = lambda cfg, **kwargs: calls.append((cfg, kwargs))
+    for key in ("NUM_LAYERS", "MATRIX_LR", "RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("SEED", "42")
-    monkeypatch.delenv("NUM_LAYERS", raising=False)
     assert module._run_exported_script() == 0
     ran, kwargs = calls[0]
     assert ran.train.seed == 42 and kwargs["preset_cfg"].train.seed == 1337 and kwargs["preset_name"] == "tiny_cpu"
+    assert kwargs["code_bytes"] == script.wrapped_bytes
     assert (ran.model.num_layers, ran.model.model_dim, ran.data.data_path) == (4, 128, DATA["DATA_PATH"])
     assert ran.run.run_id == "" and cfg.run.run_id == "fixed_run"  # each run of the script picks its own id
-    assert module.pgolf_code_hash() == script.code_hash == pgolf_code_hash()
+    assert script.code_hash == pgolf_code_hash() and repr(script.code_hash) in script.readable  # baked
     monkeypatch.setenv("SEED", "not_a_number")
     assert module._run_exported_script() == 2 and "SEED" in capsys.readouterr().err
+    monkeypatch.setenv("SEED", "42")
+    monkeypatch.setenv("NUM_LAYERS", "4")  # the baked value: allowed
+    assert module._run_exported_script() == 0
+    monkeypatch.setenv("NUM_LAYERS", "6")
+    monkeypatch.setenv("MATRIX_LR", "0.01")
+    assert module._run_exported_script() == 2
+    assert "NUM_LAYERS, MATRIX_LR cannot change in this train_gpt.py" in capsys.readouterr().err
+    assert len(calls) == 2 and {"seed", "run_id", "data_path"} <= ENVIRONMENT_FIELDS
 
 
 def test_baked_values_are_the_differences_from_the_defaults(real_script):
@@ -239,28 +293,29 @@ def test_baked_values_are_the_differences_from_the_defaults(real_script):
 
 @pytest.mark.parametrize("padding", [0, 1, 500, 5000])
 def test_a_script_that_states_its_own_size_states_it_exactly(padding):
-    template = minify_source(f"PAD = {'x' * padding!r}\n_EXPORT_CODE_BYTES = 0\n")
+    template = minify_source(f"PAD = {'x' * padding!r}\nSIZE = {CODE_BYTES_PLACEHOLDER}\nALSO = {CODE_BYTES_PLACEHOLDER}\n")
     _, stated, wrapped = _settle_code_bytes(template)
     namespace: dict = {}
     exec(unwrap_script(wrapped), namespace)
-    assert namespace["_EXPORT_CODE_BYTES"] == stated == len(wrapped)
+    values = [value for name, value in namespace.items() if isinstance(value, int) and not name.startswith("__")]
+    assert values == [stated, stated] and stated == len(wrapped)
 
 
 def test_a_size_that_never_settles_is_padded_to_the_largest_seen(monkeypatch):
     """A wrapper whose size flips between 100 and 101 bytes with the number it states: no fixed point,
     so the exporter states 101 and pads the 100-byte file with one newline."""
-    def flipping_wrap(source: str) -> bytes:
+    def flipping_wrap(source: str, register_source=None) -> bytes:
         stated = int(source.rsplit("=", 1)[1])
         return b"x" * (101 if stated == 100 else 100)
 
     monkeypatch.setattr("pgolf.export.bundle.wrap_source", flipping_wrap)
-    source, stated, wrapped = _settle_code_bytes("x=1\n_EXPORT_CODE_BYTES=0\n")
-    assert stated == 101 == len(wrapped) and wrapped.endswith(b"x\n") and "_EXPORT_CODE_BYTES=101" in source
+    source, stated, wrapped = _settle_code_bytes(f"x=1\nB={CODE_BYTES_PLACEHOLDER}\n")
+    assert stated == 101 == len(wrapped) and wrapped.endswith(b"x\n") and "B=101" in source
 
 
 def test_main_with_a_code_bytes_parameter_receives_the_scripts_own_size(tmp_path):
     package = make_package(tmp_path, {
-        "errors.py": "class PgolfError(Exception):\n    pass\n",
+        "errors.py": "class PgolfError(Exception):\n    pass\n\n\nclass ConfigError(PgolfError):\n    pass\n",
         "config.py": '''
             class Config:
                 pass
@@ -272,6 +327,10 @@ def test_main_with_a_code_bytes_parameter_receives_the_scripts_own_size(tmp_path
 
             def environment_overrides(environ):
                 return {"SEED": environ["SEED"]} if "SEED" in environ else {}
+
+
+            def config_differences(cfg, reference):
+                return {"seed": (None, cfg["SEED"])} if "SEED" in cfg else {}
             ''',
         "run.py": '''
             from pgolf.config import Config
@@ -290,32 +349,65 @@ def test_main_with_a_code_bytes_parameter_receives_the_scripts_own_size(tmp_path
     with pytest.raises(SystemExit) as exit_info:
         exec(unwrap_script(script.wrapped), namespace)
     assert exit_info.value.code == 0
-    baked, preset, code_bytes = namespace["CALLS"][0]
-    assert code_bytes == script.wrapped_bytes and preset == "tiny_cpu" and baked["NUM_LAYERS"] == 4
+    calls = next(value for value in namespace.values() if isinstance(value, list) and value)
+    _, preset, code_bytes = calls[0]
+    assert code_bytes == script.wrapped_bytes and preset == "tiny_cpu"
 
 
-def test_exported_code_bytes_is_the_written_files_size(real_script, tmp_path):
+def test_switching_a_feature_on_brings_its_module_in(real_script):
     cfg, script = real_script
-    assert exported_code_bytes(cfg, preset_name="tiny_cpu") == script.wrapped_bytes
+    with_gate = build_exported_script(apply_config_overrides(cfg, {"SMEAR_GATE_ENABLED": "1"}, source="test"),
+                                      preset_name="tiny_cpu", verify=False)
+    assert "pgolf.model.features.smear_gate" in with_gate.modules
+    assert "pgolf.model.features.smear_gate" in script.dropped_modules
+    assert with_gate.wrapped_bytes > script.wrapped_bytes and with_gate.readable_bytes > script.readable_bytes
+    costs = module_costs(with_gate)
+    assert 0 < costs["pgolf.model.features.smear_gate"][1] < costs["pgolf.model.gpt"][1]
+    shipped = {m.name: m for m in with_gate.shipped}
+    assert shipped["pgolf.model.features.smear_gate"].why == "switch smear_gate_enabled is on"
+
+
+def test_exported_code_bytes_is_the_written_files_size_and_is_cached(real_script, tmp_path, monkeypatch):
+    cfg, script = real_script
+    cached = apply_config_overrides(cfg, {"PGOLF_CACHE_DIR": str(tmp_path)}, source="test")
+    built = []
+
+    def build(*args, **kwargs):
+        built.append(kwargs)
+        return script
+
+    monkeypatch.setattr(bundle, "build_exported_script", build)
+    assert exported_code_bytes(cached, preset_name="tiny_cpu") == script.wrapped_bytes
+    assert exported_code_bytes(cached, preset_name="tiny_cpu") == script.wrapped_bytes
+    assert len(built) == 1 and len(list((tmp_path / "export").glob("*.json"))) == 1
+    exported_code_bytes(apply_config_overrides(cached, {"NUM_LAYERS": "5"}, source="test"), preset_name="tiny_cpu")
+    assert len(built) == 2  # another configuration: another entry
     assert len(wrap_source(script.minified)) == script.wrapped_bytes
 
 
-def test_cli_exports_a_preset_and_a_run_directory(tmp_path, capsys, monkeypatch):
+def test_cli_exports_a_preset_and_a_run_directory(real_script, tmp_path, capsys, monkeypatch):
+    _, script = real_script
+    monkeypatch.setattr("pgolf.commands.export.build_exported_script", lambda cfg, preset_name: script)
     monkeypatch.delenv("SEED", raising=False)
     overrides = [f"{key}={value}" for key, value in DATA.items()]
-    assert cli_main(["export", "tiny_cpu", *overrides, "-o", str(tmp_path / "a.py"), "--json"]) == 0
+    assert cli_main(["export", "tiny_cpu", *overrides, "-o", str(tmp_path / "a.py"), "--json", "--explain"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["wrapped_bytes"] == (tmp_path / "a.py").stat().st_size and report["preset"] == "tiny_cpu"
     assert (tmp_path / "a.readable.py").is_file()
+    rows = {row["module"]: row for row in report["explain"]["modules"]}
+    assert rows["pgolf/run.py"]["why"].startswith("needed by") and "quant/qat" not in str(rows)
+    assert "pgolf.quant.qat" in report["explain"]["dropped_modules"]
     assert cli_main(["export", "tiny_cpu", *overrides, "-o", str(tmp_path / "a.py")]) == 2
     assert "already exists" in capsys.readouterr().err
+    assert cli_main(["export", "tiny_cpu", *overrides, "-o", str(tmp_path / "c.py"), "--explain"]) == 0
+    printed = capsys.readouterr().out
+    assert "pgolf/model/gpt.py" in printed and "not shipped (this configuration never runs them)" in printed
 
     run_dir = tmp_path / "runs" / "r1"
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(config_to_json(apply_config_overrides(tiny_cpu(), DATA, source="test")))
     (run_dir / "report.json").write_text(json.dumps({"preset": "tiny_cpu"}))
     assert cli_main(["export", str(run_dir), "-o", str(tmp_path / "b.py"), "--json"]) == 0
-    from_run = json.loads(capsys.readouterr().out)
-    assert from_run["wrapped_bytes"] == report["wrapped_bytes"]  # same config, same script
+    assert json.loads(capsys.readouterr().out)["wrapped_bytes"] == report["wrapped_bytes"]
     assert cli_main(["export", "no_such_preset_or_dir"]) == 2
     assert "neither a run directory nor a preset" in capsys.readouterr().err

@@ -1,0 +1,987 @@
+"""Specialize the flattened program to one configuration: fold what the configuration fixes (tooling).
+
+The exporter knows the configuration the script bakes. Every field it folds is a constant in the
+script: the script refuses an environment variable that would change one (the fields the environment
+may still set are :data:`pgolf.export.bundle.ENVIRONMENT_FIELDS`), so a read of a folded field can be
+replaced by its value. Then whatever those values decide is decided here, at export time:
+
+* **config reads**: ``cfg.model.smear_gate_enabled``, ``m.num_loops`` or ``self.cfg.fused_mlp`` become
+  constants wherever the exporter can tell that the object read is a configuration section. It can
+  tell from annotations (``cfg: Config``, ``model_cfg: ModelConfig``), from locals assigned once from
+  such an expression (``m = cfg.model``), and from attributes a class assigns once in ``__init__``
+  (``self.cfg = cfg``). Annotations are trusted: pgolf's core code is annotated, and the run check
+  (``pgolf.export.verify``) catches a lie;
+* **values that follow**: constant expressions are evaluated (``x if False else None``, ``0 > 0``,
+  ``"auto" == "fa3"``); a local assigned one constant once, at the top of its function; an attribute
+  whose one assignment anywhere is ``self.x = <constant>`` in ``__init__`` (``self.smear_gate =
+  None``); a property or function that only returns a constant; a parameter to which every call of
+  its function passes the same constant (``MLP(..., fused=False)``); ``TABLE["key"]`` of a module-level
+  dict that is never changed;
+* **dead code**: an ``if`` whose test is constant keeps one branch; statements after ``return`` or
+  ``raise`` go; a local that is assigned but never read goes.
+
+No field is folded if the shipped code makes a config object with a different value for it
+(``dataclasses.replace(cfg, ttt_lr=...)`` keeps ``ttt_lr`` a live read; see :func:`config_facts`).
+After folding, :mod:`pgolf.export.shake` removes what nothing reaches any more; the two repeat until
+nothing changes. Assumptions, all checked by running the result (``pgolf.export.verify`` and the
+tests): annotations tell the truth, attribute reads have no side effects, a ``setattr`` with a
+computed name only replaces submodules (never an attribute that holds a constant).
+"""
+
+import ast
+import copy
+import dataclasses
+import math
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pgolf.config import Config
+from pgolf.export.program import (FUNCTION_NODES, SCOPE_NODES, Program, collect_scopes, is_docstring, scope_bindings,
+                                  statement_bound_names, walk_scope)
+
+FOLDABLE_TYPES = (bool, int, float, str, type(None))
+CONSTANT_TYPES = (bool, int, float, str, bytes, type(None), tuple)
+MUTATING_METHODS = frozenset({"update", "pop", "popitem", "setdefault", "clear", "__setitem__", "__delitem__"})
+# Builtins whose value on constants the exporter may compute (unless the program rebinds the name).
+PURE_BUILTINS = {"len": len, "bool": bool, "int": int, "float": float, "str": str, "abs": abs, "min": min,
+                 "max": max, "round": round}
+BINARY_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+                    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
+                    ast.BitAnd: operator.and_, ast.BitOr: operator.or_, ast.BitXor: operator.xor,
+                    ast.LShift: operator.lshift, ast.RShift: operator.rshift}
+COMPARE_OPERATORS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+                     ast.Gt: operator.gt, ast.GtE: operator.ge, ast.In: lambda a, b: a in b,
+                     ast.NotIn: lambda a, b: a not in b}
+UNARY_OPERATORS = {ast.Not: operator.not_, ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Invert: operator.invert}
+MAX_ROUNDS = 30
+
+
+@dataclass(frozen=True)
+class ConfigFacts:
+    """What the exporter knows of the configuration: section classes and the folded fields' values."""
+
+    root: str  # "Config"
+    sections: dict[str, str]  # attribute of the root -> section class ("model" -> "ModelConfig")
+    folded: dict[str, dict[str, Any]]  # section class -> {field: value} of every folded field
+    live: frozenset[str]  # fields left as reads (the environment may set them, or the code replaces them)
+
+    @property
+    def type_names(self) -> set[str]:
+        return {self.root, *self.sections.values()}
+
+    def folded_value(self, type_name: str, name: str) -> tuple[bool, Any]:
+        values = self.folded.get(type_name, {})
+        return (True, values[name]) if name in values else (False, None)
+
+
+def replaced_config_fields(program: Program, field_names: set[str]) -> set[str]:
+    """Fields the shipped code gives other values: keywords of ``replace(...)`` calls and of calls that
+    construct a config section (``ModelConfig(num_layers=2)``). Those stay live reads."""
+    found = set()
+    for node in ast.walk(program.tree()):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        if name == "replace" or name.endswith("Config"):
+            found.update(keyword.arg for keyword in node.keywords if keyword.arg in field_names)
+    return found
+
+
+def config_facts(cfg: Config, program: Program, environment_fields: frozenset[str]) -> ConfigFacts:
+    """Every field of ``cfg`` is folded except ``environment_fields`` and those the code replaces."""
+    sections = {section.name: type(getattr(cfg, section.name)).__name__ for section in dataclasses.fields(cfg)}
+    every = {leaf.name for section in dataclasses.fields(cfg) for leaf in dataclasses.fields(getattr(cfg, section.name))}
+    live = frozenset(environment_fields | replaced_config_fields(program, every))
+    folded = {}
+    for section in dataclasses.fields(cfg):
+        value = getattr(cfg, section.name)
+        folded[type(value).__name__] = {
+            leaf.name: getattr(value, leaf.name) for leaf in dataclasses.fields(value)
+            if leaf.name not in live and isinstance(getattr(value, leaf.name), FOLDABLE_TYPES)}
+    return ConfigFacts(type(cfg).__name__, sections, folded, live)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Facts about the program, recomputed each round
+
+
+def constant_value(node: ast.AST | None) -> tuple[bool, Any]:
+    if isinstance(node, ast.Constant):
+        return True, node.value
+    return False, None
+
+
+def same_constant(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and repr(a) == repr(b)
+
+
+def representable(value: Any) -> bool:
+    if isinstance(value, tuple):
+        return all(representable(item) for item in value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return isinstance(value, CONSTANT_TYPES) and not (isinstance(value, (str, bytes)) and len(value) > 4096)
+
+
+def _annotation_type(annotation: ast.expr | None, known: set[str]) -> str | None:
+    """``ModelConfig`` from ``ModelConfig`` or ``ModelConfig | None``; None otherwise."""
+    if isinstance(annotation, ast.Name) and annotation.id in known:
+        return annotation.id
+    if isinstance(annotation, ast.BinOp) and isinstance(annotation.op, ast.BitOr):
+        sides = [_annotation_type(side, known) for side in (annotation.left, annotation.right)]
+        named = [side for side in sides if side]
+        none = [s for s in (annotation.left, annotation.right) if isinstance(s, ast.Constant) and s.value is None]
+        if len(named) == 1 and none:
+            return named[0]
+    return None
+
+
+@dataclass
+class ProgramFacts:
+    config: ConfigFacts
+    classes: dict[str, ast.ClassDef]
+    subclassed: set[str]
+    top_level_counts: dict[str, int]
+    attr_types: dict[tuple[str, str], str] = field(default_factory=dict)
+    attr_constants: dict[tuple[str, str], Any] = field(default_factory=dict)
+    property_constants: dict[tuple[str, str], Any] = field(default_factory=dict)
+    constant_functions: dict[str, Any] = field(default_factory=dict)
+    parameter_constants: dict[int, dict[str, Any]] = field(default_factory=dict)  # id(function) -> values
+    tables: dict[str, dict[Any, ast.expr]] = field(default_factory=dict)
+    binding_cache: dict[int, tuple[ast.AST, dict[str, int]]] = field(default_factory=dict)
+    # Program classes no kept code can instantiate: ``isinstance(x, C)`` is False for them.
+    never_instantiated: set[str] = field(default_factory=set)
+
+    def bindings(self, scope: ast.AST) -> dict[str, int]:
+        """``scope_bindings`` of ``scope``, computed once a round (folding only removes bindings, so a
+        cached count can only be too high: the safe side)."""
+        if id(scope) not in self.binding_cache:  # the node is held too, so its id is never reused
+            self.binding_cache[id(scope)] = (scope, scope_bindings(scope))
+        return self.binding_cache[id(scope)][1]
+
+    @property
+    def known_types(self) -> set[str]:
+        return self.config.type_names | set(self.classes)
+
+    def rebinds(self, name: str) -> bool:
+        return self.top_level_counts.get(name, 0) != 1
+
+    def expression_type(self, node: ast.AST, types: dict[str, str]) -> str | None:
+        """The configuration section or program class ``node`` evaluates to, when known."""
+        if isinstance(node, ast.Name):
+            return types.get(node.id)
+        if isinstance(node, ast.Attribute):
+            base = self.expression_type(node.value, types)
+            if base == self.config.root and node.attr in self.config.sections:
+                return self.config.sections[node.attr]
+            return self.attr_types.get((base, node.attr)) if base else None
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in self.classes:
+            return node.func.id if not self.rebinds(node.func.id) else None
+        return None
+
+
+def _methods(cls: ast.ClassDef) -> dict[str, ast.FunctionDef]:
+    return {n.name: n for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+def _decorator_names(function: ast.AST) -> list[str]:
+    return [d.id if isinstance(d, ast.Name) else d.attr if isinstance(d, ast.Attribute) else "?"
+            for d in getattr(function, "decorator_list", [])]
+
+
+def _self_name(method: ast.FunctionDef) -> str | None:
+    if {"staticmethod", "classmethod"} & set(_decorator_names(method)):
+        return None
+    params = method.args.posonlyargs + method.args.args
+    return params[0].arg if params else None
+
+
+def _returned_constant(function: ast.FunctionDef) -> tuple[bool, Any]:
+    """(True, value) when the body (docstring aside) only returns a constant (or nothing)."""
+    body = [s for s in function.body if not is_docstring(s) and not isinstance(s, ast.Pass)]
+    if not body:
+        return True, None
+    if len(body) == 1 and isinstance(body[0], ast.Return):
+        return (True, None) if body[0].value is None else constant_value(body[0].value)
+    return False, None
+
+
+@dataclass
+class _Index:
+    """What one walk over the program collects for a round's analyses."""
+
+    parents: dict[int, ast.AST] = field(default_factory=dict)
+    annotations: set[int] = field(default_factory=set)  # ids of nodes inside annotations
+    attribute_stores: dict[str, int] = field(default_factory=dict)  # attribute name -> assignments anywhere
+    mutated: set[str] = field(default_factory=set)  # names changed in place (item stores, .update(), ...)
+    names: dict[str, list[ast.Name]] = field(default_factory=dict)  # loads of each name
+    global_declared: dict[str, int] = field(default_factory=dict)
+    writes_dict: bool = False  # the program touches some object's __dict__
+
+
+def _index(tree: ast.Module) -> _Index:
+    index = _Index()
+    annotation_roots = []
+    for node in ast.walk(tree):
+        for child in ast.iter_child_nodes(node):
+            index.parents[id(child)] = node
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Load):
+                index.names.setdefault(node.id, []).append(node)
+        elif isinstance(node, ast.Attribute):
+            if node.attr == "__dict__":  # obj.__dict__[...] = ...: any attribute may change
+                index.writes_dict = True
+            if not isinstance(node.ctx, ast.Load):
+                index.attribute_stores[node.attr] = index.attribute_stores.get(node.attr, 0) + 1
+            elif isinstance(node.value, ast.Name) and node.attr in MUTATING_METHODS:
+                index.mutated.add(node.value.id)
+        elif isinstance(node, ast.Subscript):
+            if isinstance(node.value, ast.Name) and not isinstance(node.ctx, ast.Load):
+                index.mutated.add(node.value.id)
+        elif isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if name in ("setattr", "delattr", "__setattr__", "__delattr__"):
+                # setattr(obj, "name", v), object.__setattr__(obj, "name", v), obj.__setattr__("name", v)
+                for argument in node.args[:2]:
+                    if isinstance(argument, ast.Constant) and isinstance(argument.value, str):
+                        index.attribute_stores[argument.value] = index.attribute_stores.get(argument.value, 0) + 2
+        elif isinstance(node, ast.arg):
+            if node.annotation is not None:
+                annotation_roots.append(node.annotation)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if node.returns is not None:
+                annotation_roots.append(node.returns)
+        elif isinstance(node, ast.AnnAssign):
+            annotation_roots.append(node.annotation)
+        elif isinstance(node, ast.Global):
+            for name in node.names:
+                index.global_declared[name] = index.global_declared.get(name, 0) + 2
+    index.annotations = {id(inner) for root in annotation_roots for inner in ast.walk(root)}
+    return index
+
+
+def analyze(program: Program, config: ConfigFacts) -> ProgramFacts:
+    """The facts one folding round uses (see the module docstring)."""
+    tree = program.tree()
+    index = _index(tree)
+    scopes = collect_scopes(tree)
+    counts: dict[str, int] = dict(index.global_declared)
+    for statement in tree.body:
+        for name in statement_bound_names(statement):
+            counts[name] = counts.get(name, 0) + 1
+    classes = {s.name: s for s in tree.body if isinstance(s, ast.ClassDef)}
+    subclassed = {b.id for c in classes.values() for b in c.bases if isinstance(b, ast.Name) and b.id in classes}
+    facts = ProgramFacts(config, classes, subclassed, counts)
+    facts.binding_cache = scopes.bindings
+    if not index.writes_dict:
+        _attribute_facts(facts, index.attribute_stores)
+    for statement in tree.body:
+        if isinstance(statement, ast.FunctionDef) and not statement.decorator_list and not facts.rebinds(statement.name):
+            known, value = _returned_constant(statement)
+            if known:
+                facts.constant_functions[statement.name] = value
+        _collect_table(facts, statement, index.mutated)
+    _parameter_facts(facts, tree, index)
+    facts.never_instantiated = _never_instantiated(facts, index)
+    return facts
+
+
+def _never_instantiated(facts: ProgramFacts, index: _Index) -> set[str]:
+    """Classes named only in annotations, ``isinstance`` checks and ``except`` clauses, and derived by
+    no class that is named otherwise: no instance of them can exist."""
+    named = set()
+    for name in facts.classes:
+        for node in index.names.get(name, []):
+            parent = index.parents.get(id(node))
+            if id(node) in index.annotations or _in_isinstance_classes(node, index.parents) \
+                    or isinstance(parent, ast.ExceptHandler):
+                continue
+            if isinstance(parent, ast.Tuple) and isinstance(index.parents.get(id(parent)), ast.ExceptHandler):
+                continue
+            named.add(name)
+            break
+    instantiable, todo = set(), list(named)
+    while todo:
+        name = todo.pop()
+        if name in instantiable or facts.rebinds(name):
+            continue
+        instantiable.add(name)
+        todo += [b.id for b in facts.classes[name].bases if isinstance(b, ast.Name) and b.id in facts.classes]
+    return {name for name in facts.classes if name not in instantiable and not facts.rebinds(name)}
+
+
+def _self_stores(facts: ProgramFacts) -> dict[str, dict[str, int]]:
+    """attribute -> {class: how many ``self.attribute = ...`` its methods hold}."""
+    found: dict[str, dict[str, int]] = {}
+    for name, cls in facts.classes.items():
+        for method in _methods(cls).values():
+            self_name = _self_name(method)
+            for node in ast.walk(method):
+                if (isinstance(node, ast.Attribute) and not isinstance(node.ctx, ast.Load)
+                        and isinstance(node.value, ast.Name) and node.value.id == self_name):
+                    per_class = found.setdefault(node.attr, {})
+                    per_class[name] = per_class.get(name, 0) + 1
+    return found
+
+
+def _relatives(facts: ProgramFacts, name: str) -> set[str]:
+    """Program classes above or below ``name`` in the class tree (``name`` excluded)."""
+    def bases(cls: str) -> list[str]:
+        return [b.id for b in facts.classes[cls].bases if isinstance(b, ast.Name) and b.id in facts.classes]
+
+    above, todo = set(), bases(name)
+    while todo:
+        current = todo.pop()
+        if current not in above:
+            above.add(current)
+            todo += bases(current)
+    below = {other for other in facts.classes if name in bases(other)}
+    return above | below
+
+
+def _attribute_facts(facts: ProgramFacts, stores: dict[str, int]) -> None:
+    """Types and constants of attributes a class assigns exactly once, at the top of ``__init__``, where
+    every assignment of that attribute name in the program is ``self.<name> = ...`` in some class's
+    methods (so no other object's assignment can reach this class's instances) and no class related to
+    it by inheritance assigns the name."""
+    self_stores = _self_stores(facts)
+    for name, cls in facts.classes.items():
+        init = _methods(cls).get("__init__")
+        self_name = _self_name(init) if init else None
+        if name not in facts.subclassed:
+            _class_constants(facts, name, cls, stores)
+        if self_name is None or name in facts.subclassed:
+            continue
+        relatives = _relatives(facts, name)
+        types = _function_types(facts, init, name)
+        for statement in init.body:
+            if not (isinstance(statement, ast.Assign) and len(statement.targets) == 1):
+                continue
+            target = statement.targets[0]
+            if not (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)
+                    and target.value.id == self_name):
+                continue
+            per_class = self_stores.get(target.attr, {})
+            if (per_class.get(name) != 1 or sum(per_class.values()) != stores.get(target.attr)
+                    or relatives & set(per_class)):
+                continue
+            known, value = constant_value(statement.value)
+            if known:
+                facts.attr_constants[(name, target.attr)] = value
+            elif kind := facts.expression_type(statement.value, types):
+                facts.attr_types[(name, target.attr)] = kind
+        for method in _methods(cls).values():
+            if "property" in _decorator_names(method) and stores.get(method.name, 0) == 0:
+                known, value = _returned_constant(method)
+                if known:
+                    facts.property_constants[(name, method.name)] = value
+
+
+def _class_constants(facts: ProgramFacts, name: str, cls: ast.ClassDef, stores: dict[str, int]) -> None:
+    """``x = <constant>`` in the class body (not a field: no annotation; not an enum member), never
+    assigned on any object: a read through an instance is that constant."""
+    if any("Enum" in ast.unparse(base) or "Flag" in ast.unparse(base) for base in cls.bases):
+        return
+    for statement in cls.body:
+        if not (isinstance(statement, ast.Assign) and len(statement.targets) == 1):
+            continue
+        target, value = statement.targets[0], statement.value
+        known, constant = constant_value(value)
+        if known and isinstance(target, ast.Name) and not stores.get(target.id):
+            facts.attr_constants[(name, target.id)] = constant
+
+
+def _function_types(facts: ProgramFacts, function: ast.AST, class_name: str | None) -> dict[str, str]:
+    """Names of ``function`` whose configuration section or program class is known."""
+    known = facts.known_types
+    bindings = facts.bindings(function)
+    types: dict[str, str] = {}
+    args = function.args
+    for index, arg in enumerate(args.posonlyargs + args.args + args.kwonlyargs):
+        kind = _annotation_type(arg.annotation, known)
+        if index == 0 and class_name and isinstance(function, ast.FunctionDef) and _self_name(function) == arg.arg:
+            kind = class_name
+        if kind and bindings.get(arg.arg) == 1:
+            types[arg.arg] = kind
+    if isinstance(function, ast.Lambda):
+        return types
+    for _ in range(2):  # a second pass sees locals typed from locals assigned later in the walk
+        for node in walk_scope(function):
+            if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+                continue
+            target, value = node.targets[0], node.value
+            pairs = [(target, value)]
+            if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple) and len(target.elts) == len(value.elts):
+                pairs = list(zip(target.elts, value.elts))
+            for name_node, value_node in pairs:
+                if isinstance(name_node, ast.Name) and bindings.get(name_node.id) == 1:
+                    kind = facts.expression_type(value_node, types)
+                    if kind:
+                        types[name_node.id] = kind
+    return types
+
+
+def _collect_table(facts: ProgramFacts, statement: ast.stmt, mutated: set[str]) -> None:
+    """A module-level dict with constant keys, bound once and never changed: ``TABLE["key"]`` folds."""
+    if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
+        target, value = statement.targets[0], statement.value
+    elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
+        target, value = statement.target, statement.value
+    else:
+        return
+    if not (isinstance(target, ast.Name) and isinstance(value, ast.Dict) and not facts.rebinds(target.id)):
+        return
+    if target.id in mutated or not all(isinstance(key, ast.Constant) for key in value.keys):
+        return
+    facts.tables[target.id] = {key.value: item for key, item in zip(value.keys, value.values)}
+
+
+def _parameter_facts(facts: ProgramFacts, tree: ast.Module, index: _Index) -> None:
+    """Parameters to which every call passes the same constant (functions and class constructors)."""
+    for statement in tree.body:
+        if isinstance(statement, ast.FunctionDef) and not statement.decorator_list:
+            function, is_init = statement, False
+        elif isinstance(statement, ast.ClassDef) and statement.name not in facts.subclassed:
+            function, is_init = _methods(statement).get("__init__"), True
+            if not (isinstance(function, ast.FunctionDef) and not function.decorator_list):
+                continue
+        else:
+            continue
+        if facts.rebinds(statement.name):
+            continue
+        calls = []
+        for node in index.names.get(statement.name, []):
+            parent = index.parents.get(id(node))
+            if isinstance(parent, ast.Call) and parent.func is node:
+                calls.append(parent)
+            elif id(node) in index.annotations or (is_init and _in_isinstance_classes(node, index.parents)):
+                continue
+            else:
+                calls = []
+                break
+        values = _agreed_arguments(facts, function, calls, skip_first=is_init) if calls else {}
+        if values:
+            facts.parameter_constants[id(function)] = values
+
+
+def _in_isinstance_classes(node: ast.AST, parents: dict[int, ast.AST]) -> bool:
+    """``node`` is (in) the class argument of ``isinstance(x, ...)``: a use that passes nothing."""
+    parent = parents.get(id(node))
+    if isinstance(parent, ast.Tuple):
+        node, parent = parent, parents.get(id(parent))
+    return (isinstance(parent, ast.Call) and isinstance(parent.func, ast.Name) and parent.func.id == "isinstance"
+            and len(parent.args) == 2 and parent.args[1] is node)
+
+
+def _agreed_arguments(facts: ProgramFacts, function: ast.FunctionDef, calls: list[ast.Call], *,
+                      skip_first: bool) -> dict[str, Any]:
+    args = function.args
+    positional = (args.posonlyargs + args.args)[1 if skip_first else 0:]
+    defaults = dict(zip([a.arg for a in (args.posonlyargs + args.args)][-len(args.defaults):], args.defaults)) \
+        if args.defaults else {}
+    defaults.update({a.arg: d for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None})
+    names = [a.arg for a in positional] + [a.arg for a in args.kwonlyargs]
+    agreed: dict[str, tuple[bool, Any]] = {}
+    for call in calls:
+        if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
+            return {}
+        if len(call.args) > len(positional) and args.vararg is None:
+            return {}
+        given: dict[str, ast.expr] = {param.arg: value for param, value in zip(positional, call.args)}
+        given.update({k.arg: k.value for k in call.keywords})
+        for name in names:
+            known, value = constant_value(given.get(name, defaults.get(name)))
+            previous = agreed.get(name)
+            if not known or (previous is not None and not (previous[0] and same_constant(previous[1], value))):
+                agreed[name] = (False, None)
+            elif previous is None:
+                agreed[name] = (True, value)
+    bindings = facts.bindings(function)
+    return {name: value for name, (known, value) in agreed.items() if known and bindings.get(name) == 1}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Folding
+
+
+@dataclass
+class _Scope:
+    types: dict[str, str]
+    constants: dict[str, Any]
+    class_name: str | None = None
+    function: ast.AST | None = None
+
+
+class Folder(ast.NodeTransformer):
+    """One folding pass over the program with a round's facts (see the module docstring).
+
+    ``opaque``: values that may travel (a parameter every call passes it to) and be compared with
+    ``is None``, but never enter arithmetic, so that every place they reach still spells them out
+    (the script's own byte count is filled in after folding)."""
+
+    def __init__(self, facts: ProgramFacts, opaque: frozenset = frozenset()):
+        self.facts = facts
+        self.opaque = opaque
+        self.scopes = [_Scope({}, {})]
+        self.class_stack: list[str] = []
+        # Expressions used as a container or callable (x[...], x.attr, x(...)): never folded to None or
+        # another scalar, which would only turn code that cannot run into a warning at compile time.
+        self.used_as_object: set[int] = set()
+
+    @property
+    def scope(self) -> _Scope:
+        return self.scopes[-1]
+
+    def run(self, program: Program) -> None:
+        for section in program.sections:  # a module may end up empty (clean_block's ``pass`` is for blocks)
+            section.body = [s for s in self.fold_block(section.body, None) if not isinstance(s, ast.Pass)]
+
+    # -- statements ------------------------------------------------------------------------------
+
+    def fold_block(self, statements: list[ast.stmt], top_level_function: ast.AST | None) -> list[ast.stmt]:
+        """Fold a statement list; at a function's top level, locals assigned one constant become known
+        for the statements after them."""
+        bindings = self.facts.bindings(top_level_function) if top_level_function is not None else {}
+        result: list[ast.stmt] = []
+        for statement in statements:
+            folded = self.visit(statement)
+            folded = folded if isinstance(folded, list) else [folded] if folded is not None else []
+            result.extend(folded)
+            if top_level_function is None or len(folded) != 1:
+                continue
+            node = folded[0]
+            if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                    and bindings.get(node.targets[0].id) == 1 and isinstance(node.value, ast.Constant)):
+                self.scope.constants[node.targets[0].id] = node.value.value
+        return clean_block(result)
+
+    def generic_visit(self, node: ast.AST) -> ast.AST:
+        for name, value in ast.iter_fields(node):
+            if isinstance(value, list) and value and isinstance(value[0], ast.stmt):
+                setattr(node, name, self.fold_block(value, None))
+            elif isinstance(value, list):
+                new_values = []
+                for item in value:
+                    if isinstance(item, ast.AST):
+                        item = self.visit(item)
+                        if item is None:
+                            continue
+                    new_values.append(item)
+                value[:] = new_values
+            elif isinstance(value, ast.AST):
+                new = self.visit(value)
+                if new is None:
+                    delattr(node, name)
+                else:
+                    setattr(node, name, new)
+        return node
+
+    def visit_If(self, node: ast.If):
+        node.test = self.visit(node.test)
+        known, value = truthiness(node.test)
+        if known:
+            chosen = node.body if value else node.orelse
+            return self.fold_block(chosen, None) if chosen else []
+        node.body = self.fold_block(node.body, None)
+        node.orelse = self.fold_block(node.orelse, None) if node.orelse else []
+        return node
+
+    def visit_While(self, node: ast.While):
+        node.test = self.visit(node.test)
+        known, value = truthiness(node.test)
+        if known and not value:
+            return self.fold_block(node.orelse, None) if node.orelse else []
+        node.body = self.fold_block(node.body, None)
+        node.orelse = self.fold_block(node.orelse, None) if node.orelse else []
+        return node
+
+    def visit_Assert(self, node: ast.Assert):
+        self.generic_visit(node)
+        known, value = constant_value(node.test)
+        return [] if known and value else node
+
+    def visit_Expr(self, node: ast.Expr):
+        self.generic_visit(node)
+        if isinstance(node.value, ast.Constant) and not isinstance(node.value.value, str):
+            return []
+        return node
+
+    # -- scopes ----------------------------------------------------------------------------------
+
+    def visit_ClassDef(self, node: ast.ClassDef):
+        node.decorator_list = [self.visit(d) for d in node.decorator_list]
+        node.bases = [self.visit(b) for b in node.bases]
+        self.class_stack.append(node.name)
+        self.scopes.append(_Scope({}, {}, node.name))
+        node.body = self.fold_block(node.body, None)
+        self.scopes.pop()
+        self.class_stack.pop()
+        return node
+
+    def visit_FunctionDef(self, node: ast.FunctionDef):
+        node.decorator_list = [self.visit(d) for d in node.decorator_list]
+        node.args = self.visit(node.args)
+        class_name = self.scope.class_name if self.scopes[-1].function is None else None
+        types = {**self._inherited_types(node), **_function_types(self.facts, node, class_name)}
+        constants = self._inherited_constants(node)
+        bindings = self.facts.bindings(node)
+        constants.update({name: value for name, value in self.facts.parameter_constants.get(id(node), {}).items()
+                          if bindings.get(name) == 1})
+        self.scopes.append(_Scope(types, constants, class_name, node))
+        node.body = self.fold_block(node.body, node)
+        self.scopes.pop()
+        return node
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_Lambda(self, node: ast.Lambda):
+        node.args = self.visit(node.args)
+        self.scopes.append(_Scope(self._inherited_types(node), self._inherited_constants(node), None, node))
+        node.body = self.visit(node.body)
+        self.scopes.pop()
+        return node
+
+    def _comprehension(self, node: ast.AST):
+        node.generators[0].iter = self.visit(node.generators[0].iter)
+        self.scopes.append(_Scope(self._inherited_types(node), self._inherited_constants(node), None, node))
+        for index, generator in enumerate(node.generators):
+            if index:
+                generator.iter = self.visit(generator.iter)
+            generator.ifs = [self.visit(condition) for condition in generator.ifs]
+        for name in ("elt", "key", "value"):
+            if hasattr(node, name):
+                setattr(node, name, self.visit(getattr(node, name)))
+        self.scopes.pop()
+        return node
+
+    visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _comprehension
+
+    def _shadowed(self, scope: ast.AST) -> set[str]:
+        return set(self.facts.bindings(scope))
+
+    def _inherited_types(self, scope: ast.AST) -> dict[str, str]:
+        shadowed = self._shadowed(scope)
+        if self.scope.function is None:  # class bodies and the module do not enclose functions' locals
+            return {}
+        return {name: kind for name, kind in self.scope.types.items() if name not in shadowed}
+
+    def _inherited_constants(self, scope: ast.AST) -> dict[str, Any]:
+        if self.scope.function is None:
+            return {}
+        shadowed = self._shadowed(scope)
+        return {name: value for name, value in self.scope.constants.items() if name not in shadowed}
+
+    # -- expressions -----------------------------------------------------------------------------
+
+    def visit_Name(self, node: ast.Name):
+        if isinstance(node.ctx, ast.Load) and node.id in self.scope.constants and id(node) not in self.used_as_object:
+            return _constant(self.scope.constants[node.id], node)
+        if isinstance(node.ctx, ast.Load) and node.id == "TYPE_CHECKING" and not self.facts.rebinds("TYPE_CHECKING"):
+            return _constant(False, node)
+        return node
+
+    def visit_Attribute(self, node: ast.Attribute):
+        self.used_as_object.add(id(node.value))
+        self.generic_visit(node)
+        if not isinstance(node.ctx, ast.Load) or id(node) in self.used_as_object:
+            return node
+        kind = self.facts.expression_type(node.value, self.scope.types)
+        if kind is None:
+            return node
+        known, value = self.facts.config.folded_value(kind, node.attr)
+        if not known and kind in self.facts.classes and not self._inside_init_of(kind):
+            for table in (self.facts.attr_constants, self.facts.property_constants):
+                if (kind, node.attr) in table:
+                    known, value = True, table[(kind, node.attr)]
+        return _constant(value, node) if known and representable(value) else node
+
+    def _inside_init_of(self, class_name: str) -> bool:
+        function = self.scope.function
+        return isinstance(function, ast.FunctionDef) and function.name == "__init__" and \
+            self.scope.class_name == class_name
+
+    def visit_Subscript(self, node: ast.Subscript):
+        if not isinstance(node.value, ast.Name):
+            self.used_as_object.add(id(node.value))
+        self.generic_visit(node)
+        if not isinstance(node.ctx, ast.Load):
+            return node
+        known_key, key = constant_value(node.slice)
+        if not known_key:
+            return node
+        if isinstance(node.value, ast.Name) and node.value.id in self.facts.tables \
+                and node.value.id not in self.scope.constants:
+            table = self.facts.tables[node.value.id]
+            try:
+                item = table.get(key) if key in table else None
+            except TypeError:
+                item = None
+            if self._copyable(item):
+                return ast.copy_location(copy.deepcopy(item), node)
+            return node
+        known, value = constant_value(node.value)
+        if known and isinstance(value, (tuple, str)) and isinstance(key, int):
+            return _evaluated(lambda: value[key], node)
+        return node
+
+    def _copyable(self, item: ast.AST | None) -> bool:
+        """A table value small enough to write in place of the lookup: constants, global names, tuples of them."""
+        if isinstance(item, (ast.Tuple, ast.List)):
+            return len(item.elts) <= 4 and all(isinstance(e, (ast.Constant, ast.Name)) and self._copyable(e)
+                                               for e in item.elts)
+        return isinstance(item, ast.Constant) or (isinstance(item, ast.Name) and not self._locally_bound(item.id))
+
+    def _locally_bound(self, name: str) -> bool:
+        return any(scope.function is not None and name in self.facts.bindings(scope.function) for scope in self.scopes)
+
+    def visit_Call(self, node: ast.Call):
+        self.used_as_object.add(id(node.func))
+        self.generic_visit(node)
+        if not isinstance(node.func, ast.Name) or self._locally_bound(node.func.id):
+            return node
+        name = node.func.id
+        arguments = node.args + [keyword.value for keyword in node.keywords]
+        if name == "isinstance" and not self.facts.top_level_counts.get(name) and len(node.args) == 2 \
+                and not node.keywords and _is_pure(node.args[0]):
+            return self._fold_isinstance(node)
+        if name in self.facts.constant_functions and all(_is_pure(argument) for argument in arguments):
+            value = self.facts.constant_functions[name]
+            return _constant(value, node) if representable(value) else node
+        if name in PURE_BUILTINS and not self.facts.top_level_counts.get(name) and not node.keywords \
+                and node.args and all(isinstance(a, ast.Constant) for a in node.args) and not self._is_opaque(*node.args):
+            return _evaluated(lambda: PURE_BUILTINS[name](*[a.value for a in node.args]), node)
+        return node
+
+    def _fold_isinstance(self, node: ast.Call) -> ast.AST:
+        """Drop classes no instance of which can exist; none left: False."""
+        classes = node.args[1]
+        items = classes.elts if isinstance(classes, ast.Tuple) else [classes]
+        left = [c for c in items if not (isinstance(c, ast.Name) and c.id in self.facts.never_instantiated
+                                         and not self._locally_bound(c.id))]
+        if not left:
+            return _constant(False, node)
+        if len(left) < len(items):
+            node.args[1] = left[0] if len(left) == 1 else ast.Tuple(elts=left, ctx=ast.Load())
+        return node
+
+    def _is_opaque(self, *nodes: ast.AST) -> bool:
+        return any(isinstance(n, ast.Constant) and type(n.value) is int and n.value in self.opaque for n in nodes)
+
+    def visit_UnaryOp(self, node: ast.UnaryOp):
+        self.generic_visit(node)
+        known, value = constant_value(node.operand)
+        if self._is_opaque(node.operand) and not isinstance(node.op, ast.Not):
+            return node
+        return _evaluated(lambda: UNARY_OPERATORS[type(node.op)](value), node) if known else node
+
+    def visit_BinOp(self, node: ast.BinOp):
+        self.generic_visit(node)
+        (left_known, left), (right_known, right) = constant_value(node.left), constant_value(node.right)
+        if not (left_known and right_known) or isinstance(left, str) or isinstance(right, str):
+            return node  # string arithmetic (and % formatting) stays as written
+        if self._is_opaque(node.left, node.right):
+            return node
+        if isinstance(node.op, ast.Pow) and abs(right) > 64:
+            return node
+        return _evaluated(lambda: BINARY_OPERATORS[type(node.op)](left, right), node)
+
+    def visit_Compare(self, node: ast.Compare):
+        self.generic_visit(node)
+        if (len(node.ops) == 1 and isinstance(node.ops[0], (ast.In, ast.NotIn)) and isinstance(node.left, ast.Constant)
+                and isinstance(node.comparators[0], ast.Name) and node.comparators[0].id in self.facts.tables
+                and not self._locally_bound(node.comparators[0].id)):
+            keys = self.facts.tables[node.comparators[0].id]
+            return _evaluated(lambda: (node.left.value in keys) == isinstance(node.ops[0], ast.In), node)
+        operands = [node.left, *node.comparators]
+        if not all(isinstance(operand, ast.Constant) for operand in operands):
+            return node
+        if self._is_opaque(*operands) and not all(isinstance(op, (ast.Is, ast.IsNot)) for op in node.ops):
+            return node
+        values = [operand.value for operand in operands]
+
+        def compare() -> bool:
+            for op, left, right in zip(node.ops, values, values[1:]):
+                if isinstance(op, (ast.Is, ast.IsNot)):
+                    if not any(v is None or isinstance(v, bool) for v in (left, right)):
+                        raise TypeError("identity of non-singletons is not folded")
+                    outcome = (left is right) if isinstance(op, ast.Is) else (left is not right)
+                else:
+                    outcome = COMPARE_OPERATORS[type(op)](left, right)
+                if not outcome:
+                    return False
+            return True
+
+        return _evaluated(compare, node)
+
+    def visit_BoolOp(self, node: ast.BoolOp):
+        self.generic_visit(node)
+        is_and = isinstance(node.op, ast.And)
+        kept: list[ast.expr] = []
+        for index, value in enumerate(node.values):
+            known, constant = constant_value(value)
+            last = index == len(node.values) - 1
+            if known and bool(constant) != is_and:  # short-circuits here: the rest never runs
+                kept.append(value)
+                break
+            if known and not last:
+                continue  # evaluation goes on to the next value
+            kept.append(value)
+        if len(kept) == 1:
+            return kept[0]
+        node.values = kept
+        return node
+
+    def visit_IfExp(self, node: ast.IfExp):
+        node.test = self.visit(node.test)
+        known, value = truthiness(node.test)
+        if known:
+            return self.visit(node.body if value else node.orelse)
+        node.body, node.orelse = self.visit(node.body), self.visit(node.orelse)
+        return node
+
+
+def truthiness(node: ast.AST) -> tuple[bool, bool]:
+    """(True, truth) when ``node``'s truth value is fixed and evaluating it has no side effects to keep:
+    a constant, ``pure or <true constant>``, ``pure and <false constant>``, ``not`` of such."""
+    known, value = constant_value(node)
+    if known:
+        return True, bool(value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        known, value = truthiness(node.operand)
+        return known, not value
+    if isinstance(node, ast.BoolOp):
+        decides = not isinstance(node.op, ast.And)
+        for item in node.values:
+            known, value = truthiness(item)
+            if known and value == decides:
+                return True, decides
+            if not _is_pure(item):
+                return False, False
+    return False, False
+
+
+def _constant(value: Any, like: ast.AST) -> ast.AST:
+    return ast.copy_location(ast.Constant(value=value), like) if representable(value) else like
+
+
+def _evaluated(compute, node: ast.AST) -> ast.AST:
+    try:
+        value = compute()
+    except Exception:  # an expression that raises stays as written (and raises at run time)
+        return node
+    return _constant(value, node)
+
+
+def _is_pure(node: ast.AST) -> bool:
+    """An expression without side effects (names, constants, attribute reads and operators on them)."""
+    if isinstance(node, (ast.Constant, ast.Name)):
+        return True
+    if isinstance(node, ast.Attribute):
+        return _is_pure(node.value)
+    if isinstance(node, (ast.Tuple, ast.List)):
+        return all(_is_pure(e) for e in node.elts)
+    if isinstance(node, ast.BinOp):
+        return _is_pure(node.left) and _is_pure(node.right)
+    if isinstance(node, ast.UnaryOp):
+        return _is_pure(node.operand)
+    if isinstance(node, ast.BoolOp):
+        return all(_is_pure(v) for v in node.values)
+    if isinstance(node, ast.Compare):
+        return _is_pure(node.left) and all(_is_pure(c) for c in node.comparators)
+    if isinstance(node, ast.IfExp):
+        return _is_pure(node.test) and _is_pure(node.body) and _is_pure(node.orelse)
+    return False
+
+
+TERMINATORS = (ast.Return, ast.Raise, ast.Continue, ast.Break)
+
+
+def clean_block(statements: list[ast.stmt]) -> list[ast.stmt]:
+    """Drop what follows a return/raise/break/continue and needless ``pass``; never leave a block empty."""
+    kept: list[ast.stmt] = []
+    for statement in statements:
+        if isinstance(statement, ast.Pass):
+            continue
+        kept.append(statement)
+        if isinstance(statement, TERMINATORS):
+            break
+    return kept or [ast.Pass()]
+
+
+def remove_dead_stores(program: Program) -> None:
+    """Remove ``name = <pure expression>`` in functions when ``name`` is never read in that function
+    (nested scopes included); repeated per function, since a removal can leave another store unread."""
+    scopes = collect_scopes(program.tree())
+    for key, (node, _) in scopes.bindings.items():
+        if not isinstance(node, FUNCTION_NODES[:2]):
+            continue
+        loaded = scopes.loads[key]
+        while _remove_dead_stores_in(node, loaded):
+            loaded = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def _remove_dead_stores_in(function: ast.AST, loaded: set[str]) -> bool:
+    holders = [function, *(n for n in walk_scope(function) if hasattr(n, "body"))]
+    candidates = [s for h in holders for name, value in ast.iter_fields(h) if isinstance(value, list)
+                  for s in value if isinstance(s, (ast.Assign, ast.AnnAssign))]
+    if not any(_is_dead_store(s, loaded, set()) for s in candidates):
+        return False
+    declared = {name for n in walk_scope(function) if isinstance(n, (ast.Global, ast.Nonlocal)) for name in n.names}
+    removed = False
+    for holder in holders:
+        if isinstance(holder, SCOPE_NODES) and holder is not function:
+            continue  # a nested function's or class's statements are not this function's locals
+        for name, value in ast.iter_fields(holder):
+            if not (isinstance(value, list) and value and isinstance(value[0], ast.stmt)):
+                continue
+            kept = [s for s in value if not _is_dead_store(s, loaded, declared)]
+            if len(kept) != len(value):
+                setattr(holder, name, kept or [ast.Pass()])
+                removed = True
+    return removed
+
+
+def _is_dead_store(statement: ast.stmt, loaded: set[str], declared: set[str]) -> bool:
+    if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
+        target, value = statement.targets[0], statement.value
+    elif isinstance(statement, ast.AnnAssign) and statement.value is not None and statement.simple:
+        target, value = statement.target, statement.value
+    else:
+        return False
+    return (isinstance(target, ast.Name) and target.id not in loaded and target.id not in declared
+            and _is_pure(value))
+
+
+def fold_program(program: Program, config: ConfigFacts, after_round=None, opaque: frozenset = frozenset()) -> int:
+    """Fold and clean until nothing changes (``after_round(program)`` runs after each round, for the
+    tree shaker; ``opaque``: see :class:`Folder`); returns the number of rounds."""
+    previous = None
+    if after_round is not None:  # drop what nothing reaches before the first, costliest round
+        after_round(program)
+    for rounds in range(1, MAX_ROUNDS + 1):
+        facts = analyze(program, config)
+        Folder(facts, opaque).run(program)
+        remove_dead_stores(program)
+        if after_round is not None:
+            after_round(program)
+        current = ast.dump(program.tree())
+        if current == previous:
+            return rounds
+        previous = current
+    return MAX_ROUNDS
+
+
+def bake_config_defaults(program: Program, config: ConfigFacts, values: dict[str, dict[str, Any]]) -> None:
+    """Make the section classes' defaults the baked values, so ``Config()`` in the script is the
+    baked configuration (``values``: section class -> {field: value} that differ from the defaults)."""
+    for statement in program.statements():
+        if not (isinstance(statement, ast.ClassDef) and statement.name in values):
+            continue
+        for item in statement.body:
+            if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name) \
+                    and item.target.id in values[statement.name]:
+                item.value = ast.copy_location(ast.Constant(value=values[statement.name][item.target.id]), item)
+

@@ -1,0 +1,239 @@
+"""The exporter's specialization on small programs: what a configuration fixes is folded, what it never
+runs is dropped, and what is dropped is provably unreached (pgolf/export/specialize.py, shake.py)."""
+
+import ast
+import dataclasses
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pgolf.config import Config, ModelConfig
+from pgolf.export.flatten import ExportError, flatten_core_modules
+from pgolf.export.program import Program, Section, collect_scopes, scope_bindings
+from pgolf.export.shake import (ExternalBases, check_switches, declared_switch, drop_dangling_annotations, shake,
+                                unresolved_names)
+from pgolf.export.specialize import config_facts, fold_program
+from pgolf.config import flatten_config
+
+
+def specialized(source: str, cfg: Config | None = None, *, live: frozenset = frozenset(), feature: str = "",
+                switch: str = "", entry: str = "main()", opaque: frozenset = frozenset()) -> tuple[str, Program]:
+    """``source`` as one module (after ``feature``, a module declaring ``switch``), specialized to ``cfg``
+    from the entry ``entry``; returns the module's new text."""
+    cfg = cfg or Config()
+    program = Program([Section("feature", "feature.py", ast.parse(textwrap.dedent(feature)).body, switch),
+                       Section("m", "m.py", ast.parse(textwrap.dedent(source)).body),
+                       Section("entry", "entry", ast.parse(entry).body)])
+    facts = config_facts(cfg, program, live)
+    bases = ExternalBases(program)
+    results = []
+    fold_program(program, facts, after_round=lambda p: results.append(shake(p, bases)), opaque=opaque)
+    drop_dangling_annotations(program)
+    check_switches(program, flatten_config(cfg), results[-1])
+    return "\n".join(ast.unparse(statement) for statement in program.sections[1].body), program
+
+
+def defined(text: str) -> set[str]:
+    return {n.name for n in ast.walk(ast.parse(text)) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+
+
+FEATURE_PROGRAM = '''
+class Gate:
+    def __call__(self, x):
+        return x * 2
+
+
+def fused(x):
+    return x + 100
+
+
+class Model:
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+        self.gate = Gate() if cfg.smear_gate_enabled else None
+
+    def forward(self, x):
+        if self.gate is not None:  # the construct-or-None pattern
+            x = self.gate(x)
+        if self.cfg.fused_mlp:
+            x = fused(x)
+        return x
+
+    def never_called(self):
+        return 1
+
+
+def main(cfg: Config):
+    m = cfg.model
+    if m.num_loops > 0 and not m.tie_embeddings:
+        raise ValueError("looped untied models are not supported")
+    return Model(m).forward(3)
+'''
+
+
+def run_main(text: str, cfg: Config):
+    namespace: dict = {"Config": Config, "ModelConfig": ModelConfig}
+    exec(compile(text, "specialized.py", "exec"), namespace)
+    return namespace["main"](cfg)
+
+
+@pytest.mark.parametrize("gate, fused", [(False, False), (True, False), (True, True)])
+def test_a_feature_off_leaves_no_code_and_on_brings_it_in_computing_the_same(gate, fused):
+    cfg = dataclasses.replace(Config(), model=ModelConfig(smear_gate_enabled=gate, fused_mlp=fused))
+    text, _ = specialized(FEATURE_PROGRAM, cfg, entry="main(Config())")
+    names = defined(text)
+    assert ("Gate" in names) == gate and ("fused" in names) == fused
+    assert "never_called" not in names and "forward" in names and "ValueError" not in text  # num_loops = 0
+    assert run_main(text, cfg) == run_main(textwrap.dedent(FEATURE_PROGRAM), cfg)
+
+
+def test_values_that_follow_from_the_configuration_fold_too():
+    source = '''
+    TABLE = {"relu2": relu2, "leaky_relu2": leaky}
+    def relu2(x):
+        return x * x
+    def leaky(x):
+        return x * 0.5
+    def activation_for(name):
+        return TABLE[name]
+    class Loader:
+        pass
+    class OtherLoader:
+        pass
+    def kind(loader):
+        if isinstance(loader, OtherLoader):
+            return "other"
+        return "plain"
+    def scaled(x, factor=1.0, *, shift):
+        return x * factor + shift
+    def main(cfg: Config):
+        mode = "on" if cfg.model.ln_scale else "off"
+        unused = cfg.model.num_layers * 2
+        return activation_for(cfg.model.activation)(3), kind(Loader()), scaled(2, shift=1) + scaled(3, shift=1), mode
+    '''
+    text, _ = specialized(source, entry="main(Config())")
+    assert defined(text) == {"relu2", "activation_for", "Loader", "kind", "scaled", "main"}
+    assert "return relu2" in text and "'plain'" in text and "OtherLoader" not in text  # never instantiated
+    assert "return x * 1.0 + 1" in text  # every call passes factor's default and shift=1
+    assert "mode" not in text and "unused" not in text  # one constant, folded into its read; never read
+    namespace: dict = {}
+    exec(compile(text, "t.py", "exec"), namespace)
+    assert namespace["main"](Config()) == (9, "plain", 7.0, "off")
+
+
+def test_a_field_the_code_replaces_stays_a_live_read():
+    source = '''
+    import dataclasses
+    def lr_of(cfg: TTTConfig):
+        return cfg.ttt_lr * 2
+    def main(cfg: Config):
+        phase = dataclasses.replace(cfg.ttt, ttt_lr=1.0)
+        return lr_of(cfg.ttt), lr_of(phase), cfg.ttt.ttt_epochs
+    '''
+    text, _ = specialized(source, entry="main(Config())")
+    assert "cfg.ttt_lr * 2" in text and "return (lr_of(cfg.ttt), lr_of(phase), 3)" in text
+
+
+def test_fields_left_to_the_environment_are_never_folded():
+    text, _ = specialized("def main(cfg: Config):\n    return cfg.train.seed, cfg.train.iterations\n",
+                          live=frozenset({"seed"}), entry="main(Config())")
+    assert "cfg.train.seed" in text and "20000" in text
+
+
+def test_an_opaque_value_travels_but_never_enters_arithmetic():
+    source = '''
+    def report(code_bytes):
+        if code_bytes is None:
+            return measure()
+        return code_bytes + 1, -code_bytes
+    def measure():
+        return 0
+    def main(code_bytes=None):
+        return report(code_bytes)
+    '''
+    text, _ = specialized(source, entry="main(code_bytes=987654321)", opaque=frozenset({987654321}))
+    assert "measure" not in defined(text) and "987654321 + 1" in text and "-987654321" in text
+
+
+def test_methods_a_framework_calls_stay_and_annotations_of_dropped_classes_go():
+    source = '''
+    import torch
+    class Unused:
+        pass
+    class Net(torch.nn.Module):
+        def forward(self, x: Unused) -> torch.Tensor:
+            return x
+        def extra_repr(self):
+            return "net"
+        def helper(self):
+            return 0
+    def main():
+        return Net()(1)
+    '''
+    text, _ = specialized(source)
+    assert {"forward", "extra_repr"} <= defined(text) and "helper" not in defined(text)
+    assert "Unused" not in text and "def forward(self, x) -> torch.Tensor" in text
+
+
+def test_a_switched_off_module_that_is_still_reached_fails_the_export_naming_the_reader():
+    feature = "def smear(x):\n    return x * 2\n"
+    seed_live = {"live": frozenset({"seed"}), "feature": feature, "switch": "smear_gate_enabled",
+                 "entry": "main(Config())"}
+    unguarded = "def main(cfg: Config):\n    return smear(cfg.train.seed)\n"
+    with pytest.raises(ExportError, match=r"feature.py.*smear_gate_enabled.*smear \(needed by main\)"):
+        specialized(unguarded, **seed_live)
+    guarded = ("def main(cfg: Config):\n    x = cfg.train.seed\n"
+               "    if cfg.model.smear_gate_enabled:\n        x = smear(x)\n    return x\n")
+    _, program = specialized(guarded, **seed_live)
+    assert program.sections[0].body == []
+
+
+def test_the_switch_declaration_is_read_from_the_module():
+    tree = ast.parse('SMEAR_GATE_EXPORT_SWITCH = "smear_gate_enabled"\nX = 1\n')
+    assert declared_switch(tree, "m.py") == "smear_gate_enabled"
+    with pytest.raises(ExportError, match="must be a string"):
+        declared_switch(ast.parse("A_EXPORT_SWITCH = 1\n"), "m.py")
+
+
+def test_unresolved_names_follow_pythons_own_scoping():
+    source = textwrap.dedent('''
+    import os
+    def f(a):
+        def g():
+            return a + b + len(os.sep) + missing_one
+        return g
+    class C:
+        x = 1
+        y = x + missing_two
+    b = 2
+    ''')
+    assert unresolved_names(source) == ["missing_one", "missing_two"]
+
+
+def test_two_independent_scope_analyses_agree_on_the_real_package():
+    """collect_scopes (one walk, used by the exporter) and scope_bindings (a walk per scope)."""
+    flat = flatten_core_modules("pgolf.run")
+    tree = ast.parse(flat.text)
+    collected = collect_scopes(tree)
+    assert len(collected.bindings) > 500
+    for node, counts in collected.bindings.values():
+        assert scope_bindings(node) == counts, getattr(node, "name", type(node).__name__)
+
+
+def test_flattened_package_has_no_definition_a_shake_would_miss(tmp_path: Path):
+    """A program whose only reader of a function is a method picked by name still keeps the function."""
+    source = '''
+    def helper():
+        return sum([2, 3])
+    class Box:
+        def value(self):
+            return helper()
+    def main():
+        return getattr(Box(), "value")()
+    '''
+    text, _ = specialized(source)
+    assert {"helper", "value"} <= defined(text)
+    namespace: dict = {}
+    exec(compile(text, "t.py", "exec"), namespace)
+    assert namespace["main"]() == 5
