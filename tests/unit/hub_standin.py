@@ -4,9 +4,17 @@ It answers ``HEAD``/``GET /datasets/<repo>/resolve/<revision>/<path>`` the way t
 ``huggingface_hub.hf_hub_download`` needs: ``X-Repo-Commit``, an ``ETag`` that is the content's sha256
 for large (LFS) files and the git blob sha1 for small ones, ``Content-Length``, ``Range`` requests,
 and a 404 with ``X-Error-Code: EntryNotFound`` for a missing file. Faults are injected per path.
+
+For uploads (``HfApi.create_repo``, ``create_commit``, ``list_repo_files``; the checkpoint mirror) it also
+answers ``POST /api/repos/create``, ``POST /api/datasets/<repo>/preupload/<rev>`` (every file "regular",
+so no LFS/Xet transfer), ``POST /api/datasets/<repo>/commit/<rev>`` (the ndjson commit: base64 files,
+deleted files and folders, applied at once) and ``GET /api/datasets/<repo>/tree/<rev>`` (one page).
+``exists=False`` makes the repository absent until it is created; ``commits`` records each commit's paths.
 """
 
+import base64
 import hashlib
+import json
 import re
 import threading
 from dataclasses import dataclass, field
@@ -38,6 +46,28 @@ class HubStandIn:
     release: threading.Event = field(default_factory=threading.Event)
     gets: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    exists: bool = True
+    # One entry per commit: [(key, path)] with key "file", "deletedFile" or "deletedFolder".
+    commits: list[list[tuple[str, str]]] = field(default_factory=list)
+
+    def apply_commit(self, lines: list[dict]) -> None:
+        """Apply an ndjson commit (as ``huggingface_hub`` sends it) to ``files``, all at once."""
+        operations = []
+        for line in lines:
+            key, value = line["key"], line["value"]
+            if key == "file":
+                self.files[value["path"]] = base64.b64decode(value["content"])
+            elif key == "deletedFile":
+                self.files.pop(value["path"], None)
+            elif key == "deletedFolder":
+                folder = value["path"].rstrip("/") + "/"
+                for name in [name for name in self.files if name.startswith(folder)]:
+                    del self.files[name]
+            elif key != "header":
+                raise ValueError(f"the stand-in does not support commit operation {key!r}")
+            if key != "header":
+                operations.append((key, value["path"]))
+        self.commits.append(operations)
 
     def content_for(self, path: str, *, for_get: bool) -> bytes | None:
         if path in self.broken:
@@ -51,6 +81,7 @@ class HubStandIn:
 
 def _make_handler(hub: HubStandIn):
     pattern = re.compile(rf"^/datasets/{re.escape(hub.repo_id)}/resolve/[^/]+/(.+)$")
+    api = re.compile(rf"^/api/datasets/{re.escape(hub.repo_id)}/(preupload|commit|tree)/[^/]+(/.*)?$")
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):  # keep test output clean
@@ -96,7 +127,48 @@ def _make_handler(hub: HubStandIn):
             self._answer(with_body=False)
 
         def do_GET(self):
+            match = api.match(self.path.split("?")[0])
+            if match and match.group(1) == "tree":
+                with hub.lock:
+                    if not hub.exists:
+                        return self._json(404, {"error": "Repository not found"}, error_code="RepoNotFound")
+                    listing = [{"type": "file", "path": name, "size": len(data), "oid": hub_etag(name, data)}
+                               for name, data in sorted(hub.files.items())]
+                return self._json(200, listing)
             self._answer(with_body=True)
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            path = self.path.split("?")[0]
+            if path == "/api/repos/create":
+                request = json.loads(body)
+                if f"{request.get('organization')}/{request.get('name')}" != hub.repo_id:
+                    return self._json(403, {"error": "not this stand-in's repository"})
+                with hub.lock:
+                    hub.exists = True
+                return self._json(200, {"url": f"http://{self.headers['Host']}/datasets/{hub.repo_id}"})
+            match = api.match(path)
+            if match is None or not hub.exists:
+                return self._json(404, {"error": "Repository not found"}, error_code="RepoNotFound")
+            if match.group(1) == "preupload":
+                files = json.loads(body)["files"]
+                return self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                                  for f in files]})
+            lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+            with hub.lock:
+                hub.apply_commit(lines)
+            return self._json(200, {"commitUrl": f"http://{self.headers['Host']}/datasets/{hub.repo_id}/commit/"
+                                                 f"{STANDIN_COMMIT}", "commitOid": STANDIN_COMMIT})
+
+        def _json(self, status: int, value, error_code: str | None = None) -> None:
+            data = json.dumps(value).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if error_code:
+                self.send_header("X-Error-Code", error_code)
+            self.end_headers()
+            self.wfile.write(data)
 
     return Handler
 
