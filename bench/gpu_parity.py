@@ -82,7 +82,7 @@ def compare_forward(model_cpu: GPT, tokens: torch.Tensor, cuda: torch.device) ->
 
 def compare_eval(model_cpu: GPT, tokens: torch.Tensor, tokenizer: str, cuda: torch.device) -> dict:
     tables = build_byte_tables(load_sentencepiece(tokenizer), 1024)
-    kwargs = dict(seq_len=1024, batch_sequences=8, byte_tables=tables)
+    kwargs = dict(seq_len=1024, batch_sequences=8, target_bytes=tables)
     cpu_sums = evaluate_bpb(model_cpu, tokens, runtime=Runtime(torch.device("cpu")), **kwargs)
     gpu_sums = evaluate_bpb(copy_to(model_cpu, cuda), tokens, runtime=bf16_runtime(cuda), **kwargs)
     return {"eval_bpb_cpu": cpu_sums.val_bpb, "eval_bpb_gpu": gpu_sums.val_bpb,

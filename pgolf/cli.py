@@ -1,6 +1,8 @@
 """The ``pgolf`` command line: the parser table (tooling: not part of the one-file export).
 
     pgolf train    [--preset NAME] [KEY=value ...]   train, quantize, pack, round-trip, report
+    pgolf launch   [--preset NAME] [--budget 10m|1h|11h] [--nproc N] [--dry-run] [KEY=value ...]
+                                                     a fresh machine: check, fetch data, torchrun
     pgolf eval     RUN_DIR [KEY=value ...] [--json]  re-run the evaluation phases on a run's artifact
     pgolf quantize RUN_DIR [KEY=value ...] [--json] [--sweep]   re-quantize a run's weights; rate-distortion table
     pgolf describe [--preset NAME] [KEY=value ...] [--json]   resolved config and parameter count
@@ -35,6 +37,7 @@ from pgolf.commands.describe import run_describe_command
 from pgolf.commands.doctor import run_doctor_command
 from pgolf.commands.eval import run_eval_command
 from pgolf.commands.export import run_export_command
+from pgolf.commands.launch import BUDGETS, run_launch_command
 from pgolf.commands.plot import run_plot_command
 from pgolf.commands.profile import run_profile_command
 from pgolf.commands.quantize import run_quantize_command
@@ -51,11 +54,22 @@ def add_run_parsers(sub, presets_help: str) -> None:
     """``pgolf train``, ``pgolf describe`` and ``pgolf eval``."""
     train = sub.add_parser("train", help="train, quantize, pack, round-trip evaluate, report")
     train.add_argument("--preset", help=presets_help)
-    train.add_argument("--resume", metavar="RUN_DIR",
+    train.add_argument("--resume", metavar="RUN_DIR|URL",
                        help="continue RUN_DIR from its newest complete checkpoint (its config; KEY=value ignored "
-                            "except where the checkpoint allows)")
+                            "except where the checkpoint allows), or a CHECKPOINT_SYNC mirror (hf://user/repo/path, "
+                            "a mirror folder, an fsspec URL) fetched into RUNS_DIR/RUN_ID first")
     train.add_argument("overrides", nargs="*", metavar="KEY=value")
     train.set_defaults(handler=run_train_command)
+
+    launch = sub.add_parser("launch", help="check the machine, fetch the preset's data, start torchrun on pgolf train")
+    launch.add_argument("--preset", help=presets_help)
+    launch.add_argument("--budget", choices=list(BUDGETS), help="size the run to a session (warm-down and checkpoint "
+                        "interval follow): " + "; ".join(f"{b.name}: {b.description}" for b in BUDGETS.values()))
+    launch.add_argument("--nproc", type=int, help="processes (default: one per visible GPU, 1 on CPU)")
+    launch.add_argument("--train-shards", type=int, default=80, help="FineWeb training shards to fetch if missing")
+    launch.add_argument("--dry-run", action="store_true", help="print the checks, download and command; run nothing")
+    launch.add_argument("overrides", nargs="*", metavar="KEY=value")
+    launch.set_defaults(handler=run_launch_command)
 
     describe = sub.add_parser("describe", help="print the resolved config and parameter count")
     describe.add_argument("--preset", help=presets_help)
@@ -93,12 +107,14 @@ def add_data_parser(sub) -> None:
     data_sub = data.add_subparsers(dest="data_command", required=True)
 
     fineweb = data_sub.add_parser("fineweb", help="download the challenge's tokenized FineWeb from the hub")
-    fineweb.add_argument("--variant", default="sp1024", help="sp1024 (default), sp4096, sp8192, byte260, ...")
+    fineweb.add_argument("--variant", default="sp1024",
+                         help="sp1024 (default), sp4096, sp8192, sp8192_caseops (with byte sidecars), byte260, ...")
     fineweb.add_argument("--train-shards", type=int, default=80,
                          help="the first N training shards (default 80; 100M tokens each); all validation shards always")
     fineweb.add_argument("--out", default="./data", metavar="DIR", help="the challenge's data/ layout (default ./data)")
     fineweb.add_argument("--repo-id", help="hub dataset (default $MATCHED_FINEWEB_REPO_ID or willdepueoai/parameter-golf; "
-                                           "sp4096/sp8192: kevclark/parameter-golf)")
+                                           "sp4096/sp8192: kevclark/parameter-golf; sp8192_caseops: "
+                                           "romeerp/parameter-golf-caseops-v1)")
     fineweb.add_argument("--prefix", help="folder in the repository (default $MATCHED_FINEWEB_REMOTE_ROOT_PREFIX or datasets)")
     fineweb.add_argument("--revision", help="branch, tag or commit (default main)")
     fineweb.add_argument("--endpoint", help="hub URL (default $HF_ENDPOINT or https://huggingface.co)")
@@ -116,6 +132,14 @@ def add_data_parser(sub) -> None:
     build.add_argument("--out", required=True, metavar="DIR",
                        help="writes DIR/tokenizers/ and DIR/datasets/<name>_sp<V>/")
     build.add_argument("--name", help="dataset name (default: the input file's stem)")
+    build.add_argument("--caseops", action="store_true",
+                       help="CaseOps (SPEC 5.10): transform the text, train the tokenizer with the case operators, "
+                            "write validation byte sidecars")
+    build.add_argument("--caseops-bytes", metavar="decoded|original",
+                       help="with --caseops, what the byte sidecars count: 'decoded' (default; the challenge's "
+                            "convention, comparable with the leaderboard: the bytes of the decoded text with the "
+                            "case transform undone) or 'original' (the raw documents' exact bytes; scores not "
+                            "comparable)")
     build.add_argument("--workers", "--threads", dest="workers", type=int, default=os.cpu_count() or 1,
                        help="tokenizer-training threads and encoding processes (default: all cores); "
                             "the output does not depend on it")
@@ -129,6 +153,10 @@ def add_data_parser(sub) -> None:
     verify.add_argument("data_dir", metavar="DIR")
     verify.add_argument("--tokenizer", metavar="MODEL")
     verify.add_argument("--vocab-size", type=int)
+    verify.add_argument("--docs", metavar="FILE.jsonl",
+                        help="the documents the dataset was built from: each must give the shard's tokens; "
+                             "'original' sidecars must sum to their bytes; how they differ from the decoded text "
+                             "is reported")
 
 
 def add_export_parser(sub) -> None:
@@ -139,6 +167,8 @@ def add_export_parser(sub) -> None:
     export.add_argument("overrides", nargs="*", metavar="KEY=value", help="config changes baked into the script")
     export.add_argument("-o", "--output", default="train_gpt.py", help="wrapped script path (default train_gpt.py)")
     export.add_argument("--json", action="store_true")
+    export.add_argument("--explain", action="store_true",
+                        help="list what ships and why: each module, what pulled it in, its bytes")
     export.set_defaults(handler=run_export_command)
 
 

@@ -20,6 +20,7 @@ tests/unit/test_choice_lists.py checks that each table has exactly these names.
 import dataclasses
 import difflib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
@@ -135,6 +136,11 @@ class OptimConfig:
     # Several ranks: reduce-scatter the matrix gradients, Newton-Schulz on each rank's shard, all-gather
     # the updates (same results as the replicated optimizer; less communication and memory).
     muon_sharded: bool = False
+    # Muon weight-decay taper (SPEC 5.12, record 1.0678): MUON_WD times a multiplier that is 1 until training
+    # progress MUON_WD_TAPER_START, then falls linearly to MUON_WD_TAPER_FINAL at progress 1.
+    muon_wd_taper: bool = False
+    muon_wd_taper_start: float = 0.70
+    muon_wd_taper_final: float = 0.50
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,6 +196,14 @@ class EvalConfig:
     eval_budget_seconds: float = 600.0
 
 
+# Every name TTT_LORA_TARGETS may hold (the choice list of a tuple field): the block linears by their own
+# name or with their branch ("proj" = both output projections, "attn.proj" = attention's), the whole
+# branches and the head. pgolf/eval/ttt_lora.py resolves them; tests/unit/test_choice_lists.py holds the two
+# together.
+TTT_LORA_TARGET_NAMES = ("c_q", "c_k", "c_v", "proj", "fc", "attn.c_q", "attn.c_k", "attn.c_v", "attn.proj",
+                         "mlp.fc", "mlp.proj", "attn", "mlp", "head")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TTTConfig:
     # Legal score-first test-time training (SPEC 4.13): every chunk is scored before it is trained on.
@@ -205,6 +219,9 @@ class TTTConfig:
     ttt_batch_seqs: int = 32
     ttt_lora_rank: int = 96
     ttt_lora_alpha: float = 144.0
+    # Linears inside each block by name ("proj" = both output projections), plus "attn" and "mlp" (a d->d
+    # adapter from the branch's input added to its output, TOP's O and MLP adapters) and "head" (d->V on
+    # the logits): pgolf/eval/ttt_lora.py.
     ttt_lora_targets: tuple[str, ...] = ("c_q", "c_k", "c_v", "proj")
     # Document-level LoRA TTT (SPEC 5.3): chunks of this many tokens inside each document, AdamW on the
     # adapters with betas (0, 0.999).
@@ -215,6 +232,11 @@ class TTTConfig:
     # A factors stay warm across batches (B is always zeroed).
     ttt_lora_batch_docs: int = 64
     ttt_lora_warm_start_a: bool = False
+    # LoRA mode: beta2 of the adapters' AdamW (SPEC 5.3: 0.999; 0.99 in the TOP run).
+    ttt_beta2: float = 0.999
+    # LoRA mode: own adapters for every visit of a looped block (every virtual layer slot, 17 with the
+    # record's loop) instead of one per physical block (SPEC 5.3, TOP).
+    ttt_lora_per_slot: bool = False
     # Phased TTT (SPEC 5.3): after TTT_PHASES cumulative boundaries of the first TTT_PHASE_PREFIX_DOCS
     # scored documents, global SGD on the base model over the already-scored documents (lr TTT_PHASE_LR,
     # TTT_MOMENTUM, TTT_CHUNK_TOKENS chunks, TTT_GRAD_CLIP, one epoch); 0 = off.
@@ -256,8 +278,10 @@ class QuantConfig:
 @dataclass(frozen=True, kw_only=True)
 class ArtifactConfig:
     # How the quantized model bytes are compressed (pgolf/artifact/compress.py): a stream compressor
-    # (COMPRESSORS), "pergroup" (role-grouped streams, SPEC 5.11) or "auto" (try all, keep the smallest).
-    compressor: Literal["zlib", "lzma", "brotli", "zstd", "auto", "pergroup"] = "zlib"
+    # (COMPRESSORS), "pergroup" (role-grouped streams, SPEC 5.11), "pergroup_lrzip" (the same with each role
+    # stream through the external lrzip ZPAQ, as TOP; needs the lrzip program) or "auto" (try all, keep the
+    # smallest; pergroup_lrzip only where lrzip is installed).
+    compressor: Literal["zlib", "lzma", "brotli", "zstd", "auto", "pergroup", "pergroup_lrzip"] = "zlib"
     # 0 = no byte shuffle; 2 groups low and high bytes of 16-bit values before compression.
     byte_shuffle_stride: int = 0
 
@@ -277,6 +301,9 @@ class RunConfig:
     pgolf_auto_resume: bool = False
     # Device of every rank ("cpu", "cuda", "cuda:1", ...); "" = CUDA (by local rank) when available, else CPU.
     pgolf_device: str = ""
+    # Mirror checkpoints, logs, report and artifact to this URL (hf://user/repo[/path], a folder, or an fsspec
+    # URL) in the background; "" = off. `pgolf train --resume URL` continues from the mirror (docs/cloud.md).
+    checkpoint_sync: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -348,7 +375,11 @@ def coerce_config_value(key: str, value: Any, annotation: Any) -> Any:
                 raise ValueError
             return int(value) if not isinstance(value, str) else int(value.strip().replace("_", ""))
         if annotation is float:
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ConfigError(f"{key.upper()}={value!r} is not a finite number; give a finite value such as "
+                                  "0.04 (no setting takes nan or inf).")
+            return number
         if annotation is str:
             return str(value)
     except ValueError:
@@ -468,6 +499,9 @@ def _training_feature_problems(cfg: Config) -> list[str]:
     o, t = cfg.optim, cfg.train
     problems = [f"{name.upper()}={getattr(o, name)} must be >= 0"
                 for name in ("muon_wd", "adam_wd", "embed_wd", "grad_clip_norm") if getattr(o, name) < 0]
+    if not 0.0 <= o.muon_wd_taper_start < 1.0 or o.muon_wd_taper_final < 0:
+        problems.append(f"MUON_WD_TAPER_START={o.muon_wd_taper_start} must be in [0, 1) and MUON_WD_TAPER_FINAL="
+                        f"{o.muon_wd_taper_final} >= 0")
     if not 0.0 <= t.min_lr <= 1.0:
         problems.append(f"MIN_LR={t.min_lr} must be in [0, 1] (a fraction of each base LR)")
     if not 0.0 <= t.enable_looping_at <= 1.0:
@@ -518,6 +552,8 @@ def _evaluation_problems(cfg: Config) -> list[str]:
         problems.append(f"TTT_LORA_RANK={t.ttt_lora_rank} must be >= 1 and TTT_LORA_ALPHA > 0")
     if t.ttt_lora_batch_docs < 1:
         problems.append(f"TTT_LORA_BATCH_DOCS={t.ttt_lora_batch_docs} must be >= 1")
+    if not 0.0 <= t.ttt_beta2 < 1.0:
+        problems.append(f"TTT_BETA2={t.ttt_beta2} must be in [0, 1)")
     if t.ttt_phases < 0 or t.ttt_phase_prefix_docs < 1 or t.ttt_phase_lr < 0:
         problems.append(f"TTT_PHASES={t.ttt_phases} must be >= 0, TTT_PHASE_PREFIX_DOCS={t.ttt_phase_prefix_docs} "
                         f">= 1 and TTT_PHASE_LR={t.ttt_phase_lr} >= 0")
@@ -548,13 +584,71 @@ def _artifact_problems(a: ArtifactConfig) -> list[str]:
     return []
 
 
+# SEED seeds Python's, NumPy's and torch's generators; NumPy's takes 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+
+
+def _non_finite_problems(cfg: Config) -> list[str]:
+    """Float fields holding nan or inf (possible in a Config built in Python; KEY=value refuses them)."""
+    return [f"{name.upper()}={value} is not a finite number; give a finite value"
+            for name, value in flatten_config(cfg).items() if isinstance(value, float) and not math.isfinite(value)]
+
+
+def _range_problems(cfg: Config) -> list[str]:
+    """Single settings outside the range where the model, the optimizers and training are defined."""
+    m, o, t = cfg.model, cfg.optim, cfg.train
+    problems = []
+    if m.num_heads < 1 or m.model_dim < 1:
+        problems.append(f"NUM_HEADS={m.num_heads} and MODEL_DIM={m.model_dim} must be >= 1")
+    if math.isfinite(m.mlp_mult) and int(m.mlp_mult * m.model_dim) < 1:
+        problems.append(f"MLP_MULT={m.mlp_mult} gives an MLP of int(MLP_MULT * MODEL_DIM) = "
+                        f"{int(m.mlp_mult * m.model_dim)} units; it needs at least 1 (the baseline uses 2)")
+    if m.tied_embed_init_std < 0:
+        problems.append(f"TIED_EMBED_INIT_STD={m.tied_embed_init_std} must be >= 0 (a standard deviation)")
+    if m.rope_base <= 0:
+        problems.append(f"ROPE_BASE={m.rope_base} must be > 0 (the baseline uses 10000)")
+    if not 0 <= t.seed <= MAX_SEED:
+        problems.append(f"SEED={t.seed} must be in [0, {MAX_SEED}] (NumPy's seed range)")
+    if not (0.0 <= o.beta1 < 1.0 and 0.0 <= o.beta2 < 1.0):
+        problems.append(f"BETA1={o.beta1} and BETA2={o.beta2} must be in [0, 1) (Adam's decay rates)")
+    if o.adam_eps < 0:
+        problems.append(f"ADAM_EPS={o.adam_eps} must be >= 0")
+    if o.muon_backend_steps < 1:
+        problems.append(f"MUON_BACKEND_STEPS={o.muon_backend_steps} must be >= 1 (Newton-Schulz iterations; "
+                        "the baseline uses 5)")
+    if not (0.0 <= o.muon_momentum < 1.0 and 0.0 <= o.muon_momentum_warmup_start < 1.0):
+        problems.append(f"MUON_MOMENTUM={o.muon_momentum} and MUON_MOMENTUM_WARMUP_START="
+                        f"{o.muon_momentum_warmup_start} must be in [0, 1)")
+    problems += [f"{name.upper()}={getattr(o, name)} must be >= 0 (a learning rate)"
+                 for name in ("embed_lr", "head_lr", "tied_embed_lr", "matrix_lr", "scalar_lr") if getattr(o, name) < 0]
+    if t.iterations < 1:
+        problems.append(f"ITERATIONS={t.iterations} must be >= 1: it is the most optimizer steps a run takes "
+                        "(MAX_WALLCLOCK_SECONDS may stop it earlier)")
+    if t.max_wallclock_seconds < 0:
+        problems.append(f"MAX_WALLCLOCK_SECONDS={t.max_wallclock_seconds} must be >= 0 (0 = no time budget)")
+    counts = ("warmup_steps", "train_log_every", "val_loss_every", "ema_start_step", "muon_momentum_warmup_steps")
+    problems += [f"{name.upper()}={value} must be >= 0" for name, value in flatten_config(cfg).items()
+                 if name in counts and value < 0]
+    return problems
+
+
+def _ttt_lora_target_problems(t: TTTConfig) -> list[str]:
+    unknown = [name for name in t.ttt_lora_targets if name not in TTT_LORA_TARGET_NAMES]
+    if unknown:
+        return [f"TTT_LORA_TARGETS has {', '.join(map(repr, unknown))}, which name nothing; choose from "
+                f"{', '.join(TTT_LORA_TARGET_NAMES)}"]
+    if t.ttt_mode == "lora" and not t.ttt_lora_targets:
+        return [f"TTT_LORA_TARGETS is empty but TTT_MODE=lora; name at least one of {', '.join(TTT_LORA_TARGET_NAMES)}"]
+    return []
+
+
 def validate_config(cfg: Config) -> Config:
     """Check values that are individually valid but inconsistent together. Returns ``cfg``."""
     m, t = cfg.model, cfg.train
-    problems = _choice_problems(cfg)
-    if m.model_dim % m.num_heads:
+    problems = _choice_problems(cfg) + _non_finite_problems(cfg) + _range_problems(cfg)
+    if m.num_heads >= 1 and m.model_dim % m.num_heads:  # NUM_HEADS < 1: _range_problems says so
         problems.append(f"MODEL_DIM={m.model_dim} must be divisible by NUM_HEADS={m.num_heads}")
-    elif (m.model_dim // m.num_heads) % 2:
+    elif m.num_heads >= 1 and (m.model_dim // m.num_heads) % 2:
         problems.append(f"head dim MODEL_DIM/NUM_HEADS={m.model_dim // m.num_heads} must be even for RoPE")
     if m.num_kv_heads <= 0 or m.num_heads % m.num_kv_heads:
         problems.append(f"NUM_HEADS={m.num_heads} must be a multiple of NUM_KV_HEADS={m.num_kv_heads}")
@@ -567,8 +661,6 @@ def validate_config(cfg: Config) -> Config:
     problems += _training_feature_problems(cfg)
     if not 0.0 <= t.warmdown_frac <= 1.0:
         problems.append(f"WARMDOWN_FRAC={t.warmdown_frac} must be in [0, 1]")
-    if t.max_wallclock_seconds <= 0 and t.iterations <= 0:
-        problems.append("set ITERATIONS > 0 or MAX_WALLCLOCK_SECONDS > 0, otherwise training never stops")
     if t.train_seq_len <= 0 or t.train_batch_tokens % t.train_seq_len:
         problems.append(
             f"TRAIN_BATCH_TOKENS={t.train_batch_tokens} must be a multiple of TRAIN_SEQ_LEN={t.train_seq_len}"
@@ -577,6 +669,7 @@ def validate_config(cfg: Config) -> Config:
     problems += _evaluation_problems(cfg)
     problems += _checkpoint_problems(t)
     problems += _artifact_problems(cfg.artifact)
+    problems += _ttt_lora_target_problems(cfg.ttt)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return cfg

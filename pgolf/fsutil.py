@@ -50,8 +50,11 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, overwrite: bool 
     path = Path(path)
     if path.exists() and not overwrite:
         raise PgolfError(f"{path} already exists; refusing to overwrite it. Move it away or choose another path.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:  # a read-only or missing place: nothing was written
+        raise PgolfError(describe_write_failure(path, error, len(data))) from error
     try:
         try:
             _write_all(fd, data)
@@ -96,3 +99,27 @@ def remove_tree(path: str | os.PathLike) -> None:
     """Delete a directory tree if it exists (missing is fine)."""
     if Path(path).exists():
         shutil.rmtree(path)
+
+
+def require_writable_directory(directory: str | os.PathLike, what: str, *, may_create: bool = True) -> Path:
+    """Check, before any work, that ``what`` (for example "the receipt") can be written into ``directory``:
+    it is a directory this process can create files in, or (``may_create``) it does not exist yet and its
+    nearest existing parent is one. Nothing is left behind. PgolfError naming the place and the fix if not."""
+    directory = Path(directory)
+    existing = directory
+    while not existing.exists():
+        if not may_create:
+            raise PgolfError(f"cannot write {what}: the directory {directory} does not exist. Create it first, or "
+                             "choose another place.")
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PgolfError(f"cannot write {what} into {directory}: {existing} is not a directory. Choose another place.")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise PgolfError(f"cannot write {what} into {directory}: {existing} is not writable ({error.strerror}). "
+                         "Make it writable or choose another place; nothing was done.") from None
+    return directory

@@ -148,6 +148,69 @@ def sp4096_recur() -> Config:
     )
 
 
+# Where `pgolf data fineweb --variant sp8192_caseops` puts the CaseOps shards (with their validation byte
+# sidecars) and the records' CaseOps tokenizer (SPEC 5.10).
+CASEOPS_DATA_PATH = "./data/datasets/fineweb10B_sp8192_caseops"
+CASEOPS_TOKENIZER_PATH = "./data/tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model"
+# TOP's LoRA TTT adapters (SPEC 5.3): Q, K, V, O and MLP (d -> d from each branch's input) for every
+# virtual layer slot, plus the output head.
+TOP_TTT_LORA_TARGETS = ("c_q", "c_k", "c_v", "attn", "mlp", "head")
+
+
+def frontier_caseops() -> Config:
+    """The CaseOps stage of the lineage (SPEC 5, 7): record 2026-04-18_PR1626_CaseOps_Taper (#1729, val_bpb
+    1.06780), which is #1626's stack (1.07193) on the CaseOps tokenizer and data with the Muon weight-decay
+    taper. From ``record_sp8192``: CaseOps SP8192 data; VarLen document-isolated attention, the fused MLP and
+    the two-lane parallel decoder from block 8 (#1530); QK gain 5.0, Muon momentum 0.97, MATRIX_LR 0.026,
+    warm-down 0.75 and sharded Muon without DDP (SPEC 5.1; the same steps as the replicated optimizer); the
+    document-packing loader reads shards in order (``sequential``); GPTQ on 16 batches with a 4 s reserve,
+    int7 embedding k=15, MLP k=12, attention k=13 (#1586, the record's defaults); the taper 0.70 -> 0.50
+    (#1729; MUON_WD_TAPER's defaults). The score is phased LoRA TTT (3 phases over the first 2000 documents,
+    #1626) with SPEC 5.3's adapters (Q, K, V, O, MLP per virtual layer slot, and the head); no sliding
+    window. 35,944,602 parameters (``record_sp8192`` + the two-lane lambdas). Record #1736 (1.06549) is about
+    this stage with ``ATTN_OUT_GATE=gated`` (its int8 "quant gate" is automatic), without the taper and, by its
+    README, with blocks 4-5 looped once more instead of 3-5 twice."""
+    base = record_sp8192()
+    return replace(
+        base,
+        data=replace(base.data, data_path=CASEOPS_DATA_PATH, tokenizer_path=CASEOPS_TOKENIZER_PATH),
+        model=replace(base.model, qk_gain_init=5.0, parallel_residual_start=8, parallel_residual_mode="two_lane",
+                      doc_isolated_attention=True, fused_mlp=True),
+        optim=replace(base.optim, matrix_lr=0.026, muon_momentum=0.97, muon_wd_taper=True, muon_sharded=True),
+        train=replace(base.train, warmdown_frac=0.75, gptq_reserve_seconds=4.0, train_loader="sequential"),
+        eval=replace(base.eval, sliding_window_enabled=False),
+        ttt=replace(base.ttt, ttt_mode="lora", ttt_lora_targets=TOP_TTT_LORA_TARGETS, ttt_lora_per_slot=True,
+                    ttt_phases=3, ttt_phase_prefix_docs=2000),
+        quant=replace(base.quant, embed_bits=7, embed_clip_sigmas=15.0, mlp_clip_sigmas=12.0, attn_clip_sigmas=13.0,
+                      gptq_calibration_batches=16),
+    )
+
+
+def top_sp8192() -> Config:
+    """The leaderboard top (SPEC 5, 5.13): record 2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611
+    (#1855, val_bpb 1.06108 over 3 seeds), 35,945,671 parameters. From ``frontier_caseops``: SmearGate with
+    the BOS fix (#1667, #1851), the sparse attention output gate, Polar Express Newton-Schulz, MIN_LR 0.10
+    and the fused softcapped cross-entropy (#1787), asymmetric LQER rank 4 on the 3 worst tensors (#1797;
+    LQER's defaults), warm-start A in LoRA TTT (#1767), a 0.5 s GPTQ reserve, no validation during
+    training, per-group compression with lrzip ZPAQ role streams (needs the ``lrzip`` program), no
+    weight-decay taper (SPEC 5.12: not in TOP), and the 9-hparam greedy stack (SPEC 5.12): MLP_CLIP_SIGMAS
+    11.5, EMBED_CLIP_SIGMAS 14, WARMDOWN_FRAC 0.85, BETA2 0.99, TTT_BETA2 0.99, TTT_WEIGHT_DECAY 0.5
+    (``TTT_LORA_WD``), TTT_LORA_RANK 80, SPARSE_ATTN_GATE_SCALE 0.5, PHASED_TTT_PREFIX_DOCS 2500
+    (``TTT_PHASE_PREFIX_DOCS``)."""
+    base = frontier_caseops()
+    return replace(
+        base,
+        model=replace(base.model, smear_gate_enabled=True, attn_out_gate="sparse", sparse_attn_gate_scale=0.5,
+                      fused_cross_entropy=True),
+        optim=replace(base.optim, muon_ns_coefficients="polar_express", beta2=0.99, muon_wd_taper=False),
+        train=replace(base.train, warmdown_frac=0.85, min_lr=0.10, gptq_reserve_seconds=0.5, val_loss_every=0),
+        ttt=replace(base.ttt, ttt_lora_rank=80, ttt_beta2=0.99, ttt_lora_wd=0.5, ttt_lora_warm_start_a=True,
+                    ttt_phase_prefix_docs=2500),
+        quant=replace(base.quant, mlp_clip_sigmas=11.5, embed_clip_sigmas=14.0, lqer_enabled=True),
+        artifact=replace(base.artifact, compressor="pergroup_lrzip"),
+    )
+
+
 def one_gpu_variant(preset: Callable[[], Config]) -> Callable[[], Config]:
     """``<preset>_1gpu``: the same run on one GPU. Gradient accumulation (8 // world_size = 8) keeps every
     optimizer step identical to the 8-GPU one; the wall-clock budget and the GPTQ reserve are multiplied
@@ -173,6 +236,8 @@ GPU_PRESETS: dict[str, Callable[[], Config]] = {
     "systematic_search": systematic_search,
     "sp4096_recur": sp4096_recur,
     "record_sp8192": record_sp8192,
+    "frontier_caseops": frontier_caseops,
+    "top_sp8192": top_sp8192,
 }
 
 PRESETS: dict[str, Callable[[], Config]] = {

@@ -1,12 +1,20 @@
-"""What a run says about itself: the log header, the evaluation lines, and ``report.json``."""
+"""What a run says about itself: the log header, the evaluation lines, and ``report.json``.
 
+``report.json`` is always valid JSON: a score that is not finite (a diverged run) is written as null and
+named in ``non_finite`` (with the value it had), and the run then fails with an error saying so.
+"""
+
+import json
+import math
 from pathlib import Path
 
-from pgolf.artifact.size import SizeReport
+from pgolf.artifact.size import SizeReport, check_artifact_fits
 from pgolf.config import Config, config_differences, flatten_config
 from pgolf.data.run_data import ValidationData
 from pgolf.dist import DistContext
+from pgolf.errors import TrainingError
 from pgolf.eval.bpb import uniform_guess_bpb
+from pgolf.fsutil import write_text_atomic
 from pgolf.eval.phases import EvalPhase
 from pgolf.log import RunLogger
 from pgolf.model.attention import describe_attention_backend
@@ -90,10 +98,30 @@ def final_evaluation_fields(phases: list[EvalPhase], budget: dict, roundtrip: Ev
     return fields
 
 
+def phase_is_finite(phase: EvalPhase) -> bool:
+    return math.isfinite(phase.sums.val_loss) and math.isfinite(phase.sums.val_bpb)
+
+
 def build_report(cfg: Config, preset_name: str, run_dir: Path, model: GPT, outcome: TrainOutcome,
-                 prequant: EvalPhase, roundtrip: EvalPhase, size: SizeReport | None, header: dict) -> dict:
-    """The fields of report.json that every run has (the caller adds the quantization and phase fields)."""
-    report = {
+                 prequant: EvalPhase, roundtrip: EvalPhase | None, size: SizeReport | None, header: dict) -> dict:
+    """The fields of report.json that every run has (the caller adds the quantization and phase fields).
+    ``roundtrip`` None: the run stopped before quantizing (its trained weights did not score finite)."""
+    if roundtrip is None:
+        report = _common_report_fields(cfg, preset_name, run_dir, model, outcome, prequant, prequant, header)
+        report.update(val_loss=None, val_bpb=None, quant_gap_bpb=None, eval_seconds=None,
+                      skipped="quantization, round trip and later phases (the trained weights scored non-finite)")
+        return report
+    report = _common_report_fields(cfg, preset_name, run_dir, model, outcome, prequant, roundtrip, header)
+    if size is not None:
+        report.update(artifact_bytes=size.model_bytes, code_bytes=size.code_bytes, total_bytes=size.total_bytes,
+                      cap_bytes=size.cap, margin_bytes=size.margin_bytes, fits=size.fits,
+                      code_bytes_note=size.code_bytes_note)
+    return report
+
+
+def _common_report_fields(cfg: Config, preset_name: str, run_dir: Path, model: GPT, outcome: TrainOutcome,
+                          prequant: EvalPhase, roundtrip: EvalPhase, header: dict) -> dict:
+    return {
         "run_id": run_dir.name,
         "run_dir": str(run_dir),
         "preset": preset_name,
@@ -119,8 +147,63 @@ def build_report(cfg: Config, preset_name: str, run_dir: Path, model: GPT, outco
         "code_hash": header["code_hash"],
         "env": header["env"],
     }
-    if size is not None:
-        report.update(artifact_bytes=size.model_bytes, code_bytes=size.code_bytes, total_bytes=size.total_bytes,
-                      cap_bytes=size.cap, margin_bytes=size.margin_bytes, fits=size.fits,
-                      code_bytes_note=size.code_bytes_note)
-    return report
+
+
+def json_safe_report(report: dict) -> dict:
+    """``report`` with every nan/inf number (at any depth) replaced by None, and ``non_finite`` mapping the
+    key path of each to the value it had (``{"val_bpb": "nan"}``); no ``non_finite`` key when all are finite."""
+    found: dict[str, str] = {}
+
+    def clean(value, path: str):
+        if isinstance(value, float) and not math.isfinite(value):
+            found[path] = str(value)
+            return None
+        if isinstance(value, dict):
+            return {key: clean(item, f"{path}.{key}" if path else str(key)) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(item, f"{path}[{index}]") for index, item in enumerate(value)]
+        return value
+
+    safe = clean(report, "")
+    if found:
+        safe["non_finite"] = found
+    return safe
+
+
+# Report keys that are scores (and their differences): one of them non-finite and the run has no score.
+SCORE_KEY_PREFIXES = ("val_loss", "val_bpb", "quant_gap_bpb", "uniform_guess_bpb")
+
+
+def refuse_non_finite_scores(report: dict, report_path: Path) -> None:
+    """TrainingError when a score in the report is not a finite number: a diverged run has no score."""
+    non_finite = {key: value for key, value in (json_safe_report(report).get("non_finite") or {}).items()
+                  if key.startswith(SCORE_KEY_PREFIXES)}
+    if not non_finite:
+        return
+    values = ", ".join(f"{key}={value}" for key, value in non_finite.items())
+    lower_rates = ("lower the learning rates (MATRIX_LR, SCALAR_LR, TIED_EMBED_LR, EMBED_LR) or set GRAD_CLIP_NORM, "
+                   "and train a new run")
+    if {"val_loss_prequant", "val_bpb_prequant"} & set(non_finite):
+        why = f"the trained weights do not score finite, training diverged: {lower_rates}"
+    elif {"val_loss", "val_bpb"} & set(non_finite):
+        why = ("the trained weights score finite but the quantized artifact does not: weights beyond what the "
+               f"artifact stores (float16 holds at most 65504) usually mean training diverged: {lower_rates}")
+    else:
+        why = ("the artifact scores finite but a later evaluation phase does not: lower TTT_LR / TTT_LORA_LR and "
+               "re-score the run with `pgolf eval`")
+    raise TrainingError(f"the run has no valid score ({values}): {why}. {report_path} records what was measured "
+                        "(null for each of these, listed under non_finite).")
+
+
+def publish_report(report: dict, run_dir: Path, logger: RunLogger, size: SizeReport | None, is_main: bool) -> dict:
+    """Write ``report.json`` (valid JSON), then fail a run without a finite score, then one over the cap:
+    the report comes first, so nothing measured is lost. Returns the report as written."""
+    safe = json_safe_report(report)
+    report_path = run_dir / "report.json"
+    if is_main:
+        write_text_atomic(report_path, json.dumps(safe, indent=2, sort_keys=True, allow_nan=False))
+        logger.line(f"report: {report_path}")
+    refuse_non_finite_scores(report, report_path)
+    if is_main and size is not None:
+        check_artifact_fits(size)
+    return safe

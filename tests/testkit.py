@@ -1,5 +1,12 @@
 """Helpers several test files share."""
 
+import shutil
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
 import torch
 
 from pgolf.config import ModelConfig
@@ -53,3 +60,32 @@ def reference_newton_schulz(G: torch.Tensor, steps: int, coefficients=REFERENCE_
         B = b * A + c * A @ A if b_times_a_squared is None else b_times_a_squared(A, b, c)
         X = a * X + B @ X
     return X.T if tall else X
+
+
+
+def can_create_files_in(folder) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def unwritable(folder):
+    """``folder`` (existing, readable) made so that this process cannot create files in it: its write bits
+    cleared, and for root, whom permission bits do not stop, the immutable attribute (chattr +i); skips
+    the test where neither works. Restored on exit."""
+    folder = Path(folder)
+    folder.chmod(0o555)
+    immutable = False
+    try:
+        if can_create_files_in(folder) and shutil.which("chattr"):
+            immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+        if can_create_files_in(folder):
+            pytest.skip("cannot make a directory unwritable for this process")
+        yield folder
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+        folder.chmod(0o755)

@@ -19,21 +19,33 @@ brotli and zstandard are imported only when used, because GPU images may lack th
 container apart by role (:mod:`pgolf.artifact.pergroup`), compresses the residual container with
 brotli-11 (after the frame's byte shuffle) and each role stream with the best stream compressor
 (every stream a frame of its own), and puts them in a ``PGRP`` frame. Decompression rebuilds the
-original container bytes, so every loader works unchanged. TOP compressed its role streams with the
-external ``lrzip -z -L 9`` (ZPAQ) binary; pgolf uses only its own compressors, so it has no ZPAQ.
+original container bytes, so every loader works unchanged.
+
+``pergroup_lrzip`` is TOP's own choice (SPEC 5.11): the same layout, but every role stream goes through
+the external ``lrzip -z -L 9`` program (ZPAQ context mixing; Debian/Ubuntu package ``lrzip``), stored as
+lrzip wrote it; the frame's compressor id says so. Compressing or decompressing it without the program is
+an error that names the package; ``auto`` tries it only where the program is installed. lrzip runs on
+temporary files with ``LRZIP=NOCONFIG`` (no ``lrzip.conf`` changes its settings).
 """
 
 import importlib
 import lzma
+import os
+import shutil
+import subprocess
+import tempfile
 import zlib
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from pgolf.artifact.container import TENSOR_CONTAINER_MAGIC
+from pgolf.artifact.container import (CONTAINER_PREFIX_BYTES, TENSOR_CONTAINER_MAGIC, container_header_end,
+                                      declared_container_bytes)
 from pgolf.artifact.pergroup import (join_container_streams, pack_pergroup_streams, pergroup_applicable,
-                                     split_container_by_role, unpack_pergroup_streams)
+                                     pergroup_stream_sizes, split_container_by_role, unpack_pergroup_streams)
 from pgolf.errors import ArtifactError, ConfigError, PgolfError
+from pgolf.log import ProgressBar
 
 BYTE_SHUFFLE_MAGIC = b"BSHF"
 COMPRESSION_FRAME_MAGIC = b"PGZ"
@@ -41,6 +53,13 @@ COMPRESSION_FRAME_HEADER_BYTES = len(COMPRESSION_FRAME_MAGIC) + 2
 AUTO_COMPRESSOR = "auto"
 AUTO_SHUFFLE_STRIDES = (0, 2)
 PERGROUP_COMPRESSOR = "pergroup"
+# pergroup with every role stream through the external lrzip program (ZPAQ), as TOP (SPEC 5.11).
+PERGROUP_LRZIP_COMPRESSOR = "pergroup_lrzip"
+LRZIP_PROGRAM = "lrzip"
+LRZIP_PACKAGE = "lrzip"  # the Debian/Ubuntu package that installs the program
+LRZIP_COMPRESS_ARGS = ("-z", "-L", "9")  # ZPAQ back end, level 9: TOP's settings
+LRZIP_MAGIC = b"LRZI"  # an lrzip file: magic, major and minor version bytes, uint64 LE decompressed size
+LRZIP_HEADER_BYTES = len(LRZIP_MAGIC) + 2 + 8
 # auto tries pergroup once (it is the slowest), with its residual stream (fp16 scales) shuffled by 2.
 AUTO_PERGROUP_STRIDE = 2
 
@@ -121,7 +140,7 @@ COMPRESSORS: dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]
     "zstd": (_zstd_compress_strongest, _zstd_decompress_whole),
 }
 # The id byte written into every frame. Never renumber: old artifacts must stay readable.
-COMPRESSOR_IDS: dict[str, int] = {"zlib": 1, "lzma": 2, "brotli": 3, "zstd": 4, "pergroup": 5}
+COMPRESSOR_IDS: dict[str, int] = {"zlib": 1, "lzma": 2, "brotli": 3, "zstd": 4, "pergroup": 5, "pergroup_lrzip": 6}
 _COMPRESSOR_NAMES_BY_ID: dict[int, str] = {code: name for name, code in COMPRESSOR_IDS.items()}
 
 
@@ -135,9 +154,76 @@ def available_compressor_names() -> list[str]:
 
 def available_model_compressor_names() -> list[str]:
     """What ``COMPRESSOR`` can name here besides ``auto``: the stream compressors, plus ``pergroup``
-    (which needs brotli for its residual stream)."""
+    (which needs brotli for its residual stream) and ``pergroup_lrzip`` (brotli and the lrzip program)."""
     names = available_compressor_names()
-    return names + [PERGROUP_COMPRESSOR] if "brotli" in names else names
+    if "brotli" not in names:
+        return names
+    return names + [PERGROUP_COMPRESSOR] + ([PERGROUP_LRZIP_COMPRESSOR] if lrzip_available() else [])
+
+
+def require_model_compressor(name: str) -> None:
+    """Refuse, before any training, a COMPRESSOR this machine cannot run (a library or the lrzip program
+    missing), so a run does not discover it only when it packs its artifact."""
+    if name == PERGROUP_LRZIP_COMPRESSOR:
+        _lrzip_program_or_error(f"COMPRESSOR={name}")
+    if name != "auto" and name not in available_model_compressor_names():
+        raise PgolfError(f"COMPRESSOR={name} cannot run on this machine: its library is not installed "
+                         f"(available: {', '.join(available_model_compressor_names())}); pip install brotli zstandard.")
+
+
+def lrzip_available() -> bool:
+    """Whether the external ``lrzip`` program is on ``PATH``."""
+    return shutil.which(LRZIP_PROGRAM) is not None
+
+
+def _lrzip_program_or_error(why: str) -> str:
+    program = shutil.which(LRZIP_PROGRAM)
+    if program is None:
+        raise PgolfError(f"{why} needs the external {LRZIP_PROGRAM!r} program (ZPAQ), which is not on PATH: install "
+                         f"the {LRZIP_PACKAGE!r} package (Debian/Ubuntu: apt-get install {LRZIP_PACKAGE}). Without it, "
+                         f"COMPRESSOR={PERGROUP_COMPRESSOR} does the same layout with pgolf's own compressors.")
+    return program
+
+
+def run_lrzip(data: bytes, *, decompress: bool) -> bytes:
+    """``lrzip -z -L 9`` (or ``lrzip -d``) over ``data``, through temporary files; no lrzip.conf is read."""
+    why = "decompressing this artifact (its role streams are lrzip)" if decompress else (
+        f"COMPRESSOR={PERGROUP_LRZIP_COMPRESSOR}")
+    program = _lrzip_program_or_error(why)
+    with tempfile.TemporaryDirectory(prefix="pgolf-lrzip-") as folder:
+        source, target = Path(folder) / "input", Path(folder) / "output"
+        source.write_bytes(data)
+        mode = ["-d"] if decompress else list(LRZIP_COMPRESS_ARGS)
+        result = subprocess.run([program, *mode, "-q", "-f", "-o", str(target), str(source)], capture_output=True,
+                                env={**os.environ, "LRZIP": "NOCONFIG"}, stdin=subprocess.DEVNULL)
+        if result.returncode != 0 or not target.is_file():
+            message = result.stderr.decode(errors="replace").strip()[-300:]
+            if decompress:
+                raise ArtifactError(f"lrzip could not decompress a role stream (exit {result.returncode}: {message}); "
+                                    "the artifact is truncated or damaged. Re-create or re-copy it.")
+            raise PgolfError(f"lrzip failed (exit {result.returncode}): {message}")
+        return target.read_bytes()
+
+
+def lrzip_declared_size(blob: bytes) -> int | None:
+    """The decompressed size an lrzip file declares (``LRZI``, 2 version bytes, then uint64 little-endian),
+    or None when ``blob`` does not start like one."""
+    if len(blob) < LRZIP_HEADER_BYTES or blob[:len(LRZIP_MAGIC)] != LRZIP_MAGIC:
+        return None
+    return int.from_bytes(blob[len(LRZIP_MAGIC) + 2:LRZIP_HEADER_BYTES], "little")
+
+
+def _lrzip_decompress_exactly(blob: bytes, size: int) -> bytes:
+    """A role stream back through lrzip, refused before lrzip runs unless it declares the manifest's size."""
+    declared = lrzip_declared_size(blob)
+    if declared != size:
+        raise ArtifactError(f"a pergroup_lrzip role stream declares {declared} bytes where the manifest says {size:,}; "
+                            "the artifact is damaged. Re-create or re-copy it.")
+    data = run_lrzip(blob, decompress=True)
+    if len(data) != size:
+        raise ArtifactError(f"a pergroup_lrzip role stream decompressed to {len(data):,} bytes, not {size:,}; the "
+                            "artifact is damaged.")
+    return data
 
 
 def _compressor_library_importable(name: str) -> bool:
@@ -175,9 +261,12 @@ def compress_model_bytes(data: bytes, compressor: str, shuffle_stride: int = 0) 
     """
     if compressor == AUTO_COMPRESSOR:
         return auto_compress(data, shuffle_stride)
-    if compressor == PERGROUP_COMPRESSOR:
+    if compressor in (PERGROUP_COMPRESSOR, PERGROUP_LRZIP_COMPRESSOR):
         _check_shuffle_stride(shuffle_stride)
-        return _compression_frame_header(compressor, shuffle_stride) + _pergroup_compress(data, shuffle_stride)
+        lrzip = compressor == PERGROUP_LRZIP_COMPRESSOR
+        if lrzip:
+            _lrzip_program_or_error(f"COMPRESSOR={PERGROUP_LRZIP_COMPRESSOR}")  # before any work
+        return _compression_frame_header(compressor, shuffle_stride) + _pergroup_compress(data, shuffle_stride, lrzip)
     compress, _ = _compressor_pair(compressor)
     _check_shuffle_stride(shuffle_stride)
     shuffled = byte_shuffle(data, shuffle_stride) if shuffle_stride else bytes(data)
@@ -188,35 +277,63 @@ def _compression_frame_header(compressor: str, shuffle_stride: int) -> bytes:
     return COMPRESSION_FRAME_MAGIC + bytes([COMPRESSOR_IDS[compressor], shuffle_stride])
 
 
-def _pergroup_compress(data: bytes, shuffle_stride: int) -> bytes:
-    """PGRP frame: the residual container brotli-11 (shuffled), each role stream with the best compressor."""
+def _pergroup_role_streams(data: bytes) -> list[bytes]:
     if bytes(data[:len(TENSOR_CONTAINER_MAGIC)]) != TENSOR_CONTAINER_MAGIC:
         raise ConfigError("COMPRESSOR=pergroup compresses pgolf tensor containers (model artifacts) only; use "
                           f"{', '.join(COMPRESSORS)} or {AUTO_COMPRESSOR} for other data.")
-    streams = split_container_by_role(data)
+    return split_container_by_role(data)
+
+
+def _pergroup_compress(data: bytes, shuffle_stride: int, lrzip: bool = False, streams: list[bytes] | None = None) -> bytes:
+    """PGRP frame: the residual container brotli-11 (shuffled), each role stream with the best compressor
+    (``lrzip``: raw ``lrzip -z -L 9`` output). ``streams``: the split, when the caller already has it."""
+    streams = _pergroup_role_streams(data) if streams is None else streams
+    # brotli-11 and lrzip take minutes on a 16 MB model: a bar per role stream shows that it moves
+    bar = ProgressBar("compress role streams", len(streams))
     frames = [compress_model_bytes(streams[0], "brotli", shuffle_stride)]
-    frames += [choose_smallest_compression(stream, strides=(0,))[0] for stream in streams[1:]]
+    for index, stream in enumerate(streams[1:], start=1):
+        bar.update(index)
+        frames.append(run_lrzip(stream, decompress=False) if lrzip else
+                      choose_smallest_compression(stream, strides=(0,))[0])
+    bar.close()
     return pack_pergroup_streams(frames)
 
 
-def _pergroup_decompress(payload: bytes, shuffle_stride: int) -> bytes:
+def _pergroup_decompress(payload: bytes, shuffle_stride: int, lrzip: bool = False,
+                         max_bytes: int | None = None) -> bytes:
     frames = unpack_pergroup_streams(payload)
-    for index, frame in enumerate(frames):
+    for index, frame in enumerate(frames[:1] if lrzip else frames):
         name, stride = describe_compressed_blob(frame)
-        if name == PERGROUP_COMPRESSOR or (index == 0 and stride != shuffle_stride):
+        if name in (PERGROUP_COMPRESSOR, PERGROUP_LRZIP_COMPRESSOR) or (index == 0 and stride != shuffle_stride):
             raise ArtifactError(f"pergroup stream {index} has a damaged frame ({name}, stride {stride}); the artifact "
                                 "is corrupt. Re-create or re-copy it.")
-    return join_container_streams([decompress_model_bytes(frame) for frame in frames])
+    limit = MAX_DECOMPRESSED_MODEL_BYTES if max_bytes is None else max_bytes
+    residual = decompress_model_bytes(frames[0], limit)
+    sizes = pergroup_stream_sizes(residual, len(frames))  # what each role stream may decompress to
+    if len(residual) + sum(sizes) > limit:
+        raise ArtifactError(f"the pergroup model blob declares {len(residual) + sum(sizes):,} bytes, more than the "
+                            f"{limit:,} a model blob may decompress to; the artifact is damaged or a decompression "
+                            "bomb. Refused before decompressing its role streams.")
+    if lrzip:
+        return join_container_streams([residual] + [_lrzip_decompress_exactly(frame, size)
+                                                    for frame, size in zip(frames[1:], sizes)])
+    return join_container_streams([residual] + [decompress_model_bytes(frame, size)
+                                                for frame, size in zip(frames[1:], sizes)])
 
 
 def auto_compress(data: bytes, shuffle_stride: int = 0) -> bytes:
     """``COMPRESSOR=auto``: the smallest of every available (compressor, stride) pair with strides 0, 2
-    and ``shuffle_stride``, and of ``pergroup`` (stride 2) where it applies. Ties keep the earlier one."""
+    and ``shuffle_stride``, and of ``pergroup`` (stride 2) where it applies, and of ``pergroup_lrzip``
+    (stride 2) where it applies and the lrzip program is installed. Ties keep the earlier one."""
     strides = tuple(sorted(set(AUTO_SHUFFLE_STRIDES) | {shuffle_stride}))
     best = choose_smallest_compression(data, strides=strides)[0]
-    if PERGROUP_COMPRESSOR in available_model_compressor_names() and pergroup_applicable(data):
-        candidate = compress_model_bytes(data, PERGROUP_COMPRESSOR, AUTO_PERGROUP_STRIDE)
-        best = candidate if len(candidate) < len(best) else best
+    grouped = [name for name in (PERGROUP_COMPRESSOR, PERGROUP_LRZIP_COMPRESSOR) if name in available_model_compressor_names()]
+    if grouped and pergroup_applicable(data):
+        streams = _pergroup_role_streams(data)  # the row chains once, for both
+        for name in grouped:
+            candidate = _compression_frame_header(name, AUTO_PERGROUP_STRIDE) + _pergroup_compress(
+                data, AUTO_PERGROUP_STRIDE, name == PERGROUP_LRZIP_COMPRESSOR, streams)
+            best = candidate if len(candidate) < len(best) else best
     return best
 
 
@@ -237,14 +354,73 @@ def describe_compressed_blob(blob: bytes) -> tuple[str, int]:
     return _COMPRESSOR_NAMES_BY_ID[compressor_id], stride
 
 
-def decompress_model_bytes(blob: bytes) -> bytes:
-    """Invert :func:`compress_model_bytes`; damaged or truncated input raises ArtifactError."""
-    name, stride = describe_compressed_blob(blob)
-    if name == PERGROUP_COMPRESSOR:
-        return _pergroup_decompress(bytes(blob[COMPRESSION_FRAME_HEADER_BYTES:]), stride)
-    _, decompress = COMPRESSORS[name]
+# The most bytes a model blob may decompress to when nothing tighter is known (a byte-shuffled stream
+# spreads its container header over the planes): far above any model near the 16 MB cap (their
+# containers are tens of MB), far below what a decompression bomb asks for.
+MAX_DECOMPRESSED_MODEL_BYTES = 1 << 30
+# zstd (and brotli before 1.2, which has no output limit) get their input in slices of this many bytes,
+# so one call overshoots a limit by at most what such a slice expands to (zstd: 8 MiB).
+BOUNDED_INPUT_SLICE_BYTES = 256
+
+
+def _sliced_decompress(feed: Callable[[bytes], bytes], finished: Callable[[], bool], payload: bytes,
+                       limit: int) -> tuple[bytes, bool]:
+    """Feed ``payload`` slice by slice until the stream ends or the output passes ``limit``."""
+    pieces, produced = [], 0
+    for start in range(0, len(payload), BOUNDED_INPUT_SLICE_BYTES):
+        if finished():
+            raise ArtifactError("the compressed stream is followed by stray bytes.")
+        pieces.append(feed(payload[start:start + BOUNDED_INPUT_SLICE_BYTES]))
+        produced += len(pieces[-1])
+        if produced > limit:
+            break
+    return b"".join(pieces), finished()
+
+
+def _zlib_decompress_bounded(payload: bytes, limit: int) -> tuple[bytes, bool]:
+    decompressor = zlib.decompressobj()
+    output = decompressor.decompress(payload, limit + 1)
+    if decompressor.eof and decompressor.unused_data:
+        raise ArtifactError("zlib stream is followed by stray bytes.")
+    return output, decompressor.eof
+
+
+def _lzma_decompress_bounded(payload: bytes, limit: int) -> tuple[bytes, bool]:
+    decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    output = decompressor.decompress(payload, max_length=limit + 1)
+    if decompressor.eof and decompressor.unused_data:
+        raise ArtifactError("xz stream is followed by stray bytes.")
+    return output, decompressor.eof
+
+
+def _brotli_decompress_bounded(payload: bytes, limit: int) -> tuple[bytes, bool]:
+    decompressor = _brotli_module_or_error().Decompressor()
     try:
-        data = decompress(bytes(blob[COMPRESSION_FRAME_HEADER_BYTES:]))
+        output = decompressor.process(payload, output_buffer_limit=limit + 1)
+    except TypeError:  # brotli < 1.2: no output limit, so the input goes in slices
+        return _sliced_decompress(decompressor.process, decompressor.is_finished, payload, limit)
+    return output, decompressor.is_finished()
+
+
+def _zstd_decompress_bounded(payload: bytes, limit: int) -> tuple[bytes, bool]:
+    decompressor = _zstandard_module_or_error().ZstdDecompressor().decompressobj()
+    output, finished = _sliced_decompress(decompressor.decompress, lambda: decompressor.eof, payload, limit)
+    if finished and decompressor.unused_data:
+        raise ArtifactError("zstd stream is followed by stray bytes.")
+    return output, finished
+
+
+# Each stream compressor's decompression that stops once the output passes a limit:
+# (payload, limit) -> (at most about limit + 1 bytes, whether the stream ended there).
+BOUNDED_DECOMPRESSORS: dict[str, Callable[[bytes, int], tuple[bytes, bool]]] = {
+    "zlib": _zlib_decompress_bounded, "lzma": _lzma_decompress_bounded,
+    "brotli": _brotli_decompress_bounded, "zstd": _zstd_decompress_bounded,
+}
+
+
+def _bounded_stream(name: str, payload: bytes, limit: int) -> tuple[bytes, bool]:
+    try:
+        return BOUNDED_DECOMPRESSORS[name](payload, limit)
     except PgolfError:
         raise
     except Exception as error:  # each library has its own error type; all mean "damaged stream"
@@ -252,6 +428,51 @@ def decompress_model_bytes(blob: bytes) -> bytes:
             f"could not decompress the {name} stream of the model blob ({type(error).__name__}: {error}); "
             "the file is truncated or damaged. Re-create or re-copy it."
         ) from None
+
+
+def _declared_stream_bytes(name: str, payload: bytes, limit: int) -> int:
+    """What an unshuffled stream holding a tensor container declares it decompresses to (read from the
+    first bytes only), refused when over ``limit``; ``limit`` itself for a stream of other bytes."""
+    head, _ = _bounded_stream(name, payload, CONTAINER_PREFIX_BYTES)
+    if len(head) < CONTAINER_PREFIX_BYTES or head[:len(TENSOR_CONTAINER_MAGIC)] != TENSOR_CONTAINER_MAGIC:
+        return limit
+    header_end = container_header_end(head[:CONTAINER_PREFIX_BYTES])
+    if header_end > limit:
+        raise ArtifactError(f"the model blob's container declares a {header_end:,}-byte header, more than the "
+                            f"{limit:,} bytes a model blob may decompress to; the file is damaged or a decompression "
+                            "bomb. Refused before decompressing it.")
+    head, _ = _bounded_stream(name, payload, header_end)
+    declared = declared_container_bytes(head[:header_end])
+    if declared > limit:
+        raise ArtifactError(f"the model blob's container declares {declared:,} bytes, more than the {limit:,} a "
+                            "model blob may decompress to; the file is damaged or a decompression bomb. Refused "
+                            "before decompressing its tensors.")
+    return declared
+
+
+def decompress_model_bytes(blob: bytes, max_bytes: int = MAX_DECOMPRESSED_MODEL_BYTES) -> bytes:
+    """Invert :func:`compress_model_bytes`; damaged or truncated input raises ArtifactError.
+
+    Decompression never produces much more than it may: a stream holding a tensor container stops at
+    the size its header declares, any other stream at ``max_bytes``; more is refused as damage (or a
+    decompression bomb) without ever holding the rest in memory."""
+    name, stride = describe_compressed_blob(blob)
+    payload = bytes(blob[COMPRESSION_FRAME_HEADER_BYTES:])
+    if name in (PERGROUP_COMPRESSOR, PERGROUP_LRZIP_COMPRESSOR):
+        return _pergroup_decompress(payload, stride, lrzip=name == PERGROUP_LRZIP_COMPRESSOR, max_bytes=max_bytes)
+    if name not in BOUNDED_DECOMPRESSORS:
+        raise ArtifactError(f"model blob compressor {name!r} has no bounded decompression; the file is corrupt.")
+    limit = max_bytes + len(BYTE_SHUFFLE_MAGIC) + 1 if stride else _declared_stream_bytes(name, payload, max_bytes)
+    data, finished = _bounded_stream(name, payload, limit)
+    if len(data) > limit:
+        source = "pgolf's limit for a model blob" if stride else "what its container header declares"
+        allowed = max_bytes if stride else limit  # a shuffled stream also holds its 5-byte shuffle prefix
+        raise ArtifactError(f"the {name} stream of the model blob decompresses to more than {allowed:,} bytes "
+                            f"({source}); the file is damaged or a decompression bomb. Refused before decompressing "
+                            "the rest.")
+    if not finished:
+        raise ArtifactError(f"the {name} stream of the model blob is truncated (it ends before its end marker); "
+                            "re-create or re-copy the file.")
     if not stride:
         return data
     # The frame and the shuffled data both record the stride; disagreement means a damaged frame.

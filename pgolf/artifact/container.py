@@ -195,6 +195,35 @@ def _tensor_from_raw_bytes(raw: bytes, dtype: torch.dtype, shape: tuple, name: s
     return as_bytes.view(dtype).reshape(shape)
 
 
+CONTAINER_PREFIX_BYTES = _CONTAINER_PREFIX.size
+
+
+def container_header_end(prefix: bytes) -> int:
+    """Where the header ends in a container that starts with ``prefix`` (its first CONTAINER_PREFIX_BYTES)."""
+    if len(prefix) < _CONTAINER_PREFIX.size or prefix[:len(TENSOR_CONTAINER_MAGIC)] != TENSOR_CONTAINER_MAGIC:
+        raise ArtifactError("not the start of a pgolf tensor container (magic or prefix missing); the data is corrupt.")
+    _, _, header_length, _ = _CONTAINER_PREFIX.unpack_from(prefix)
+    return _CONTAINER_PREFIX.size + header_length
+
+
+def declared_container_bytes(head: bytes) -> int:
+    """The size a container declares for itself, from ``head`` (its prefix and header; the payload may be
+    absent): prefix + header + every tensor's ``nbytes``. A reader bounds decompression by it before a
+    payload byte is produced (a decompression bomb declares less than it holds, or too much to accept)."""
+    header_end = container_header_end(head)
+    if len(head) < header_end:
+        raise ArtifactError(f"tensor container is truncated inside its header ({len(head)} of {header_end} bytes); "
+                            "re-create or re-copy the artifact.")
+    entries, _ = _parse_container_header(head[_CONTAINER_PREFIX.size:header_end])
+    payload = 0
+    for entry in entries:
+        nbytes = entry.get("nbytes") if isinstance(entry, dict) else None
+        if not _is_plain_int(nbytes) or nbytes < 0:
+            raise ArtifactError(f"tensor container entry {entry!r:.80} has no valid 'nbytes'; the data is corrupt.")
+        payload += nbytes
+    return header_end + payload
+
+
 def unpack_tensor_container(data: bytes) -> tuple[dict[str, torch.Tensor], dict]:
     """Parse container bytes into (name -> tensor, meta). Never executes code from the data."""
     _require_little_endian_host()

@@ -209,6 +209,24 @@ def _pergroup_unpack_group(stream: bytes, group: dict, residual: dict, out: dict
                             "the artifact is corrupt.")
 
 
+def pergroup_stream_sizes(residual: bytes, stream_count: int) -> list[int]:
+    """The size of each role stream as the residual container's manifest declares it (rows x cols of
+    every matrix in the group): what each stream may decompress to, known before it is decompressed."""
+    _, meta = unpack_tensor_container(residual)
+    manifest = _pergroup_manifest(meta, stream_count)
+    sizes = []
+    for group in manifest["groups"]:
+        try:
+            shapes = [(entry[1], entry[2]) for entry in group["tensors"]]
+        except (TypeError, KeyError, IndexError):
+            shapes = None
+        if shapes is None or not all(isinstance(dim, int) and dim >= 0 for shape in shapes for dim in shape):
+            raise ArtifactError(f"pergroup: the manifest entry of group {group!r:.80} is malformed; the artifact is "
+                                "corrupt.")
+        sizes.append(sum(rows * cols for rows, cols in shapes))
+    return sizes
+
+
 def join_container_streams(streams: list[bytes]) -> bytes:
     """Rebuild the original container from the raw streams of :func:`split_container_by_role`."""
     if not streams:

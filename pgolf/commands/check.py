@@ -11,7 +11,10 @@ Each check runs the run's own code path on its own artifact and validation data:
    any score of the next one (not applicable otherwise: attention crosses documents by design);
 6. validation isolation: every training loader refuses validation shards, and the run's training and
    validation files are disjoint by path and content;
-7. byte accounting: counted bytes == UTF-8 length of the decoded text, document by document;
+7. byte accounting: counted bytes == UTF-8 length of the decoded text, document by document (with
+   byte sidecars, CaseOps: the sidecar's bytes == the decoded and inverse-transformed text's; sidecars
+   of the ``original`` convention count raw documents, which a run does not have: documents whose
+   count differs from the decoded text are skipped and counted in the receipt);
 8. budgets: training (with GPTQ calibration) and evaluation time against their caps.
 
 The receipt goes to ``RUN_DIR/check.json`` (``check_2.json``, ... if one exists: never overwritten).
@@ -28,8 +31,10 @@ import torch
 
 from pgolf.commands.configuration import load_run_dir_config
 from pgolf.config import Config, parse_cli_overrides
+from pgolf.data.caseops import CASEOPS_BYTES_ORIGINAL, decode_caseops, is_caseops_tokenizer
 from pgolf.data.loader import assert_disjoint_splits
 from pgolf.data.tokenizer import load_sentencepiece
+from pgolf.data.val_bytes import TARGET_BYTES_FROM_SIDECARS, dataset_byte_convention
 from pgolf.errors import PgolfError
 from pgolf.eval.compliance import (ComplianceResult, check_byte_accounting, check_causality,
                                    check_input_document_isolation, check_model_document_isolation,
@@ -37,10 +42,11 @@ from pgolf.eval.compliance import (ComplianceResult, check_byte_accounting, chec
 from pgolf.eval.phases import evaluation_window
 from pgolf.eval.ttt import TTTObserver, evaluate_ttt_bpb
 from pgolf.eval.ttt_lora import document_spans, evaluate_lora_ttt_bpb
-from pgolf.fsutil import write_text_atomic
+from pgolf.fsutil import require_writable_directory, write_text_atomic
 from pgolf.data.run_data import TRAIN_LOADERS, prepare_validation_data
 from pgolf.quant.model_artifact import load_artifact_into_fresh_model
 from pgolf.runtime import Runtime
+from pgolf.train.resume import read_json_file
 
 CHECK_BYTE_AUDIT_TOKENS = 1 << 20
 CHECK_NORMALIZATION_TOKENS = 16
@@ -56,25 +62,27 @@ def load_run(run_dir: Path, overrides: list[str]) -> tuple[Config, dict]:
         if not path.is_file():
             raise PgolfError(f"{path} not found; RUN_DIR must be a finished run written by `pgolf train`.")
     cfg = load_run_dir_config(run_dir, parse_cli_overrides(overrides))
-    return cfg, json.loads(report_path.read_text())
+    return cfg, read_json_file(report_path, "restore it from a copy of the run")
 
 
 def find_artifact(run_dir: Path, report: dict) -> Path:
-    """The artifact the run wrote: named in the report, else the single ``artifact/final_model.*.ptz``."""
-    named = report.get("artifact_path")
-    if named and Path(named).is_file():
-        return Path(named)
+    """The artifact inside ``run_dir``: the file the report names, looked up in ``run_dir/artifact/`` (the
+    report's ``artifact_path`` is where the run wrote it, another directory once the run is copied or
+    moved), else the single ``artifact/final_model.*.ptz``."""
+    name = report.get("artifact_file") or Path(str(report.get("artifact_path") or "")).name
+    if name and (run_dir / "artifact" / name).is_file():
+        return run_dir / "artifact" / name
     found = sorted((run_dir / "artifact").glob("final_model.*.ptz"))
     if len(found) != 1:
         raise PgolfError(f"expected one artifact/final_model.*.ptz in {run_dir}, found {len(found)}.")
     return found[0]
 
 
-def check_score_first_ttt(cfg: Config, model_factory, val_tokens: torch.Tensor, byte_tables,
+def check_score_first_ttt(cfg: Config, model_factory, val_tokens: torch.Tensor, target_bytes,
                           runtime: Runtime) -> ComplianceResult:
     """Run the run's TTT mode on a validation prefix of a few chunks and check its record."""
     if cfg.ttt.ttt_mode == "lora":
-        return check_score_first_lora_ttt(cfg, model_factory, val_tokens, byte_tables, runtime)
+        return check_score_first_lora_ttt(cfg, model_factory, val_tokens, target_bytes, runtime)
     window = evaluation_window(cfg)
     available = val_tokens.numel() - 1
     chunk = max(window, min(cfg.ttt.ttt_chunk_tokens, available // CHECK_TTT_CHUNKS))
@@ -82,14 +90,14 @@ def check_score_first_ttt(cfg: Config, model_factory, val_tokens: torch.Tensor, 
     ttt_cfg = dataclasses.replace(cfg.ttt, ttt_chunk_tokens=chunk, ttt_epochs=1)
     observer = TTTObserver()
     evaluate_ttt_bpb(model_factory(), prefix, ttt_cfg, window=window, stride=cfg.eval.eval_stride,
-                     batch_windows=cfg.eval.eval_batch_windows, byte_tables=byte_tables, runtime=runtime,
+                     batch_windows=cfg.eval.eval_batch_windows, target_bytes=target_bytes, runtime=runtime,
                      observer=observer)
     result = check_score_before_update(observer, prefix.numel() - 1)
     result.details.append(f"{prefix.numel() - 1} targets in {CHECK_TTT_CHUNKS} chunks of {chunk}")
     return result
 
 
-def check_score_first_lora_ttt(cfg: Config, model_factory, val_tokens: torch.Tensor, byte_tables,
+def check_score_first_lora_ttt(cfg: Config, model_factory, val_tokens: torch.Tensor, target_bytes,
                                runtime: Runtime) -> ComplianceResult:
     """Batched LoRA TTT, with the run's phases, on a validation prefix of a few windows: batches and
     phase sizes shrunk so that several batches run and every phase fires inside the prefix."""
@@ -103,7 +111,7 @@ def check_score_first_lora_ttt(cfg: Config, model_factory, val_tokens: torch.Ten
         ttt_phase_prefix_docs=max(1, min(cfg.ttt.ttt_phase_prefix_docs, num_documents // 2)))
     observer = TTTObserver()
     evaluate_lora_ttt_bpb(model_factory(), prefix, ttt_cfg, window=window, bos_id=cfg.model.bos_token_id,
-                          byte_tables=byte_tables, runtime=runtime, observer=observer)
+                          target_bytes=target_bytes, runtime=runtime, observer=observer)
     result = check_score_before_update(observer, prefix.numel() - 1)
     phase_steps = sum(kind == "phase_train" for kind, _ in observer.events)
     result.details.append(f"LoRA TTT: {prefix.numel() - 1} targets, {num_documents} documents in batches of "
@@ -126,6 +134,31 @@ def span_around_a_document_start(tokens: torch.Tensor, bos: int, length: int) ->
     middle = int(starts[0]) if starts.numel() else length // 2
     begin = max(0, middle - length // 2)
     return head[begin: begin + length]
+
+
+def audit_decoder(sp, data):
+    """ids -> the text the evaluator's bytes must measure: the decoded text, and with byte sidecars from
+    a CaseOps tokenizer the decoded text with the case transform undone (the original text)."""
+    if data.target_bytes.source == TARGET_BYTES_FROM_SIDECARS and is_caseops_tokenizer(sp):
+        return lambda ids: decode_caseops(sp.decode(ids), strict=False)
+    return sp.decode
+
+
+def audit_byte_accounting(sp, data, bos: int) -> ComplianceResult:
+    """The byte audit against the rule the dataset's bytes follow: byte tables, or byte sidecars of the
+    convention its manifest names. ``decoded`` (the challenge's): every document's count is its decoded
+    text's bytes, whatever the normaliser removed from the raw text. ``original`` (raw-document bytes):
+    the run has no raw documents, so documents whose count differs from the decoded text are skipped and
+    counted in the receipt, and the rest are audited."""
+    convention, named = (dataset_byte_convention(data.val_files[0].parent)
+                         if data.target_bytes.source == TARGET_BYTES_FROM_SIDECARS else (None, False))
+    result = check_byte_accounting(data.tokens[:CHECK_BYTE_AUDIT_TOKENS].to(torch.int64), audit_decoder(sp, data),
+                                   data.target_bytes, bos, raw_document_bytes=convention == CASEOPS_BYTES_ORIGINAL)
+    if convention is not None:
+        result.details.append(f"byte convention {convention!r} " + ("(the dataset's manifest)" if named else
+                                                                   "(the manifest names none: taken as the "
+                                                                   "challenge's, the record's)"))
+    return result
 
 
 def check_budgets(cfg: Config, report: dict) -> ComplianceResult:
@@ -160,13 +193,13 @@ def run_checks(run_dir: Path, overrides: list[str]) -> dict:
     validation = check_validation_refused(TRAIN_LOADERS, data.val_files, cfg.model.vocab_size)
     validation.details.append(f"{len(data.train_files)} training and {len(data.val_files)} validation files disjoint")
     results = [
-        check_score_first_ttt(cfg, lambda: copy.deepcopy(model), data.tokens, data.byte_tables, runtime),
+        check_score_first_ttt(cfg, lambda: copy.deepcopy(model), data.tokens, data.target_bytes, runtime),
         check_causality(model, sample, cut=window // 2),
         check_normalization(model, data.tokens[:CHECK_NORMALIZATION_TOKENS].to(torch.int64)),
         check_input_document_isolation(model, boundary_span, bos),
         check_document_isolation_of_scores(cfg, model, boundary_span, bos),
         validation,
-        check_byte_accounting(data.tokens[:CHECK_BYTE_AUDIT_TOKENS].to(torch.int64), sp.decode, data.byte_tables, bos),
+        audit_byte_accounting(sp, data, bos),
         check_budgets(cfg, report),
     ]
     return {"run_dir": str(run_dir), "artifact": str(artifact), "checked_at": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -185,6 +218,7 @@ def write_receipt(run_dir: Path, receipt: dict) -> Path:
 def run_check_command(args: argparse.Namespace) -> int:
     """``pgolf check RUN_DIR``: print each check, write the receipt, exit 1 on any failure."""
     run_dir = Path(args.run_dir)
+    require_writable_directory(run_dir, "the receipt check.json", may_create=False)  # before the checks
     receipt = run_checks(run_dir, args.overrides)
     receipt_path = write_receipt(run_dir, receipt)
     if args.json:

@@ -13,18 +13,17 @@ Commands (``pgolf.commands``), experiments (``pgolf.exp``) and benchmarks use th
 script resolves its baked configuration itself.
 """
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pgolf.config import (Config, apply_config_overrides, config_from_dict, environment_overrides,
+from pgolf.config import (Config, apply_config_overrides, environment_overrides,
                           parse_cli_overrides, validate_config)
 from pgolf.data.corpus import DEFAULT_CORPUS_VOCAB_SIZE, ensure_default_dataset
 from pgolf.dist import is_main_process
 from pgolf.errors import ConfigError, PgolfError
 from pgolf.presets import DEFAULT_PRESET, PRESETS, preset_config
-from pgolf.train.resume import MACHINE_FIELDS, resume_run_config
+from pgolf.train.resume import MACHINE_FIELDS, read_config_file, resume_run_config
 
 PRESET_ENV_VAR = "PGOLF_PRESET"
 
@@ -85,7 +84,7 @@ def require_run_config(run_dir: Path) -> Path:
 def load_run_dir_config(run_dir: Path, overrides: Mapping[str, str]) -> Config:
     """A finished run's ``config.json`` with (already parsed and checked) ``KEY=value`` overrides applied.
     Not validated: the commands that run the configuration validate it themselves."""
-    cfg = config_from_dict(json.loads(require_run_config(run_dir).read_text()))
+    cfg = read_config_file(require_run_config(run_dir))
     cfg = apply_config_overrides(cfg, machine_settings(), source="environment")
     return apply_config_overrides(cfg, overrides, source="command line")
 

@@ -10,10 +10,11 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pgolf.commands.data_fineweb import (FINEWEB_DEFAULT_PREFIX, FINEWEB_DEFAULT_REPO_ID, FINEWEB_PREFIX_ENV,
-                                         FINEWEB_REPO_ENV, HubClient, download_fineweb)
-from pgolf.data.dataset import (DATA_TOOLS_SPLITS, DatasetCheck, build_dataset, dataset_stats, iter_jsonl_documents,
-                                iter_text_file_documents, verify_dataset)
+from pgolf.commands.data_fineweb import (FINEWEB_DEFAULT_PREFIX, FINEWEB_PREFIX_ENV, FINEWEB_REPO_ENV, HubClient,
+                                         download_fineweb, fineweb_default_repo)
+from pgolf.data.dataset import (CASEOPS_CONVENTION_MEANINGS, DATA_TOOLS_SPLITS, DatasetCheck, build_dataset,
+                                dataset_stats, iter_jsonl_documents, iter_text_file_documents, verify_dataset)
+from pgolf.data.val_bytes import TARGET_BYTES_FROM_SIDECARS
 from pgolf.errors import DataError
 
 # --------------------------------------------------------------------------- fineweb
@@ -21,8 +22,9 @@ from pgolf.errors import DataError
 
 def fineweb_client(args: argparse.Namespace) -> HubClient:
     """The hub client ``--repo-id``/``--prefix`` ask for; without them, the challenge's download
-    script's environment variables, then the defaults."""
-    repo_id = args.repo_id or os.environ.get(FINEWEB_REPO_ENV) or FINEWEB_DEFAULT_REPO_ID
+    script's environment variables, then the defaults (the repository that holds the variant:
+    ``sp8192_caseops`` is in romeerp/parameter-golf-caseops-v1)."""
+    repo_id = args.repo_id or os.environ.get(FINEWEB_REPO_ENV) or fineweb_default_repo(args.variant)
     prefix = args.prefix if args.prefix is not None else os.environ.get(FINEWEB_PREFIX_ENV, FINEWEB_DEFAULT_PREFIX)
     return HubClient(repo_id, prefix=prefix, endpoint=args.endpoint, cache_dir=args.cache_dir, revision=args.revision)
 
@@ -35,7 +37,8 @@ def command_data_fineweb(args: argparse.Namespace) -> int:
     print(f"fineweb {args.variant} from {client.repo_id}: fetched {len(result.fetched)} files "
           f"({result.fetched_bytes / 1e6:,.1f} MB), {len(result.already_present)} already present, "
           f"{result.seconds:.1f}s")
-    bytes_text = f", {val['bytes']:,} bytes (the BPB denominator)" if val["bytes"] is not None else ""
+    source = " from the byte sidecars" if val.get("bytes_source") == TARGET_BYTES_FROM_SIDECARS else ""
+    bytes_text = f", {val['bytes']:,} bytes{source} (the BPB denominator)" if val["bytes"] is not None else ""
     print(f"validation: {val['tokens']:,} tokens, {val['documents']:,} documents{bytes_text}")
     print(f"dataset:   {result.dataset_path}")
     print(f"tokenizer: {result.tokenizer_path}")
@@ -64,7 +67,8 @@ def command_data_build(args: argparse.Namespace) -> int:
     documents, default_name = document_source(args.docs, args.text)
     given_tokenizer = args.tokenizer is not None
     result = build_dataset(documents, args.vocab_size, args.out, name=args.name or default_name,
-                           tokenizer_path=args.tokenizer, num_val_docs=args.num_val_docs, num_workers=args.workers)
+                           tokenizer_path=args.tokenizer, num_val_docs=args.num_val_docs, num_workers=args.workers,
+                           caseops=args.caseops, caseops_bytes=args.caseops_bytes)
     stats = result["stats"]
     print(f"tokenizer: {result['tokenizer_path']}" + (" (given)" if given_tokenizer else
                                                        f" (trained in {result['tokenizer_seconds']:.1f}s)"))
@@ -72,6 +76,10 @@ def command_data_build(args: argparse.Namespace) -> int:
     for split in DATA_TOOLS_SPLITS:
         print(f"  {split:<5} docs {stats['docs_' + split]:>10,}  tokens {stats['tokens_' + split]:>14,}  "
               f"shards {stats['files_' + split]}")
+    if "val_original_bytes" in stats:
+        convention = result["val_bytes_convention"]
+        print(f"  byte sidecars: fineweb_val_bytes_*.bin, {stats['val_original_bytes']:,} bytes of validation text "
+              f"(CaseOps), byte convention {convention!r}: {CASEOPS_CONVENTION_MEANINGS[convention]}")
     return 0
 
 
@@ -86,7 +94,15 @@ def format_dataset_stats(stats: dict) -> str:
         if row["bytes"] is not None:
             per_token = row["bytes_per_target_token"] or 0.0
             text += f"  bytes {row['bytes']:>15,}  bytes/token {per_token:.4f}"
+        if row["transformed_bytes"] is not None:
+            original = ("case transform undone" if row["bytes"] is not None else
+                        "no byte sidecars: the bytes with the case transform undone are unknown")
+            text += f"  ({original}; the transformed text has {row['transformed_bytes']:,} bytes)"
         lines.append(text)
+    convention = stats.get("val_bytes_convention")
+    if convention is not None:
+        source = "" if stats.get("val_bytes_convention_named") else " (the manifest names none: taken as the record's)"
+        lines.append(f"byte sidecars: convention {convention!r}{source}: {CASEOPS_CONVENTION_MEANINGS[convention]}")
     return "\n".join(lines)
 
 
@@ -111,7 +127,7 @@ def format_dataset_check(check: DatasetCheck, data_dir) -> str:
 
 def command_data_verify(args: argparse.Namespace) -> int:
     """``pgolf data verify``: exit status 1 when any problem was found."""
-    check = verify_dataset(args.data_dir, args.tokenizer, args.vocab_size)
+    check = verify_dataset(args.data_dir, args.tokenizer, args.vocab_size, docs_path=args.docs)
     print(format_dataset_check(check, args.data_dir))
     return 0 if check.ok else 1
 

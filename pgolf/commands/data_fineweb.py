@@ -2,8 +2,8 @@
 
 The hub repository holds a ``manifest.json`` (SPEC 1.1, 1.3) naming every dataset variant with its
 shard counts and tokenizer files. This module reads it, plans the files a variant needs (ALL
-validation shards, the FIRST N training shards, the tokenizer files), and fetches only what is not
-already present and sound locally. Every fetched file is checked before it is accepted:
+validation shards with their byte sidecars when the variant has them (CaseOps), the FIRST N training
+shards, the tokenizer files), and fetches only what is not already present and sound locally. Every fetched file is checked before it is accepted:
 
 * shards: header magic and version, and file size == 1024 + 2 x declared tokens;
 * tokenizer models: SentencePiece loads them and their vocabulary equals the manifest's;
@@ -28,9 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pgolf.data.caseops import CASEOPS_BYTE_CONVENTION_KEY, CASEOPS_BYTES_DECODED
 from pgolf.data.dataset import dataset_split_stats
 from pgolf.data.shards import read_shard_header
 from pgolf.data.tokenizer import load_sentencepiece
+from pgolf.data.tokenizer_match import file_sha256
+from pgolf.data.val_bytes import VAL_SIDECAR_PREFIX
 from pgolf.errors import DataError, PgolfError
 from pgolf.fsutil import write_text_atomic
 from pgolf.log import ProgressBar
@@ -50,16 +53,33 @@ FINEWEB_DEFAULT_TRAIN_SHARDS = 80
 FINEWEB_MANIFEST_NAME = "manifest.json"
 # Marks the dataset-folder manifest this module writes, so it is never confused with a user's file.
 FINEWEB_MANIFEST_MARK = "pgolf_fineweb"
-# Repositories known to hold variants other than the default's sp1024 (SPEC 1.1).
+FINEWEB_CASEOPS_REPO_ID = "romeerp/parameter-golf-caseops-v1"
+FINEWEB_CASEOPS_VARIANT = "sp8192_lossless_caps_caseops_v1_reserved"
+# Short names for variants whose hub name is long.
+FINEWEB_VARIANT_ALIASES = {"sp8192_caseops": FINEWEB_CASEOPS_VARIANT}
+# Repositories known to hold variants other than the default's sp1024 (SPEC 1.1): the default
+# repository of a variant when neither --repo-id nor $MATCHED_FINEWEB_REPO_ID names one.
 FINEWEB_KNOWN_REPOS = {"sp1024": "willdepueoai/parameter-golf", "sp4096": "kevclark/parameter-golf",
-                       "sp8192": "kevclark/parameter-golf"}
+                       "sp8192": "kevclark/parameter-golf", FINEWEB_CASEOPS_VARIANT: FINEWEB_CASEOPS_REPO_ID}
+
+
+def fineweb_variant_name(variant: str) -> str:
+    """The hub's name of ``variant`` (``sp8192_caseops`` -> ``sp8192_lossless_caps_caseops_v1_reserved``)."""
+    return FINEWEB_VARIANT_ALIASES.get(variant, variant)
+
+
+def fineweb_default_repo(variant: str) -> str:
+    """The repository that holds ``variant`` (the challenge's for unknown ones)."""
+    return FINEWEB_KNOWN_REPOS.get(fineweb_variant_name(variant), FINEWEB_DEFAULT_REPO_ID)
 
 
 def fineweb_dataset_dir(variant: str) -> str:
-    """``byte260`` -> ``fineweb10B_byte260``; ``sp<suffix>`` -> ``fineweb10B_sp<suffix>``."""
+    """``byte260`` -> ``fineweb10B_byte260``; ``sp<suffix>`` -> ``fineweb10B_sp<suffix>`` (aliases resolved)."""
+    variant = fineweb_variant_name(variant)
     if variant == "byte260" or re.fullmatch(r"sp[A-Za-z0-9_]+", variant):
         return f"fineweb10B_{variant}"
-    raise DataError(f"unknown FineWeb variant {variant!r}; use byte260 or sp<vocab>, e.g. sp1024, sp4096, sp8192.")
+    raise DataError(f"unknown FineWeb variant {variant!r}; use byte260 or sp<vocab>, e.g. sp1024, sp4096, sp8192, "
+                    "sp8192_caseops.")
 
 
 @dataclass(frozen=True)
@@ -67,7 +87,7 @@ class RemoteFile:
     """One file of the plan: ``path`` is relative to the remote prefix and to the local output folder."""
 
     path: str
-    kind: str  # "shard", "tokenizer" (a SentencePiece model) or "other"
+    kind: str  # "shard" (token shards and byte sidecars), "tokenizer" (a SentencePiece model) or "other"
 
 
 @dataclass
@@ -89,13 +109,15 @@ def _manifest_tokenizer_entry(manifest: dict, name: str | None) -> dict:
 
 
 def plan_fineweb_download(manifest: dict, variant: str, train_shards: int) -> FinewebPlan:
-    """The files for ``variant``: all validation shards, the first ``train_shards`` training shards
-    (a prefix of the same frozen shuffled export), then the tokenizer files."""
+    """The files for ``variant``: all validation shards (each followed by its byte sidecar when the
+    dataset has them: the manifest entry names ``val_bytes_glob``, or the variant is a CaseOps one), the
+    first ``train_shards`` training shards (a prefix of the same frozen shuffled export), then the
+    tokenizer files."""
     dataset_dir = fineweb_dataset_dir(variant)
     entries = [d for d in manifest.get("datasets") or [] if isinstance(d, dict) and d.get("name") == dataset_dir]
     if not entries:
         names = sorted(str(d.get("name")) for d in manifest.get("datasets") or [] if isinstance(d, dict))
-        known = FINEWEB_KNOWN_REPOS.get(variant)
+        known = FINEWEB_KNOWN_REPOS.get(fineweb_variant_name(variant))
         hint = f" The {variant} export lives in --repo-id {known}." if known else ""
         raise DataError(f"the hub manifest has no dataset {dataset_dir!r} (it has: {', '.join(names) or 'none'}).{hint}")
     entry = entries[0]
@@ -107,7 +129,9 @@ def plan_fineweb_download(manifest: dict, variant: str, train_shards: int) -> Fi
         raise DataError(f"--train-shards {train_shards} is more than the {files_train} training shards of {dataset_dir}; "
                         f"use a number from 0 to {files_train}.")
     folder = f"datasets/{dataset_dir}"
-    files = [RemoteFile(f"{folder}/fineweb_val_{i:06d}.bin", "shard") for i in range(files_val)]
+    sidecars = bool(entry.get("val_bytes_glob")) or "caseops" in dataset_dir
+    files = [RemoteFile(f"{folder}/{prefix}{i:06d}.bin", "shard") for i in range(files_val)
+             for prefix in (("fineweb_val_", VAL_SIDECAR_PREFIX) if sidecars else ("fineweb_val_",))]
     files += [RemoteFile(f"{folder}/fineweb_train_{i:06d}.bin", "shard") for i in range(train_shards)]
     tokenizer = _manifest_tokenizer_entry(manifest, entry.get("tokenizer_name"))
     for key in ("model_path", "vocab_path", "path"):
@@ -142,6 +166,13 @@ class HubClient:
         try:
             return Path(hf_hub_download(self.repo_id, name, repo_type="dataset", revision=self.revision,
                                         endpoint=self.endpoint, cache_dir=self.cache_dir, force_download=force))
+        except LocalEntryNotFoundError as exc:  # a subclass of EntryNotFoundError: test it first
+            where = self.endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+            offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0") else ""
+            raise DataError(f"the hub at {where} cannot be reached{offline}, so {name} from {self.repo_id} could not "
+                            "be fetched and is not in the local cache. Check the network connection (or HF_ENDPOINT / "
+                            "HF_HUB_OFFLINE, --endpoint); files already fetched are kept, so running the command "
+                            "again resumes. --skip-manifest re-checks a finished download offline.") from exc
         except EntryNotFoundError as exc:
             raise DataError(f"{name} is missing from the hub dataset {self.repo_id}: the manifest lists it but the "
                             "repository does not hold it. Check --repo-id/--variant, or report it to the "
@@ -149,7 +180,7 @@ class HubClient:
         except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
             raise DataError(f"hub dataset {self.repo_id} (revision {self.revision or 'main'}) was not found; "
                             f"check --repo-id (default {FINEWEB_DEFAULT_REPO_ID}) and --revision.") from exc
-        except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
+        except (HfHubHTTPError, OSError, ValueError) as exc:
             where = self.endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
             raise DataError(f"could not fetch {name} from {self.repo_id} at {where} ({type(exc).__name__}: {exc}). "
                             "Check the network (and HF_ENDPOINT / HF_HUB_OFFLINE); files already fetched are kept, "
@@ -265,9 +296,11 @@ def _load_manifest(client: HubClient, out: Path, dataset_dir: str, skip_manifest
 
 
 def _write_dataset_manifest(folder: Path, plan: FinewebPlan, manifest: dict, client: HubClient,
-                            train_shards: int) -> None:
-    """The dataset folder's manifest for ``pgolf data stats|verify``: the hub's entries with paths made
-    relative to the folder, and the training counts only when every training shard is present."""
+                            train_shards: int, tokenizer: Path | None) -> None:
+    """The dataset folder's manifest for ``pgolf data stats|verify`` and for runs: the hub's entries with
+    paths made relative to the folder, the training counts only when every training shard is present,
+    the fetched tokenizer's sha256 (runs refuse another tokenizer), and ``val_bytes_glob`` when the
+    validation shards have byte sidecars."""
     path = folder / FINEWEB_MANIFEST_NAME
     if path.exists():
         try:
@@ -283,11 +316,19 @@ def _write_dataset_manifest(folder: Path, plan: FinewebPlan, manifest: dict, cli
             stats.pop(key, None)
         stats["files_train"] = train_shards
     entry["stats"] = stats
-    tokenizer = {key: (os.path.join("..", "..", value) if key in ("model_path", "vocab_path", "path") and value else value)
-                 for key, value in plan.tokenizer_entry.items()}
+    if any(VAL_SIDECAR_PREFIX in f.path for f in plan.files):
+        entry["val_bytes_glob"] = f"{VAL_SIDECAR_PREFIX}*.bin"
+        # the published CaseOps export counts the decoded text's bytes (the challenge's convention)
+        entry.setdefault(CASEOPS_BYTE_CONVENTION_KEY, CASEOPS_BYTES_DECODED)
+    relative = ("model_path", "vocab_path", "path")
+    tokenizer_entry = {key: (os.path.join("..", "..", value) if key in relative and value else value)
+                       for key, value in plan.tokenizer_entry.items()}
+    if tokenizer is not None and tokenizer.is_file():
+        tokenizer_entry["sha256"] = file_sha256(tokenizer)
     local = {FINEWEB_MANIFEST_MARK: {"repo_id": client.repo_id, "prefix": client.prefix,
                                      "revision": client.revision, "train_shards": train_shards},
-             "num_val_docs": plan.num_val_docs, "datasets": [entry], "tokenizers": [tokenizer] if tokenizer else [],
+             "num_val_docs": plan.num_val_docs, "datasets": [entry],
+             "tokenizers": [tokenizer_entry] if tokenizer_entry else [],
              "hub_manifest": manifest}
     write_text_atomic(path, json.dumps(local, indent=2) + "\n", overwrite=True)
 
@@ -324,8 +365,8 @@ def download_fineweb(variant: str, train_shards: int, out: str | os.PathLike, cl
         bar.update(done + 1, f"{done + 1}/{len(plan.files)} files, {fetched_bytes / 1e6:,.0f} MB fetched")
     bar.close()
     folder = out / "datasets" / dataset_dir
-    _write_dataset_manifest(folder, plan, manifest, client, train_shards)
     tokenizer = next((out / f.path for f in plan.files if f.kind == "tokenizer"), None)
+    _write_dataset_manifest(folder, plan, manifest, client, train_shards, tokenizer)
     summary = _validation_summary(folder, tokenizer, plan.num_val_docs)
     return FinewebResult(folder, tokenizer, fetched, present, fetched_bytes, time.perf_counter() - started, summary,
                          int(vocab_size) if vocab_size else None)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from pgolf.artifact.compress import LRZIP_PROGRAM
 from pgolf.commands.configuration import configured_runs_dir
 from pgolf.config import ModelConfig
 from pgolf.model.attention import describe_attention_backend, load_flash_attn_3
@@ -197,7 +198,7 @@ def collect_doctor_report(*, quick: bool, runs_dir: str) -> dict:
         "platform": platform.platform(), "device": "cuda" if gpus else "cpu", "cpu_only": not gpus,
         "gpu_count": len(gpus), "gpus": gpus, "bf16": support["bf16"], "fp8": support["fp8"],
         "attention": attention_support(device), "compile": compile_support(device),
-        "compressors": compressor_support(), "cpu_count": os.cpu_count(),
+        "compressors": compressor_support(), "lrzip": shutil.which(LRZIP_PROGRAM), "cpu_count": os.cpu_count(),
         "runs_dir": runs_dir, "free_disk_gib": free_disk_gib(runs_dir),
         "expected": expected_figures(gpus[0]["name"]) if gpus else None,
         "probes": None if quick else run_probes(device, support["bf16"]),
@@ -265,7 +266,8 @@ def format_doctor_report(report: dict) -> str:
     lines.append(f"  attention: fa3 {yes(att['fa3'])}  sdpa_flash {yes(att['sdpa_flash'])}  sdpa_efficient "
                  f"{yes(att['sdpa_efficient'])}  sdpa_math {yes(att['sdpa_math'])}  -> {att['auto']}")
     lines.append(f"  compile: dynamo {yes(comp['dynamo'])}  triton {comp['triton'] or 'no'}")
-    lines.append("  compressors: " + "  ".join(f"{name} {version or 'MISSING'}" for name, version in report["compressors"].items()))
+    lines.append("  compressors: " + "  ".join(f"{name} {version or 'MISSING'}" for name, version in report["compressors"].items())
+                 + f"  lrzip program (COMPRESSOR=pergroup_lrzip): {report['lrzip'] or 'not installed'}")
     lines.append(f"  cpus: {report['cpu_count']}  free disk for {report['runs_dir']}: {report['free_disk_gib']} GiB")
     probes, expected = report["probes"], report["expected"]
     if probes:

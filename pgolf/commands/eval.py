@@ -22,7 +22,7 @@ from pgolf.config import Config, config_field_index, parse_cli_overrides, valida
 from pgolf.dist import DistContext, init_distributed, shutdown_distributed
 from pgolf.errors import ConfigError
 from pgolf.eval.phases import EvalPhase, evaluation_budget, extra_evaluation_phases, plain_evaluator, timed_phase
-from pgolf.fsutil import write_text_atomic
+from pgolf.fsutil import require_writable_directory, write_text_atomic
 from pgolf.data.run_data import prepare_validation_data
 from pgolf.quant.model_artifact import load_artifact_into_fresh_model
 
@@ -57,7 +57,7 @@ def evaluate_run(run_dir: Path, cfg: Config, ctx: DistContext) -> tuple[list[Eva
     model = load_artifact_into_fresh_model(artifact, cfg.model, ctx.runtime)
     evaluate = plain_evaluator(cfg, ctx, data)
     plain = timed_phase("quantized", ctx.runtime, lambda: evaluate(model))
-    extra = extra_evaluation_phases(cfg, ctx, data.tokens, data.byte_tables, model,
+    extra = extra_evaluation_phases(cfg, ctx, data.tokens, data.target_bytes, model,
                                     lambda: load_artifact_into_fresh_model(artifact, cfg.model, ctx.runtime))
     return [plain, *extra], artifact
 
@@ -98,6 +98,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
     """``pgolf eval``: evaluate, print, save under ``RUN_DIR/evals/``."""
     run_dir = Path(args.run_dir)
     cfg, overrides = load_eval_config(run_dir, args.overrides)
+    require_writable_directory(run_dir / "evals", "the evaluation result")  # before the evaluation
     ctx = init_distributed(cfg.run.pgolf_device).with_precision(cfg.train.autocast_dtype)
     phases, artifact = evaluate_run(run_dir, cfg, ctx)
     if ctx.is_main:

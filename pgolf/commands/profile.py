@@ -31,6 +31,8 @@ from pgolf.commands.configuration import fill_default_data, resolve_config
 from pgolf.config import Config
 from pgolf.data.shards import find_shards
 from pgolf.dist import DistContext, init_distributed
+from pgolf.errors import ConfigError
+from pgolf.fsutil import require_writable_directory
 from pgolf.model.gpt import GPT, build_model
 from pgolf.model.layers import CastedLinear
 from pgolf.optim.build import build_optimizers
@@ -38,6 +40,7 @@ from pgolf.data.run_data import build_train_loader
 from pgolf.runtime import Runtime, seed_everything
 from pgolf.train.instrument import nvtx_range
 from pgolf.train.loop import TrainingParts, run_training_step
+from pgolf.train.memory import check_training_fits_memory
 from pgolf.train.wrap import uses_sharded_muon, wrap_for_training
 
 TOP_OPS = 15
@@ -200,6 +203,7 @@ def run_steps(parts: TrainingParts, cfg: Config, ctx: DistContext, steps: int) -
 def profile_training(cfg: Config, *, steps: int, warmup: int, out_dir: Path) -> dict:
     """Warm up, profile ``steps`` steps into a Chrome trace, then time ``steps`` steps by phase."""
     ctx = init_distributed(cfg.run.pgolf_device).with_precision(cfg.train.autocast_dtype)
+    check_training_fits_memory(cfg, ctx.device)  # before the model is allocated
     parts = build_training_parts(cfg, ctx)
     instrumented = Instrumented(parts)
     parts.forward_model, parts.loader = instrumented, instrumented
@@ -249,11 +253,20 @@ def format_profile(result: dict) -> str:
     return "\n".join(lines)
 
 
+def check_profile_arguments(steps: int, warmup: int) -> None:
+    if steps < 1:
+        raise ConfigError(f"--steps {steps}: profile at least 1 step (default 5).")
+    if warmup < 0:
+        raise ConfigError(f"--warmup {warmup}: give 0 or more untimed steps (default 2).")
+
+
 def run_profile_command(args: argparse.Namespace) -> int:
     """Handler of ``pgolf profile``."""
+    warmup = getattr(args, "warmup", 2)
+    check_profile_arguments(args.steps, warmup)
     cfg, _, _ = resolve_config(args.preset, args.overrides)
+    require_writable_directory(args.output, "the profiler trace")  # before any step runs
     cfg = fill_default_data(cfg)
-    result = profile_training(cfg, steps=max(args.steps, 1), warmup=max(getattr(args, "warmup", 1), 0),
-                              out_dir=Path(args.output))
+    result = profile_training(cfg, steps=args.steps, warmup=warmup, out_dir=Path(args.output))
     print(json.dumps(result, indent=2) if args.json else format_profile(result))
     return 0

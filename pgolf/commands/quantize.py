@@ -30,7 +30,7 @@ from pgolf.config import (Config, apply_config_overrides, config_field_index, co
 from pgolf.dist import init_distributed
 from pgolf.errors import ArtifactError, ConfigError, PgolfError
 from pgolf.export.bundle import exported_code_bytes
-from pgolf.fsutil import write_text_atomic
+from pgolf.fsutil import require_writable_directory, write_text_atomic
 from pgolf.model.gpt import build_model
 from pgolf.quant.artifact_quant import quantize_for_artifact
 from pgolf.data.run_data import prepare_validation_data
@@ -38,6 +38,7 @@ from pgolf.eval.phases import plain_evaluator
 from pgolf.quant.calibration import collect_gptq_hessians
 from pgolf.quant.model_artifact import load_artifact_into_fresh_model, write_quantized_artifact
 from pgolf.runtime import Runtime
+from pgolf.train.resume import read_json_file
 from pgolf.train.run_directory import new_run_id
 
 try:  # the `plots` extra: without matplotlib the sweep still writes its table, only sweep.png is left out
@@ -99,7 +100,7 @@ def find_run_artifact(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     report_path = run_dir / "report.json"
     if report_path.is_file():
-        name = json.loads(report_path.read_text()).get("artifact_file")
+        name = read_json_file(report_path, "restore it from a copy of the run").get("artifact_file")
         if name and (run_dir / "artifact" / name).is_file():
             return run_dir / "artifact" / name
     found = sorted((run_dir / "artifact").glob("final_model.*.ptz"))
@@ -189,7 +190,7 @@ def original_run_fields(run_dir: Path) -> dict:
     report_path = run_dir / "report.json"
     if not report_path.is_file():
         return {}
-    report = json.loads(report_path.read_text())
+    report = read_json_file(report_path, "restore it from a copy of the run")
     keys = ("val_bpb", "val_bpb_prequant", "artifact_bytes", "code_bytes", "total_bytes", "artifact_file")
     return {f"run_{key}": report.get(key) for key in keys}
 
@@ -197,7 +198,9 @@ def original_run_fields(run_dir: Path) -> dict:
 def run_preset_name(run_dir: Path) -> str:
     """The preset the run was started from (its report.json), else ``custom``."""
     report_path = run_dir / "report.json"
-    return json.loads(report_path.read_text()).get("preset", "custom") if report_path.is_file() else "custom"
+    if not report_path.is_file():
+        return "custom"
+    return read_json_file(report_path, "restore it from a copy of the run").get("preset", "custom")
 
 
 def code_bytes_of(run_dir: Path, cfg: Config) -> int:
@@ -210,6 +213,7 @@ def code_bytes_of(run_dir: Path, cfg: Config) -> int:
 def quantize_run(run_dir: Path, overrides: dict[str, str], *, name: str | None = None, echo: bool = True) -> dict:
     """Re-quantize a run into ``RUN_DIR/quantize/<name>/``, round-trip it and report; returns the report."""
     log = ToolLog(echo)
+    require_writable_directory(run_dir / "quantize", "the new artifact")  # before any work
     session = open_session(run_dir, overrides, log)
     cfg = session.cfg
     out_dir = new_output_dir(run_dir, name)
@@ -335,6 +339,7 @@ def write_sweep_files(out_dir: Path, rows: list[dict], summary: dict) -> list[st
 def sweep_run(run_dir: Path, overrides: dict[str, str], *, name: str | None = None, echo: bool = True) -> dict:
     """The rate-distortion table of a run; saved under ``RUN_DIR/quantize/<name>/``; returns the summary."""
     log = ToolLog(echo)
+    require_writable_directory(run_dir / "quantize", "the sweep's table")  # before any work
     session = open_session(run_dir, overrides, log)
     out_dir = new_output_dir(run_dir, name, prefix="sweep_")
     compressors = available_model_compressor_names()

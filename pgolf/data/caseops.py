@@ -15,19 +15,26 @@ letters (``[A-Za-z]+``); everything else, non-ASCII letters included, passes thr
 
 Decoding undoes exactly that, so ``decode_caseops(encode_caseops(t)) == t`` for every string ``t``.
 
-The byte sidecar gives, per token of a transformed document, how many bytes of the ORIGINAL text it
-stands for. Bits per byte must divide by the original text's bytes: the operators are extra characters
-the transform invented (charging them would flatter the score), and an escaped literal operator is
-three real bytes. Two ways to compute it:
+The byte sidecar gives, per token of a transformed document, how many bytes of text with the case
+transform undone it stands for: the operators are extra characters the transform invented (charging
+them would flatter the score), and an escaped literal operator is three real bytes. Which text is a
+choice, the dataset's byte convention (``CASEOPS_BYTE_CONVENTIONS``, recorded in its manifest):
 
-* :func:`caseops_original_byte_counts` reads only token ids: each piece's surface counts its UTF-8
-  bytes with operators at 0 (the rule of the record's exporter). It is exact when SentencePiece's
-  normaliser leaves the transformed text unchanged;
-* :func:`caseops_document_byte_counts` also reads the text, maps every token back onto the original
-  characters through the normaliser's offsets and is exact always: characters the normaliser deletes
-  or rewrites (``nmt_nfkc`` turns U+FFFD into a space and drops trailing spaces, ``\x01`` vanishes) are
-  charged to the token before them (the first token, at the start), so the counts of a document sum
-  to its UTF-8 length. docs/caseops.md names the one token of the golden sample where the two differ.
+* ``decoded`` (the default, the challenge's convention, SPEC 2.8): the bytes of the text the tokens
+  DECODE to, ``decode_caseops(sp.decode(ids))``, i.e. SentencePiece's normalised text with the case
+  transform undone. :func:`caseops_original_byte_counts` computes it from token ids alone: each
+  piece's surface counts its UTF-8 bytes with operators at 0. It is the rule of the record's exporter
+  (its sidecar, token for token) and counts what the byte tables of every other tokenizer count, so
+  scores are comparable with the leaderboard's;
+* ``original``: the exact bytes of the raw document. :func:`caseops_document_byte_counts` also reads
+  the text and maps every token back onto the raw characters through the normaliser's offsets:
+  characters the normaliser deletes or rewrites (``nmt_nfkc`` collapses whitespace, turns U+FFFD into
+  a space and drops trailing spaces, ``\x01`` vanishes) are charged to the token before them (the first
+  token, at the start), so the counts of a document sum to its UTF-8 length. On raw web text that is
+  more bytes than the challenge counts, so such scores are NOT comparable with the leaderboard's.
+
+The two agree wherever the normaliser changes nothing; docs/caseops.md names the one token of the
+golden sample where they differ.
 """
 
 import re
@@ -46,6 +53,12 @@ CASEOPS_CAPNEXT = "\ue003"  # upper-case the next letter (a capital inside a run
 CASEOPS_ESC = "\ue004"  # the next character is literal text, not an operator
 CASEOPS_OPERATORS = (CASEOPS_TITLE, CASEOPS_ALLCAPS, CASEOPS_CAPNEXT, CASEOPS_ESC)
 CASEOPS_BOS_ID = 1
+# The byte conventions of a CaseOps sidecar (see the module docstring); the manifest names the one used.
+CASEOPS_BYTES_DECODED = "decoded"  # bytes of the decoded text, case transform undone (the challenge's)
+CASEOPS_BYTES_ORIGINAL = "original"  # exact bytes of the raw document
+CASEOPS_BYTE_CONVENTIONS = (CASEOPS_BYTES_DECODED, CASEOPS_BYTES_ORIGINAL)
+CASEOPS_DEFAULT_BYTE_CONVENTION = CASEOPS_BYTES_DECODED
+CASEOPS_BYTE_CONVENTION_KEY = "val_bytes_convention"  # the manifest's dataset entry names it here
 
 _ENCODE_PATTERN = re.compile("[A-Za-z]+|[\ue001-\ue004]")
 # Leftmost-first alternatives: an escape pair, ALLCAPS with its run, TITLE/CAPNEXT with its letter,
@@ -106,6 +119,26 @@ def decode_caseops(text: str, *, strict: bool = True) -> str:
     return _DECODE_PATTERN.sub(replace, text)
 
 
+# ------------------------------------------------------------------------------- byte conventions
+
+
+def require_caseops_byte_convention(convention: str) -> str:
+    """``convention`` if it is one of ``CASEOPS_BYTE_CONVENTIONS``, else a DataError that explains both."""
+    if convention not in CASEOPS_BYTE_CONVENTIONS:
+        raise DataError(f"unknown CaseOps byte convention {convention!r}: use {CASEOPS_BYTES_DECODED!r} (the default, "
+                        "the challenge's: the bytes of the decoded text with the case transform undone, comparable "
+                        f"with the leaderboard) or {CASEOPS_BYTES_ORIGINAL!r} (the exact bytes of the raw documents, "
+                        "scores not comparable with the leaderboard's).")
+    return convention
+
+
+def caseops_decoded_text(token_ids, sp: spm.SentencePieceProcessor) -> str:
+    """The text a CaseOps document's ids stand for under the ``decoded`` convention: the tokens decoded by
+    SentencePiece (its normalised text) with the case transform undone. BOS and other control ids
+    decode to nothing. Its UTF-8 length is what :func:`caseops_original_byte_counts` sums to."""
+    return decode_caseops(sp.decode(np.asarray(token_ids, dtype=np.int64).reshape(-1).tolist()), strict=False)
+
+
 # -------------------------------------------------------------------------- sidecar from token ids
 
 
@@ -127,10 +160,19 @@ class CaseOpsPieceBytes:
     normalized_bytes: np.ndarray
 
 
+def _missing_operator_pieces(sp: spm.SentencePieceProcessor) -> list[str]:
+    return [f"U+{ord(op):04X}" for op in CASEOPS_OPERATORS
+            if sp.is_unknown(sp.piece_to_id(op)) or sp.id_to_piece(sp.piece_to_id(op)) != op]
+
+
+def is_caseops_tokenizer(sp: spm.SentencePieceProcessor) -> bool:
+    """Whether ``sp`` has the four CaseOps operators as pieces (a tokenizer for transformed text)."""
+    return not _missing_operator_pieces(sp)
+
+
 def _require_operator_pieces(sp: spm.SentencePieceProcessor) -> None:
     """Operators must be whole pieces; split into byte pieces they would be counted as 3 real bytes."""
-    missing = [f"U+{ord(op):04X}" for op in CASEOPS_OPERATORS
-               if sp.is_unknown(sp.piece_to_id(op)) or sp.id_to_piece(sp.piece_to_id(op)) != op]
+    missing = _missing_operator_pieces(sp)
     if missing:
         raise DataError(f"the tokenizer has no piece for the CaseOps operators {missing}; it is not a CaseOps "
                         "tokenizer (train it with the four operators as user_defined_symbols, or use the record's "
@@ -217,9 +259,11 @@ def caseops_original_byte_counts(token_ids, sp_or_table) -> np.ndarray:
     ``sp_or_table``: the CaseOps SentencePiece model or its :func:`build_caseops_piece_bytes` tables.
     Operator characters count 0, except a literal one after ESC (three bytes); the ESC state is carried
     across pieces, because ESC is a piece of its own. A character spelled by byte-fallback pieces counts
-    all its bytes on the piece that completes it. This is the record exporter's rule (it reproduces its
-    sidecar token for token on the golden sample); it misses characters that SentencePiece's
-    normaliser deleted or changed, which only :func:`caseops_document_byte_counts` can see.
+    all its bytes on the piece that completes it. This is the ``decoded`` convention and the record
+    exporter's rule (it reproduces its sidecar token for token on the golden sample): a document's
+    counts sum to ``len(caseops_decoded_text(ids, sp).encode())``. Characters of the raw document that
+    SentencePiece's normaliser deleted or changed are not in the decoded text and not counted; only
+    :func:`caseops_document_byte_counts` (the ``original`` convention) can see them.
     """
     table = sp_or_table if isinstance(sp_or_table, CaseOpsPieceBytes) else build_caseops_piece_bytes(sp_or_table)
     ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
@@ -299,7 +343,8 @@ def _weights_on_last_bytes(normalized: str, char_weights: np.ndarray) -> np.ndar
 
 def caseops_document_byte_counts(transformed: str, token_ids, sp: spm.SentencePieceProcessor,
                                  table: CaseOpsPieceBytes | None = None) -> np.ndarray:
-    """Exact original bytes of each token of ``sp.encode(transformed)`` (no BOS), as an int64 array.
+    """Exact raw-document bytes of each token of ``sp.encode(transformed)`` (no BOS), as an int64 array:
+    the ``original`` byte convention.
 
     The tokens' pieces tile SentencePiece's normalised text; each normalised character is mapped back
     to the input characters it came from. Unlike :func:`caseops_original_byte_counts`, characters the
@@ -319,16 +364,22 @@ def caseops_document_byte_counts(transformed: str, token_ids, sp: spm.SentencePi
     return byte_prefix[ends] - byte_prefix[ends - piece_bytes]
 
 
-def encode_caseops_document(text: str, sp: spm.SentencePieceProcessor,
-                            table: CaseOpsPieceBytes | None = None) -> tuple[list[int], list[int]]:
-    """Shard ids ``[BOS] + sp.encode(encode_caseops(text))`` and their exact original byte counts.
+def encode_caseops_document(text: str, sp: spm.SentencePieceProcessor, table: CaseOpsPieceBytes | None = None, *,
+                            byte_convention: str = CASEOPS_DEFAULT_BYTE_CONVENTION) -> tuple[list[int], list[int]]:
+    """Shard ids ``[BOS] + sp.encode(encode_caseops(text))`` and their byte counts (BOS 0).
 
-    The ids are what the record's exporter writes; the counts (BOS 0) sum to ``len(text.encode())``
-    (a document with no tokens at all, e.g. only spaces, has nowhere to put its bytes and counts 0).
-    Pass ``table`` (from :func:`build_caseops_piece_bytes`) when encoding many documents.
+    The ids are what the record's exporter writes. ``byte_convention`` ``decoded`` (the default, the
+    challenge's): the counts are the record's and sum to the UTF-8 bytes of the decoded text,
+    ``caseops_decoded_text(ids, sp)``; ``original``: they sum to ``len(text.encode())``, the raw
+    document (a document with no tokens at all, e.g. only spaces, has nowhere to put its bytes and
+    counts 0). Pass ``table`` (from :func:`build_caseops_piece_bytes`) when encoding many documents.
     """
+    require_caseops_byte_convention(byte_convention)
     table = table if table is not None else build_caseops_piece_bytes(sp)
     transformed = encode_caseops(text)
     ids = sp.encode(transformed)
-    counts = caseops_document_byte_counts(transformed, ids, sp, table)
+    if byte_convention == CASEOPS_BYTES_ORIGINAL:
+        counts = caseops_document_byte_counts(transformed, ids, sp, table)
+    else:
+        counts = caseops_original_byte_counts(ids, table)
     return [CASEOPS_BOS_ID] + ids, [0] + counts.tolist()

@@ -40,12 +40,14 @@ from typing import Callable
 
 from pgolf.data.build import export_documents_to_shards, train_sentencepiece_tokenizer
 from pgolf.data.tokenizer import load_sentencepiece
+from pgolf.data.tokenizer_match import file_sha256
 from pgolf.errors import DataError
 from pgolf.fsutil import write_text_atomic
 
 # Bump when anything below changes what gets built (text extraction, cleaning, split, tokenizer
 # recipe): the cache key changes with it, so stale caches are never reused.
-DEFAULT_CORPUS_RECIPE_VERSION = "pgolf-default-corpus-v1"
+# v2: the COMPLETE marker records every file's sha256 and the manifest its tokenizer's fingerprint.
+DEFAULT_CORPUS_RECIPE_VERSION = "pgolf-default-corpus-v2"
 
 # Same vocabulary size as the challenge's sp1024 tokenizer, so the baseline model shapes carry over.
 DEFAULT_CORPUS_VOCAB_SIZE = 1024
@@ -214,25 +216,46 @@ def default_dataset_key(documents: list[tuple[str, str]]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _load_complete_dataset(directory: Path, key: str) -> DefaultDataset | None:
-    """The dataset in ``directory`` if its COMPLETE marker and every file it lists are intact."""
+def default_dataset_damage(directory: Path) -> str | None:
+    """Why the cached dataset in ``directory`` cannot be used (None when it is intact): no COMPLETE
+    marker (an unfinished build), or a file it lists that is missing, of another size or another
+    sha256 (a flipped byte). Reading 2 MB costs milliseconds."""
     try:
         marker = json.loads((directory / DEFAULT_CORPUS_COMPLETE_MARKER).read_text(encoding="utf-8"))
-        for relative, size in marker["files"].items():
-            if (directory / relative).stat().st_size != size:
-                return None
+        files = marker["files"]
+        for relative, expected in files.items():
+            path = directory / relative
+            if not path.is_file():
+                return f"{relative} is missing"
+            if path.stat().st_size != expected["size"]:
+                return f"{relative} has {path.stat().st_size} bytes, not {expected['size']}"
+            if file_sha256(path) != expected["sha256"]:
+                return f"{relative} does not have its recorded sha256 (its content changed)"
+    except FileNotFoundError:
+        return f"{DEFAULT_CORPUS_COMPLETE_MARKER} is missing (the build did not finish)"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        return f"{DEFAULT_CORPUS_COMPLETE_MARKER} is unreadable ({type(error).__name__}: {error})"
+    return None
+
+
+def _load_complete_dataset(directory: Path, key: str) -> DefaultDataset | None:
+    """The dataset in ``directory`` if its COMPLETE marker and every file it lists (size and sha256) are intact."""
+    if default_dataset_damage(directory) is not None:
+        return None
+    try:
         data_path = directory / "datasets" / DEFAULT_CORPUS_DATASET_DIRNAME
         manifest = json.loads((data_path / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError):
         return None
     tokenizer_path = directory / "tokenizers" / DEFAULT_CORPUS_TOKENIZER_FILENAME
     return DefaultDataset(data_path=data_path, tokenizer_path=tokenizer_path, key=key, manifest=manifest)
 
 
 def _write_complete_marker(directory: Path, key: str, num_documents: int) -> None:
-    """Written last: lists every file with its size, so a later run can tell the build finished."""
+    """Written last: lists every file with its size and sha256, so a later run can tell the build
+    finished and that nothing changed since."""
     files = {
-        path.relative_to(directory).as_posix(): path.stat().st_size
+        path.relative_to(directory).as_posix(): {"size": path.stat().st_size, "sha256": file_sha256(path)}
         for path in sorted(directory.rglob("*"))
         if path.is_file()
     }
@@ -320,8 +343,11 @@ def ensure_default_dataset(cache_dir: str | Path = "", *, log: Callable[[str], N
     dataset = _load_complete_dataset(final, key)
     if dataset is not None:
         stats = dataset.manifest["datasets"][0]["stats"]
-        log(f"default dataset: reusing {final} (val {stats['tokens_val']:,} / train {stats['tokens_train']:,} tokens)")
+        log(f"default dataset: reusing {final} (val {stats['tokens_val']:,} / train {stats['tokens_train']:,} tokens, "
+            "every file checked against its recorded sha256)")
         return dataset
+    if final.exists():
+        log(f"default dataset: the cached copy in {final} is damaged ({default_dataset_damage(final)}); rebuilding it")
     num_bytes = sum(len(text.encode("utf-8")) for _, text in documents)
     log(
         f"default dataset: building from {len(documents)} documents of Python's own documentation "

@@ -1,7 +1,8 @@
 """Validation loss and bits per byte (SPEC 2.8): sums per rank, reduced once, divided at the end.
 
 ``val_bpb = (loss_sum / ln 2) / byte_sum``, where ``byte_sum`` counts, for every scored target token,
-the UTF-8 bytes it contributes to the decoded text (see ``pgolf.data.tokenizer.ByteTables``).
+the UTF-8 bytes it contributes to the text: from the tokenizer's byte tables, or from the dataset's byte
+sidecars when it has them (CaseOps). ``pgolf.data.val_bytes.TargetBytes`` is the one place that decides.
 """
 
 import math
@@ -9,7 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pgolf.data.tokenizer import ByteTables, count_target_bytes
+from pgolf.data.tokenizer import ByteTables
+from pgolf.data.val_bytes import TargetBytes, resolve_target_bytes
 from pgolf.dist import all_reduce_sum_
 from pgolf.log import ProgressBar
 from pgolf.runtime import Runtime
@@ -42,18 +44,20 @@ def rank_sequence_range(num_sequences: int, rank: int, world_size: int) -> tuple
 
 
 def evaluate_bpb(model: torch.nn.Module, val_tokens: torch.Tensor, *, seq_len: int, batch_sequences: int,
-                 byte_tables: ByteTables, runtime: Runtime, rank: int = 0, world_size: int = 1) -> EvalSums:
+                 target_bytes: ByteTables | TargetBytes, runtime: Runtime, rank: int = 0,
+                 world_size: int = 1) -> EvalSums:
     """Score every validation target once with non-overlapping windows of ``seq_len``.
 
     ``val_tokens`` holds ``k * seq_len + 1`` tokens (see ``load_validation_tokens``); each rank scores its
     contiguous share of the ``k`` windows in batches of ``batch_sequences``, on ``runtime``'s device and
-    in its precision.
+    in its precision. ``target_bytes``: the validation data's per-target bytes, or byte tables to count
+    them from ``val_tokens``.
     """
     device = runtime.device
     num_sequences = (val_tokens.numel() - 1) // seq_len
     first, last = rank_sequence_range(num_sequences, rank, world_size)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, tokens, bytes
-    byte_tables = byte_tables.to(device)  # once, not per batch
+    target_bytes = resolve_target_bytes(target_bytes, val_tokens)
     was_training = model.training
     model.eval()
     bar = ProgressBar("eval", last - first, enabled=rank == 0)
@@ -67,7 +71,7 @@ def evaluate_bpb(model: torch.nn.Module, val_tokens: torch.Tensor, *, seq_len: i
                 loss_sum = model(x, y, reduction="sum")
             sums[0] += loss_sum.double()
             sums[1] += y.numel()
-            sums[2] += count_target_bytes(byte_tables, x, y).sum().double()
+            sums[2] += target_bytes.sum_of(range(start * seq_len, stop * seq_len))
     bar.close()
     model.train(was_training)
     all_reduce_sum_(sums)

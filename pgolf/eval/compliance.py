@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pgolf.data.tokenizer import count_target_bytes
+from pgolf.data.tokenizer import ByteTables
+from pgolf.data.val_bytes import TargetBytes, resolve_target_bytes
 from pgolf.errors import DataError
 from pgolf.eval.ttt import TTTObserver
 
@@ -160,23 +161,46 @@ def check_validation_refused(loader_classes: dict, val_files: list, vocab_size: 
     return ComplianceResult("validation_isolation", not details, details)
 
 
-def check_byte_accounting(tokens: torch.Tensor, decode, byte_tables, bos_id: int) -> ComplianceResult:
+def check_byte_accounting(tokens: torch.Tensor, decode, target_bytes: ByteTables | TargetBytes,
+                          bos_id: int, *, raw_document_bytes: bool = False) -> ComplianceResult:
     """Bytes the evaluator counts for each complete document == UTF-8 length of its decoded text.
 
-    ``decode`` maps a list of ids to text (SentencePiece ``decode``). Only documents that start and
-    end inside ``tokens`` are audited; the BOS targets count 0 bytes.
+    ``decode`` maps a list of ids to the text they stand for (SentencePiece ``decode``; for CaseOps
+    data, ``decode`` followed by the inverse transform, since the byte sidecars count the text with the
+    case transform undone). ``target_bytes``: what the evaluator divides by (the validation data's
+    per-target bytes, whose first targets are those of ``tokens``), or byte tables. Only documents that
+    start and end inside ``tokens`` are audited; the BOS targets count 0 bytes.
+
+    ``raw_document_bytes``: the counts are the raw documents' bytes (CaseOps sidecars of the ``original``
+    convention), which differ from the decoded text wherever SentencePiece's normaliser changed the raw
+    text, and the raw documents are not at hand. A document whose count equals its decoded text's bytes
+    is audited; one whose count differs is skipped and reported (only the raw documents can settle it),
+    not failed; with no document audited at all the check is reported as not applicable.
     """
-    counted = count_target_bytes(byte_tables, tokens[:-1], tokens[1:])  # bytes of target i+1
+    resolved = resolve_target_bytes(target_bytes, tokens)
+    counted = resolved.per_target[: tokens.numel() - 1]  # bytes of target i+1
     starts = (tokens == bos_id).nonzero().flatten().tolist()
-    details, audited, total = [], 0, 0
+    details, audited, total, skipped, skipped_bytes = [], 0, 0, 0, 0
     for begin, end in zip(starts[:-1], starts[1:]):
         document = tokens[begin + 1: end].tolist()
         expected = len(decode(document).encode("utf-8"))
         got = int(counted[begin: end - 1].sum()) if end - 1 > begin else 0
+        if got != expected and raw_document_bytes:
+            skipped, skipped_bytes = skipped + 1, skipped_bytes + got - expected
+            continue
         audited, total = audited + 1, total + expected
         if got != expected:
             details.append(f"document at token {begin}: counted {got} bytes, decoded text has {expected}")
     passed = not details and audited > 0
-    if not audited:
+    if not audited and not skipped:
         details.append("no complete document in the audited span")
-    return ComplianceResult("byte_accounting", passed, details[:10] + [f"{audited} documents, {total} bytes audited"])
+    summary = [f"{audited} documents, {total} bytes audited (bytes from the {resolved.source})"]
+    if raw_document_bytes:
+        summary.append(f"{skipped} documents skipped: the counts are raw-document bytes ('original' convention) and "
+                       f"theirs differ from the decoded text ({skipped_bytes:+} bytes in all), which only the raw "
+                       "documents can confirm (pgolf data verify DATA_DIR --docs FILE.jsonl)" if skipped else
+                       "no document skipped: every count equals its decoded text's bytes, although the counts are "
+                       "raw-document bytes ('original' convention)")
+        if not audited and skipped:
+            return ComplianceResult("byte_accounting", True, details[:10] + summary, applicable=False)
+    return ComplianceResult("byte_accounting", passed, details[:10] + summary)

@@ -17,7 +17,7 @@ import torch
 
 from pgolf.config import Config
 from pgolf.data.run_data import ValidationData
-from pgolf.data.tokenizer import ByteTables
+from pgolf.data.val_bytes import TargetBytes
 from pgolf.dist import DistContext
 from pgolf.eval.bpb import EvalSums, evaluate_bpb
 from pgolf.eval.sliding import evaluate_sliding_bpb
@@ -54,7 +54,7 @@ def plain_evaluator(cfg: Config, ctx: DistContext, data: ValidationData) -> Call
 
     def evaluate(model: torch.nn.Module) -> EvalSums:
         return evaluate_bpb(model, data.tokens, seq_len=seq_len, batch_sequences=batch_sequences,
-                            byte_tables=data.byte_tables, runtime=ctx.runtime, rank=ctx.rank,
+                            target_bytes=data.target_bytes, runtime=ctx.runtime, rank=ctx.rank,
                             world_size=ctx.world_size)
 
     return evaluate
@@ -64,13 +64,14 @@ def evaluation_window(cfg: Config) -> int:
     return cfg.eval.eval_seq_len or cfg.train.train_seq_len
 
 
-def extra_evaluation_phases(cfg: Config, ctx: DistContext, val_tokens: torch.Tensor, byte_tables: ByteTables,
+def extra_evaluation_phases(cfg: Config, ctx: DistContext, val_tokens: torch.Tensor, target_bytes: TargetBytes,
                             quantized_model: torch.nn.Module, fresh_quantized_model: Callable[[], torch.nn.Module],
                             observer: TTTObserver | None = None) -> list[EvalPhase]:
-    """The sliding-window and TTT phases that ``cfg`` enables (possibly none)."""
+    """The sliding-window and TTT phases that ``cfg`` enables (possibly none); ``target_bytes`` is the
+    validation data's (``ValidationData.target_bytes``), so every phase divides by the same bytes."""
     window = evaluation_window(cfg)
     common = dict(window=window, stride=cfg.eval.eval_stride, batch_windows=cfg.eval.eval_batch_windows,
-                  byte_tables=byte_tables, runtime=ctx.runtime, rank=ctx.rank, world_size=ctx.world_size)
+                  target_bytes=target_bytes, runtime=ctx.runtime, rank=ctx.rank, world_size=ctx.world_size)
     phases = []
     if cfg.eval.sliding_window_enabled:
         phases.append(timed_phase("quantized_sliding_window", ctx.runtime,
@@ -79,7 +80,7 @@ def extra_evaluation_phases(cfg: Config, ctx: DistContext, val_tokens: torch.Ten
         # TTT changes the weights it adapts: it gets its own freshly loaded copy of the artifact.
         model = fresh_quantized_model()
         if cfg.ttt.ttt_mode == "lora":
-            lora = dict(window=window, bos_id=cfg.model.bos_token_id, byte_tables=byte_tables, runtime=ctx.runtime,
+            lora = dict(window=window, bos_id=cfg.model.bos_token_id, target_bytes=target_bytes, runtime=ctx.runtime,
                         rank=ctx.rank, world_size=ctx.world_size, observer=observer)
             phases.append(timed_phase("quantized_ttt_lora", ctx.runtime,
                                       lambda: evaluate_lora_ttt_bpb(model, val_tokens, cfg.ttt, **lora)))

@@ -4,8 +4,8 @@ Windows of ``window`` tokens start every ``stride`` tokens. The first window sco
 every later window scores only its last ``stride`` positions, so each target is scored once, by the
 window that gives it ``window - stride`` tokens of context or more (all of the past, near the start).
 Windows are split contiguously over ranks and batched; a short final window is padded with zeros
-after its real tokens, which causal attention cannot see. Bytes are counted with each target's true
-previous token (the window's input at the same position), as in the plain evaluation.
+after its real tokens, which causal attention cannot see. The bytes of the scored targets come from the
+validation data's per-target counts (``pgolf.data.val_bytes``), as in the plain evaluation.
 
 With ``stride == window`` this is exactly the plain evaluation of non-overlapping windows.
 """
@@ -15,11 +15,15 @@ from dataclasses import dataclass
 
 import torch
 
-from pgolf.data.tokenizer import ByteTables, count_target_bytes
+from pgolf.data.tokenizer import ByteTables
+from pgolf.data.val_bytes import TargetBytes, resolve_target_bytes
 from pgolf.dist import all_reduce_sum_
 from pgolf.eval.bpb import EvalSums, rank_sequence_range
 from pgolf.log import ProgressBar
 from pgolf.runtime import Runtime
+
+# `pgolf export` leaves this module out of train_gpt.py when this is false (docs/export.md).
+SLIDING_EXPORT_SWITCH = "sliding_window_enabled or ttt_enabled"
 
 
 @dataclass(frozen=True)
@@ -64,14 +68,14 @@ def window_batch(val_tokens: torch.Tensor, windows: list[ScoringWindow], window:
 
 
 def score_windows(model: torch.nn.Module, val_tokens: torch.Tensor, windows: list[ScoringWindow], *,
-                  window: int, byte_tables: ByteTables, runtime: Runtime) -> torch.Tensor:
+                  window: int, target_bytes: TargetBytes, runtime: Runtime) -> torch.Tensor:
     """(loss sum, tokens, bytes) of ``windows`` as a float64 tensor, under no-grad (one batch)."""
     x, y, scored = window_batch(val_tokens, windows, window, runtime.device)
     with torch.no_grad(), runtime.autocast():
         loss = model(x, y, reduction="none").float()
-    bytes_per_target = count_target_bytes(byte_tables, x, y)
+    num_bytes = sum(target_bytes.sum_of(w.scored_targets) for w in windows)
     return torch.stack((loss[scored].double().sum(), scored.sum().double(),
-                        bytes_per_target[scored].double().sum()))
+                        torch.tensor(float(num_bytes), dtype=torch.float64, device=loss.device)))
 
 
 def iter_window_batches(items: list, batch_size: int) -> Iterator[list]:
@@ -80,20 +84,20 @@ def iter_window_batches(items: list, batch_size: int) -> Iterator[list]:
 
 
 def evaluate_sliding_bpb(model: torch.nn.Module, val_tokens: torch.Tensor, *, window: int, stride: int,
-                         batch_windows: int, byte_tables: ByteTables, runtime: Runtime, rank: int = 0,
-                         world_size: int = 1) -> EvalSums:
+                         batch_windows: int, target_bytes: ByteTables | TargetBytes, runtime: Runtime,
+                         rank: int = 0, world_size: int = 1) -> EvalSums:
     """Sliding-window BPB over all ``val_tokens.numel() - 1`` targets, sums reduced once across ranks."""
     device = runtime.device
     windows = sliding_windows(val_tokens.numel() - 1, window, stride)
     first, last = rank_sequence_range(len(windows), rank, world_size)
     mine = windows[first:last]
     sums = torch.zeros(3, dtype=torch.float64, device=device)
-    byte_tables = byte_tables.to(device)
+    target_bytes = resolve_target_bytes(target_bytes, val_tokens)
     was_training = model.training
     model.eval()
     bar = ProgressBar("sliding eval", len(mine), enabled=rank == 0)
     for done, batch in enumerate(iter_window_batches(mine, batch_windows)):
-        sums += score_windows(model, val_tokens, batch, window=window, byte_tables=byte_tables, runtime=runtime)
+        sums += score_windows(model, val_tokens, batch, window=window, target_bytes=target_bytes, runtime=runtime)
         bar.update(done * batch_windows)
     bar.close()
     model.train(was_training)

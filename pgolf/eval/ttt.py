@@ -22,11 +22,15 @@ import torch.distributed as dist
 
 from pgolf.config import TTTConfig
 from pgolf.data.tokenizer import ByteTables
+from pgolf.data.val_bytes import TargetBytes, resolve_target_bytes
 from pgolf.dist import all_reduce_sum_
 from pgolf.eval.bpb import EvalSums, rank_sequence_range
 from pgolf.eval.sliding import ScoringWindow, iter_window_batches, score_windows, sliding_windows
 from pgolf.log import ProgressBar
 from pgolf.runtime import Runtime
+
+# `pgolf export` leaves this module out of train_gpt.py when this is false (docs/export.md).
+TTT_EXPORT_SWITCH = "ttt_enabled"
 
 
 @dataclass
@@ -143,21 +147,22 @@ class ChunkTrainer:
 
 
 def evaluate_ttt_bpb(model: torch.nn.Module, val_tokens: torch.Tensor, cfg: TTTConfig, *, window: int, stride: int,
-                     batch_windows: int, byte_tables: ByteTables, runtime: Runtime, rank: int = 0,
+                     batch_windows: int, target_bytes: ByteTables | TargetBytes, runtime: Runtime, rank: int = 0,
                      world_size: int = 1, observer: TTTObserver | None = None) -> EvalSums:
     """Score-first TTT BPB over all ``val_tokens.numel() - 1`` targets. ``model`` is trained in place:
-    pass a fresh copy of the artifact's model."""
+    pass a fresh copy of the artifact's model. Bytes of the scored targets from ``target_bytes``
+    (``pgolf.data.val_bytes``)."""
     num_targets = val_tokens.numel() - 1
     chunks = assign_windows_to_chunks(sliding_windows(num_targets, window, stride), cfg.ttt_chunk_tokens, num_targets)
     run = ChunkTrainer(model, val_tokens, cfg, window, runtime, rank, world_size, observer)
     sums = torch.zeros(3, dtype=torch.float64, device=runtime.device)
-    byte_tables = byte_tables.to(runtime.device)
+    target_bytes = resolve_target_bytes(target_bytes, val_tokens)
     model.eval()
     bar = ProgressBar("ttt", len(chunks), enabled=rank == 0)
     for chunk_index, chunk_windows in enumerate(chunks):
         mine = chunk_windows[slice(*rank_sequence_range(len(chunk_windows), rank, world_size))]
         for batch in iter_window_batches(mine, batch_windows):
-            sums += score_windows(model, val_tokens, batch, window=window, byte_tables=byte_tables, runtime=runtime)
+            sums += score_windows(model, val_tokens, batch, window=window, target_bytes=target_bytes, runtime=runtime)
             if observer is not None:
                 observer.scored(_targets_of(batch))
         if chunk_index < len(chunks) - 1:

@@ -23,6 +23,9 @@ from pgolf.config import TTTConfig
 from pgolf.eval.ttt import ChunkTrainer, TTTObserver
 from pgolf.runtime import Runtime
 
+# `pgolf export` leaves this module out of train_gpt.py when this is false (docs/export.md).
+TTT_PHASED_EXPORT_SWITCH = "ttt_enabled and ttt_mode == 'lora'"
+
 
 def phase_boundaries(num_documents: int, prefix_docs: int, phases: int) -> list[int]:
     """Cumulative numbers of scored queue documents at which a phase runs (empty ones dropped)."""

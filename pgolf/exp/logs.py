@@ -29,9 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pgolf.errors import PgolfError
+from pgolf.train.resume import read_json_file
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf)"
-SCORE_LINE = re.compile(r"^(?P<label>[A-Za-z][\w\-]*) val_loss:(?P<loss>[0-9.]+) val_bpb:(?P<bpb>[0-9.]+)")
+# Scores may read nan or inf (a diverged run): such a line is still the run's last score, and is refused
+# as one (checked_final_score) rather than skipped in favour of an earlier line.
+SCORE_LINE = re.compile(r"^(?P<label>[A-Za-z][\w\-]*) val_loss:(?P<loss>[0-9.]+|[-+]?nan|[-+]?inf) "
+                        r"val_bpb:(?P<bpb>[0-9.]+|[-+]?nan|[-+]?inf)")
 SEED_LINE = re.compile(r"\bseed[:=]\s*(?P<seed>\d+)", re.IGNORECASE)
 CODE_HASH_LINE = re.compile(r"\bcode_hash:(?P<hash>[0-9a-f]+)\b")
 # The baseline's (and pgolf's) curve lines; pgolf's validation lines have no train_time.
@@ -113,28 +117,46 @@ def _last_score(text: str, source: str) -> RunScore | None:
                     int(seeds[0]) if seeds else None, hashes[0] if hashes else None)
 
 
+def checked_final_score(score: RunScore) -> RunScore:
+    """``score`` if it is a real final score: of the quantized model (not pgolf's ``final_prequant``, the
+    evaluation before quantization, which a log cut off after it ends with), finite, and positive."""
+    if score.label.startswith(PREQUANT_LABEL):
+        raise PgolfError(f"{score.source} ends with {score.label}, the evaluation BEFORE quantization, and has no "
+                         "score of the quantized model (like `final_int8_zlib_roundtrip_exact val_loss:... "
+                         "val_bpb:...`): the run stopped before its round trip. Give finished runs.")
+    values = (score.val_loss, score.val_bpb)
+    if not all(isinstance(value, (int, float)) and math.isfinite(value) for value in values):
+        raise PgolfError(f"{score.source}: its score {score.label} is not a finite number (val_loss={score.val_loss}, "
+                         f"val_bpb={score.val_bpb}): the run diverged and has no score to test.")
+    if score.val_loss <= 0 or score.val_bpb <= 0:
+        raise PgolfError(f"{score.source}: its score {score.label} has val_loss={score.val_loss}, "
+                         f"val_bpb={score.val_bpb}; a real score is above 0. The log or report is damaged.")
+    return score
+
+
 def score_from_log_text(text: str, source: str) -> RunScore:
-    """The last score line of a log."""
-    return RunLog(source, source, score=_last_score(text, source)).final_score()
+    """The last score line of a log, checked (:func:`checked_final_score`)."""
+    return checked_final_score(RunLog(source, source, score=_last_score(text, source)).final_score())
 
 
 def score_from_run_dir(run_dir: Path) -> RunScore:
-    """A pgolf run: ``report.json``'s final score (the last evaluation phase)."""
+    """A pgolf run: ``report.json``'s final score (the last evaluation phase), as written (not checked:
+    a diverged run's report holds null)."""
     report_path = run_dir / "report.json"
     if not report_path.is_file():
         raise PgolfError(f"{run_dir} has no report.json; give a finished pgolf run or a log file.")
-    report = json.loads(report_path.read_text())
+    report = read_json_file(report_path, "restore it from a copy of the run")
     label = report.get("val_bpb_final_label", "quantized")
-    loss = report.get(f"val_loss_{label}", report["val_loss"])
-    bpb = report.get("val_bpb_final", report["val_bpb"])
+    loss = report.get(f"val_loss_{label}", report.get("val_loss"))
+    bpb = report.get("val_bpb_final", report.get("val_bpb"))
     return RunScore(str(run_dir), label, loss, bpb, report.get("seed"), report.get("code_hash"))
 
 
 def read_run_score(path: str | Path) -> RunScore:
-    """A run directory or a log file."""
+    """The checked final score of a run directory or a log file."""
     path = Path(path)
     if path.is_dir():
-        return score_from_run_dir(path)
+        return checked_final_score(score_from_run_dir(path))
     if path.is_file():
         return score_from_log_text(path.read_text(encoding="utf-8", errors="replace"), str(path))
     raise PgolfError(f"{path} does not exist; give pgolf run directories or challenge log files.")
@@ -257,7 +279,7 @@ def _apply_report(run_dir: Path, log: RunLog) -> None:
     if not (run_dir / "report.json").is_file():
         return
     log.score = score_from_run_dir(run_dir)
-    fields = json.loads((run_dir / "report.json").read_text())
+    fields = read_json_file(run_dir / "report.json", "restore it from a copy of the run")
     if isinstance(fields.get("steps"), int) and isinstance(fields.get("train_seconds"), (int, float)):
         log.end = (fields["steps"], float(fields["train_seconds"]))
 

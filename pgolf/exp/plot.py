@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgolf.errors import PgolfError
+from pgolf.fsutil import require_writable_directory
 from pgolf.exp.logs import RunLog, read_run_log
 
 try:  # the `plots` extra (optional): require_matplotlib() says how to install it
@@ -137,6 +138,7 @@ def plot_runs(paths: list[str | Path], output: str | Path) -> tuple[Path, list[R
     plot_format(output)
     if output.exists():
         raise PgolfError(f"{output} already exists; pgolf plot never overwrites. Move it away or use -o.")
+    require_writable_directory(output.parent, f"the plot {output.name}", may_create=False)
     logs = unique_run_names([read_run_log(path) for path in paths])
     empty = [log.source for log in logs if not (log.train or log.val)]
     if empty:

@@ -30,7 +30,7 @@ from pathlib import Path
 from pgolf.artifact.size import ARTIFACT_CAP_BYTES
 from pgolf.config import Config, config_from_dict, flatten_config
 from pgolf.errors import PgolfError
-from pgolf.exp.logs import RunScore, score_from_run_dir
+from pgolf.exp.logs import RunScore, checked_final_score, score_from_run_dir
 from pgolf.exp.record_check import RECORD_SCRIPT, check_record_folder, schema_failures, seed_log_name
 from pgolf.exp.record_readme import record_readme
 from pgolf.export.bundle import ExportedScript, build_exported_script, write_exported_script
@@ -83,7 +83,7 @@ def load_seed_run(run_dir: str | Path) -> SeedRun:
                          "the run did not finish packing its artifact.")
     cfg = config_from_dict(json.loads(_required_file(run_dir, "config.json").read_text()))
     log_text = _required_file(run_dir, "train.log").read_text(encoding="utf-8", errors="replace")
-    return SeedRun(run_dir, report, cfg, log_text, score_from_run_dir(run_dir))
+    return SeedRun(run_dir, report, cfg, log_text, checked_final_score(score_from_run_dir(run_dir)))
 
 
 def check_runs_agree(runs: list[SeedRun]) -> None:

@@ -17,7 +17,8 @@ SPEC 4.6); with a decay of 0 the group is plain Adam, as in the baseline. Muon g
 (``muon_row_normalize``) and its Newton-Schulz coefficients (``muon_ns_coefficients``) from the same
 section, and with ``muon_sharded`` on several ranks becomes :class:`pgolf.optim.sharded.ShardedMuon`.
 Every param group records its ``base_lr`` (and ``group_name``), so the training loop applies the
-schedule with ``apply_lr_and_momentum`` as ``lr = base_lr * multiplier``.
+schedule with ``apply_lr_and_momentum`` as ``lr = base_lr * multiplier``; the Muon group also records
+its ``base_weight_decay``, which the optional taper (``muon_wd_taper``) scales the same way.
 """
 
 import functools
@@ -98,6 +99,7 @@ def build_optimizers(
             "params": [p for _, p in groups["matrix"]],
             "lr": optim_cfg.matrix_lr,
             "base_lr": optim_cfg.matrix_lr,
+            "base_weight_decay": optim_cfg.muon_wd,  # MUON_WD; the taper scales it (apply_lr_and_momentum)
             "group_name": "matrix",
         }
         # MUON_SHARDED with several ranks: reduce-scatter / all-gather instead of DDP + replicated Muon;
@@ -124,11 +126,16 @@ def build_optimizers(
 
 
 def apply_lr_and_momentum(
-    optimizers: Sequence[torch.optim.Optimizer], *, lr_mult: float, muon_momentum: float | None = None
+    optimizers: Sequence[torch.optim.Optimizer], *, lr_mult: float, muon_momentum: float | None = None,
+    muon_wd_mult: float | None = None,
 ) -> None:
-    """Set every group's ``lr = base_lr * lr_mult`` and, when given, every Muon group's momentum."""
+    """Set every group's ``lr = base_lr * lr_mult`` and, when given, every Muon group's momentum and
+    weight decay ``base_weight_decay * muon_wd_mult`` (the taper; None leaves the decay as it is)."""
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_mult
             if muon_momentum is not None and isinstance(optimizer, Muon):
                 group["momentum"] = muon_momentum
+            if muon_wd_mult is not None and isinstance(optimizer, Muon):
+                # A group restored from an older checkpoint has no base: its decay was never tapered.
+                group["weight_decay"] = group.setdefault("base_weight_decay", group["weight_decay"]) * muon_wd_mult

@@ -3,7 +3,8 @@
 The learning rate follows *progress* = elapsed / budget (or step / iterations when there is no
 wall-clock cap), so the warm-down happens over the same fraction of the run on any hardware. This
 replaces the baseline's "WARMDOWN_ITERS steps' worth of time", which on slow hardware decays from the
-first step. Muon's momentum warm-up stays a function of the step count, as in the baseline.
+first step. Muon's momentum warm-up stays a function of the step count, as in the baseline; the optional Muon
+weight-decay taper is a function of progress like the LR.
 """
 
 from pgolf.errors import ConfigError
@@ -33,6 +34,19 @@ def lr_multiplier_at(progress: float, *, warmdown_frac: float, min_lr: float = 0
     if warmdown_frac == 0.0 or progress < 1.0 - warmdown_frac:
         return 1.0
     return max((1.0 - progress) / warmdown_frac, min_lr)
+
+
+def muon_wd_multiplier_at(progress: float, *, start: float, final: float) -> float:
+    """Multiplier on Muon's weight decay at ``progress`` (the taper of SPEC 5.12, record 1.0678).
+
+    1 until ``progress`` reaches ``start``, then a straight line to ``final`` at progress 1 (0.70 and
+    0.50 in the record). The decay stays decoupled and scaled by the scheduled LR, so the step applies
+    ``p *= 1 - lr * MUON_WD * multiplier``.
+    """
+    assert 0.0 <= start < 1.0, start  # validate_config's rule (MUON_WD_TAPER_START)
+    if progress <= start:
+        return 1.0
+    return 1.0 + (final - 1.0) * (min(progress, 1.0) - start) / (1.0 - start)
 
 
 def training_progress(*, elapsed_seconds: float, budget_seconds: float, step: int, iterations: int) -> float:

@@ -32,6 +32,9 @@ import torch.distributed as dist
 
 from pgolf.optim.muon import Muon, apply_muon_update_
 
+# `pgolf export` leaves this module out of train_gpt.py when this is false (docs/export.md).
+SHARDED_MUON_EXPORT_SWITCH = "muon_sharded"
+
 
 @dataclass(frozen=True)
 class MuonShardLayout:

@@ -23,6 +23,7 @@ import torch
 from pgolf.artifact.container import CONTAINER_DTYPES, container_dtype_name
 from pgolf.config import QuantConfig
 from pgolf.errors import ArtifactError, ConfigError
+from pgolf.log import ProgressBar
 from pgolf.quant.gptq import gptq_quantize_matrix
 from pgolf.quant.lqer import lqer_pack_error, lqer_select_targets, lqer_unpack
 from pgolf.quant.policy import QUANT_MATRIX_GROUPS, QuantScheme, build_quant_policy, resolve_quant_scheme
@@ -78,7 +79,9 @@ def quantize_for_artifact(
     stored: dict[str, torch.Tensor] = {}
     entries: dict[str, dict] = {}
     error_norms: dict[str, float] = {}
-    for name, tensor in state_dict.items():
+    bar = ProgressBar("quantize", len(state_dict))  # GPTQ solves take seconds per matrix at full size
+    for index, (name, tensor) in enumerate(state_dict.items()):
+        bar.update(index, name)
         tensor = tensor.detach().to("cpu")
         dtype_name = container_dtype_name(tensor.dtype)
         scheme = resolve_quant_scheme(name, tensor, rules)
@@ -99,6 +102,7 @@ def quantize_for_artifact(
                 error_norms[name] = float(torch.linalg.norm(w - q.float() * scale.float()[:, None]))
         store_quantized_tensor(stored, name + ".q", q)
         store_quantized_tensor(stored, name + ".scale", scale)
+    bar.close()
     if cfg.lqer_enabled:
         _add_lqer_corrections(state_dict, cfg, stored, entries, error_norms)
     return stored, {"format": QUANT_ARTIFACT_FORMAT, "method": cfg.quant_method, "entries": entries}

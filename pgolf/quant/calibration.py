@@ -25,7 +25,7 @@ from pgolf.config import Config
 from pgolf.data.run_data import build_train_loader
 from pgolf.dist import DistContext
 from pgolf.errors import ConfigError
-from pgolf.log import RunLogger
+from pgolf.log import ProgressBar, RunLogger
 from pgolf.quant.policy import QUANT_PASSTHROUGH_MAX_NUMEL
 from pgolf.runtime import Runtime
 
@@ -103,12 +103,15 @@ def collect_hessians(
     was_training = model.training
     model.eval()
     count = 0
+    bar = ProgressBar("gptq calibration", None)  # the batch count is the caller's iterator's
     try:
         for input_ids in batches:
             with runtime.autocast():
                 forward(input_ids.to(runtime.device))
             count += 1
+            bar.update(count, f"{count} batches")
     finally:
+        bar.close()
         for handle in handles:
             handle.remove()
         model.train(was_training)

@@ -27,6 +27,9 @@ import torch
 from pgolf.errors import ConfigError
 from pgolf.quant.rtn import rtn_code_range
 
+# `pgolf export` leaves this module out of train_gpt.py when this is false (docs/export.md).
+GPTQ_EXPORT_SWITCH = "quant_method == 'gptq'"
+
 
 def _gptq_prepare(w_RC: torch.Tensor, hessian_CC: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 copies of W and H with dead columns neutralised and the damping added (steps 1-2)."""

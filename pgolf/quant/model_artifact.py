@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from pgolf.artifact.container import pack_tensor_container
+from pgolf.artifact.container import pack_tensor_container, unpack_tensor_container
 from pgolf.artifact.pack import load_artifact_file, save_artifact
 from pgolf.artifact.size import ARTIFACT_CAP_BYTES, SizeReport, loaded_pgolf_modules, source_bytes_of_modules
 from pgolf.config import Config, ModelConfig
@@ -25,15 +25,41 @@ UPPER_BOUND_CODE_BYTES_NOTE = ("upper bound: total source bytes of the pgolf mod
                                "(`pgolf export` measures the real wrapped train_gpt.py)")
 
 
+# The run's full-precision weights, written when training ends (for a resumed run and `pgolf quantize`).
+FINAL_WEIGHTS_FILE = "final_weights.pgtc"
+FULL_PRECISION_KIND = "full_precision"
+
+
+def _cpu_state_and_looping(model: GPT) -> tuple[dict[str, torch.Tensor], bool]:
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    # The looping state travels with the weights: a looped model is evaluated looped (SPEC 4.11).
+    return state, bool(getattr(model, "looping", False))
+
+
+def write_final_weights(model: GPT, run_dir: Path) -> Path:
+    """``RUN_DIR/final_weights.pgtc``: the trained weights (uncompressed container), written atomically."""
+    state, looping = _cpu_state_and_looping(model)
+    return write_bytes_atomic(Path(run_dir) / FINAL_WEIGHTS_FILE,
+                              pack_tensor_container(state, {"kind": FULL_PRECISION_KIND, "looping": looping}))
+
+
+def load_final_weights(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """(state dict, looping) of a final-weights file; ArtifactError naming the file when it is damaged."""
+    try:
+        state, meta = unpack_tensor_container(Path(path).read_bytes())
+    except (ArtifactError, OSError) as error:
+        raise ArtifactError(f"final weights {path} cannot be read ({error}). Restore the file from a copy; "
+                            "without it the run must be trained again (a new RUN_ID).") from None
+    if meta.get("kind") != FULL_PRECISION_KIND:
+        raise ArtifactError(f"{path} holds {meta.get('kind')!r} tensors, not a run's full-precision weights.")
+    return state, bool(meta.get("looping"))
+
+
 def write_artifact(model: GPT, cfg: Config, run_dir: Path, logger: RunLogger,
                    hessians: dict[str, torch.Tensor] | None = None,
                    code_bytes: int | None = None) -> tuple[Path, SizeReport, dict]:
-    """Keep the full-precision weights (for ``pgolf quantize``), then write the quantized artifact."""
-    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    # The looping state travels with the weights: a looped model is evaluated looped (SPEC 4.11).
-    looping = bool(getattr(model, "looping", False))
-    write_bytes_atomic(run_dir / "final_weights.pgtc",
-                       pack_tensor_container(state, {"kind": "full_precision", "looping": looping}))
+    """Write the quantized artifact of ``model`` into ``RUN_DIR/artifact/``."""
+    state, looping = _cpu_state_and_looping(model)
     return write_quantized_artifact(state, cfg, run_dir / "artifact", logger, hessians=hessians, looping=looping,
                                     code_bytes=code_bytes)
 

@@ -20,6 +20,9 @@ import torch
 from pgolf.quant.policy import QUANT_MATRIX_GROUPS
 from pgolf.quant.prune_search import SizeMemo, bisect_fewest_fitting, estimated_fewest_fitting
 
+# `pgolf export` leaves this module out of train_gpt.py when this is false (docs/export.md).
+PRUNE_EXPORT_SWITCH = "fit_to_cap"
+
 
 @dataclass(frozen=True)
 class PruneResult:

@@ -22,6 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from pgolf.errors import ArtifactError
+from pgolf.log import ProgressBar
+
+# `pgolf export` leaves this module out of train_gpt.py when this is false (docs/export.md).
+PRUNE_SEARCH_EXPORT_SWITCH = "fit_to_cap"
 
 # How far (bytes) an estimated size must be from the budget before the search trusts it without a real
 # measurement: a fraction of its distance from the nearest measured size (the mapping is exact there
@@ -46,12 +50,15 @@ class SizeMemo:
         self.measured = 0
         self.rounds = 0
         self.workers = max(int(workers), 1)
+        # Each trial compresses the whole model (minutes at 16 MB with brotli-11): show that it moves.
+        self.bar = ProgressBar("fit_to_cap search", None)
 
     def __call__(self, count: int) -> int:
         if count not in self.sizes:
             self.sizes[count] = self.measure(count)
             self.measured += 1
             self.rounds += 1
+            self.bar.update(self.rounds, f"{self.measured} trial compressions, {self.rounds} rounds")
         return self.sizes[count]
 
     def measure_many(self, counts: list[int]) -> None:
@@ -66,6 +73,7 @@ class SizeMemo:
                 self.sizes[count] = size
         self.measured += len(todo)
         self.rounds += 1
+        self.bar.update(self.rounds, f"{self.measured} trial compressions, {self.rounds} rounds")
 
 
 def hopeless_pruning_error(size: int, size_all: int, total: int, budget_bytes: int) -> ArtifactError:

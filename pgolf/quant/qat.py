@@ -42,6 +42,9 @@ from pgolf.quant.rtn import (
     rtn_row_quantile,
 )
 
+# `pgolf export` leaves this module out of train_gpt.py when this is false (docs/export.md).
+QAT_EXPORT_SWITCH = "qat_start_frac > 0"
+
 # Policy groups whose block matrices are fake-quantized (the embedding and the gates are not).
 QAT_MATRIX_GROUPS = ("attn", "mlp", "matrix")
 QAT_CLIP_METHODS = ("percentile", "sdclip", "absmax")

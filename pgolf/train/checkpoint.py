@@ -24,6 +24,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -167,6 +168,9 @@ class CheckpointManager:
         self.run_info = {**(run_info or {}), "config": json.loads(config_to_json(cfg))}
         self.last_saved: Path | None = self.resume_from
         self.last_saved_seconds = 0.0
+        # Called on rank 0 with each complete checkpoint's directory (the tooling's mirror to a remote store);
+        # it must return quickly (the mirror copies in the background) and never raise.
+        self.on_checkpoint_written: Callable[[Path], None] | None = None
 
     def time_due(self, train_seconds: float) -> bool:
         """This rank's view of the seconds trigger (the loop agrees it across ranks)."""
@@ -210,6 +214,8 @@ class CheckpointManager:
         barrier()
         self.last_saved, self.last_saved_seconds = final, position.train_seconds
         self._log_saved(final, position, time.perf_counter() - started)
+        if self.ctx.is_main and self.on_checkpoint_written is not None:
+            self.on_checkpoint_written(final)
         return final
 
     def _pack_files(self, model, optimizers, loader, ema, position) -> dict[str, bytes]:

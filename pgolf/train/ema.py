@@ -19,6 +19,9 @@ from torch import nn
 
 from pgolf.errors import ConfigError
 
+# `pgolf export` leaves this module out of train_gpt.py when this is false (docs/export.md).
+EMA_EXPORT_SWITCH = "ema_decay > 0"
+
 
 def floating_state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The floating-point entries of ``model.state_dict()``: detached views sharing the live storage."""

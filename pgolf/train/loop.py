@@ -28,7 +28,7 @@ from pgolf.errors import TrainingError
 from pgolf.log import ProgressBar, RunLogger
 from pgolf.optim.build import apply_lr_and_momentum
 from pgolf.optim.grad_sync import clip_grad_norm_synchronized_, synchronize_gradients
-from pgolf.optim.schedules import lr_multiplier_at, muon_momentum_at, training_progress
+from pgolf.optim.schedules import lr_multiplier_at, muon_momentum_at, muon_wd_multiplier_at, training_progress
 from pgolf.runtime import NoLossScaling
 from pgolf.train.checkpoint import CheckpointManager, TrainingPosition
 from pgolf.train.checkpoint_state import InterruptRequest, TrainingInterrupted, ranks_agree_any_of
@@ -99,8 +99,9 @@ class TrainingParts:
 
 
 def run_training_step(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfig, ctx: DistContext,
-                      *, lr_mult: float, muon_momentum: float) -> torch.Tensor:
-    """One optimizer step over ``grad_accum_steps`` micro-batches; returns the mean micro-batch loss."""
+                      *, lr_mult: float, muon_momentum: float, muon_wd_mult: float | None = None) -> torch.Tensor:
+    """One optimizer step over ``grad_accum_steps`` micro-batches; returns the mean micro-batch loss.
+    ``muon_wd_mult`` scales Muon's weight decay (the taper); None leaves it at ``MUON_WD``."""
     accum, scaler = ctx.grad_accum_steps, parts.loss_scaler
     for opt in parts.optimizers:
         opt.zero_grad(set_to_none=True)
@@ -121,7 +122,7 @@ def run_training_step(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimCo
     with nvtx_range("optimizer"):
         if parts.sharded_gradients and ctx.is_distributed:
             synchronize_gradients(parts.optimizers)  # reduce-scatter Muon shards, one flat all-reduce for the rest
-        apply_lr_and_momentum(parts.optimizers, lr_mult=lr_mult, muon_momentum=muon_momentum)
+        apply_lr_and_momentum(parts.optimizers, lr_mult=lr_mult, muon_momentum=muon_momentum, muon_wd_mult=muon_wd_mult)
         if scaler.is_enabled():  # fp16: true gradients before clipping; inf/NaN steps are skipped
             for opt in parts.optimizers:
                 scaler.unscale_(opt)
@@ -144,6 +145,12 @@ def clip_all_gradients_(parts: TrainingParts, max_norm: float) -> None:
 def _momentum_for(step: int, optim_cfg: OptimConfig) -> float:
     return muon_momentum_at(step, start=optim_cfg.muon_momentum_warmup_start, end=optim_cfg.muon_momentum,
                             warmup_steps=optim_cfg.muon_momentum_warmup_steps)
+
+
+def _muon_wd_mult_for(progress: float, optim_cfg: OptimConfig) -> float | None:
+    if not optim_cfg.muon_wd_taper:
+        return None
+    return muon_wd_multiplier_at(progress, start=optim_cfg.muon_wd_taper_start, final=optim_cfg.muon_wd_taper_final)
 
 
 def model_supports_looping(model: torch.nn.Module) -> bool:
@@ -370,7 +377,8 @@ def train_model(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfig, 
                 position.qat_step = position.step
             lr_mult = lr_multiplier_at(progress, warmdown_frac=cfg.warmdown_frac, min_lr=cfg.min_lr)
             loss = run_training_step(parts, cfg, optim_cfg, ctx, lr_mult=lr_mult,
-                                     muon_momentum=_momentum_for(position.step, optim_cfg))
+                                     muon_momentum=_momentum_for(position.step, optim_cfg),
+                                     muon_wd_mult=_muon_wd_mult_for(progress, optim_cfg))
             position.step += 1
             if ema is not None:
                 ema.update(parts.model, position.step)

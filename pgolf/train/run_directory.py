@@ -83,6 +83,9 @@ class RunLock:
             except FileExistsError:
                 self._remove_if_stale()
                 continue
+            except OSError as error:
+                raise PgolfError(f"cannot write the lock {self.path}: {error.strerror}. The run directory must be "
+                                 "writable (move it to a writable place and resume it there).") from None
             with os.fdopen(fd, "w") as handle:
                 json.dump(mine, handle)
             self.held = True

@@ -74,7 +74,7 @@ def _worker(rank: int, world_size: int, port: int, data_dir: str, out_dir: str, 
         loss = run_training_step(parts, TRAIN, optim, ctx, lr_mult=1.0, muon_momentum=0.9)
         losses.append(all_reduce_sum_(loss.clone()).item() / ctx.world_size)
     val = torch.from_numpy(np.fromfile(Path(data_dir) / "val.npy", dtype=np.int64))
-    sums = evaluate_bpb(model, val, seq_len=16, batch_sequences=3, byte_tables=_byte_tables(), runtime=ctx.runtime,
+    sums = evaluate_bpb(model, val, seq_len=16, batch_sequences=3, target_bytes=_byte_tables(), runtime=ctx.runtime,
                         rank=ctx.rank, world_size=ctx.world_size)
     if ctx.is_main:
         Path(out_dir, f"world{world_size}{'_sharded' if sharded else ''}.json").write_text(json.dumps({"losses": losses, **sums.as_dict()}))

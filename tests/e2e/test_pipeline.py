@@ -92,7 +92,7 @@ def test_over_the_cap_reports_then_fails(default_data, tmp_path, monkeypatch):
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_log(default_data, tmp_path):
-    cfg = quick_config(default_data, tmp_path, RUN_ID="nan", TIED_EMBED_LR="inf", SCALAR_LR="inf")
+    cfg = quick_config(default_data, tmp_path, RUN_ID="nan", TIED_EMBED_LR="1e300", SCALAR_LR="1e300")
     with pytest.raises(TrainingError, match=r"at step 2 \(last finite loss \d"):
         run_main(cfg, echo=False)
     assert "step:1/4 train_loss:" in (tmp_path / "runs/nan/train.log").read_text()

@@ -65,7 +65,8 @@ def test_preset_shrunk_to_tiny_trains(name, train_files, tmp_path):
         assert outcome.looping_enabled_step is not None and model.looping
 
 
-@pytest.mark.parametrize("name,params", [("record_sp8192", 35_944_536), ("baseline_sp1024", 17_059_912)])
+@pytest.mark.parametrize("name,params", [("record_sp8192", 35_944_536), ("baseline_sp1024", 17_059_912),
+                                         ("top_sp8192", 35_945_671), ("frontier_caseops", 35_944_602)])
 def test_describe_prints_the_exact_parameter_counts(name, params, capsys):
     from pgolf.cli import main as cli_main
 

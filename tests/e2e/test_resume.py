@@ -1,6 +1,7 @@
 """Resuming real runs on the embedded default data: a run killed with SIGKILL mid-run, one stopped by
 Ctrl-C and one that crashed under auto-resume all continue from their last checkpoint and end with the
-same losses (bit for bit) and score as an uninterrupted run of the same seed."""
+same losses (bit for bit) and score as an uninterrupted run of the same seed. A run that crashed after
+training (in evaluation) continues from its final weights without training again (issue 17, item 1)."""
 
 import json
 import os
@@ -18,6 +19,7 @@ from pgolf.config import apply_config_overrides
 from pgolf.data.corpus import ensure_default_dataset
 from pgolf.errors import ConfigError, PgolfError
 from pgolf.presets import tiny_cpu
+from pgolf import run as run_module
 from pgolf.run import main as run_main
 from pgolf.train import loop as loop_module
 
@@ -213,3 +215,55 @@ def test_two_writers_of_one_run_directory_are_refused_before_training(default_da
         holder.wait()
     report = run_main(config(default_data, tmp_path, RUN_ID="shared", PGOLF_AUTO_RESUME="1"), echo=False)
     assert report["steps"] == 6 and not (tmp_path / "shared" / "run.lock").exists()
+
+
+EXTRA_EVALUATION_PHASES = run_module.extra_evaluation_phases
+
+
+def crash_in_evaluation(*args, **kwargs):
+    """What a TTT phase that runs out of memory does, after training, quantization and the round trip."""
+    raise RuntimeError("TTT out of memory")
+
+
+def test_a_run_interrupted_after_training_continues_from_its_final_weights(default_data, tmp_path, reference,
+                                                                           monkeypatch):
+    """Issue 17 item 1: a crash in evaluation, after training, then --resume: the final weights are kept and
+    quantized and evaluated again; nothing trains again and nothing is deleted."""
+    monkeypatch.setattr(run_module, "extra_evaluation_phases", crash_in_evaluation)
+    with pytest.raises(RuntimeError, match="TTT out of memory"):
+        cli_main(["train", *items(default_data, tmp_path, RUN_ID="late", CHECKPOINT_EVERY="2")])
+    run_dir = tmp_path / "late"
+    weights = (run_dir / "final_weights.pgtc").read_bytes()
+    first_artifact = sorted(path.name for path in (run_dir / "artifact").iterdir())
+    assert (run_dir / "training_done.json").is_file() and first_artifact and not (run_dir / "report.json").exists()
+    trained = train_losses(run_dir)
+
+    monkeypatch.setattr(run_module, "extra_evaluation_phases", EXTRA_EVALUATION_PHASES)
+    assert cli_main(["train", "--resume", str(run_dir)]) == 0
+    log = (run_dir / "train.log").read_text()
+    assert "resume:removed" not in log and log.count("train_done steps:6") == 1  # trained once
+    assert "resume:from " + str(run_dir / "final_weights.pgtc") + " step:6" in log
+    assert train_losses(run_dir) == trained  # no step ran again
+    assert (run_dir / "final_weights.pgtc").read_bytes() == weights
+    aside = list(run_dir.glob("artifact.unfinished_*"))
+    assert len(aside) == 1 and sorted(path.name for path in aside[0].iterdir()) == first_artifact
+    report = json.loads((run_dir / "report.json").read_text())
+    assert (report["steps"], report["val_loss"], report["val_bpb"]) == (6, reference[0]["val_loss"],
+                                                                         reference[0]["val_bpb"])
+
+
+def test_an_evaluation_crash_that_repeats_under_restarts_never_retrains(default_data, tmp_path, reference,
+                                                                          monkeypatch):
+    """torchrun --max-restarts runs the same command again after each crash: with the training done, each
+    restart quantizes and evaluates again, and keeps what the crashed attempts wrote."""
+    cfg = config(default_data, tmp_path, RUN_ID="restarts", PGOLF_AUTO_RESUME="1")
+    monkeypatch.setattr(run_module, "extra_evaluation_phases", crash_in_evaluation)
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="TTT out of memory"):
+            run_main(cfg, echo=False)
+    monkeypatch.setattr(run_module, "extra_evaluation_phases", EXTRA_EVALUATION_PHASES)
+    report = run_main(cfg, echo=False)
+    run_dir = tmp_path / "restarts"
+    assert (run_dir / "train.log").read_text().count("train_done steps:") == 1
+    assert len(list(run_dir.glob("artifact.unfinished_*"))) == 2  # both crashed attempts' artifacts kept
+    assert (report["val_loss"], report["val_bpb"]) == (reference[0]["val_loss"], reference[0]["val_bpb"])

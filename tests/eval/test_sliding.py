@@ -62,7 +62,7 @@ def reference_sliding_loss(model, val: torch.Tensor, window: int, stride: int) -
 def test_sliding_sums_equal_per_target_reference(model, stride, batch):
     val = tokens(61)
     sums = evaluate_sliding_bpb(model, val, window=16, stride=stride, batch_windows=batch,
-                                byte_tables=byte_tables(), runtime=Runtime(torch.device("cpu")))
+                                target_bytes=byte_tables(), runtime=Runtime(torch.device("cpu")))
     assert sums.token_count == 60
     assert sums.loss_sum == pytest.approx(reference_sliding_loss(model, val, 16, stride), rel=1e-5)
     # Bytes: every target once, with its true previous token, whatever the windowing.
@@ -71,9 +71,9 @@ def test_sliding_sums_equal_per_target_reference(model, stride, batch):
 
 def test_stride_equal_to_window_is_the_plain_evaluation(model):
     val = tokens(16 * 6 + 1, seed=2)
-    plain = evaluate_bpb(model, val, seq_len=16, batch_sequences=4, byte_tables=byte_tables(),
+    plain = evaluate_bpb(model, val, seq_len=16, batch_sequences=4, target_bytes=byte_tables(),
                          runtime=Runtime(torch.device("cpu")))
-    sliding = evaluate_sliding_bpb(model, val, window=16, stride=16, batch_windows=4, byte_tables=byte_tables(),
+    sliding = evaluate_sliding_bpb(model, val, window=16, stride=16, batch_windows=4, target_bytes=byte_tables(),
                                    runtime=Runtime(torch.device("cpu")))
     assert sliding.token_count == plain.token_count and sliding.byte_count == plain.byte_count
     assert sliding.loss_sum == pytest.approx(plain.loss_sum, rel=1e-6)
@@ -81,7 +81,7 @@ def test_stride_equal_to_window_is_the_plain_evaluation(model):
 
 def test_rank_shares_add_up_to_the_whole(model):
     val = tokens(90, seed=4)
-    kwargs = dict(window=16, stride=4, batch_windows=3, byte_tables=byte_tables(), runtime=Runtime(torch.device("cpu")))
+    kwargs = dict(window=16, stride=4, batch_windows=3, target_bytes=byte_tables(), runtime=Runtime(torch.device("cpu")))
     whole = evaluate_sliding_bpb(model, val, **kwargs)
     parts = [evaluate_sliding_bpb(model, val, rank=r, world_size=3, **kwargs) for r in range(3)]
     assert sum(p.token_count for p in parts) == whole.token_count

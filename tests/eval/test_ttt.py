@@ -37,7 +37,7 @@ def repeated_text(repeats: int, period: int = 24, seed: int = 0) -> torch.Tensor
 
 
 def run_ttt(model, val, cfg, observer=None, **kwargs):
-    return evaluate_ttt_bpb(model, val, cfg, window=WINDOW, stride=STRIDE, batch_windows=3, byte_tables=tables(),
+    return evaluate_ttt_bpb(model, val, cfg, window=WINDOW, stride=STRIDE, batch_windows=3, target_bytes=tables(),
                             runtime=Runtime(CPU), observer=observer, **kwargs)
 
 
@@ -67,7 +67,7 @@ def test_the_check_catches_training_before_scoring():
 
 def sliding_reference(model, val):
     """The sliding-window score TTT must reproduce at lr 0 (and beat when it learns)."""
-    return evaluate_sliding_bpb(model, val, window=WINDOW, stride=STRIDE, batch_windows=3, byte_tables=tables(),
+    return evaluate_sliding_bpb(model, val, window=WINDOW, stride=STRIDE, batch_windows=3, target_bytes=tables(),
                                 runtime=Runtime(CPU))
 
 

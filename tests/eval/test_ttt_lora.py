@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from testkit import small_scoring_gpt
 from torch import nn
 
-from pgolf.config import Config, EvalConfig, TrainConfig, TTTConfig, validate_config
+from pgolf.config import Config, EvalConfig, ModelConfig, TrainConfig, TTTConfig, validate_config
 from pgolf.data.tokenizer import ByteTables
 from pgolf.errors import ConfigError
 from pgolf.eval.compliance import check_score_before_update
@@ -51,7 +51,7 @@ def doc(length: int, seed: int) -> list[int]:
 
 
 def run(gpt, val, cfg=CFG, observer=None):
-    return evaluate_lora_ttt_bpb(gpt, val, cfg, window=WINDOW, bos_id=BOS, byte_tables=tables(), runtime=Runtime(CPU),
+    return evaluate_lora_ttt_bpb(gpt, val, cfg, window=WINDOW, bos_id=BOS, target_bytes=tables(), runtime=Runtime(CPU),
                                  observer=observer)
 
 
@@ -73,19 +73,57 @@ class ReferenceLoRA(nn.Module):
         return self.base(x) + self.scale * (x @ self.A.T) @ self.B.T
 
 
-def reference_document(gpt, val, first, end, cfg) -> dict[int, float]:
-    """SPEC 5.3 for one document, alone: fresh adapters, chunks scored then one AdamW step."""
-    gpt = copy.deepcopy(gpt)
-    for p in gpt.parameters():
-        p.requires_grad_(False)
-    generator, adapters = torch.Generator().manual_seed(1234), []
+class ReferenceBranchLoRA(nn.Module):
+    """TOP's O and MLP adapters: ``branch(x) + scale * (x A^T) B^T``, d -> d from the branch's input."""
+
+    def __init__(self, branch, width, rank, alpha, generator):
+        super().__init__()
+        self.branch, self.scale = branch, alpha / rank
+        self.A = nn.Parameter((torch.rand(rank, width, generator=generator) * 2 - 1) / math.sqrt(width))
+        self.B = nn.Parameter(torch.zeros(width, rank))
+
+    def forward(self, x, *rest):
+        return self.branch(x, *rest) + self.scale * (x @ self.A.T) @ self.B.T
+
+
+def attach_default_targets(gpt, cfg, generator) -> list:
+    adapters = []
     for block in gpt.blocks:  # the default targets, in module order: c_q, c_k, c_v, attn.proj, mlp.proj
         for parent, name in [(block.attn, "c_q"), (block.attn, "c_k"), (block.attn, "c_v"), (block.attn, "proj"),
                              (block.mlp, "proj")]:
             adapters.append(ReferenceLoRA(getattr(parent, name), cfg.ttt_lora_rank, cfg.ttt_lora_alpha, generator))
             setattr(parent, name, adapters[-1])
+    return adapters
+
+
+def attach_top_targets(gpt, cfg, generator) -> list:
+    """SPEC 5.3's TOP set, block by block: Q, K, V, then O and MLP (from the branch inputs); the head last."""
+    adapters, width = [], gpt.tok_emb.embedding_dim
+    for block in gpt.blocks:
+        for name in ("c_q", "c_k", "c_v"):
+            adapters.append(ReferenceLoRA(getattr(block.attn, name), cfg.ttt_lora_rank, cfg.ttt_lora_alpha, generator))
+            setattr(block.attn, name, adapters[-1])
+        for name in ("attn", "mlp"):
+            adapters.append(ReferenceBranchLoRA(getattr(block, name), width, cfg.ttt_lora_rank, cfg.ttt_lora_alpha,
+                                                generator))
+            setattr(block, name, adapters[-1])
+    head = nn.Module()
+    head.scale = cfg.ttt_lora_alpha / cfg.ttt_lora_rank
+    head.A = nn.Parameter((torch.rand(cfg.ttt_lora_rank, width, generator=generator) * 2 - 1) / math.sqrt(width))
+    head.B = nn.Parameter(torch.zeros(gpt.tok_emb.num_embeddings, cfg.ttt_lora_rank))
+    plain_head = gpt.head_logits
+    gpt.head_logits = lambda h: plain_head(h) + head.scale * (h @ head.A.T) @ head.B.T
+    return adapters + [head]
+
+
+def reference_document(gpt, val, first, end, cfg, attach=attach_default_targets) -> dict[int, float]:
+    """SPEC 5.3 for one document, alone: fresh adapters, chunks scored then one AdamW step."""
+    gpt = copy.deepcopy(gpt)
+    for p in gpt.parameters():
+        p.requires_grad_(False)
+    adapters = attach(gpt, cfg, torch.Generator().manual_seed(1234))
     params = [p for a in adapters for p in (a.A, a.B)]
-    opt = torch.optim.AdamW(params, lr=cfg.ttt_lora_lr, betas=(0.0, 0.999), eps=1e-10, weight_decay=cfg.ttt_lora_wd)
+    opt = torch.optim.AdamW(params, lr=cfg.ttt_lora_lr, betas=(0.0, cfg.ttt_beta2), eps=1e-10, weight_decay=cfg.ttt_lora_wd)
     losses = {}
     for begin in range(first, end, cfg.ttt_lora_chunk_tokens):
         stop = min(begin + cfg.ttt_lora_chunk_tokens, end)
@@ -100,7 +138,7 @@ def reference_document(gpt, val, first, end, cfg) -> dict[int, float]:
     return losses
 
 
-def reference_losses(gpt, val, cfg) -> dict[int, float]:
+def reference_losses(gpt, val, cfg, attach=attach_default_targets) -> dict[int, float]:
     spans = document_spans(val, BOS)
     losses = {}
     with torch.no_grad():  # the head before the first BOS: plain windows
@@ -109,14 +147,23 @@ def reference_losses(gpt, val, cfg) -> dict[int, float]:
             losses.update(zip(range(begin, begin + tokens.size(1) - 1),
                               gpt(tokens[:, :-1], tokens[:, 1:], reduction="none")[0].tolist()))
     for first, end in spans:
-        losses.update(reference_document(gpt, val, first, end, cfg))
+        losses.update(reference_document(gpt, val, first, end, cfg, attach))
     return losses
 
 
-def assert_same_losses(got: dict, expected: dict):
+def assert_same_losses(got: dict, expected: dict, tolerance: float = 1e-5):
     assert sorted(got) == sorted(expected)
     worst = max(abs(got[t] - expected[t]) for t in expected)
-    assert worst < 1e-5, worst
+    assert worst < tolerance, worst
+
+
+@pytest.fixture
+def float64():
+    """Everything built in float64: AdamW with betas (0, b2) and eps 1e-10 turns float32 rounding noise in
+    near-zero gradients into full steps, so the exact comparisons of the adapters run in float64."""
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
 
 
 # Lengths around the chunk (8) and window (32): one chunk, several, and longer than the window.
@@ -218,3 +265,106 @@ def test_a_chunk_longer_than_the_window_is_refused_before_anything_runs():
         validate_config(too_long)
     with pytest.raises(AssertionError):
         run(model(), stream(doc(10, 1)), dataclasses.replace(CFG, ttt_lora_chunk_tokens=WINDOW + 1))
+
+
+def test_ttt_beta2_reaches_the_adapters_adamw(reference):
+    gpt, val, expected = reference
+    cfg = dataclasses.replace(CFG, ttt_beta2=0.9)
+    got = per_target_losses(gpt, val, cfg)
+    assert_same_losses(got, reference_losses(gpt, val, cfg))
+    assert max(abs(got[t] - expected[t]) for t in expected) > 1e-4  # beta2 matters here
+
+
+TOP_TARGETS = ("c_q", "c_k", "c_v", "attn", "mlp", "head")
+
+
+@pytest.mark.parametrize("batch_docs", [1, 3])
+def test_branch_and_head_adapters_match_the_one_document_reference(batch_docs, float64):
+    gpt, val = model(), stream(*DOCS[:5])
+    cfg = dataclasses.replace(CFG, ttt_lora_targets=TOP_TARGETS)
+    expected = reference_losses(gpt, val, cfg, attach_top_targets)
+    got = per_target_losses(gpt, val, dataclasses.replace(cfg, ttt_lora_batch_docs=batch_docs))
+    assert_same_losses(got, expected, tolerance=1e-12)
+    plain = per_target_losses(gpt, val, CFG)
+    assert max(abs(plain[t] - expected[t]) for t in expected) > 1e-4  # the extra adapters change the scores
+
+
+def test_the_head_adapter_alone_learns_and_starts_as_identity():
+    gpt, val = model(), stream(doc(6, 6) * 8)
+    cfg = dataclasses.replace(CFG, ttt_lora_targets=("head",), ttt_lora_chunk_tokens=4, ttt_lora_wd=0.0)
+    flat = run(copy.deepcopy(gpt), val, dataclasses.replace(cfg, ttt_lora_lr=0.0))
+    learned = run(copy.deepcopy(gpt), val, dataclasses.replace(cfg, ttt_lora_lr=0.05))
+    plain = run(copy.deepcopy(gpt), val, dataclasses.replace(CFG, ttt_lora_lr=0.0, ttt_lora_chunk_tokens=4))
+    assert flat.loss_sum == pytest.approx(plain.loss_sum, rel=1e-6)  # B = 0: the head is the model's
+    assert learned.val_bpb < flat.val_bpb - 0.05
+
+
+LOOPED = ModelConfig(vocab_size=VOCAB, num_layers=4, model_dim=32, num_heads=4, num_kv_heads=2, num_loops=1,
+                     loop_start=1, loop_end=2)
+
+
+def looped_and_unrolled() -> tuple[GPT, GPT]:
+    """A looped model (blocks 1-2 twice: order 0,1,2,1,2,3) and the same computation as a plain 6-block model
+    whose block v is a copy of the looped model's block order[v]."""
+    torch.manual_seed(3)
+    looped = GPT(LOOPED)
+    with torch.no_grad():
+        for module in looped.modules():
+            if getattr(module, "zero_init", False):
+                module.weight.normal_(0, 0.05)
+    looped.set_looping(True)
+    order = looped.layer_schedule.virtual_layers
+    assert order == (0, 1, 2, 1, 2, 3)
+    unrolled = GPT(dataclasses.replace(LOOPED, num_layers=len(order), num_loops=0, loop_start=0, loop_end=0))
+    state = {k: v for k, v in looped.state_dict().items() if not k.startswith("blocks.")}
+    for v, physical in enumerate(order):
+        state.update({f"blocks.{v}.{k}": t for k, t in looped.blocks[physical].state_dict().items()})
+    unrolled.load_state_dict(state)
+    return looped.eval(), unrolled.eval()
+
+
+def test_per_slot_adapters_equal_one_adapter_per_visit_of_an_unrolled_model(float64):
+    looped, unrolled = looped_and_unrolled()
+    val = stream(*DOCS[:5])
+    tokens = val[None, :40]
+    assert torch.allclose(looped.forward_logits(tokens), unrolled.forward_logits(tokens), atol=1e-12)
+    cfg = dataclasses.replace(CFG, ttt_lora_targets=TOP_TARGETS, ttt_lora_batch_docs=2)
+    expected = reference_losses(unrolled, val, cfg, attach_top_targets)
+    per_slot = per_target_losses(looped, val, dataclasses.replace(cfg, ttt_lora_per_slot=True))
+    assert_same_losses(per_slot, expected, tolerance=1e-12)
+    shared = per_target_losses(looped, val, cfg)  # one adapter per physical block, shared by its visits
+    assert max(abs(shared[t] - expected[t]) for t in expected) > 1e-4
+
+
+def test_per_slot_adapter_shapes_and_unknown_targets():
+    looped, _ = looped_and_unrolled()
+    adapters = attach_lora_adapters(looped, TOP_TARGETS, rank=4, alpha=8.0, slots=2, per_slot=True)
+    visits = {(a.block_index, tuple(a.lora_A.shape)) for a in adapters}
+    assert (1, (2, 2, 4, 32)) in visits and (0, (1, 2, 4, 32)) in visits and (None, (1, 2, 4, 32)) in visits
+    assert [tuple(a.lora_B.shape) for a in adapters if a.block_index is None] == [(1, 2, VOCAB, 4)]
+    assert sum(a.lora_A.shape[0] for a in adapters if a.block_index is not None) == 6 * 5  # 6 slots x 5 targets
+    with pytest.raises(ConfigError, match="nope"):
+        attach_lora_adapters(model(), ("c_q", "nope"), rank=4, alpha=8.0)
+
+
+def test_new_lora_settings_are_off_by_default_and_checked():
+    assert (TTTConfig().ttt_beta2, TTTConfig().ttt_lora_per_slot) == (0.999, False)
+    with pytest.raises(ConfigError, match="TTT_BETA2"):
+        validate_config(Config(ttt=TTTConfig(ttt_beta2=1.0)))
+
+
+def test_top_adapters_per_slot_with_phases_score_before_update():
+    """TOP's TTT: every adapter kind, per slot, with global SGD phases on the base model in between."""
+    looped, _ = looped_and_unrolled()
+    val = stream(*DOCS)
+    cfg = dataclasses.replace(CFG, ttt_lora_targets=TOP_TARGETS, ttt_lora_per_slot=True, ttt_lora_batch_docs=2,
+                              ttt_phases=2, ttt_phase_prefix_docs=4, ttt_phase_lr=0.05, ttt_chunk_tokens=2 * WINDOW,
+                              ttt_batch_seqs=2)
+    observer = TTTObserver()
+    base_before = {name: p.detach().clone() for name, p in looped.named_parameters()}
+    sums = run(looped, val, cfg, observer)
+    assert check_score_before_update(observer, val.numel() - 1).passed
+    assert any(kind == "phase_train" for kind, _ in observer.events)
+    assert math.isfinite(sums.val_bpb) and sums.token_count == val.numel() - 1
+    changed = [name for name, p in looped.named_parameters() if name in base_before and not torch.equal(p, base_before[name])]
+    assert changed and not any("lora" in name for name in changed)  # the phases trained the base model only

@@ -38,7 +38,7 @@ def validation_stream(lengths=(60, 55, 50, 45, 40, 35, 30, 25), seed=0) -> torch
 
 
 def run(gpt, val, cfg=CFG, observer=None, rank=0, world_size=1):
-    return evaluate_lora_ttt_bpb(gpt, val, cfg, window=WINDOW, bos_id=BOS, byte_tables=tables(), runtime=Runtime(CPU),
+    return evaluate_lora_ttt_bpb(gpt, val, cfg, window=WINDOW, bos_id=BOS, target_bytes=tables(), runtime=Runtime(CPU),
                                  rank=rank, world_size=world_size, observer=observer)
 
 

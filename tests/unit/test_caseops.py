@@ -1,8 +1,10 @@
 """CaseOps (SPEC 5.10): the lossless case transform and its byte sidecar.
 
 The transform must invert exactly on any string; the shard ids must be the record exporter's, id for
-id, on its golden sample; the sidecar must count every byte of the original text once (its sums are
-the BPB denominator), and must equal the record's sidecar except at the one documented token.
+id, on its golden sample. The sidecar (its sums are the BPB denominator) has two byte conventions: with
+``decoded`` (the default, the challenge's) it counts every byte of the decoded text with the case
+transform undone once and equals the record's sidecar everywhere; with ``original`` it counts every
+byte of the raw document once and differs from the record's at the one documented token.
 """
 
 import json
@@ -16,16 +18,22 @@ from pgolf.data.build import train_sentencepiece_tokenizer
 from pgolf.data.caseops import (
     CASEOPS_ALLCAPS,
     CASEOPS_BOS_ID,
+    CASEOPS_BYTE_CONVENTIONS,
+    CASEOPS_BYTES_DECODED,
+    CASEOPS_BYTES_ORIGINAL,
     CASEOPS_CAPNEXT,
+    CASEOPS_DEFAULT_BYTE_CONVENTION,
     CASEOPS_ESC,
     CASEOPS_OPERATORS,
     CASEOPS_TITLE,
     build_caseops_piece_bytes,
+    caseops_decoded_text,
     caseops_document_byte_counts,
     caseops_original_byte_counts,
     decode_caseops,
     encode_caseops,
     encode_caseops_document,
+    require_caseops_byte_convention,
 )
 from pgolf.data.shards import read_shard
 from pgolf.data.tokenizer import load_sentencepiece
@@ -37,9 +45,9 @@ GOLDEN_MODEL = GOLDEN / "fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.mode
 FINEWEB_TEXT = SHARED_DATA / "fineweb-text-sample" / "fineweb_val_sample_decoded.jsonl"
 T, A, C, E = CASEOPS_TITLE, CASEOPS_ALLCAPS, CASEOPS_CAPNEXT, CASEOPS_ESC
 
-# The single token where pgolf's sidecar differs from the record's (docs/caseops.md): the last token
-# of document 233, whose text ends in U+FFFD, a character SentencePiece's normaliser deletes.
-RECORD_SIDECAR_DIFFERENCES = {201269: (5, 2)}  # position: (pgolf, record)
+# The single token where the 'original' sidecar differs from the record's (docs/caseops.md): the last
+# token of document 233, whose text ends in U+FFFD, a character SentencePiece's normaliser deletes.
+RECORD_SIDECAR_DIFFERENCES = {201269: (5, 2)}  # position: (pgolf 'original', record = pgolf 'decoded')
 
 
 # ------------------------------------------------------------------------------------ the rules
@@ -214,12 +222,48 @@ def _incremental_decode_counts(sp, ids) -> list[int]:
 
 
 @pytest.mark.parametrize("text", SIDECAR_TEXTS)
-def test_document_counts_sum_to_the_original_bytes(caseops_sp, text):
-    ids, counts = encode_caseops_document(text, caseops_sp)
+def test_original_counts_sum_to_the_raw_bytes(caseops_sp, text):
+    ids, counts = encode_caseops_document(text, caseops_sp, byte_convention=CASEOPS_BYTES_ORIGINAL)
     assert ids[0] == CASEOPS_BOS_ID and counts[0] == 0
     assert ids[1:] == caseops_sp.encode(encode_caseops(text))
     assert len(counts) == len(ids) and min(counts) >= 0
     assert sum(counts) == len(text.encode("utf-8"))
+
+
+@pytest.mark.parametrize("text", SIDECAR_TEXTS)
+def test_decoded_counts_sum_to_the_decoded_bytes(caseops_sp, text):
+    ids, counts = encode_caseops_document(text, caseops_sp)  # the default convention
+    assert ids[0] == CASEOPS_BOS_ID and counts[0] == 0 and len(counts) == len(ids) and min(counts) >= 0
+    assert ids[1:] == caseops_sp.encode(encode_caseops(text))
+    decoded = decode_caseops(caseops_sp.decode(ids[1:]), strict=False)  # independently of caseops_decoded_text
+    assert sum(counts) == len(decoded.encode("utf-8")) == len(caseops_decoded_text(ids, caseops_sp).encode())
+    assert counts[1:] == caseops_original_byte_counts(ids[1:], caseops_sp).tolist()  # the record's rule
+
+
+def test_the_default_convention_is_the_challenges():
+    assert CASEOPS_DEFAULT_BYTE_CONVENTION == CASEOPS_BYTES_DECODED == "decoded"
+    assert CASEOPS_BYTE_CONVENTIONS == ("decoded", "original")
+    assert require_caseops_byte_convention("original") == "original"
+
+
+def test_an_unknown_byte_convention_is_a_clear_error(caseops_sp):
+    for bad in ("raw", "Decoded", ""):
+        with pytest.raises(DataError, match=r"unknown CaseOps byte convention .*'decoded'.*'original'"):
+            encode_caseops_document("The cat", caseops_sp, byte_convention=bad)
+
+
+def test_raw_web_text_counts_differ_by_convention(caseops_sp):
+    """Newlines, runs of spaces, a tab, trailing whitespace: SentencePiece's normaliser collapses them, so
+    the decoded text is shorter than the raw document, and each convention counts its own text."""
+    text = "The River\n\nNASA  said:\tOK.\r\n  Second   line \n"
+    decoded = decode_caseops(caseops_sp.decode(caseops_sp.encode(encode_caseops(text))))
+    assert decoded == "The River NASA said: OK. Second line"
+    ids, decoded_counts = encode_caseops_document(text, caseops_sp, byte_convention=CASEOPS_BYTES_DECODED)
+    same_ids, original_counts = encode_caseops_document(text, caseops_sp, byte_convention=CASEOPS_BYTES_ORIGINAL)
+    assert ids == same_ids  # the convention changes the counts only, never the tokens
+    assert sum(decoded_counts) == len(decoded.encode("utf-8")) == 36
+    assert sum(original_counts) == len(text.encode("utf-8")) == 45
+    assert decoded_counts != original_counts
 
 
 @pytest.mark.parametrize("text", SIDECAR_TEXTS)
@@ -250,9 +294,12 @@ def test_random_documents_count_exactly(caseops_sp):
     rng = random.Random(11)
     for _ in range(300):
         text = _random_utf8_text(rng)
-        ids, counts = encode_caseops_document(text, caseops_sp, table)
+        ids, counts = encode_caseops_document(text, caseops_sp, table, byte_convention=CASEOPS_BYTES_ORIGINAL)
         if len(ids) > 1:  # a document with no tokens has nowhere to put its bytes
             assert sum(counts) == len(text.encode("utf-8")), repr(text)
+        _, decoded_counts = encode_caseops_document(text, caseops_sp, table)
+        decoded = decode_caseops(caseops_sp.decode(ids[1:]), strict=False)
+        assert sum(decoded_counts) == len(decoded.encode("utf-8")), repr(text)
 
 
 def test_operator_pieces_count_zero_and_escaped_ones_three(caseops_sp):
@@ -272,14 +319,15 @@ def test_byte_fallback_character_is_charged_to_its_last_piece(caseops_sp):
 
 def test_deleted_characters_go_to_the_token_before(caseops_sp):
     text = "ok\ufffd"
-    ids, counts = encode_caseops_document(text, caseops_sp)
+    ids, counts = encode_caseops_document(text, caseops_sp, byte_convention=CASEOPS_BYTES_ORIGINAL)
     assert caseops_original_byte_counts(ids, caseops_sp).sum() == 2  # the ids alone cannot see the U+FFFD
     assert counts[-1] >= 3 and sum(counts) == 5
 
 
-def test_a_document_without_tokens_counts_nothing(caseops_sp):
-    assert encode_caseops_document("", caseops_sp) == ([CASEOPS_BOS_ID], [0])
-    assert encode_caseops_document("   ", caseops_sp) == ([CASEOPS_BOS_ID], [0])
+@pytest.mark.parametrize("convention", CASEOPS_BYTE_CONVENTIONS)
+def test_a_document_without_tokens_counts_nothing(caseops_sp, convention):
+    assert encode_caseops_document("", caseops_sp, byte_convention=convention) == ([CASEOPS_BOS_ID], [0])
+    assert encode_caseops_document("   ", caseops_sp, byte_convention=convention) == ([CASEOPS_BOS_ID], [0])
 
 
 def test_control_tokens_count_zero(caseops_sp):
@@ -319,7 +367,7 @@ def golden():
     sp = load_sentencepiece(GOLDEN_MODEL)
     docs = [json.loads(line)["text"] for line in (GOLDEN / "docs.jsonl").read_text(encoding="utf-8").splitlines()]
     table = build_caseops_piece_bytes(sp)
-    encoded = [encode_caseops_document(doc, sp, table) for doc in docs]
+    encoded = [encode_caseops_document(doc, sp, table, byte_convention=CASEOPS_BYTES_ORIGINAL) for doc in docs]
     return {
         "sp": sp,
         "table": table,
@@ -335,6 +383,21 @@ def test_golden_tokens_are_reproduced_exactly(golden):
     assert len(golden["docs"]) == 300
     assert golden["ids"].shape == golden["record_ids"].shape == (275_739,)
     assert np.array_equal(golden["ids"], golden["record_ids"])
+
+
+def test_golden_decoded_sidecar_is_the_records(golden):
+    """The default convention reproduces the record's sidecar at every position, and each document's
+    count is exactly its decoded text's bytes, 3 short of the raw document 233 only."""
+    sp, table = golden["sp"], golden["table"]
+    counts, short = [], {}
+    for index, doc in enumerate(golden["docs"]):
+        ids, doc_counts = encode_caseops_document(doc, sp, table)
+        assert sum(doc_counts) == len(decode_caseops(sp.decode(ids[1:]), strict=False).encode("utf-8")), index
+        if sum(doc_counts) != len(doc.encode("utf-8")):
+            short[index] = len(doc.encode("utf-8")) - sum(doc_counts)
+        counts.extend(doc_counts)
+    assert np.array_equal(np.array(counts), golden["record_bytes"])
+    assert short == {233: 3}
 
 
 def test_golden_sidecar_sums_to_each_document_exactly(golden):
@@ -368,7 +431,7 @@ def test_fineweb_sample_sidecar_is_exact_and_ids_only_misses_one_token(golden):
     sp, table = golden["sp"], golden["table"]
     missed = {}
     for index, doc in enumerate(_fineweb_docs()):
-        ids, counts = encode_caseops_document(doc, sp, table)
+        ids, counts = encode_caseops_document(doc, sp, table, byte_convention=CASEOPS_BYTES_ORIGINAL)
         assert sum(counts) == len(doc.encode("utf-8")), index
         ids_only = caseops_original_byte_counts(ids, table)
         for position in np.flatnonzero(ids_only != np.array(counts)):

@@ -154,7 +154,7 @@ def test_a_resume_may_move_paths_and_change_intervals_only():
     changed = apply_config_overrides(Config(), {"NUM_LAYERS": "3", "MATRIX_LR": "0.1"}, source="test")
     assert resume_config_conflicts(saved, changed) == ["MATRIX_LR=0.1 (the run has 0.04)",
                                                        "NUM_LAYERS=3 (the run has 9)"]
-    assert {"data_path", "checkpoint_keep"} <= RESUME_ADJUSTABLE_FIELDS
+    assert {"data_path", "checkpoint_keep", "checkpoint_sync"} <= RESUME_ADJUSTABLE_FIELDS  # where copies go is not the run
 
 
 def test_resume_run_config_reads_the_run_and_refuses_other_overrides(tmp_path):

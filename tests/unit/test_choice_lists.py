@@ -7,13 +7,17 @@ the config rules that restate a model constant (the 12-channel gate windows).
 """
 
 import pytest
+import torch
 
-from pgolf.artifact.compress import AUTO_COMPRESSOR, COMPRESSOR_IDS, COMPRESSORS, PERGROUP_COMPRESSOR
-from pgolf.config import Config, ModelConfig, config_field_choices, validate_config
+from pgolf.artifact.compress import (AUTO_COMPRESSOR, COMPRESSOR_IDS, COMPRESSORS, PERGROUP_COMPRESSOR,
+                                     PERGROUP_LRZIP_COMPRESSOR)
+from pgolf.config import TTT_LORA_TARGET_NAMES, Config, ModelConfig, config_field_choices, validate_config
 from pgolf.data.run_data import TRAIN_LOADERS
 from pgolf.errors import ConfigError
+from pgolf.eval.ttt_lora import LORA_BRANCH_TARGETS, LORA_HEAD_TARGET, attach_lora_adapters
 from pgolf.model.attention import ATTENTION_BACKENDS, SDPA_BACKENDS
 from pgolf.model.block import ACTIVATIONS
+from pgolf.model.gpt import GPT
 from pgolf.model.features.attn_gate import ATTN_GATE_VARIANTS, ATTN_GATE_WINDOW
 from pgolf.model.features.smear_gate import SMEAR_GATE_WINDOW
 from pgolf.model.kernels.fused_mlp import MLP_ACTIVATION_NEGATIVE_SLOPES
@@ -30,7 +34,7 @@ RESOLVED_NAMES = {
     "muon_ns_coefficients": set(NEWTON_SCHULZ_SCHEDULES),
     "train_loader": set(TRAIN_LOADERS),
     "autocast_dtype": {"auto", *AUTOCAST_DTYPES},
-    "compressor": {*COMPRESSORS, AUTO_COMPRESSOR, PERGROUP_COMPRESSOR},
+    "compressor": {*COMPRESSORS, AUTO_COMPRESSOR, PERGROUP_COMPRESSOR, PERGROUP_LRZIP_COMPRESSOR},
 }
 # Two-way choices the code decides with an ``if`` on one name, not through a table.
 BRANCHED_IN_CODE = {"parallel_residual_mode", "ttt_mode", "quant_method", "clip_method"}
@@ -73,3 +77,23 @@ def test_the_config_rejects_models_narrower_than_the_smear_gate_window():
         validate_config(narrow_model(smear_gate_enabled=True))
     validate_config(Config(model=ModelConfig(model_dim=SMEAR_GATE_WINDOW, num_heads=2, num_kv_heads=1,
                                              smear_gate_enabled=True)))
+
+
+def lora_target_names_the_evaluator_resolves() -> set[str]:
+    """What pgolf/eval/ttt_lora.py attaches adapters to: a linear inside the blocks by its name or its
+    branch-qualified name (it matches name suffixes), plus its branch and head targets."""
+    model = GPT(ModelConfig(num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1))
+    names = set()
+    for name, module in model.named_modules():
+        if name.startswith("blocks.") and isinstance(module, torch.nn.Linear):
+            parts = name.split(".")[2:]  # blocks.<i>.attn.c_q -> attn, c_q
+            names.update({parts[-1], ".".join(parts[-2:])})
+    return names | set(LORA_BRANCH_TARGETS) | {LORA_HEAD_TARGET}
+
+
+def test_the_ttt_lora_target_names_are_what_the_evaluator_resolves():
+    assert set(TTT_LORA_TARGET_NAMES) == lora_target_names_the_evaluator_resolves()
+    for name in TTT_LORA_TARGET_NAMES:  # each declared name attaches at least one adapter
+        model = GPT(ModelConfig(num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1))
+        assert attach_lora_adapters(model, (name,), rank=2, alpha=4.0)
+

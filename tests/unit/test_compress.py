@@ -59,7 +59,7 @@ def test_byte_shuffle_rejects_bad_input():
 
 def test_compressor_table_and_ids():
     assert list(COMPRESSORS) == ["zlib", "lzma", "brotli", "zstd"]
-    assert COMPRESSOR_IDS == {"zlib": 1, "lzma": 2, "brotli": 3, "zstd": 4, "pergroup": 5}
+    assert COMPRESSOR_IDS == {"zlib": 1, "lzma": 2, "brotli": 3, "zstd": 4, "pergroup": 5, "pergroup_lrzip": 6}
     assert available_compressor_names() == ["zlib", "lzma", "brotli", "zstd"]
 
 

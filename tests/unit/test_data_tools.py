@@ -203,7 +203,7 @@ def test_build_round_trips_jsonl(tmp_path, capsys):
     assert verify_dataset(data_dir).ok  # finds the tokenizer through the manifest
     assert dataset_stats(data_dir)["splits"]["val"]["bytes"] == sum(len(d) for d in docs[:7])
     assert cli_main(args) == 2  # refuses to overwrite the tokenizer
-    assert "already exists" in capsys.readouterr().err
+    assert "refusing to overwrite" in capsys.readouterr().err
 
 
 def test_build_needs_more_documents_than_validation(tmp_path, tokenizer):

@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,3 +215,101 @@ def test_a_users_manifest_in_the_dataset_folder_is_not_overwritten(hub, tmp_path
             _download(url, tmp_path)
     assert json.loads((folder / "manifest.json").read_text()) == {"mine": True}
     np.testing.assert_equal(len(list(folder.glob("*.bin"))), 4)  # the shards themselves were fine to fetch
+
+
+# --------------------------------------------------------------------------- CaseOps (issue 16)
+
+CASEOPS_REPO = "romeerp/parameter-golf-caseops-v1"
+CASEOPS_DIR = "fineweb10B_sp8192_lossless_caps_caseops_v1_reserved"
+CASEOPS_MODEL = "fineweb_8192_bpe_lossless_caps_caseops_v1_reserved"
+
+
+@pytest.fixture(scope="module")
+def caseops_repository(tmp_path_factory):
+    """The CaseOps repository's layout (romeerp/parameter-golf-caseops-v1): token shards, validation byte
+    sidecars and the CaseOps tokenizer, made here by `pgolf data build --caseops` on synthetic text."""
+    from pgolf.data.dataset import build_dataset
+
+    work = tmp_path_factory.mktemp("caseops_repo")
+    docs = [d.title() if i % 3 == 0 else d.upper() if i % 7 == 0 else d for i, d in enumerate(_docs(120, 5))]
+    built = build_dataset(lambda: iter(docs), VOCAB, work, name="hub", num_val_docs=20, caseops=True)
+    data_dir, model = Path(built["data_dir"]), Path(built["tokenizer_path"])
+    folder = f"datasets/datasets/{CASEOPS_DIR}"
+    files = {f"{folder}/{path.name}": path.read_bytes() for path in data_dir.glob("*.bin")}
+    files[f"datasets/tokenizers/{CASEOPS_MODEL}.model"] = model.read_bytes()
+    files[f"datasets/tokenizers/{CASEOPS_MODEL}.vocab"] = model.with_suffix(".vocab").read_bytes()
+    stats = json.loads((data_dir / "manifest.json").read_text())["datasets"][0]["stats"]
+    manifest = {
+        "version": "10B", "num_val_docs": 20,
+        "tokenizers": [{"name": "sp_caseops", "kind": "sentencepiece_bpe", "vocab_size": VOCAB, "bos_id": 1,
+                        "model_path": f"tokenizers/{CASEOPS_MODEL}.model",
+                        "vocab_path": f"tokenizers/{CASEOPS_MODEL}.vocab"}],
+        "datasets": [{"name": CASEOPS_DIR, "tokenizer_name": "sp_caseops", "vocab_size": VOCAB, "bos_id": 1,
+                      "val_bytes_glob": f"{CASEOPS_DIR}/fineweb_val_bytes_*.bin",
+                      "stats": {"docs_val": 20, "files_val": stats["files_val"], "files_train": stats["files_train"],
+                                "tokens_val": stats["tokens_val"]}}],
+    }
+    files["datasets/manifest.json"] = json.dumps(manifest).encode()
+    return files, stats
+
+
+def test_caseops_variant_downloads_its_sidecars_from_its_own_repository(caseops_repository, monkeypatch, tmp_path,
+                                                                         capsys):
+    from pgolf.config import Config, apply_config_overrides
+    from pgolf.data.run_data import prepare_validation_data
+    from pgolf.data.val_bytes import TARGET_BYTES_FROM_SIDECARS
+
+    files, stats = caseops_repository
+    monkeypatch.delenv("MATCHED_FINEWEB_REPO_ID", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    hub = HubStandIn(CASEOPS_REPO, files=dict(files))
+    with RunningHub(hub) as url:  # no --repo-id: the variant names its repository
+        status = cli_main(["data", "fineweb", "--variant", "sp8192_caseops", "--train-shards", "1", "--endpoint", url,
+                           "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "data")])
+    out = capsys.readouterr().out
+    assert status == 0 and CASEOPS_REPO in out and "from the byte sidecars" in out
+    folder = tmp_path / "data" / "datasets" / CASEOPS_DIR
+    assert sorted(p.name for p in folder.glob("*.bin")) == ["fineweb_train_000000.bin", "fineweb_val_000000.bin",
+                                                           "fineweb_val_bytes_000000.bin"]
+    assert (folder / "fineweb_val_bytes_000000.bin").read_bytes() == files[
+        f"datasets/datasets/{CASEOPS_DIR}/fineweb_val_bytes_000000.bin"]
+    local = json.loads((folder / "manifest.json").read_text())
+    assert local["datasets"][0]["val_bytes_glob"] == "fineweb_val_bytes_*.bin" and len(local["tokenizers"][0]["sha256"]) == 64
+    assert f"{stats['val_original_bytes']:,} bytes from the byte sidecars" in out
+    assert verify_dataset(folder).ok
+    tokenizer = tmp_path / "data" / "tokenizers" / f"{CASEOPS_MODEL}.model"
+    cfg = apply_config_overrides(Config(), {"DATA_PATH": str(folder), "TOKENIZER_PATH": str(tokenizer),
+                                            "VOCAB_SIZE": str(VOCAB), "TRAIN_SEQ_LEN": "32",
+                                            "TRAIN_BATCH_TOKENS": "256"}, source="test")
+    data = prepare_validation_data(cfg)
+    assert data.target_bytes.source == TARGET_BYTES_FROM_SIDECARS
+    sidecar = read_shard(folder / "fineweb_val_bytes_000000.bin")
+    assert data.target_bytes.total() == int(np.sum(sidecar[1: data.tokens.numel()], dtype=np.int64))
+
+
+def test_caseops_plan_fetches_sidecars_even_without_val_bytes_glob(caseops_repository):
+    files, _ = caseops_repository
+    manifest = json.loads(files["datasets/manifest.json"])
+    del manifest["datasets"][0]["val_bytes_glob"]
+    plan = plan_fineweb_download(manifest, "sp8192_caseops", 0)
+    assert [f.path.split("/")[-1] for f in plan.files[:2]] == ["fineweb_val_000000.bin", "fineweb_val_bytes_000000.bin"]
+    assert fineweb_dataset_dir("sp8192_caseops") == CASEOPS_DIR
+
+
+# --------------------------------------------------------------------------- no network (issue 17, item 11)
+
+
+def test_no_network_says_the_hub_cannot_be_reached(monkeypatch, tmp_path):
+    """A closed port stands for a machine without network: the error says the hub cannot be reached (it
+    used to say the manifest was missing from the repository)."""
+    import huggingface_hub.utils._http as hub_http
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_http.time, "sleep", lambda seconds: None)  # skip huggingface_hub's retry waits
+    client = HubClient(REPO, endpoint="http://127.0.0.1:9", cache_dir=tmp_path / "cache")
+    with pytest.raises(DataError, match=r"the hub at http://127.0.0.1:9 cannot be reached") as error:
+        download_fineweb("sp300", 1, tmp_path / "data", client, log=lambda line: None)
+    assert "missing from the hub" not in str(error.value)

@@ -1,22 +1,29 @@
 """COMPRESSOR=pergroup (SPEC 5.11): role groups, greedy L1 row chains, transposition, bit-exact round
 trips for every quantization scheme, damage detection, and its place in COMPRESSOR=auto."""
 
+import os
+import shutil
 import struct
+import sys
+import zlib
 
 import numpy as np
 import pytest
 import torch
 
-from pgolf.artifact.compress import (auto_compress, choose_smallest_compression, compress_model_bytes,
-                                     decompress_model_bytes, describe_compressed_blob)
+from pgolf.artifact.compress import (LRZIP_COMPRESS_ARGS, auto_compress, available_model_compressor_names,
+                                     choose_smallest_compression, compress_model_bytes, decompress_model_bytes,
+                                     describe_compressed_blob, lrzip_available, lrzip_declared_size,
+                                     require_model_compressor)
 from pgolf.artifact.container import pack_tensor_container, unpack_tensor_container
 from pgolf.artifact.pack import pack_quantized_tensors
 from pgolf.quant.packing import build_model_artifact, unpack_model_artifact
 from pgolf.artifact.pergroup import (PERGROUP_PERM_PREFIX, greedy_l1_row_chain, pack_pergroup_streams,
                                      split_container_by_role, unpack_pergroup_streams)
-from pgolf.config import ArtifactConfig, QuantConfig
-from pgolf.errors import ArtifactError, ConfigError
+from pgolf.config import ArtifactConfig, Config, QuantConfig, RunConfig
+from pgolf.errors import ArtifactError, ConfigError, PgolfError
 from pgolf.quant.artifact_quant import quantize_for_artifact
+from pgolf.run import main as run_main
 
 LAYERS = (0, 10, 2)  # state-dict order on purpose not index order (10 must come after 2)
 
@@ -210,7 +217,8 @@ def test_pergroup_needs_a_tensor_container():
         compress_model_bytes(b"abc", "gzip")
 
 
-def test_auto_keeps_pergroup_only_when_it_is_smaller():
+def test_auto_keeps_pergroup_only_when_it_is_smaller(monkeypatch):
+    monkeypatch.setattr("pgolf.artifact.compress.lrzip_available", lambda: False)  # as on a machine without lrzip
     tensors, meta = quantized("rtn int6 sdclip", tied=True)
     container = pack_tensor_container(tensors, {"quant": meta})
     plain = choose_smallest_compression(container, strides=(0, 2))[0]
@@ -249,3 +257,133 @@ def test_malformed_manifest_is_an_artifact_error(small_blob):
     residual = compress_model_bytes(pack_tensor_container(tensors, meta), "zlib", 2)
     with pytest.raises(ArtifactError, match="groups"):
         decompress_model_bytes(small_blob[:5] + pack_pergroup_streams([residual, *frames[1:]]))
+
+
+# ---- COMPRESSOR=pergroup_lrzip: role streams through the external lrzip program (TOP, SPEC 5.11).
+
+# lrzip's header (magic, version 0.6, uint64 size), with an impossible minor version to tell the stand-in apart.
+STAND_IN_MAGIC = b"LRZI\x00\xee"
+STAND_IN_LRZIP = f"""#!{sys.executable}
+# A stand-in for lrzip on machines without it: the same command line and header, zlib inside, calls logged.
+import os, sys, zlib
+args = sys.argv[1:]
+with open(os.path.join(os.path.dirname(__file__), "calls.log"), "a") as log:
+    log.write(" ".join(args[:-3]) + " LRZIP=" + os.environ.get("LRZIP", "") + "\\n")
+out, source = args[args.index("-o") + 1], args[-1]
+data = open(source, "rb").read()
+if "-d" in args:
+    if not data.startswith({STAND_IN_MAGIC!r}):
+        sys.exit("not an lrzip file")
+    try:
+        data = zlib.decompress(data[14:])
+    except zlib.error as error:
+        sys.exit(str(error))
+else:
+    data = {STAND_IN_MAGIC!r} + len(data).to_bytes(8, "little") + zlib.compress(data, 9)
+open(out, "wb").write(data)
+"""
+
+
+@pytest.fixture
+def stand_in_lrzip(tmp_path, monkeypatch):
+    """PATH holding only a fake ``lrzip`` (so the plumbing is tested where the real one is absent, as in CI)."""
+    program = tmp_path / "lrzip"
+    program.write_text(STAND_IN_LRZIP)
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    return tmp_path
+
+
+def lrzip_container():
+    tensors, meta = quantized("gptq int6 +lqer asym", tied=True)
+    return pack_tensor_container(tensors, {"quant": meta})
+
+
+def test_pergroup_lrzip_sends_every_role_stream_through_the_program(stand_in_lrzip):
+    container = lrzip_container()
+    blob = compress_model_bytes(container, "pergroup_lrzip", 2)
+    assert describe_compressed_blob(blob) == ("pergroup_lrzip", 2)
+    frames = unpack_pergroup_streams(blob[5:])
+    assert describe_compressed_blob(frames[0]) == ("brotli", 2)  # the residual, as in pergroup
+    assert len(frames) == 8 and all(frame.startswith(STAND_IN_MAGIC) for frame in frames[1:])
+    roles = split_container_by_role(container)[1:]
+    assert [zlib.decompress(frame[14:]) for frame in frames[1:]] == roles
+    assert [lrzip_declared_size(frame) for frame in frames[1:]] == [len(role) for role in roles]
+    assert decompress_model_bytes(blob) == container
+    calls = (stand_in_lrzip / "calls.log").read_text().splitlines()
+    assert calls[:7] == [" ".join(LRZIP_COMPRESS_ARGS) + " -q -f LRZIP=NOCONFIG"] * 7  # -z -L 9, no lrzip.conf
+    assert calls[7:] == ["-d -q -f LRZIP=NOCONFIG"] * 7
+    assert "pergroup_lrzip" in available_model_compressor_names()
+
+
+def test_pergroup_lrzip_damaged_stream_is_an_artifact_error(stand_in_lrzip):
+    blob = compress_model_bytes(lrzip_container(), "pergroup_lrzip", 2)
+    frames = unpack_pergroup_streams(blob[5:])
+    damaged = bytearray(frames[3])
+    damaged[len(damaged) // 2] ^= 0x5A
+    with pytest.raises(ArtifactError, match="lrzip could not decompress"):
+        decompress_model_bytes(blob[:5] + pack_pergroup_streams([*frames[:3], bytes(damaged), *frames[4:]]))
+    # a stream that declares another size than the manifest's (a bomb, say) is refused before lrzip runs
+    calls = (stand_in_lrzip / "calls.log").read_text()
+    oversized = frames[3][:6] + (10**12).to_bytes(8, "little") + frames[3][14:]
+    with pytest.raises(ArtifactError, match="declares 1000000000000 bytes where the manifest says"):
+        decompress_model_bytes(blob[:5] + pack_pergroup_streams([*frames[:3], oversized, *frames[4:]]))
+    assert (stand_in_lrzip / "calls.log").read_text().count("-d") == calls.count("-d") + 2  # streams 1 and 2 only
+
+
+def test_pergroup_lrzip_without_the_program_is_a_clear_error(stand_in_lrzip, tmp_path_factory, monkeypatch):
+    container = lrzip_container()
+    blob = compress_model_bytes(container, "pergroup_lrzip", 2)
+    monkeypatch.setenv("PATH", str(tmp_path_factory.mktemp("no_lrzip_here")))
+    assert not lrzip_available() and "pergroup_lrzip" not in available_model_compressor_names()
+    with pytest.raises(PgolfError, match="apt-get install lrzip") as raised:
+        compress_model_bytes(container, "pergroup_lrzip", 2)
+    assert "COMPRESSOR=pergroup_lrzip" in str(raised.value) and "'lrzip' package" in str(raised.value)
+    with pytest.raises(PgolfError, match="decompressing this artifact .*apt-get install lrzip"):
+        decompress_model_bytes(blob)
+    # auto never needs it: without the program it chooses among the others only
+    assert describe_compressed_blob(auto_compress(container, 2))[0] != "pergroup_lrzip"
+
+
+def test_auto_tries_pergroup_lrzip_only_where_the_program_is(stand_in_lrzip, monkeypatch):
+    container = lrzip_container()
+    with_program = auto_compress(container, 2)
+    candidates = [choose_smallest_compression(container, strides=(0, 2))[0],
+                  compress_model_bytes(container, "pergroup", 2), compress_model_bytes(container, "pergroup_lrzip", 2)]
+    assert with_program == min(candidates, key=len)  # ties keep the earlier
+    monkeypatch.setattr("pgolf.artifact.compress.lrzip_available", lambda: False)
+    assert auto_compress(container, 2) == min(candidates[:2], key=len)
+
+
+needs_lrzip = pytest.mark.skipif(shutil.which("lrzip") is None, reason="the lrzip program is not installed "
+                                 "(Debian/Ubuntu package lrzip)")
+
+
+@needs_lrzip
+def test_real_lrzip_round_trips_bit_exactly():
+    container = lrzip_container()
+    blob = compress_model_bytes(container, "pergroup_lrzip", 2)
+    assert decompress_model_bytes(blob) == container
+    assert blob == compress_model_bytes(container, "pergroup_lrzip", 2)  # deterministic
+    restored, meta = unpack_model_artifact(blob)
+    assert meta["compressor"] == "pergroup_lrzip" and set(restored) == set(model_state(tied=True))
+    frames = unpack_pergroup_streams(blob[5:])
+    roles = split_container_by_role(container)[1:]
+    assert [lrzip_declared_size(frame) for frame in frames[1:]] == [len(role) for role in roles]  # lrzip's header
+    damaged = bytearray(frames[1])
+    damaged[-8] ^= 0x5A
+    with pytest.raises(ArtifactError):
+        decompress_model_bytes(blob[:5] + pack_pergroup_streams([frames[0], bytes(damaged), *frames[2:]]))
+    assert os.environ.get("LRZIP") is None  # pgolf sets it for the child only
+
+
+def test_a_run_asking_for_lrzip_on_a_machine_without_it_is_refused_before_training(monkeypatch, tmp_path):
+    """The preflight in run.main: the missing program is named before any step, not after training."""
+    monkeypatch.setattr("pgolf.artifact.compress.shutil.which", lambda name: None)
+    with pytest.raises(PgolfError, match="apt-get install lrzip"):
+        require_model_compressor("pergroup_lrzip")
+    require_model_compressor("zlib")
+    cfg = Config(artifact=ArtifactConfig(compressor="pergroup_lrzip"), run=RunConfig(runs_dir=str(tmp_path)))
+    with pytest.raises(PgolfError, match="lrzip"):
+        run_main(cfg, echo=False)
+    assert not any(tmp_path.iterdir())  # no run directory was made

@@ -30,6 +30,19 @@ def test_baseline_is_the_default_config_with_data_and_compilation():
     ("systematic_search", "seq4096", {"rope_base"}),
     ("sp4096_recur", "record_sp8192", {"vocab_size", "data_path", "tokenizer_path", "qk_gain_init", "muon_momentum",
                                        "ema_start_step"}),
+    ("frontier_caseops", "record_sp8192", {"data_path", "tokenizer_path", "qk_gain_init", "parallel_residual_start",
+                                           "parallel_residual_mode", "doc_isolated_attention", "fused_mlp", "matrix_lr",
+                                           "muon_momentum", "muon_wd_taper", "muon_sharded", "warmdown_frac",
+                                           "gptq_reserve_seconds", "train_loader", "sliding_window_enabled", "ttt_mode",
+                                           "ttt_lora_targets", "ttt_lora_per_slot", "ttt_phases", "embed_bits",
+                                           "embed_clip_sigmas", "mlp_clip_sigmas", "attn_clip_sigmas",
+                                           "gptq_calibration_batches"}),
+    ("top_sp8192", "frontier_caseops", {"smear_gate_enabled", "attn_out_gate", "sparse_attn_gate_scale",
+                                        "fused_cross_entropy", "muon_ns_coefficients", "beta2", "muon_wd_taper",
+                                        "warmdown_frac", "min_lr", "gptq_reserve_seconds", "val_loss_every",
+                                        "ttt_lora_rank", "ttt_beta2", "ttt_lora_wd", "ttt_lora_warm_start_a",
+                                        "ttt_phase_prefix_docs", "mlp_clip_sigmas", "embed_clip_sigmas", "lqer_enabled",
+                                        "compressor"}),
 ])
 def test_each_preset_changes_only_what_it_says(name, parent, fields):
     assert changed(name, preset_config(parent)) == fields
@@ -62,6 +75,38 @@ def test_the_record_stack():
     assert (cfg.train.gptq_reserve_seconds, cfg.train.compile) == (12.0, True)
 
 
+def test_the_caseops_stage():
+    cfg = preset_config("frontier_caseops")
+    assert (cfg.data.data_path, cfg.data.tokenizer_path) == (
+        "./data/datasets/fineweb10B_sp8192_caseops",
+        "./data/tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model")
+    assert (cfg.model.parallel_residual_mode, cfg.model.parallel_residual_start, cfg.model.doc_isolated_attention) == (
+        "two_lane", 8, True)
+    assert (cfg.optim.muon_wd_taper, cfg.optim.muon_wd_taper_start, cfg.optim.muon_wd_taper_final) == (True, 0.70, 0.50)
+    assert (cfg.quant.embed_bits, cfg.quant.embed_clip_sigmas, cfg.quant.mlp_clip_sigmas, cfg.quant.attn_clip_sigmas) == (
+        7, 15.0, 12.0, 13.0)
+    assert (cfg.ttt.ttt_mode, cfg.ttt.ttt_phases, cfg.ttt.ttt_phase_prefix_docs, cfg.ttt.ttt_lora_per_slot) == (
+        "lora", 3, 2000, True)
+    assert cfg.ttt.ttt_lora_targets == ("c_q", "c_k", "c_v", "attn", "mlp", "head")
+
+
+def test_the_top_stack_and_its_nine_hyperparameters():
+    cfg = preset_config("top_sp8192")
+    # SPEC 5.12's greedy stack, each under its pgolf name
+    nine = {"MLP_CLIP_SIGMAS": (cfg.quant.mlp_clip_sigmas, 11.5), "EMBED_CLIP_SIGMAS": (cfg.quant.embed_clip_sigmas, 14.0),
+            "WARMDOWN_FRAC": (cfg.train.warmdown_frac, 0.85), "BETA2": (cfg.optim.beta2, 0.99),
+            "TTT_BETA2": (cfg.ttt.ttt_beta2, 0.99), "TTT_WEIGHT_DECAY": (cfg.ttt.ttt_lora_wd, 0.5),
+            "TTT_LORA_RANK": (cfg.ttt.ttt_lora_rank, 80),
+            "SPARSE_ATTN_GATE_SCALE": (cfg.model.sparse_attn_gate_scale, 0.5),
+            "PHASED_TTT_PREFIX_DOCS": (cfg.ttt.ttt_phase_prefix_docs, 2500)}
+    assert {name: got for name, (got, _) in nine.items()} == {name: want for name, (_, want) in nine.items()}
+    assert (cfg.model.smear_gate_enabled, cfg.model.attn_out_gate, cfg.model.fused_cross_entropy) == (True, "sparse", True)
+    assert (cfg.optim.muon_ns_coefficients, cfg.train.min_lr, cfg.optim.muon_wd_taper) == ("polar_express", 0.10, False)
+    assert (cfg.quant.lqer_enabled, cfg.quant.lqer_asym, cfg.quant.lqer_rank, cfg.quant.lqer_top_k) == (True, True, 4, 3)
+    assert (cfg.train.gptq_reserve_seconds, cfg.quant.gptq_calibration_batches, cfg.quant.embed_bits) == (0.5, 16, 7)
+    assert (cfg.artifact.compressor, cfg.ttt.ttt_lora_warm_start_a, cfg.model.qk_gain_init) == ("pergroup_lrzip", True, 5.0)
+
+
 @pytest.mark.parametrize("name", sorted(GPU_PRESETS))
 def test_one_gpu_variants_stretch_only_the_clock(name):
     eight, one = preset_config(name), preset_config(f"{name}_1gpu")
@@ -75,4 +120,8 @@ def test_data_paths_name_the_vocabulary(name):
     cfg = preset_config(name)
     if cfg.data.data_path:
         vocab = cfg.model.vocab_size
-        assert cfg.data.data_path.endswith(f"_sp{vocab}") and cfg.data.tokenizer_path.endswith(f"_{vocab}_bpe.model")
+        if "caseops" in cfg.data.data_path:  # the CaseOps variant and the records' CaseOps tokenizer
+            assert cfg.data.data_path.endswith(f"_sp{vocab}_caseops")
+            assert cfg.data.tokenizer_path.endswith(f"_{vocab}_bpe_lossless_caps_caseops_v1_reserved.model")
+        else:
+            assert cfg.data.data_path.endswith(f"_sp{vocab}") and cfg.data.tokenizer_path.endswith(f"_{vocab}_bpe.model")

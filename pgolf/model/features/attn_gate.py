@@ -20,6 +20,9 @@ from torch import nn
 
 from pgolf.config import ModelConfig
 
+# `pgolf export` leaves this module out of train_gpt.py when this is false (docs/export.md).
+ATTN_GATE_EXPORT_SWITCH = "attn_out_gate != 'none'"
+
 # The windowed variants read only the first 12 channels of x: 12 * H weights per layer.
 ATTN_GATE_WINDOW = 12
 

@@ -19,6 +19,9 @@ from torch import nn
 
 from pgolf.model.layers import CastedLinear
 
+# `pgolf export` leaves this module out of train_gpt.py when this is false (docs/export.md).
+SMEAR_GATE_EXPORT_SWITCH = "smear_gate_enabled"
+
 # Channels of the current token the gate reads (the TOP record's GATE_WINDOW).
 SMEAR_GATE_WINDOW = 12
 

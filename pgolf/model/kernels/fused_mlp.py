@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from pgolf.model.layers import CastedLinear
 from pgolf.model.kernels.loading import load_kernel_set
 
+# `pgolf export` leaves this module out of train_gpt.py when this is false (docs/export.md).
+FUSED_MLP_EXPORT_SWITCH = "fused_mlp"
+
 # Negative slope of the activation inside the square, by ModelConfig.activation.
 MLP_ACTIVATION_NEGATIVE_SLOPES = {"relu2": 0.0, "leaky_relu2": 0.5}
 # Filled once by load_fused_mlp_kernels(): the custom ops, or "error" with the reason Triton is unusable.

@@ -7,6 +7,9 @@ records why under ``"error"`` and its callers take the eager reference path.
 import os
 from typing import Callable
 
+# `pgolf export` leaves this module out of train_gpt.py when this is false (docs/export.md).
+KERNEL_LOADING_EXPORT_SWITCH = "fused_mlp or fused_cross_entropy"
+
 
 def load_kernel_set(kernels: dict, builds: dict, build: Callable[[bool], dict]) -> bool:
     """Fill ``kernels`` from ``build(interpreting)`` once; returns whether the set is usable.

@@ -25,6 +25,9 @@ import torch
 import torch.nn.functional as F
 from pgolf.model.kernels.loading import load_kernel_set
 
+# `pgolf export` leaves this module out of train_gpt.py when this is false (docs/export.md).
+SOFTCAP_CE_EXPORT_SWITCH = "fused_cross_entropy"
+
 # Filled once by load_softcap_ce_kernels(): the custom ops, or "error" with the reason Triton is unusable.
 SOFTCAP_CE_KERNELS: dict[str, object] = {}
 # Every build so far, by whether Triton's CPU interpreter (TRITON_INTERPRET=1) was on: tests run the
