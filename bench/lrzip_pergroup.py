@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # quant_gap.record_shaped_state
 
 from pgolf.artifact.compress import (COMPRESSION_FRAME_MAGIC, COMPRESSOR_IDS, choose_smallest_compression,  # noqa: E402
                                      compress_model_bytes, decompress_model_bytes, lrzip_available, run_lrzip)
@@ -36,27 +37,13 @@ from pgolf.artifact.container import pack_tensor_container, unpack_tensor_contai
 from pgolf.artifact.pergroup import pack_pergroup_streams, split_container_by_role, unpack_pergroup_streams  # noqa: E402
 from pgolf.config import QuantConfig  # noqa: E402
 from pgolf.quant.artifact_quant import quantize_for_artifact  # noqa: E402
+from quant_gap import record_shaped_state  # noqa: E402
 
 STRIDE = 2
 # TOP's bits and clips (SPEC 5.1, 5.12), by round to nearest (no Hessians for random weights).
 TOP_QUANT = QuantConfig(matrix_bits=6, clip_method="sdclip", matrix_clip_sigmas=12.85, mlp_clip_sigmas=11.5,
                         attn_clip_sigmas=13.0, embed_bits=7, embed_clip_sigmas=14.0, int8_keep_float_fp32_name_patterns=())
 TRAIN_SETTINGS = ["MLP_MULT=5", "TRAIN_BATCH_TOKENS=8192", "MAX_WALLCLOCK_SECONDS=0", "VAL_LOSS_EVERY=0"]
-
-
-def record_shaped_state(seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-
-    def matrix(rows: int, cols: int) -> torch.Tensor:
-        return torch.randn(rows, cols, generator=g) * (0.02 * torch.exp(0.3 * torch.randn(rows, 1, generator=g)))
-
-    state = {"tok_emb.weight": matrix(8192, 512)}
-    for i in range(11):
-        for name, shape in [("attn.c_q", (512, 512)), ("attn.c_k", (256, 512)), ("attn.c_v", (256, 512)),
-                            ("attn.proj", (512, 512)), ("mlp.fc", (2048, 512)), ("mlp.proj", (512, 2048))]:
-            state[f"blocks.{i}.{name}.weight"] = matrix(*shape)
-        state[f"blocks.{i}.attn_scale"] = torch.ones(512)
-    return state
 
 
 def trained_state(iterations: int) -> tuple[dict[str, torch.Tensor], str]:

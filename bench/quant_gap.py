@@ -107,8 +107,8 @@ def gap_section(args) -> dict:
     return {"section": "gap", "run_dir": str(run_dir), "val_bpb_prequant": prequant, "rows": rows}
 
 
-def record_shaped_codes(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
-    """R1081's matrix shapes, random weights with log-normal row scales, quantized as R1081."""
+def record_shaped_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """R1081's matrix shapes, random weights with log-normal row scales (also bench/lrzip_pergroup.py's)."""
     g = torch.Generator().manual_seed(seed)
 
     def matrix(rows: int, cols: int) -> torch.Tensor:
@@ -120,6 +120,12 @@ def record_shaped_codes(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
                             ("attn.proj", (512, 512)), ("mlp.fc", (2048, 512)), ("mlp.proj", (512, 2048))]:
             state[f"blocks.{i}.{name}.weight"] = matrix(*shape)
         state[f"blocks.{i}.attn_scale"] = torch.ones(512)
+    return state
+
+
+def record_shaped_codes(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
+    """R1081's matrix shapes, random weights with log-normal row scales, quantized as R1081."""
+    state = record_shaped_state(seed)
     cfg = QuantConfig(matrix_bits=6, clip_method="sdclip", matrix_clip_sigmas=12.85, embed_bits=8, embed_clip_sigmas=20.0)
     return quantize_for_artifact(state, cfg)
 

@@ -9,7 +9,6 @@ import pytest
 
 from pgolf.cli import main as cli_main
 from pgolf.config import apply_config_overrides
-from pgolf.data.corpus import ensure_default_dataset
 from pgolf.errors import ConfigError
 from pgolf.presets import tiny_cpu
 from pgolf.run import main as run_main
@@ -19,17 +18,7 @@ QUICK = {"ITERATIONS": "6", "MAX_WALLCLOCK_SECONDS": "0", "TRAIN_SEQ_LEN": "64",
          "VAL_MAX_TOKENS": "1024", "NUM_LAYERS": "2", "MODEL_DIM": "64", "NUM_HEADS": "2", "NUM_KV_HEADS": "1"}
 
 
-@pytest.fixture(scope="module")
-def default_data(tmp_path_factory):
-    return ensure_default_dataset(tmp_path_factory.mktemp("cache"), log=lambda _: None)
-
-
-@pytest.fixture(autouse=True)
-def single_process(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "PGOLF_AUTO_RESUME"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("PGOLF_DEVICE", "cpu")
-    monkeypatch.setattr("pgolf.commands.train.exported_code_bytes", lambda cfg, preset_name: 50_000)
+pytestmark = pytest.mark.usefixtures("single_cpu_process")  # tests/e2e/conftest.py
 
 
 @pytest.fixture

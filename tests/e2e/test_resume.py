@@ -16,7 +16,6 @@ import torch
 
 from pgolf.cli import main as cli_main
 from pgolf.config import apply_config_overrides
-from pgolf.data.corpus import ensure_default_dataset
 from pgolf.errors import ConfigError, PgolfError
 from pgolf.presets import tiny_cpu
 from pgolf import run as run_module
@@ -47,17 +46,7 @@ HANGING_TRAIN = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def default_data(tmp_path_factory):
-    return ensure_default_dataset(tmp_path_factory.mktemp("cache"), log=lambda _: None)
-
-
-@pytest.fixture(autouse=True)
-def single_process(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "PGOLF_AUTO_RESUME"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("PGOLF_DEVICE", "cpu")
-    monkeypatch.setattr("pgolf.commands.train.exported_code_bytes", lambda cfg, preset_name: 50_000)  # the export is not under test
+pytestmark = pytest.mark.usefixtures("single_cpu_process")  # tests/e2e/conftest.py
 
 
 def items(default_data, runs_dir, **extra) -> list[str]:
