@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pgolf.config import ModelConfig
+from pgolf.config import Config, ModelConfig, apply_config_overrides
 from pgolf.log import RunLogger
 from pgolf.model.gpt import GPT
+from pgolf.presets import tiny_cpu
 
 
 def small_scoring_gpt(vocab_size: int, seed: int = 0) -> GPT:
@@ -89,3 +90,16 @@ def unwritable(folder):
         if immutable:
             subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
         folder.chmod(0o755)
+
+
+def run_items(default_data, runs_dir, base: dict, **extra) -> list[str]:
+    """``KEY=value`` items of a small run on the default data: ``base`` settings, then ``extra``."""
+    values = {**base, "DATA_PATH": str(default_data.data_path), "TOKENIZER_PATH": str(default_data.tokenizer_path),
+              "RUNS_DIR": str(runs_dir), **extra}
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+def run_config(default_data, runs_dir, base: dict, **extra) -> Config:
+    """The tiny_cpu configuration with the same items (for run.main in this process)."""
+    overrides = dict(item.split("=", 1) for item in run_items(default_data, runs_dir, base, **extra))
+    return apply_config_overrides(tiny_cpu(), overrides, source="test")

@@ -6,11 +6,10 @@ import json
 import shutil
 
 import pytest
+from testkit import run_config, run_items
 
 from pgolf.cli import main as cli_main
-from pgolf.config import apply_config_overrides
 from pgolf.errors import ConfigError
-from pgolf.presets import tiny_cpu
 from pgolf.run import main as run_main
 from testkit import unwritable
 
@@ -29,14 +28,11 @@ def read_only_dir(tmp_path):
 
 
 def items(default_data, runs_dir, **extra) -> list[str]:
-    values = {**QUICK, "DATA_PATH": str(default_data.data_path), "TOKENIZER_PATH": str(default_data.tokenizer_path),
-              "RUNS_DIR": str(runs_dir), **extra}
-    return [f"{key}={value}" for key, value in values.items()]
+    return run_items(default_data, runs_dir, QUICK, **extra)
 
 
 def config(default_data, runs_dir, **extra):
-    overrides = dict(item.split("=", 1) for item in items(default_data, runs_dir, **extra))
-    return apply_config_overrides(tiny_cpu(), overrides, source="test")
+    return run_config(default_data, runs_dir, QUICK, **extra)
 
 
 def reject_nan(text: str):
