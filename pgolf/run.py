@@ -78,13 +78,14 @@ def run_pipeline(cfg: Config, ctx: DistContext, start: RunStart, logger: RunLogg
         logger.line(f"resume:run_dir {run_dir} checkpoint:{source or 'none yet (starting from step 0)'}")
         if ctx.is_main:
             set_aside_unfinished_outputs(run_dir, logger, keep_final_weights=start.training_done)
+    evaluate = plain_evaluator(cfg, ctx, data)  # one evaluator for validation, prequant and round trip
     if start.training_done:  # the weights are trained: quantize and evaluate them again
         outcome = restore_finished_training(model, run_dir, logger)
         if cfg.model.fp8_matmul:  # the matmuls the trained model evaluated and calibrated with
             logger.line(enable_fp8_matmul(model, ctx.device))
     else:
-        outcome = train_and_keep_weights(model, cfg, ctx, start, logger, data, preset_name, on_checkpoint_written)
-    evaluate = plain_evaluator(cfg, ctx, data)
+        outcome = train_and_keep_weights(model, cfg, ctx, start, logger, data, evaluate, preset_name,
+                                         on_checkpoint_written)
 
     # Evaluate the trained weights, then quantize and pack them (GPTQ calibration on training data).
     prequant = timed_phase("final_prequant", ctx.runtime, lambda: evaluate(model))
@@ -122,12 +123,12 @@ def run_pipeline(cfg: Config, ctx: DistContext, start: RunStart, logger: RunLogg
 
 
 def train_and_keep_weights(model: GPT, cfg: Config, ctx: DistContext, start: RunStart, logger: RunLogger,
-                           data: ValidationData, preset_name: str, on_checkpoint_written=None) -> TrainOutcome:
+                           data: ValidationData, evaluate, preset_name: str,
+                           on_checkpoint_written=None) -> TrainOutcome:
     """Train ``model`` (from step 0 or the start's checkpoint), then keep its weights and mark training done."""
-    parts, checkpoints = prepare_training(model, cfg, ctx, data, start, logger, preset_name=preset_name)
-    checkpoints.on_checkpoint_written = on_checkpoint_written
+    parts, checkpoints = prepare_training(model, cfg, ctx, data, start, logger, preset_name=preset_name,
+                                          on_checkpoint_written=on_checkpoint_written)
     logger.line(ctx.runtime.describe(parts.loss_scaler))
-    evaluate = plain_evaluator(cfg, ctx, data)
 
     def validate_during_training(step: int) -> None:  # off the training clock (the loop pauses it)
         phase = timed_phase("val", ctx.runtime, lambda: evaluate(model))

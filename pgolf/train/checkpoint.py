@@ -157,7 +157,8 @@ class CheckpointManager:
     """
 
     def __init__(self, run_dir: Path, cfg: Config, ctx: DistContext, logger: RunLogger, *,
-                 resume_from: Path | None = None, run_info: dict | None = None, loss_scaler=None):
+                 resume_from: Path | None = None, run_info: dict | None = None, loss_scaler=None,
+                 on_checkpoint_written: Callable[[Path], None] | None = None):
         self.root = Path(run_dir) / CHECKPOINTS_DIR_NAME
         # fp16 training's loss scale (pgolf.runtime.Runtime.loss_scaler); its state is plain numbers, kept as JSON.
         self.loss_scaler = loss_scaler
@@ -170,7 +171,7 @@ class CheckpointManager:
         self.last_saved_seconds = 0.0
         # Called on rank 0 with each complete checkpoint's directory (the tooling's mirror to a remote store);
         # it must return quickly (the mirror copies in the background) and never raise.
-        self.on_checkpoint_written: Callable[[Path], None] | None = None
+        self.on_checkpoint_written = on_checkpoint_written
 
     def time_due(self, train_seconds: float) -> bool:
         """This rank's view of the seconds trigger (the loop agrees it across ranks)."""

@@ -19,7 +19,8 @@ from pgolf.train.wrap import uses_sharded_muon, wrap_for_training
 
 
 def prepare_training(model: GPT, cfg: Config, ctx: DistContext, data: ValidationData, start: RunStart,
-                     logger: RunLogger, *, preset_name: str) -> tuple[TrainingParts, CheckpointManager]:
+                     logger: RunLogger, *, preset_name: str,
+                     on_checkpoint_written=None) -> tuple[TrainingParts, CheckpointManager]:
     """The loop's parts and checkpoint manager for ``model`` (the bare model, on its device)."""
     if cfg.model.fp8_matmul:  # before QAT and compile, on the bare model
         logger.line(enable_fp8_matmul(model, ctx.device))
@@ -37,7 +38,8 @@ def prepare_training(model: GPT, cfg: Config, ctx: DistContext, data: Validation
     parts = TrainingParts(model, forward_model, optimizers, loader, qat, loss_scaler, sharded_gradients=sharded)
     check_room_for_run(start.run_dir, cfg, ctx, model, optimizers)
     checkpoints = CheckpointManager(start.run_dir, cfg, ctx, logger, resume_from=start.checkpoint,
-                                    run_info={"preset": preset_name}, loss_scaler=loss_scaler)
+                                    run_info={"preset": preset_name}, loss_scaler=loss_scaler,
+                                    on_checkpoint_written=on_checkpoint_written)
     return parts, checkpoints
 
 
