@@ -12,10 +12,15 @@ def default_data(tmp_path_factory):
 
 
 @pytest.fixture
-def single_cpu_process(monkeypatch):
-    """One CPU process whatever the environment (no torchrun variables, no auto-resume), and the export
-    not under test: `pgolf train` counts a fixed code size instead of exporting."""
+def cpu_process(monkeypatch):
+    """One CPU process whatever the environment: no torchrun variables, no auto-resume."""
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "PGOLF_AUTO_RESUME"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("PGOLF_DEVICE", "cpu")
+
+
+@pytest.fixture
+def single_cpu_process(cpu_process, monkeypatch):
+    """``cpu_process``, and the export not under test: `pgolf train` counts a fixed code size instead of
+    exporting."""
     monkeypatch.setattr("pgolf.commands.train.exported_code_bytes", lambda cfg, preset_name: 50_000)

@@ -33,11 +33,7 @@ def _web_documents(count: int) -> list[str]:
     return docs
 
 
-@pytest.fixture(autouse=True)
-def single_process(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("PGOLF_DEVICE", "cpu")
+pytestmark = pytest.mark.usefixtures("cpu_process")  # tests/e2e/conftest.py
 
 
 @pytest.fixture(scope="module")

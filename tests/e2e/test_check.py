@@ -22,11 +22,7 @@ def finished_run(tmp_path_factory):
     return runs / "checked"
 
 
-@pytest.fixture(autouse=True)
-def single_process(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("PGOLF_DEVICE", "cpu")
+pytestmark = pytest.mark.usefixtures("cpu_process")  # tests/e2e/conftest.py
 
 
 def test_check_passes_on_a_normal_run_and_writes_a_receipt(finished_run, capsys):

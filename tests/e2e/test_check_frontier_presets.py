@@ -26,11 +26,7 @@ SHRINK = {"MODEL_DIM": "64", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "VOCAB_SIZE"
           "PGOLF_DEVICE": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def single_process(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("PGOLF_DEVICE", "cpu")
+pytestmark = pytest.mark.usefixtures("cpu_process")  # tests/e2e/conftest.py
 
 
 @pytest.fixture(autouse=True)

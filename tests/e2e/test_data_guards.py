@@ -14,11 +14,7 @@ from pgolf.presets import tiny_cpu
 from pgolf.run import main as run_main
 
 
-@pytest.fixture(autouse=True)
-def single_process(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "PGOLF_AUTO_RESUME"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("PGOLF_DEVICE", "cpu")
+pytestmark = pytest.mark.usefixtures("cpu_process")  # tests/e2e/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -23,11 +23,7 @@ def finished_run(tmp_path_factory):
     return runs / "evaluated", report
 
 
-@pytest.fixture(autouse=True)
-def single_process(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("PGOLF_DEVICE", "cpu")
+pytestmark = pytest.mark.usefixtures("cpu_process")  # tests/e2e/conftest.py
 
 
 def eval_json(capsys, run_dir, *items) -> dict:

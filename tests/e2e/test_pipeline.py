@@ -27,11 +27,7 @@ def default_data(tmp_path_factory):
     return ensure_default_dataset(tmp_path_factory.mktemp("cache"), log=lambda _: None)
 
 
-@pytest.fixture(autouse=True)
-def single_process(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("PGOLF_DEVICE", "cpu")
+pytestmark = pytest.mark.usefixtures("cpu_process")  # tests/e2e/conftest.py
 
 
 def quick_config(default_data, tmp_path, **extra):
