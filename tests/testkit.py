@@ -1,5 +1,6 @@
 """Helpers several test files share."""
 
+import random
 import shutil
 import subprocess
 import tempfile
@@ -103,3 +104,10 @@ def run_config(default_data, runs_dir, base: dict, **extra) -> Config:
     """The tiny_cpu configuration with the same items (for run.main in this process)."""
     overrides = dict(item.split("=", 1) for item in run_items(default_data, runs_dir, base, **extra))
     return apply_config_overrides(tiny_cpu(), overrides, source="test")
+
+
+def word_documents(words: str, count: int, seed: int) -> list[str]:
+    """``count`` documents of 4 to 30 words drawn from the space-separated ``words`` (tokenizer training)."""
+    rng = random.Random(seed)
+    vocabulary = words.split()
+    return [" ".join(rng.choice(vocabulary) for _ in range(rng.randint(4, 30))) + "." for _ in range(count)]

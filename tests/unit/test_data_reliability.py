@@ -4,13 +4,13 @@ tokenizer is trained (item 8), and input that is not UTF-8 (item 9). Each failed
 before the fix. docs/reliability.md lists them."""
 
 import json
-import random
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from testkit import word_documents
 
 from pgolf.cli import main as cli_main
 from pgolf.config import Config, apply_config_overrides
@@ -31,9 +31,7 @@ VOCAB = 320
 
 
 def _docs(count: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    words = "the of and to in is was for that with golf model token data byte river stone quick 42 7".split()
-    return [" ".join(rng.choice(words) for _ in range(rng.randint(4, 30))) + "." for _ in range(count)]
+    return word_documents("the of and to in is was for that with golf model token data byte river stone quick 42 7", count, seed)
 
 
 @pytest.fixture(scope="module")

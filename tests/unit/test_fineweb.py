@@ -3,7 +3,6 @@ local stand-in of the hub (tests/unit/hub_standin.py), never the real hub."""
 
 import json
 import os
-import random
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testkit import word_documents
 
 pytest.importorskip("huggingface_hub")
 
@@ -29,9 +29,7 @@ NUM_VAL_SHARDS, NUM_TRAIN_SHARDS, DOCS_PER_SHARD = 2, 4, 6
 
 
 def _docs(count: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    words = "the river stone quick brown fox jumps over lazy dog golf model token data byte 42 7".split()
-    return [" ".join(rng.choice(words) for _ in range(rng.randint(4, 30))) + "." for _ in range(count)]
+    return word_documents("the river stone quick brown fox jumps over lazy dog golf model token data byte 42 7", count, seed)
 
 
 @pytest.fixture(scope="module")
