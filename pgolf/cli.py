@@ -167,6 +167,9 @@ def add_export_parser(sub) -> None:
     export.add_argument("overrides", nargs="*", metavar="KEY=value", help="config changes baked into the script")
     export.add_argument("-o", "--output", default="train_gpt.py", help="wrapped script path (default train_gpt.py)")
     export.add_argument("--json", action="store_true")
+    export.add_argument("--keep-messages", action="store_true",
+                        help="keep the error messages in train_gpt.py (by default each is the line of "
+                             "train_gpt.readable.py that holds it, which saves kilobytes of code)")
     export.add_argument("--explain", action="store_true",
                         help="list what ships and why: each module, what pulled it in, its bytes")
     export.set_defaults(handler=run_export_command)

@@ -1,6 +1,7 @@
 """``main(cfg)``: build -> train -> evaluate -> quantize -> pack -> round trip -> extra phases -> report.
 
-This is the entry point the one-file export calls. Everything it writes goes into a fresh
+This is ``pgolf train``'s entry point (the exported script's is ``pgolf.submission``, the same steps,
+:mod:`pgolf.steps`, without resume and checkpoints). Everything it writes goes into a fresh
 ``runs/<RUN_ID>/`` directory that is never overwritten. The round-trip ``val_bpb`` (the artifact loaded
 into a fresh model and re-scored) is the score; sliding-window and TTT phases, when enabled, score the
 same artifact again. Each step is one call into the package that owns it. A resumed run whose training
@@ -9,20 +10,16 @@ had finished starts from its final weights, at the evaluation before quantizatio
 
 from pgolf.artifact.compress import require_model_compressor
 from pgolf.config import Config, config_to_json, validate_config
-from pgolf.data.run_data import ValidationData, prepare_validation_data
-from pgolf.dist import DistContext, broadcast_object_from_main, init_distributed, shutdown_distributed
-from pgolf.eval.phases import EvalPhase, evaluation_budget, extra_evaluation_phases, plain_evaluator, timed_phase
+from pgolf.data.run_data import prepare_validation_data
+from pgolf.dist import DistContext, init_distributed, shutdown_distributed
+from pgolf.eval.phases import plain_evaluator
 from pgolf.fsutil import write_text_atomic
 from pgolf.log import RunLogger
-from pgolf.model.gpt import GPT, build_model
+from pgolf.model.gpt import build_model
 from pgolf.model.layers import enable_fp8_matmul
-from pgolf.quant.calibration import calibration_budget_fields, collect_gptq_hessians
-from pgolf.quant.model_artifact import load_artifact_into_fresh_model, write_artifact
-from pgolf.quant.packing import artifact_file_name
-from pgolf.report import (build_report, final_evaluation_fields, log_eval, log_evaluation_budget, log_extra_phase,
-                          log_header, phase_is_finite, publish_report)
+from pgolf.report import build_report, log_header, publish_report
 from pgolf.runtime import seed_everything
-from pgolf.train.loop import TrainOutcome, train_model
+from pgolf.steps import quantize_and_score, train_prepared_model
 from pgolf.train.memory import check_training_fits_memory
 from pgolf.train.resume import (RunStart, record_finished_training, restore_finished_training,
                                 set_aside_unfinished_outputs)
@@ -84,64 +81,13 @@ def run_pipeline(cfg: Config, ctx: DistContext, start: RunStart, logger: RunLogg
         if cfg.model.fp8_matmul:  # the matmuls the trained model evaluated and calibrated with
             logger.line(enable_fp8_matmul(model, ctx.device))
     else:
-        outcome = train_and_keep_weights(model, cfg, ctx, start, logger, data, evaluate, preset_name,
-                                         on_checkpoint_written)
-
-    # Evaluate the trained weights, then quantize and pack them (GPTQ calibration on training data).
-    prequant = timed_phase("final_prequant", ctx.runtime, lambda: evaluate(model))
-    log_eval(logger, prequant)
-    if not phase_is_finite(prequant):  # diverged weights: nothing to quantize; the report says so
-        report = build_report(cfg, preset_name, run_dir, model, outcome, prequant, None, None, header)
-        return publish_report(report, run_dir, logger, None, ctx.is_main)
-    hessians, calibration_seconds = collect_gptq_hessians(model, cfg, ctx, data.train_files, logger)
-    quant_fields = calibration_budget_fields(cfg, outcome.train_seconds, calibration_seconds, logger)
-    artifact_path, size = None, None
-    if ctx.is_main:
-        artifact_path, size, artifact_fields = write_artifact(model, cfg, run_dir, logger, hessians, code_bytes)
-        quant_fields.update(artifact_fields)
-    artifact_path = broadcast_object_from_main(artifact_path)
-
-    # Round trip: the artifact loaded into a fresh model is the score; then the extra phases.
-    roundtrip_model = load_artifact_into_fresh_model(artifact_path, cfg.model, ctx.runtime)
-    what = artifact_file_name(cfg.quant).split(".")[1]  # int8, int6, gptq_int6 ...
-    roundtrip = timed_phase(f"final_{what}_{cfg.artifact.compressor}_roundtrip", ctx.runtime,
-                            lambda: evaluate(roundtrip_model))
-    log_eval(logger, roundtrip)
-    phases = extra_evaluation_phases(cfg, ctx, data.tokens, data.target_bytes, roundtrip_model,
-                                     lambda: load_artifact_into_fresh_model(artifact_path, cfg.model, ctx.runtime))
-    for phase in phases:
-        log_extra_phase(logger, phase)
-    budget = evaluation_budget([EvalPhase("quantized", roundtrip.sums, roundtrip.seconds), *phases],
-                               cfg.eval.eval_budget_seconds)
-    log_evaluation_budget(logger, budget)
-
-    # Report (valid JSON), then refuse a non-finite score or an artifact over the cap: nothing measured is lost.
-    report = build_report(cfg, preset_name, run_dir, model, outcome, prequant, roundtrip, size, header)
-    report.update(final_evaluation_fields(phases, budget, roundtrip))
-    report.update(quant_fields)
-    return publish_report(report, run_dir, logger, size, ctx.is_main)
-
-
-def train_and_keep_weights(model: GPT, cfg: Config, ctx: DistContext, start: RunStart, logger: RunLogger,
-                           data: ValidationData, evaluate, preset_name: str,
-                           on_checkpoint_written=None) -> TrainOutcome:
-    """Train ``model`` (from step 0 or the start's checkpoint), then keep its weights and mark training done."""
-    parts, checkpoints = prepare_training(model, cfg, ctx, data, start, logger, preset_name=preset_name,
-                                          on_checkpoint_written=on_checkpoint_written)
-    logger.line(ctx.runtime.describe(parts.loss_scaler))
-
-    def validate_during_training(step: int) -> None:  # off the training clock (the loop pauses it)
-        phase = timed_phase("val", ctx.runtime, lambda: evaluate(model))
-        logger.line(f"step:{step}/{cfg.train.iterations} val_loss:{phase.sums.val_loss:.4f} "
-                    f"val_bpb:{phase.sums.val_bpb:.4f}")
-        logger.event("val", step=step, seconds=phase.seconds, **phase.sums.as_dict())
-
-    # With EMA_DECAY > 0 the model comes back holding the EMA weights: everything after uses them.
-    outcome = train_model(parts, cfg.train, cfg.optim, ctx, logger, validate_during_training, checkpoints)
-    if parts.qat is not None:
-        parts.qat.remove()  # plain linears for evaluation, calibration, export and TTT
-    logger.line(f"train_done steps:{outcome.steps} train_time:{outcome.train_seconds * 1000:.0f}ms "
-                f"tokens_per_s:{outcome.tokens_per_second:.0f} stopped_by:{outcome.stopped_by}")
-    if ctx.is_main:  # from here on, an interrupted run resumes from these weights, never trains again
-        record_finished_training(model, start.run_dir, outcome, preset_name)
-    return outcome
+        parts, checkpoints = prepare_training(model, cfg, ctx, data, start, logger, preset_name=preset_name,
+                                              on_checkpoint_written=on_checkpoint_written)
+        outcome = train_prepared_model(parts, cfg, ctx, logger, evaluate, checkpoints)
+        if ctx.is_main:  # from here on, an interrupted run resumes from these weights, never trains again
+            record_finished_training(model, start.run_dir, outcome, preset_name)
+    scored = quantize_and_score(model, cfg, ctx, data, evaluate, run_dir, logger, code_bytes, outcome)
+    report = build_report(cfg, preset_name, run_dir, model, outcome, scored.prequant, scored.roundtrip, scored.size,
+                          header)
+    report.update(scored.fields)
+    return publish_report(report, run_dir, logger, scored.size, ctx.is_main)

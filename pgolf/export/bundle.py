@@ -3,8 +3,10 @@
 ``pgolf export`` (pgolf/commands/export.py) writes it; ``pgolf train`` counts its size as the code bytes.
 The script is a build of the package for one configuration:
 
-1. flatten: the core modules ``pgolf.run`` imports, in dependency order, imports hoisted
-   (:mod:`pgolf.export.flatten`);
+1. flatten: the core modules the entry imports, in dependency order, imports hoisted
+   (:mod:`pgolf.export.flatten`). The entry is ``pgolf.submission`` (the run without resume, checkpoints,
+   run lock or the long header: what a submission never uses) unless the configuration asks for
+   checkpoints (``CHECKPOINT_EVERY`` / ``CHECKPOINT_EVERY_SECONDS``), which only ``pgolf.run`` writes;
 2. bake: the section classes' defaults become the configuration's values, so ``Config()`` in the
    script is the baked configuration; an entry calls ``main(cfg)``. Only :data:`ENVIRONMENT_FIELDS`
    may still come from the environment (``SEED=42``); every other field is fixed;
@@ -14,7 +16,9 @@ The script is a build of the package for one configuration:
    reads is defined (Python's ``symtable``), and no module whose declared switch is off is left.
    Parameters no call passes by keyword become positional-only (``def f(a, b, /)``), which lets the
    minifier shorten them;
-4. minify (python-minifier) and check by running both programs (:mod:`pgolf.export.verify`);
+4. minify: each ``raise``/``assert`` message becomes the number of its line in the readable file
+   (:mod:`pgolf.export.messages`; ``keep_messages`` keeps them), then python-minifier; the result is
+   checked by running both programs (:mod:`pgolf.export.verify`);
 5. wrap: lzma + base85 + ``exec``, as the records do. The wrapped file's size is the code size.
 
 Two files are written and never overwrite anything: ``train_gpt.py`` (wrapped, submitted, counted)
@@ -33,6 +37,7 @@ import hashlib
 import json
 import lzma
 import platform
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,7 @@ from pgolf.config import Config, config_to_json, flatten_config
 from pgolf.data.corpus import resolve_cache_dir
 from pgolf.errors import ConfigError, PgolfError
 from pgolf.export.flatten import ExportError, FlattenedSource, flatten_core_modules
+from pgolf.export.messages import terse_messages
 from pgolf.export.minify import WRAP_COMPRESS_FILTERS, minify_source, needs_source_registration, wrap_source
 from pgolf.export.program import Program, Section, is_docstring, statement_bound_names
 from pgolf.export.shake import (ExternalBases, ShakeResult, check_names_resolve, check_switches, declared_switch,
@@ -52,7 +58,11 @@ from pgolf.export.verify import PROBE_SIZE_FIELDS, verify_minified
 from pgolf.fsutil import write_bytes_atomic, write_text_atomic
 from pgolf.provenance import pgolf_code_hash
 
-EXPORT_ENTRY_MODULE = "pgolf.run"
+# The entry the script calls: the submission's lean run, or pgolf.run when checkpoints are asked for
+# (module -> its entry function).
+SUBMISSION_ENTRY_MODULE = "pgolf.submission"
+FULL_RUN_ENTRY_MODULE = "pgolf.run"
+ENTRY_FUNCTIONS = {SUBMISSION_ENTRY_MODULE: "run_submission", FULL_RUN_ENTRY_MODULE: "main"}
 READABLE_SUFFIX = ".readable.py"
 # The fields the exported script still reads from the environment; every other field is fixed at
 # export time (the script refuses a variable that would change one, naming it).
@@ -60,14 +70,13 @@ ENVIRONMENT_FIELDS = frozenset({
     "seed", "iterations", "max_wallclock_seconds", "train_log_every", "val_loss_every", "val_max_tokens",
     "data_path", "tokenizer_path", "run_id", "runs_dir", "pgolf_cache_dir", "pgolf_device"})
 # Names the entry adds to the shared namespace (checked against the bundled modules' names).
-ENTRY_NAMES = ("_EXPORT_ENVIRONMENT", "_run_exported_script")
-ENTRY_NEEDS = ("Config", "apply_config_overrides", "environment_overrides", "config_differences", "main",
-               "PgolfError", "ConfigError")
+ENTRY_NAMES = ("_EXPORT_ENVIRONMENT", "_run_exported_script", "_environment_config", "_error_text")
+ENTRY_NEEDS = ("Config", "coerce_config_value", "PgolfError", "ConfigError")
 # A number that appears nowhere else, replaced by the script's own size once it is known.
 CODE_BYTES_PLACEHOLDER = 987654321
 FIXED_POINT_TRIES = 10
 # Bump when the exporter's output changes for the same package and configuration (cache key).
-EXPORT_FORMAT_VERSION = 2
+EXPORT_FORMAT_VERSION = 4
 EXPORT_CACHE_FOLDER = "export"
 
 ENTRY_TEMPLATE = '''# ---- train_gpt.py entry (written by pgolf export) ----
@@ -77,20 +86,45 @@ _EXPORT_ENVIRONMENT = {environment!r}
 
 
 def _run_exported_script() -> int:
-    """The baked configuration < environment variables, then the training entry point (pgolf.run.main).
+    """The baked configuration < environment variables, then the training entry point ({entry}).
     The preset's name and this file's own wrapped size (the counted code bytes) are written in the call."""
     try:
         baked = Config()
-        cfg = apply_config_overrides(baked, environment_overrides(os.environ), source="environment")
-        fixed = [name.upper() for name in config_differences(cfg, baked) if name not in _EXPORT_ENVIRONMENT]
-        if fixed:
-            raise ConfigError(f"{{', '.join(fixed)}} cannot change in this train_gpt.py: the exporter built it for "
-                              "the baked value. Export again with the new value (pgolf export PRESET KEY=value).")
-        main(cfg, preset_name={preset!r}, preset_cfg=baked{code_bytes_argument})
+        cfg = _environment_config(baked)
+        {function}(cfg, preset_name={preset!r}{main_arguments})
     except PgolfError as error:
-        print(f"train_gpt.py: error: {{error}}", file=sys.stderr)
+        print(f"train_gpt.py: error: {{_error_text(error)}}", file=sys.stderr)
         return 2
+    except Exception as error:  # a bug: the traceback follows; say where its message is
+        print(f"train_gpt.py: {{_error_text(error)}}", file=sys.stderr)
+        raise
     return 0
+
+
+def _environment_config(baked):
+    """``baked`` with the environment's values of the fields it may set. A variable naming another field
+    must hold that field's baked value: the program was built for it."""
+    changes, fixed = {{}}, []
+    for section in dataclasses.fields(baked):
+        values = getattr(baked, section.name)
+        for leaf in dataclasses.fields(values):
+            text, default = os.environ.get(leaf.name.upper()), getattr(values, leaf.name)
+            if text is None:
+                continue
+            value = coerce_config_value(leaf.name, text, tuple[str, ...] if type(default) is tuple else type(default))
+            if leaf.name in _EXPORT_ENVIRONMENT:
+                changes.setdefault(section.name, {{}})[leaf.name] = value
+            elif value != default:
+                fixed.append(leaf.name.upper())
+    if fixed:
+        raise ConfigError(f"{{', '.join(fixed)}} cannot change in this train_gpt.py: the exporter built it for "
+                          "the baked value. Export again with the new value (pgolf export PRESET KEY=value).")
+    return dataclasses.replace(baked, **{{name: dataclasses.replace(getattr(baked, name), **fields)
+                                         for name, fields in changes.items()}})
+
+
+def _error_text(error: Exception) -> str:
+{error_text_body}
 
 
 if __name__ == "__main__":
@@ -160,7 +194,18 @@ def export_ready_config(cfg: Config) -> Config:
         raise ConfigError("the exported script cannot build the embedded default dataset (that code is tooling); "
                           "set DATA_PATH and TOKENIZER_PATH (for the default data: the paths `pgolf export` "
                           "prints when given a preset, or a run's config.json).")
-    return dataclasses.replace(cfg, run=type(cfg.run)())
+    ready = dataclasses.replace(cfg, run=type(cfg.run)())
+    return dataclasses.replace(ready, **{section.name: _floats_as_floats(getattr(ready, section.name))
+                                         for section in dataclasses.fields(ready)})
+
+
+def _floats_as_floats(section: Any) -> Any:
+    """``section`` with an int held by a float field made a float: the script reads a variable with the
+    type of the baked value (MAX_WALLCLOCK_SECONDS=1.5 must work where a caller wrote 600)."""
+    hints = typing.get_type_hints(type(section))
+    return dataclasses.replace(section, **{leaf.name: float(getattr(section, leaf.name))
+                                           for leaf in dataclasses.fields(section)
+                                           if hints[leaf.name] is float and type(getattr(section, leaf.name)) is int})
 
 
 def baked_config_values(cfg: Config) -> dict[str, Any]:
@@ -182,20 +227,48 @@ def _changed_defaults(cfg: Config) -> dict[str, dict[str, Any]]:
     return changed
 
 
-def _main_accepts_code_bytes(flat: FlattenedSource) -> bool:
-    entry = next(module for module in flat.modules if module.name == EXPORT_ENTRY_MODULE)
-    main = next((node for node in entry.tree.body if isinstance(node, ast.FunctionDef) and node.name == "main"), None)
+# The entry's _error_text: with messages kept, the message itself; without, where to read it. The
+# counted script's messages are line numbers of train_gpt.readable.py (a caught error's message may end
+# in the number when another message quotes it).
+ERROR_TEXT_KEPT = "    return str(error)"
+ERROR_TEXT_POINTER = '''    """Where the message is: this script's messages are lines of train_gpt.readable.py."""
+    text = str(error).strip("'")
+    before, _, line = text.rpartition(": ")
+    if not line.isdigit():  # the whole message may be the number
+        before, line = "", text
+    if not line.isdigit():
+        return text
+    return (f"{type(error).__name__}: {before + ': ' if before else ''}see line {line} of train_gpt.readable.py "
+            "(written beside this script by pgolf export; --keep-messages keeps the messages here)")'''
+
+
+def export_entry_module(cfg: Config) -> str:
+    """The module whose ``main`` the script calls: checkpoints need pgolf.run, nothing else does."""
+    wants_checkpoints = cfg.train.checkpoint_every > 0 or cfg.train.checkpoint_every_seconds > 0
+    return FULL_RUN_ENTRY_MODULE if wants_checkpoints else SUBMISSION_ENTRY_MODULE
+
+
+def _main_parameters(flat: FlattenedSource, entry_module: str) -> list[str]:
+    entry = next(module for module in flat.modules if module.name == entry_module)
+    name = ENTRY_FUNCTIONS[entry_module]
+    main = next((node for node in entry.tree.body if isinstance(node, ast.FunctionDef) and node.name == name), None)
     if main is None:
-        raise ExportError(f"{entry.path} has no top-level main(cfg, ...); the exported script calls it.")
-    return any(arg.arg == "code_bytes" for arg in main.args.args + main.args.kwonlyargs)
+        raise ExportError(f"{entry.path} has no top-level {name}(cfg, ...); the exported script calls it.")
+    return [arg.arg for arg in main.args.args + main.args.kwonlyargs]
 
 
-def entry_source(preset_name: str, code_bytes: int | None) -> str:
+def entry_source(preset_name: str, code_bytes: int | None, *, entry_module: str = FULL_RUN_ENTRY_MODULE,
+                 main_parameters: tuple[str, ...] = ("preset_cfg", "code_bytes"), keep_messages: bool = True) -> str:
     """The script's last section: what the environment may set, and the call of ``main`` with the preset's
-    name and (when ``main`` takes it) ``code_bytes``, written as literals so the exporter can fold them."""
-    return ENTRY_TEMPLATE.format(
-        preset=preset_name, environment=tuple(sorted(ENVIRONMENT_FIELDS)),
-        code_bytes_argument="" if code_bytes is None else f", code_bytes={code_bytes}")
+    name, the baked configuration (when ``main`` takes ``preset_cfg``) and ``code_bytes`` (when ``main``
+    takes it and it is known), written as literals so the exporter can fold them."""
+    arguments = ", preset_cfg=baked" if "preset_cfg" in main_parameters else ""
+    if code_bytes is not None and "code_bytes" in main_parameters:
+        arguments += f", code_bytes={code_bytes}"
+    return ENTRY_TEMPLATE.format(preset=preset_name, environment=tuple(sorted(ENVIRONMENT_FIELDS)),
+                                 entry=f"{entry_module}.{ENTRY_FUNCTIONS[entry_module]}",
+                                 function=ENTRY_FUNCTIONS[entry_module], main_arguments=arguments,
+                                 error_text_body=ERROR_TEXT_KEPT if keep_messages else ERROR_TEXT_POINTER)
 
 
 def _baked_code_hash_function(code_hash: str) -> str:
@@ -210,7 +283,7 @@ def _check_entry_names(flat: FlattenedSource) -> list[str]:
     missing = [name for name in ENTRY_NEEDS if name not in flat.namespace]
     if clashes or missing:
         raise ExportError(f"the export entry cannot be added: names taken {clashes}, names missing {missing}.")
-    return [f"import {name}" for name in ("os", "sys") if name not in flat.namespace]
+    return [f"import {name}" for name in ("dataclasses", "os", "sys") if name not in flat.namespace]
 
 
 def _program(flat: FlattenedSource, entry: str) -> Program:
@@ -336,19 +409,25 @@ def _minified_segments(program: Program) -> dict[str, str]:
 
 
 def build_exported_script(cfg: Config, *, preset_name: str = "custom", package_dir: Path | None = None,
-                          code_hash: str | None = None, verify: bool = True) -> ExportedScript:
+                          code_hash: str | None = None, verify: bool = True,
+                          keep_messages: bool = False) -> ExportedScript:
     """The exported program for ``cfg``, in memory (nothing is written). ``verify``: run the minified
-    program against the readable one first (:mod:`pgolf.export.verify`)."""
+    program against the readable one first (:mod:`pgolf.export.verify`). ``keep_messages``: the counted
+    script keeps its error messages (by default each is the line of the readable file that holds it)."""
     cfg = export_ready_config(cfg)
     baked_config_values(cfg)  # every value must be a literal
     code_hash = code_hash or pgolf_code_hash()
-    flat = flatten_core_modules(EXPORT_ENTRY_MODULE, package_dir, baked_functions={
+    entry_module = export_entry_module(cfg)
+    flat = flatten_core_modules(entry_module, package_dir, baked_functions={
         "pgolf.provenance.pgolf_code_hash": _baked_code_hash_function(code_hash)})
-    with_bytes = _main_accepts_code_bytes(flat)
-    spec = specialize_for(cfg, flat, entry_source(preset_name, CODE_BYTES_PLACEHOLDER if with_bytes else None))
+    parameters = tuple(_main_parameters(flat, entry_module))
+    with_bytes = "code_bytes" in parameters
+    spec = specialize_for(cfg, flat, entry_source(preset_name, CODE_BYTES_PLACEHOLDER if with_bytes else None,
+                                                  entry_module=entry_module, main_parameters=parameters,
+                                                  keep_messages=keep_messages))
     template = readable_source(spec.program, code_hash, preset_name)
     check_names_resolve(template)
-    minified = minify_source(template)
+    minified = minify_source(template if keep_messages else terse_messages(template)[0])
     if with_bytes:
         minified, code_bytes, wrapped = _settle_code_bytes(minified)
         readable = template.replace(str(CODE_BYTES_PLACEHOLDER), str(code_bytes))

@@ -91,7 +91,6 @@ def choose_attention_kernel(requested: str, *, on_cuda: bool, fa3_ready: bool) -
     ``fa3_ready``: FlashAttention 3 is importable and, for ``auto``, the GPU is a Hopper. Raises
     ConfigError when a forced backend cannot run here (an unknown name is validate_config's to report).
     """
-    assert requested in ATTENTION_BACKENDS, requested
     if requested == "auto":
         return "fa3" if on_cuda and fa3_ready else "sdpa"
     if requested == "fa3" and not (on_cuda and fa3_ready):
@@ -100,6 +99,8 @@ def choose_attention_kernel(requested: str, *, on_cuda: bool, fa3_ready: bool) -
     if requested == "sdpa_efficient" and not on_cuda:
         raise ConfigError("ATTENTION_BACKEND=sdpa_efficient runs only on a CUDA GPU (PyTorch has no memory-efficient "
                           "SDPA kernel on CPU); use sdpa, sdpa_math or eager here.")
+    # Checked here, after the "auto" return: an export for "auto" then needs no list of the names.
+    assert requested in ATTENTION_BACKENDS, requested
     return requested
 
 

@@ -389,7 +389,7 @@ def train_model(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfig, 
                        f"step {position.step} loss {position.last_finite_loss:.3f}")
             over_budget, interrupted = _agree_and_checkpoint(parts, cfg, ctx, clock, ema, position, checkpoints,
                                                              interrupt)
-            if interrupted:
+            if checkpoints is not None and interrupted:  # only a run with checkpoints stops for Ctrl-C
                 bar.close()
                 _stop_for_interrupt(logger, position, checkpoints)
             if over_budget:

@@ -1,5 +1,5 @@
 """Everything the training loop is handed: optimizers, QAT, the compiled/DDP-wrapped model, the loader
-and the checkpoint manager, built in the order they depend on each other."""
+and (for ``pgolf train``) the checkpoint manager, built in the order they depend on each other."""
 
 import torch
 
@@ -22,6 +22,18 @@ def prepare_training(model: GPT, cfg: Config, ctx: DistContext, data: Validation
                      logger: RunLogger, *, preset_name: str,
                      on_checkpoint_written=None) -> tuple[TrainingParts, CheckpointManager]:
     """The loop's parts and checkpoint manager for ``model`` (the bare model, on its device)."""
+    parts = prepare_training_parts(model, cfg, ctx, data, logger)
+    check_room_for_run(start.run_dir, cfg, ctx, model, parts.optimizers)
+    checkpoints = CheckpointManager(start.run_dir, cfg, ctx, logger, resume_from=start.checkpoint,
+                                    run_info={"preset": preset_name}, loss_scaler=parts.loss_scaler,
+                                    on_checkpoint_written=on_checkpoint_written)
+    return parts, checkpoints
+
+
+def prepare_training_parts(model: GPT, cfg: Config, ctx: DistContext, data: ValidationData,
+                           logger: RunLogger) -> TrainingParts:
+    """The loop's parts for ``model`` (the bare model, on its device), without checkpoints: what the
+    exported submission trains with (pgolf/submission.py)."""
     if cfg.model.fp8_matmul:  # before QAT and compile, on the bare model
         logger.line(enable_fp8_matmul(model, ctx.device))
     loader = build_train_loader(cfg.train.train_loader, cfg.model.vocab_size, ctx, data.train_files)
@@ -35,12 +47,7 @@ def prepare_training(model: GPT, cfg: Config, ctx: DistContext, data: Validation
                           "overflow check would differ across ranks. Use MUON_SHARDED=0 or bf16.")
     loss_scaler = ctx.runtime.loss_scaler()
     forward_model = wrap_for_training(model, cfg.model, cfg.train.compile, ctx, sharded_muon=sharded)
-    parts = TrainingParts(model, forward_model, optimizers, loader, qat, loss_scaler, sharded_gradients=sharded)
-    check_room_for_run(start.run_dir, cfg, ctx, model, optimizers)
-    checkpoints = CheckpointManager(start.run_dir, cfg, ctx, logger, resume_from=start.checkpoint,
-                                    run_info={"preset": preset_name}, loss_scaler=loss_scaler,
-                                    on_checkpoint_written=on_checkpoint_written)
-    return parts, checkpoints
+    return TrainingParts(model, forward_model, optimizers, loader, qat, loss_scaler, sharded_gradients=sharded)
 
 
 def attach_and_describe_qat(model: GPT, cfg: Config, logger: RunLogger) -> QATController | None:

@@ -17,7 +17,7 @@ import torch
 
 from pgolf.cli import main as cli_main
 from pgolf.errors import ConfigError, PgolfError
-from pgolf import run as run_module
+from pgolf import steps as steps_module
 from pgolf.run import main as run_main
 from pgolf.train import loop as loop_module
 
@@ -202,7 +202,7 @@ def test_two_writers_of_one_run_directory_are_refused_before_training(default_da
     assert report["steps"] == 6 and not (tmp_path / "shared" / "run.lock").exists()
 
 
-EXTRA_EVALUATION_PHASES = run_module.extra_evaluation_phases
+EXTRA_EVALUATION_PHASES = steps_module.extra_evaluation_phases
 
 
 def crash_in_evaluation(*args, **kwargs):
@@ -214,7 +214,7 @@ def test_a_run_interrupted_after_training_continues_from_its_final_weights(defau
                                                                            monkeypatch):
     """Issue 17 item 1: a crash in evaluation, after training, then --resume: the final weights are kept and
     quantized and evaluated again; nothing trains again and nothing is deleted."""
-    monkeypatch.setattr(run_module, "extra_evaluation_phases", crash_in_evaluation)
+    monkeypatch.setattr(steps_module, "extra_evaluation_phases", crash_in_evaluation)
     with pytest.raises(RuntimeError, match="TTT out of memory"):
         cli_main(["train", *items(default_data, tmp_path, RUN_ID="late", CHECKPOINT_EVERY="2")])
     run_dir = tmp_path / "late"
@@ -223,7 +223,7 @@ def test_a_run_interrupted_after_training_continues_from_its_final_weights(defau
     assert (run_dir / "training_done.json").is_file() and first_artifact and not (run_dir / "report.json").exists()
     trained = train_losses(run_dir)
 
-    monkeypatch.setattr(run_module, "extra_evaluation_phases", EXTRA_EVALUATION_PHASES)
+    monkeypatch.setattr(steps_module, "extra_evaluation_phases", EXTRA_EVALUATION_PHASES)
     assert cli_main(["train", "--resume", str(run_dir)]) == 0
     log = (run_dir / "train.log").read_text()
     assert "resume:removed" not in log and log.count("train_done steps:6") == 1  # trained once
@@ -242,11 +242,11 @@ def test_an_evaluation_crash_that_repeats_under_restarts_never_retrains(default_
     """torchrun --max-restarts runs the same command again after each crash: with the training done, each
     restart quantizes and evaluates again, and keeps what the crashed attempts wrote."""
     cfg = config(default_data, tmp_path, RUN_ID="restarts", PGOLF_AUTO_RESUME="1")
-    monkeypatch.setattr(run_module, "extra_evaluation_phases", crash_in_evaluation)
+    monkeypatch.setattr(steps_module, "extra_evaluation_phases", crash_in_evaluation)
     for _ in range(2):
         with pytest.raises(RuntimeError, match="TTT out of memory"):
             run_main(cfg, echo=False)
-    monkeypatch.setattr(run_module, "extra_evaluation_phases", EXTRA_EVALUATION_PHASES)
+    monkeypatch.setattr(steps_module, "extra_evaluation_phases", EXTRA_EVALUATION_PHASES)
     report = run_main(cfg, echo=False)
     run_dir = tmp_path / "restarts"
     assert (run_dir / "train.log").read_text().count("train_done steps:") == 1

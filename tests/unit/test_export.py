@@ -24,6 +24,7 @@ from pgolf.export.bundle import (CODE_BYTES_PLACEHOLDER, ENVIRONMENT_FIELDS, _se
                                  build_exported_script, export_ready_config, exported_code_bytes, module_costs,
                                  write_exported_script)
 from pgolf.export.flatten import ExportError, core_module_order, flatten_core_modules
+from pgolf.export.messages import terse_messages
 from pgolf.export.minify import minify_source, unwrap_script, wrap_source
 from pgolf.export.verify import verify_minified
 from pgolf.presets import tiny_cpu
@@ -210,7 +211,8 @@ def test_both_wrapper_forms_round_trip(source, register):
 def test_wrapped_file_decompresses_to_the_minified_source_and_counts_its_disk_bytes(real_script, tmp_path):
     _, script = real_script
     assert unwrap_script(script.wrapped) == script.minified
-    assert minify_source(script.readable) == script.minified  # the readable file is the same program
+    # The readable file is the same program; the counted one has line numbers where its messages were.
+    assert minify_source(terse_messages(script.readable)[0]) == script.minified
     compile(script.readable, "train_gpt.readable.py", "exec")
     lines = script.wrapped.decode("ascii").splitlines()
     assert len(lines) == 2 and lines[0] == "import lzma,base64"  # no kernels in tiny_cpu: the records' form
@@ -259,13 +261,13 @@ def test_entry_bakes_the_config_and_the_environment_sets_only_what_it_may(real_s
     monkeypatch.setitem(sys.modules, module.__name__, module)
     exec(compile(script.readable, "train_gpt.readable.py", "exec"), module.__dict__)
     calls = []
-    module.main = lambda cfg, **kwargs: calls.append((cfg, kwargs))
+    module.run_submission = lambda cfg, **kwargs: calls.append((cfg, kwargs))
     for key in ("NUM_LAYERS", "MATRIX_LR", "RUN_ID"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("SEED", "42")
     assert module._run_exported_script() == 0
     ran, kwargs = calls[0]
-    assert ran.train.seed == 42 and kwargs["preset_cfg"].train.seed == 1337 and kwargs["preset_name"] == "tiny_cpu"
+    assert ran.train.seed == 42 and module.Config().train.seed == 1337 and kwargs["preset_name"] == "tiny_cpu"
     assert kwargs["code_bytes"] == script.wrapped_bytes
     assert (ran.model.num_layers, ran.model.model_dim, ran.data.data_path) == (4, 128, DATA["DATA_PATH"])
     assert ran.run.run_id == "" and cfg.run.run_id == "fixed_run"  # each run of the script picks its own id
@@ -280,6 +282,14 @@ def test_entry_bakes_the_config_and_the_environment_sets_only_what_it_may(real_s
     assert module._run_exported_script() == 2
     assert "NUM_LAYERS, MATRIX_LR cannot change in this train_gpt.py" in capsys.readouterr().err
     assert len(calls) == 2 and {"seed", "run_id", "data_path"} <= ENVIRONMENT_FIELDS
+    for key in ("NUM_LAYERS", "MATRIX_LR"):
+        monkeypatch.delenv(key)
+    baked_targets = ",".join(module.Config().ttt.ttt_lora_targets)
+    monkeypatch.setenv("TTT_LORA_TARGETS", baked_targets)  # a tuple field, at its baked value: allowed
+    monkeypatch.setenv("MAX_WALLCLOCK_SECONDS", "1.5")
+    assert module._run_exported_script() == 0 and calls[-1][0].train.max_wallclock_seconds == 1.5
+    monkeypatch.setenv("TTT_LORA_TARGETS", "c_q")
+    assert module._run_exported_script() == 2 and "TTT_LORA_TARGETS cannot change" in capsys.readouterr().err
 
 
 def test_baked_values_are_the_differences_from_the_defaults(real_script):
@@ -317,34 +327,35 @@ def test_main_with_a_code_bytes_parameter_receives_the_scripts_own_size(tmp_path
     package = make_package(tmp_path, {
         "errors.py": "class PgolfError(Exception):\n    pass\n\n\nclass ConfigError(PgolfError):\n    pass\n",
         "config.py": '''
+            from dataclasses import dataclass, field
+
+
+            @dataclass(frozen=True)
+            class TrainConfig:
+                seed: int = 1337
+
+
+            @dataclass(frozen=True)
             class Config:
-                pass
+                train: TrainConfig = field(default_factory=TrainConfig)
 
 
-            def apply_config_overrides(cfg, overrides, *, source):
-                return {**(cfg if isinstance(cfg, dict) else {}), **overrides}
-
-
-            def environment_overrides(environ):
-                return {"SEED": environ["SEED"]} if "SEED" in environ else {}
-
-
-            def config_differences(cfg, reference):
-                return {"seed": (None, cfg["SEED"])} if "SEED" in cfg else {}
+            def coerce_config_value(key, value, annotation):
+                return annotation(value)
             ''',
-        "run.py": '''
+        "submission.py": '''
             from pgolf.config import Config
             from pgolf.errors import PgolfError
 
             CALLS = []
 
 
-            def main(cfg, *, preset_name, preset_cfg, code_bytes=None):
+            def run_submission(cfg, *, preset_name, code_bytes=None):
                 CALLS.append((cfg, preset_name, code_bytes))
             '''})
     cfg = apply_config_overrides(tiny_cpu(), DATA, source="test")
     script = build_exported_script(cfg, preset_name="tiny_cpu", package_dir=package, code_hash="0" * 16)
-    assert script.baked_code_bytes and minify_source(script.readable) == script.minified
+    assert script.baked_code_bytes and minify_source(terse_messages(script.readable)[0]) == script.minified
     namespace = {"__name__": "__main__"}
     with pytest.raises(SystemExit) as exit_info:
         exec(unwrap_script(script.wrapped), namespace)
@@ -387,7 +398,7 @@ def test_exported_code_bytes_is_the_written_files_size_and_is_cached(real_script
 
 def test_cli_exports_a_preset_and_a_run_directory(real_script, tmp_path, capsys, monkeypatch):
     _, script = real_script
-    monkeypatch.setattr("pgolf.commands.export.build_exported_script", lambda cfg, preset_name: script)
+    monkeypatch.setattr("pgolf.commands.export.build_exported_script", lambda cfg, preset_name, keep_messages: script)
     monkeypatch.delenv("SEED", raising=False)
     overrides = [f"{key}={value}" for key, value in DATA.items()]
     assert cli_main(["export", "tiny_cpu", *overrides, "-o", str(tmp_path / "a.py"), "--json", "--explain"]) == 0
@@ -395,7 +406,7 @@ def test_cli_exports_a_preset_and_a_run_directory(real_script, tmp_path, capsys,
     assert report["wrapped_bytes"] == (tmp_path / "a.py").stat().st_size and report["preset"] == "tiny_cpu"
     assert (tmp_path / "a.readable.py").is_file()
     rows = {row["module"]: row for row in report["explain"]["modules"]}
-    assert rows["pgolf/run.py"]["why"].startswith("needed by") and "quant/qat" not in str(rows)
+    assert rows["pgolf/steps.py"]["why"].startswith("needed by") and "quant/qat" not in str(rows)
     assert "pgolf.quant.qat" in report["explain"]["dropped_modules"]
     assert cli_main(["export", "tiny_cpu", *overrides, "-o", str(tmp_path / "a.py")]) == 2
     assert "already exists" in capsys.readouterr().err
@@ -411,3 +422,41 @@ def test_cli_exports_a_preset_and_a_run_directory(real_script, tmp_path, capsys,
     assert json.loads(capsys.readouterr().out)["wrapped_bytes"] == report["wrapped_bytes"]
     assert cli_main(["export", "no_such_preset_or_dir"]) == 2
     assert "neither a run directory nor a preset" in capsys.readouterr().err
+
+
+def test_a_submission_ships_no_resume_or_checkpoints_unless_the_configuration_asks(real_script):
+    cfg, script = real_script
+    assert "run_submission(cfg, preset_name='tiny_cpu'" in script.readable
+    for module in ("pgolf.run", "pgolf.train.resume", "pgolf.train.memory"):
+        assert module not in script.modules  # the submission's entry does not even import them
+    for definition in ("class CheckpointManager", "class InterruptRequest", "def lock_run_directory", "def log_header"):
+        assert definition not in script.readable  # (the loop's TrainingPosition ships from checkpoint.py)
+    checkpointed = build_exported_script(apply_config_overrides(cfg, {"CHECKPOINT_EVERY": "5"}, source="test"),
+                                         preset_name="tiny_cpu", verify=False)
+    assert "main(cfg, preset_name='tiny_cpu', preset_cfg=baked" in checkpointed.readable
+    assert {"pgolf.train.checkpoint", "pgolf.train.resume"} <= set(checkpointed.modules)
+    assert "class CheckpointManager" in checkpointed.readable
+    assert checkpointed.wrapped_bytes > script.wrapped_bytes
+
+
+def test_the_counted_script_points_at_the_readable_line_of_each_message(real_script, monkeypatch, capsys):
+    _, script = real_script
+    assert "is not a valid" in script.readable and "is not a valid" not in script.minified
+    module = types.ModuleType("exported_minified_under_test")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(script.minified, "train_gpt.py", "exec"), module.__dict__)
+    monkeypatch.setenv("SEED", "not_a_number")
+    main_guard = ast.parse(script.minified).body[-1]  # if __name__ == '__main__': sys.exit(<entry>())
+    entry = main_guard.body[0].value.args[0].func.id
+    assert getattr(module, entry)() == 2
+    error = capsys.readouterr().err
+    line = int(error.split("see line ")[1].split()[0])
+    assert "of train_gpt.readable.py" in error
+    assert "is not a valid" in script.readable.splitlines()[line - 1]  # the message, at the line named
+
+
+def test_keep_messages_keeps_them_in_the_counted_script(real_script):
+    cfg, script = real_script
+    kept = build_exported_script(cfg, preset_name="tiny_cpu", verify=False, keep_messages=True)
+    assert "is not a valid" in kept.minified and kept.wrapped_bytes > script.wrapped_bytes
+    assert minify_source(kept.readable) == kept.minified

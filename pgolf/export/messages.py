@@ -1,0 +1,120 @@
+"""Error messages out of the counted script, kept in the readable one (tooling; never exported itself).
+
+The messages of ``raise`` and ``assert`` statements are the biggest share of the exported script's
+counted bytes that the program does not need in order to run (about 8.8 KB of the 55.8 KB wrapped
+record_sp8192 export). :func:`terse_messages` replaces each one with a single int: the line of its
+statement in ``train_gpt.readable.py``, which the same export writes beside ``train_gpt.py``, so the
+message is still there to read at the line the number names. ``pgolf export --keep-messages`` keeps
+the messages; the exported entry prints the pointer (file and line) when such an error stops a run.
+
+Only arguments that are nothing but a message go: a string (literal, f-string, ``+`` or ``%`` on a
+string, ``"...".format(...)``) passed alone to a class whose one argument is read by a person. That
+excludes KeyError (its argument is the key), SystemExit, KeyboardInterrupt and StopIteration (their
+arguments are values the program or Python uses) and any class with its own ``__init__`` or
+``__new__`` (its arguments may be structured). Checks stay: an assert keeps its test.
+"""
+
+import ast
+
+# Builtin classes whose single argument is a message for a person and nothing else.
+MESSAGE_EXCEPTIONS = frozenset({
+    "Exception", "ValueError", "RuntimeError", "TypeError", "AssertionError", "FileNotFoundError", "OSError",
+    "NotImplementedError", "IndexError"})
+# Methods that make a class's arguments something other than a message.
+CONSTRUCTOR_METHODS = frozenset({"__init__", "__new__"})
+
+
+def terse_messages(readable_source: str) -> tuple[str, int]:
+    """``readable_source`` with each raise/assert message replaced by its statement's line, and how many."""
+    tree = ast.parse(readable_source)
+    message_classes = message_exception_names(tree)
+    removed = 0
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Raise) and raises_message(node, message_classes):
+            node.exc.args = [line_constant(node)]
+            removed += 1
+        elif isinstance(node, ast.Assert) and node.msg is not None and is_message(node.msg):
+            node.msg = line_constant(node)
+            removed += 1
+    return ast.unparse(tree), removed
+
+
+def line_constant(statement: ast.stmt) -> ast.Constant:
+    """The pointer that replaces a message: the statement's line in the readable source."""
+    return ast.Constant(statement.lineno)
+
+
+def raises_message(node: ast.Raise, message_classes: frozenset[str]) -> bool:
+    """Whether ``node`` is ``raise X(<message>)`` (``from ...`` allowed) with X a message class."""
+    call = node.exc
+    return (isinstance(call, ast.Call) and class_name(call.func) in message_classes
+            and len(call.args) == 1 and not call.keywords and is_message(call.args[0]))
+
+
+def is_message(node: ast.expr) -> bool:
+    """Whether ``node`` evaluates to a string built for a person: literal, f-string, ``+``/``%``, ``.format``."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, str)
+    if isinstance(node, ast.JoinedStr):
+        return True
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mod)):
+        return is_message(node.left)  # a str on the left makes the result a str ("a" + b + "c" nests left)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format":
+        return isinstance(node.func.value, ast.Constant) and isinstance(node.func.value.value, str)
+    return False
+
+
+def class_name(node: ast.expr) -> str | None:
+    """The name a raise or a base refers to (``X`` or ``module.X``); None for anything computed."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return None
+
+
+def message_exception_names(tree: ast.Module) -> frozenset[str]:
+    """The builtin message classes plus the program's classes that take a message and nothing else.
+
+    A program class qualifies when every definition of its name has only qualifying bases (a builtin
+    message class, Exception, or a qualifying program class), no decorator or metaclass, and no
+    constructor of its own. A program class shadows a builtin of the same name.
+    """
+    definitions: dict[str, list[ast.ClassDef]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            definitions.setdefault(node.name, []).append(node)
+
+    def takes_message(name: str | None, inside: frozenset[str]) -> bool:
+        if name not in definitions:
+            return name in MESSAGE_EXCEPTIONS
+        if name in inside:  # a cycle of bases is not a class Python can build
+            return False
+        return all(is_plain_subclass(definition, lambda base: takes_message(base, inside | {name}))
+                   for definition in definitions[name])
+
+    names = set(MESSAGE_EXCEPTIONS) - definitions.keys()
+    names.update(name for name in definitions if takes_message(name, frozenset()))
+    return frozenset(names)
+
+
+def is_plain_subclass(definition: ast.ClassDef, base_takes_message) -> bool:
+    """Whether the class only renames its bases: bases qualify, no decorator/metaclass, no constructor."""
+    if not definition.bases or definition.keywords or definition.decorator_list:
+        return False
+    if any(defines_constructor(statement) for statement in definition.body):
+        return False
+    return all(base_takes_message(class_name(base)) for base in definition.bases)
+
+
+def defines_constructor(statement: ast.stmt) -> bool:
+    """Whether a class-body statement binds ``__init__`` or ``__new__`` (a def or an assignment)."""
+    if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return statement.name in CONSTRUCTOR_METHODS
+    if isinstance(statement, ast.Assign):
+        targets = statement.targets
+    elif isinstance(statement, (ast.AnnAssign, ast.AugAssign)):
+        targets = [statement.target]
+    else:
+        return False
+    return any(isinstance(target, ast.Name) and target.id in CONSTRUCTOR_METHODS for target in targets)
