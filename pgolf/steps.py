@@ -13,7 +13,7 @@ from pgolf.eval.phases import EvalPhase, evaluation_budget, extra_evaluation_pha
 from pgolf.log import RunLogger
 from pgolf.model.gpt import GPT
 from pgolf.quant.calibration import calibration_budget_fields, collect_gptq_hessians
-from pgolf.quant.model_artifact import load_artifact_into_fresh_model, write_artifact
+from pgolf.quant.model_artifact import load_round_trip_model, write_artifact
 from pgolf.quant.packing import artifact_file_name
 from pgolf.report import final_evaluation_fields, log_eval, log_evaluation_budget, log_extra_phase, phase_is_finite
 from pgolf.train.checkpoint import CheckpointManager
@@ -69,13 +69,13 @@ def quantize_and_score(model: GPT, cfg: Config, ctx: DistContext, data: Validati
         fields.update(artifact_fields)
     artifact_path = broadcast_object_from_main(artifact_path)
 
-    roundtrip_model = load_artifact_into_fresh_model(artifact_path, cfg.model, ctx.runtime)
+    roundtrip_model = load_round_trip_model(artifact_path, cfg, ctx.runtime)  # the configured format only
     what = artifact_file_name(cfg.quant).split(".")[1]  # int8, int6, gptq_int6 ...
     roundtrip = timed_phase(f"final_{what}_{cfg.artifact.compressor}_roundtrip", ctx.runtime,
                             lambda: evaluate(roundtrip_model))
     log_eval(logger, roundtrip)
     phases = extra_evaluation_phases(cfg, ctx, data.tokens, data.target_bytes, roundtrip_model,
-                                     lambda: load_artifact_into_fresh_model(artifact_path, cfg.model, ctx.runtime))
+                                     lambda: load_round_trip_model(artifact_path, cfg, ctx.runtime))
     for phase in phases:
         log_extra_phase(logger, phase)
     budget = evaluation_budget([EvalPhase("quantized", roundtrip.sums, roundtrip.seconds), *phases],

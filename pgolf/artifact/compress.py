@@ -15,6 +15,13 @@ container costs ~60 bytes over raw lzma but detects damage on its own and needs 
 decode); brotli quality 11 with a 16 MiB window (lgwin 24); zstd level 22 with a content checksum.
 brotli and zstandard are imported only when used, because GPU images may lack them.
 
+Every choice of compressor is an ``if`` chain over its name (no table of functions), and the pipeline reads
+its artifact back with :func:`decompress_configured_model_bytes` (the configured compressor and stride,
+checked against the frame) rather than by what the frame records: ``pgolf export`` folds the chains over
+the configured name, so train_gpt.py ships only the configured compressor's code on both sides (``auto``,
+and ``pergroup``'s role streams, legitimately need them all). Tooling reads any blob with
+:func:`decompress_model_bytes`.
+
 ``pergroup`` (SPEC 5.11) is a model compressor rather than a stream compressor: it takes a tensor
 container apart by role (:mod:`pgolf.artifact.pergroup`), compresses the residual container with
 brotli-11 (after the frame's byte shuffle) and each role stream with the best stream compressor
@@ -108,37 +115,9 @@ def _zstandard_module_or_error():
     return zstandard
 
 
-def _zlib_decompress_whole(blob: bytes) -> bytes:
-    # A decompress object tells a truncated stream (not eof) and trailing junk (unused_data) apart.
-    decompressor = zlib.decompressobj()
-    output = decompressor.decompress(blob)
-    if not decompressor.eof or decompressor.unused_data:
-        raise ArtifactError("zlib stream is truncated or followed by stray bytes.")
-    return output
-
-
-def _lzma_compress_strongest(data: bytes) -> bytes:
-    return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, preset=9 | lzma.PRESET_EXTREME)
-
-
-def _brotli_compress_strongest(data: bytes) -> bytes:
-    return _brotli_module_or_error().compress(data, quality=11, lgwin=24)
-
-
-def _zstd_compress_strongest(data: bytes) -> bytes:
-    return _zstandard_module_or_error().ZstdCompressor(level=22, write_checksum=True).compress(data)
-
-
-def _zstd_decompress_whole(blob: bytes) -> bytes:
-    return _zstandard_module_or_error().ZstdDecompressor().decompress(blob)
-
-
-COMPRESSORS: dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {
-    "zlib": (lambda data: zlib.compress(data, 9), _zlib_decompress_whole),
-    "lzma": (_lzma_compress_strongest, lambda blob: lzma.decompress(blob, format=lzma.FORMAT_XZ)),
-    "brotli": (_brotli_compress_strongest, lambda blob: _brotli_module_or_error().decompress(blob)),
-    "zstd": (_zstd_compress_strongest, _zstd_decompress_whole),
-}
+# The stream compressors, in the order auto tries them. Their code is reached through the if chains of
+# _compress_stream and _bounded_stream over the name, never through a table (see the module docstring).
+COMPRESSORS: tuple[str, ...] = ("zlib", "lzma", "brotli", "zstd")
 # The id byte written into every frame. Never renumber: old artifacts must stay readable.
 COMPRESSOR_IDS: dict[str, int] = {"zlib": 1, "lzma": 2, "brotli": 3, "zstd": 4, "pergroup": 5, "pergroup_lrzip": 6}
 _COMPRESSOR_NAMES_BY_ID: dict[int, str] = {code: name for name, code in COMPRESSOR_IDS.items()}
@@ -146,6 +125,28 @@ _COMPRESSOR_NAMES_BY_ID: dict[int, str] = {code: name for name, code in COMPRESS
 
 # Compressors outside the standard library, and the module each needs.
 _OPTIONAL_COMPRESSOR_MODULES: dict[str, str] = {"brotli": "brotli", "zstd": "zstandard"}
+
+
+def _unknown_compressor(name: str) -> ConfigError:
+    return ConfigError(
+        f"unknown compressor {name!r}; valid names are {', '.join(COMPRESSORS)}, {PERGROUP_COMPRESSOR!r} (role "
+        f"groups, SPEC 5.11), {PERGROUP_LRZIP_COMPRESSOR!r} (the same with lrzip) or {AUTO_COMPRESSOR!r} (try all "
+        "and keep the smallest)."
+    )
+
+
+def _compress_stream(data: bytes, name: str) -> bytes:
+    """``data`` through the stream compressor ``name`` at its strongest setting (module docstring)."""
+    if name == "zlib":
+        return zlib.compress(data, 9)
+    if name == "lzma":
+        return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, preset=9 | lzma.PRESET_EXTREME)
+    if name == "brotli":
+        return _brotli_module_or_error().compress(data, quality=11, lgwin=24)
+    if name == "zstd":
+        return _zstandard_module_or_error().ZstdCompressor(level=22, write_checksum=True).compress(data)
+    raise _unknown_compressor(name)
+
 
 def available_compressor_names() -> list[str]:
     """Stream compressors whose libraries are importable here, in :data:`COMPRESSORS` order."""
@@ -163,12 +164,18 @@ def available_model_compressor_names() -> list[str]:
 
 def require_model_compressor(name: str) -> None:
     """Refuse, before any training, a COMPRESSOR this machine cannot run (a library or the lrzip program
-    missing), so a run does not discover it only when it packs its artifact."""
-    if name == PERGROUP_LRZIP_COMPRESSOR:
+    missing), so a run does not discover it only when it packs its artifact. Only ``name``'s own needs
+    are checked (an ``if`` chain the export folds): ``auto`` chooses among what is installed."""
+    if name == "auto":
+        return
+    if name == "pergroup_lrzip":
         _lrzip_program_or_error(f"COMPRESSOR={name}")
-    if name != "auto" and name not in available_model_compressor_names():
-        raise PgolfError(f"COMPRESSOR={name} cannot run on this machine: its library is not installed "
-                         f"(available: {', '.join(available_model_compressor_names())}); pip install brotli zstandard.")
+    if name == "zstd":
+        _zstandard_module_or_error()
+    elif name == "brotli" or name == "pergroup" or name == "pergroup_lrzip":  # pergroup's residual is brotli
+        _brotli_module_or_error()
+    elif name != "zlib" and name != "lzma":
+        raise _unknown_compressor(name)
 
 
 def lrzip_available() -> bool:
@@ -236,15 +243,6 @@ def _compressor_library_importable(name: str) -> bool:
     return True
 
 
-def _compressor_pair(name: str) -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]:
-    if name not in COMPRESSORS:
-        raise ConfigError(
-            f"unknown compressor {name!r}; valid names are {', '.join(COMPRESSORS)}, {PERGROUP_COMPRESSOR!r} (role "
-            f"groups, SPEC 5.11) or {AUTO_COMPRESSOR!r} (try all and keep the smallest)."
-        )
-    return COMPRESSORS[name]
-
-
 def _check_shuffle_stride(shuffle_stride) -> None:
     if not isinstance(shuffle_stride, int) or isinstance(shuffle_stride, bool) or not 0 <= shuffle_stride <= 255:
         raise ConfigError(f"shuffle_stride must be an int in 0..255 (0 = no shuffle), got {shuffle_stride!r}.")
@@ -259,22 +257,32 @@ def compress_model_bytes(data: bytes, compressor: str, shuffle_stride: int = 0) 
     stride 2 when ``data`` is a tensor container with grouped matrices (see :func:`auto_compress`).
     ``compressor="pergroup"`` needs a tensor container; its stride applies to the residual stream.
     """
-    if compressor == AUTO_COMPRESSOR:
+    # Names written out, not the module's constants: the export folds a comparison of two literals.
+    if compressor == "auto":
         return auto_compress(data, shuffle_stride)
-    if compressor in (PERGROUP_COMPRESSOR, PERGROUP_LRZIP_COMPRESSOR):
-        _check_shuffle_stride(shuffle_stride)
-        lrzip = compressor == PERGROUP_LRZIP_COMPRESSOR
-        if lrzip:
-            _lrzip_program_or_error(f"COMPRESSOR={PERGROUP_LRZIP_COMPRESSOR}")  # before any work
-        return _compression_frame_header(compressor, shuffle_stride) + _pergroup_compress(data, shuffle_stride, lrzip)
-    compress, _ = _compressor_pair(compressor)
+    if compressor == "pergroup" or compressor == "pergroup_lrzip":
+        return _pergroup_frame(data, shuffle_stride, compressor == "pergroup_lrzip")
+    return _stream_frame(data, compressor, shuffle_stride)
+
+
+def _stream_frame(data: bytes, name: str, shuffle_stride: int) -> bytes:
+    """One stream compressor's frame: the header, then ``data`` (byte-shuffled when asked) compressed."""
     _check_shuffle_stride(shuffle_stride)
     shuffled = byte_shuffle(data, shuffle_stride) if shuffle_stride else bytes(data)
-    return _compression_frame_header(compressor, shuffle_stride) + compress(shuffled)
+    compressed = _compress_stream(shuffled, name)  # first: an unknown name is a ConfigError, not a KeyError
+    return _compression_frame_header(name, shuffle_stride) + compressed
 
 
 def _compression_frame_header(compressor: str, shuffle_stride: int) -> bytes:
     return COMPRESSION_FRAME_MAGIC + bytes([COMPRESSOR_IDS[compressor], shuffle_stride])
+
+
+def _pergroup_frame(data: bytes, shuffle_stride: int, lrzip: bool) -> bytes:
+    _check_shuffle_stride(shuffle_stride)
+    name = PERGROUP_LRZIP_COMPRESSOR if lrzip else PERGROUP_COMPRESSOR
+    if lrzip:
+        _lrzip_program_or_error(f"COMPRESSOR={name}")  # before any work
+    return _compression_frame_header(name, shuffle_stride) + _pergroup_compress(data, shuffle_stride, lrzip)
 
 
 def _pergroup_role_streams(data: bytes) -> list[bytes]:
@@ -284,41 +292,19 @@ def _pergroup_role_streams(data: bytes) -> list[bytes]:
     return split_container_by_role(data)
 
 
-def _pergroup_compress(data: bytes, shuffle_stride: int, lrzip: bool = False, streams: list[bytes] | None = None) -> bytes:
+def _pergroup_compress(data: bytes, shuffle_stride: int, lrzip: bool, streams: list[bytes] | None = None) -> bytes:
     """PGRP frame: the residual container brotli-11 (shuffled), each role stream with the best compressor
     (``lrzip``: raw ``lrzip -z -L 9`` output). ``streams``: the split, when the caller already has it."""
     streams = _pergroup_role_streams(data) if streams is None else streams
     # brotli-11 and lrzip take minutes on a 16 MB model: a bar per role stream shows that it moves
     bar = ProgressBar("compress role streams", len(streams))
-    frames = [compress_model_bytes(streams[0], "brotli", shuffle_stride)]
+    frames = [_stream_frame(streams[0], "brotli", shuffle_stride)]
     for index, stream in enumerate(streams[1:], start=1):
         bar.update(index)
         frames.append(run_lrzip(stream, decompress=False) if lrzip else
                       choose_smallest_compression(stream, strides=(0,))[0])
     bar.close()
     return pack_pergroup_streams(frames)
-
-
-def _pergroup_decompress(payload: bytes, shuffle_stride: int, lrzip: bool = False,
-                         max_bytes: int | None = None) -> bytes:
-    frames = unpack_pergroup_streams(payload)
-    for index, frame in enumerate(frames[:1] if lrzip else frames):
-        name, stride = describe_compressed_blob(frame)
-        if name in (PERGROUP_COMPRESSOR, PERGROUP_LRZIP_COMPRESSOR) or (index == 0 and stride != shuffle_stride):
-            raise ArtifactError(f"pergroup stream {index} has a damaged frame ({name}, stride {stride}); the artifact "
-                                "is corrupt. Re-create or re-copy it.")
-    limit = MAX_DECOMPRESSED_MODEL_BYTES if max_bytes is None else max_bytes
-    residual = decompress_model_bytes(frames[0], limit)
-    sizes = pergroup_stream_sizes(residual, len(frames))  # what each role stream may decompress to
-    if len(residual) + sum(sizes) > limit:
-        raise ArtifactError(f"the pergroup model blob declares {len(residual) + sum(sizes):,} bytes, more than the "
-                            f"{limit:,} a model blob may decompress to; the artifact is damaged or a decompression "
-                            "bomb. Refused before decompressing its role streams.")
-    if lrzip:
-        return join_container_streams([residual] + [_lrzip_decompress_exactly(frame, size)
-                                                    for frame, size in zip(frames[1:], sizes)])
-    return join_container_streams([residual] + [decompress_model_bytes(frame, size)
-                                                for frame, size in zip(frames[1:], sizes)])
 
 
 def auto_compress(data: bytes, shuffle_stride: int = 0) -> bytes:
@@ -410,17 +396,19 @@ def _zstd_decompress_bounded(payload: bytes, limit: int) -> tuple[bytes, bool]:
     return output, finished
 
 
-# Each stream compressor's decompression that stops once the output passes a limit:
-# (payload, limit) -> (at most about limit + 1 bytes, whether the stream ended there).
-BOUNDED_DECOMPRESSORS: dict[str, Callable[[bytes, int], tuple[bytes, bool]]] = {
-    "zlib": _zlib_decompress_bounded, "lzma": _lzma_decompress_bounded,
-    "brotli": _brotli_decompress_bounded, "zstd": _zstd_decompress_bounded,
-}
-
-
 def _bounded_stream(name: str, payload: bytes, limit: int) -> tuple[bytes, bool]:
+    """The stream compressor ``name``'s decompression of ``payload``, stopped once the output passes
+    ``limit``: (at most about limit + 1 bytes, whether the stream ended there)."""
     try:
-        return BOUNDED_DECOMPRESSORS[name](payload, limit)
+        if name == "zlib":
+            return _zlib_decompress_bounded(payload, limit)
+        if name == "lzma":
+            return _lzma_decompress_bounded(payload, limit)
+        if name == "brotli":
+            return _brotli_decompress_bounded(payload, limit)
+        if name == "zstd":
+            return _zstd_decompress_bounded(payload, limit)
+        raise ArtifactError(f"model blob compressor {name!r} is not a stream compressor; the file is corrupt.")
     except PgolfError:
         raise
     except Exception as error:  # each library has its own error type; all mean "damaged stream"
@@ -451,17 +439,46 @@ def _declared_stream_bytes(name: str, payload: bytes, limit: int) -> int:
 
 
 def decompress_model_bytes(blob: bytes, max_bytes: int = MAX_DECOMPRESSED_MODEL_BYTES) -> bytes:
-    """Invert :func:`compress_model_bytes`; damaged or truncated input raises ArtifactError.
+    """Invert :func:`compress_model_bytes` by what the blob's frame records (tooling reads any artifact;
+    the pipeline uses :func:`decompress_configured_model_bytes`); damaged or truncated input raises
+    ArtifactError.
 
     Decompression never produces much more than it may: a stream holding a tensor container stops at
     the size its header declares, any other stream at ``max_bytes``; more is refused as damage (or a
     decompression bomb) without ever holding the rest in memory."""
     name, stride = describe_compressed_blob(blob)
+    return _decompress_frame(blob, name, stride, max_bytes)
+
+
+def decompress_configured_model_bytes(blob: bytes, compressor: str, shuffle_stride: int,
+                                      max_bytes: int = MAX_DECOMPRESSED_MODEL_BYTES) -> bytes:
+    """:func:`decompress_model_bytes` of a blob that must be what ``compressor`` and ``shuffle_stride`` write:
+    the pipeline reading back its own artifact. A blob made otherwise is an ArtifactError naming both;
+    ``auto`` accepts every blob (it may have chosen any). Only the configured compressor's code runs here,
+    so it is all that train_gpt.py ships (module docstring)."""
+    if compressor == "auto":
+        return decompress_model_bytes(blob, max_bytes)
+    found, found_stride = describe_compressed_blob(blob)
+    if (found, found_stride) != (compressor, shuffle_stride):
+        raise ArtifactError(
+            f"the model blob is {found} with shuffle stride {found_stride}, but this configuration writes "
+            f"{compressor} with stride {shuffle_stride} "
+            f"(COMPRESSOR={compressor} BYTE_SHUFFLE_STRIDE={shuffle_stride}); a run reads back only what it writes. "
+            "Score another artifact with `pgolf eval` (it reads any), or set COMPRESSOR and BYTE_SHUFFLE_STRIDE to "
+            "what it holds.")
+    return _decompress_frame(blob, compressor, shuffle_stride, max_bytes)
+
+
+def _decompress_frame(blob: bytes, name: str, stride: int, max_bytes: int) -> bytes:
     payload = bytes(blob[COMPRESSION_FRAME_HEADER_BYTES:])
-    if name in (PERGROUP_COMPRESSOR, PERGROUP_LRZIP_COMPRESSOR):
-        return _pergroup_decompress(payload, stride, lrzip=name == PERGROUP_LRZIP_COMPRESSOR, max_bytes=max_bytes)
-    if name not in BOUNDED_DECOMPRESSORS:
-        raise ArtifactError(f"model blob compressor {name!r} has no bounded decompression; the file is corrupt.")
+    if name == "pergroup" or name == "pergroup_lrzip":
+        return _pergroup_decompress(payload, stride, name == "pergroup_lrzip", max_bytes)
+    return _decompress_stream_frame(payload, name, stride, max_bytes)
+
+
+def _decompress_stream_frame(payload: bytes, name: str, stride: int, max_bytes: int) -> bytes:
+    """The data of a stream compressor's frame (its ``payload``, after the header), bounded as
+    :func:`decompress_model_bytes` says."""
     limit = max_bytes + len(BYTE_SHUFFLE_MAGIC) + 1 if stride else _declared_stream_bytes(name, payload, max_bytes)
     data, finished = _bounded_stream(name, payload, limit)
     if len(data) > limit:
@@ -481,23 +498,56 @@ def decompress_model_bytes(blob: bytes, max_bytes: int = MAX_DECOMPRESSED_MODEL_
     return byte_unshuffle(data)
 
 
+def _pergroup_frame_error(which: str, frame: bytes) -> ArtifactError:
+    name, stride = describe_compressed_blob(frame)
+    return ArtifactError(f"pergroup {which} has a damaged frame ({name}, stride {stride}); the artifact is corrupt. "
+                         "Re-create or re-copy it.")
+
+
+def _pergroup_decompress(payload: bytes, shuffle_stride: int, lrzip: bool, max_bytes: int) -> bytes:
+    frames = unpack_pergroup_streams(payload)
+    # The residual is always brotli at the frame's stride (_pergroup_compress): read as that, so that the
+    # export of a pergroup_lrzip configuration needs no other stream decompressor.
+    if describe_compressed_blob(frames[0]) != ("brotli", shuffle_stride):
+        raise _pergroup_frame_error("stream 0 (the residual)", frames[0])
+    residual = _decompress_stream_frame(frames[0][COMPRESSION_FRAME_HEADER_BYTES:], "brotli", shuffle_stride, max_bytes)
+    sizes = pergroup_stream_sizes(residual, len(frames))  # what each role stream may decompress to
+    if len(residual) + sum(sizes) > max_bytes:
+        raise ArtifactError(f"the pergroup model blob declares {len(residual) + sum(sizes):,} bytes, more than the "
+                            f"{max_bytes:,} a model blob may decompress to; the artifact is damaged or a decompression "
+                            "bomb. Refused before decompressing its role streams.")
+    if lrzip:
+        return join_container_streams([residual] + [_lrzip_decompress_exactly(frame, size)
+                                                    for frame, size in zip(frames[1:], sizes)])
+    return join_container_streams([residual] + [_pergroup_role_stream(frame, size)
+                                                for frame, size in zip(frames[1:], sizes)])
+
+
+def _pergroup_role_stream(frame: bytes, size: int) -> bytes:
+    """A pergroup role stream: a frame of whichever stream compressor was smallest for it."""
+    name, stride = describe_compressed_blob(frame)
+    if name == "pergroup" or name == "pergroup_lrzip":
+        raise _pergroup_frame_error("role stream", frame)
+    return _decompress_stream_frame(frame[COMPRESSION_FRAME_HEADER_BYTES:], name, stride, size)
+
+
 def choose_smallest_compression(
     data: bytes, compressors: list[str] | None = None, strides: tuple[int, ...] = AUTO_SHUFFLE_STRIDES
 ) -> tuple[bytes, str, int]:
-    """Try every (compressor, stride) pair and return (smallest blob, its compressor, its stride).
+    """Try every (stream compressor, stride) pair and return (smallest blob, its compressor, its stride).
 
     ``compressors`` defaults to all available stream compressors (``pergroup`` is tried by
     :func:`auto_compress`, not here). On a 16 MB model this takes minutes (brotli-11 and lzma-extreme
     are slow), which is fine once per run. Ties go to the earlier pair, so the choice is deterministic.
     """
     names = available_compressor_names() if compressors is None else list(compressors)
-    if not names:
-        raise ConfigError("no compressor to try: pass at least one of " + ", ".join(COMPRESSORS))
+    if not names or not set(names) <= set(COMPRESSORS):
+        raise ConfigError(f"choose_smallest_compression tries stream compressors, got {names}: pass at least one of "
+                          + ", ".join(COMPRESSORS))
     best: tuple[bytes, str, int] | None = None
     for name in names:
         for stride in strides:
-            blob = compress_model_bytes(data, name, stride)
+            blob = _stream_frame(data, name, stride)
             if best is None or len(blob) < len(best[0]):
                 best = (blob, name, stride)
     return best
-

@@ -3,7 +3,8 @@ byte shuffle -> compressor, and back; and the artifact file on disk.
 
 Bytes only: what the tensors mean (quantization schemes, dequantization) is :mod:`pgolf.quant.packing`'s.
 The container meta holds ``{"quant": <quantisation meta>, "extra": <caller's meta>}``; the compressor and
-shuffle stride live in the compression frame, so loading needs no configuration.
+shuffle stride live in the compression frame, so tooling loads any artifact without configuration, while
+the pipeline reads back only the pair it is configured to write (so that only its decoder ships).
 """
 
 import os
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from pgolf.artifact.compress import compress_model_bytes, decompress_model_bytes, describe_compressed_blob
+from pgolf.artifact.compress import (compress_model_bytes, decompress_configured_model_bytes, decompress_model_bytes,
+                                     describe_compressed_blob)
 from pgolf.artifact.container import pack_tensor_container, unpack_tensor_container
 from pgolf.errors import ArtifactError
 from pgolf.fsutil import write_bytes_atomic
@@ -29,13 +31,25 @@ def artifact_container(tensors: dict[str, torch.Tensor], quant_meta: dict, extra
 
 
 def unpack_artifact_container(blob: bytes) -> tuple[dict[str, torch.Tensor], dict]:
-    """Decompress and parse a model blob: (stored tensors, meta with ``quant``, ``extra``, ``compressor``,
-    ``shuffle_stride``). Anything that is not a pgolf blob (a pickle, a torch.save zip, a damaged file)
-    raises ArtifactError before any of its content is interpreted."""
-    compressor, stride = describe_compressed_blob(blob)
-    tensors, container_meta = unpack_tensor_container(decompress_model_bytes(blob))
+    """Decompress and parse a model blob by what its frame records (tooling reads any artifact): (stored
+    tensors, meta with ``quant``, ``extra``, ``compressor``, ``shuffle_stride``). Anything that is not a pgolf
+    blob (a pickle, a torch.save zip, a damaged file) raises ArtifactError before any of its content is
+    interpreted."""
+    return _artifact_tensors_and_meta(decompress_model_bytes(blob), blob)
+
+
+def unpack_configured_artifact_container(blob: bytes, compressor: str,
+                                         shuffle_stride: int) -> tuple[dict[str, torch.Tensor], dict]:
+    """:func:`unpack_artifact_container` of a blob that must be what ``compressor`` and ``shuffle_stride``
+    write (the pipeline's round trip; see :func:`pgolf.artifact.compress.decompress_configured_model_bytes`)."""
+    return _artifact_tensors_and_meta(decompress_configured_model_bytes(blob, compressor, shuffle_stride), blob)
+
+
+def _artifact_tensors_and_meta(container: bytes, blob: bytes) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, container_meta = unpack_tensor_container(container)
     if not isinstance(container_meta.get("quant"), dict):
         raise ArtifactError("model artifact meta lacks its 'quant' section; it was not written by pack_model_artifact.")
+    compressor, stride = describe_compressed_blob(blob)  # what auto chose, or the configured pair
     meta = {"extra": container_meta.get("extra", {}), "quant": container_meta["quant"],
             "compressor": compressor, "shuffle_stride": stride}
     return tensors, meta

@@ -37,6 +37,8 @@ import torch
 from pgolf.artifact.container import TENSOR_CONTAINER_MAGIC, pack_tensor_container, unpack_tensor_container
 from pgolf.errors import ArtifactError
 
+# `pgolf export` leaves this module out of train_gpt.py when this is false (docs/export.md).
+PERGROUP_EXPORT_SWITCH = "compressor in ('pergroup', 'pergroup_lrzip', 'auto')"
 PERGROUP_MAGIC = b"PGRP"
 PERGROUP_VERSION = 1
 PERGROUP_PERM_PREFIX = "pergroup.perm:"

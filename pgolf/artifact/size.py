@@ -3,8 +3,10 @@
 The challenge counts ``len(train_gpt.py source encoded as UTF-8)`` plus the size of the compressed
 model file, and the cap is decimal (16,000,000 bytes, not 16 MiB). The exact code size is the wrapped
 train_gpt.py ``pgolf export`` writes (``pgolf.export.bundle.exported_code_bytes``); where a caller does
-not pass it, the summed sources of the pgolf modules the run imported bound it from above (the export
-specializes, minifies and compresses them, so the shipped file is smaller).
+not pass it, :func:`upper_bound_code_bytes` (the summed sources of the pgolf modules the run imported)
+bounds it from above (the export specializes, minifies and compresses them, so the shipped file is
+smaller). Only callers that may lack the exact size call it, so an export that knows its own size ships
+none of it.
 """
 
 import importlib
@@ -125,3 +127,9 @@ def loaded_pgolf_modules() -> list[str]:
         if module is not None and (name == "pgolf" or name.startswith("pgolf.")) and not is_tooling_module(name)
     ]
     return sorted(names)
+
+
+def upper_bound_code_bytes() -> int:
+    """An upper bound of the counted code size: the sources of the pgolf modules this process imported
+    (tooling excluded), for callers without the exact size of the exported train_gpt.py."""
+    return source_bytes_of_modules(loaded_pgolf_modules())

@@ -13,7 +13,8 @@ The meta (JSON) has ``format``, ``method`` and per original name an entry with `
 (original dtype, restored on load) and, for quantised tensors, ``bits``, ``group``, ``clip``, ``k``
 (SDClip only), ``method`` ("rtn" | "gptq") and ``lqer`` (``{"rank", "asym"}``) when corrected.
 With the default QuantConfig the tensors are identical to :func:`pgolf.quant.rtn.quantize_state_dict_int8`.
-:func:`dequantize_from_artifact` also reads that older meta format.
+:func:`dequantize_from_artifact` (tooling) also reads that older meta format; the pipeline reads its own
+artifact back with :func:`dequantize_quant_artifact`, which does not, so train_gpt.py ships no reader for it.
 """
 
 import re
@@ -129,7 +130,7 @@ def _lqer_correction(tensors: dict[str, torch.Tensor], name: str, lqer: dict, sh
     return a_hat @ b_hat
 
 
-def _dequantize_quant_entry(tensors: dict[str, torch.Tensor], name: str, entry: dict) -> torch.Tensor:
+def _dequantize_quant_entry(tensors: dict[str, torch.Tensor], name: str, entry: dict, lqer: bool) -> torch.Tensor:
     values = dequantize_stored_entry(tensors, name, entry.get("scheme"))
     if entry["scheme"] == "passthrough":
         return values
@@ -138,26 +139,41 @@ def _dequantize_quant_entry(tensors: dict[str, torch.Tensor], name: str, entry: 
     if not isinstance(bits, int) or not 2 <= bits <= 8 or widest > rtn_code_range(bits):
         raise ArtifactError(f"{name}: codes exceed the declared {bits}-bit range; the artifact is corrupt.")
     if "lqer" in entry:
+        if not lqer:
+            raise ArtifactError(f"{name} carries LQER corrections, which this configuration does not write "
+                                "(LQER_ENABLED=0); a run reads back only what it writes. Score the artifact with "
+                                "`pgolf eval`, or set LQER_ENABLED=1.")
         values = values + _lqer_correction(tensors, name, entry["lqer"], tuple(values.shape))
     return values
 
 
 def dequantize_from_artifact(tensors: dict[str, torch.Tensor], meta: dict) -> dict[str, torch.Tensor]:
-    """Rebuild the state dict (original dtypes and order) from :func:`quantize_for_artifact` output.
-
-    Also accepts the meta of :func:`pgolf.quant.rtn.quantize_state_dict_int8` (older artifacts).
+    """Rebuild the state dict (original dtypes and order) from any quantisation meta an artifact may hold:
+    :func:`quantize_for_artifact`'s, with or without LQER, and :func:`pgolf.quant.rtn.quantize_state_dict_int8`'s
+    (older artifacts). Tooling reads artifacts with it; the pipeline uses :func:`dequantize_quant_artifact`.
     """
     if isinstance(meta, dict) and meta.get("format") == RTN_INT8_FORMAT:
         return dequantize_state_dict_int8(tensors, meta)
+    return dequantize_quant_artifact(tensors, meta)
+
+
+def dequantize_quant_artifact(tensors: dict[str, torch.Tensor], meta: dict,
+                              lqer: bool = True) -> dict[str, torch.Tensor]:
+    """Rebuild the state dict (original dtypes and order) from :func:`quantize_for_artifact` output.
+
+    ``lqer=False`` (a configuration without LQER) refuses LQER corrections instead of applying them, so
+    the export of such a configuration ships no LQER decoding; the older int8 format is not read here.
+    """
     if not isinstance(meta, dict) or meta.get("format") != QUANT_ARTIFACT_FORMAT or not isinstance(meta.get("entries"), dict):
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise ArtifactError(f"quantisation meta has format {found!r}, expected {QUANT_ARTIFACT_FORMAT!r} or "
-                            f"{RTN_INT8_FORMAT!r} with an 'entries' dict.")
+        raise ArtifactError(f"quantisation meta has format {found!r}, expected {QUANT_ARTIFACT_FORMAT!r} (what "
+                            "pgolf writes) with an 'entries' dict.")
     state_dict: dict[str, torch.Tensor] = {}
     for name, entry in meta["entries"].items():
         if not isinstance(entry, dict) or entry.get("dtype") not in CONTAINER_DTYPES:
             raise ArtifactError(f"quantisation meta entry for {name!r} is malformed: {entry!r}.")
-        state_dict[name] = _dequantize_quant_entry(tensors, name, entry).to(CONTAINER_DTYPES[entry["dtype"]])
+        values = _dequantize_quant_entry(tensors, name, entry, lqer)
+        state_dict[name] = values.to(CONTAINER_DTYPES[entry["dtype"]])
     return state_dict
 
 

@@ -1,5 +1,7 @@
 """The run's artifact files: the full-precision weights kept for ``pgolf quantize``, the quantized and
-compressed model written against the cap, and a fresh model loaded back from it (the round trip)."""
+compressed model written against the cap, and a fresh model loaded back from it: by the pipeline as what
+its configuration writes (:func:`load_round_trip_model`), by tooling as whatever the blob records
+(:func:`load_artifact_into_fresh_model`)."""
 
 import time
 from pathlib import Path
@@ -8,7 +10,7 @@ import torch
 
 from pgolf.artifact.container import pack_tensor_container, unpack_tensor_container
 from pgolf.artifact.pack import load_artifact_file, save_artifact
-from pgolf.artifact.size import ARTIFACT_CAP_BYTES, SizeReport, loaded_pgolf_modules, source_bytes_of_modules
+from pgolf.artifact.size import ARTIFACT_CAP_BYTES, SizeReport, upper_bound_code_bytes
 from pgolf.config import Config, ModelConfig
 from pgolf.errors import ArtifactError
 from pgolf.fsutil import write_bytes_atomic
@@ -16,7 +18,7 @@ from pgolf.log import RunLogger
 from pgolf.model.gpt import GPT, build_model
 from pgolf.quant.artifact_quant import format_quantized_weights
 from pgolf.quant.packing import (artifact_file_name, build_model_artifact, describe_artifact_pruning,
-                                 unpack_model_artifact)
+                                 unpack_configured_model_artifact, unpack_model_artifact)
 from pgolf.quant.policy import describe_quant_plan, format_quant_plan
 from pgolf.runtime import Runtime
 
@@ -58,25 +60,24 @@ def load_final_weights(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
 def write_artifact(model: GPT, cfg: Config, run_dir: Path, logger: RunLogger,
                    hessians: dict[str, torch.Tensor] | None = None,
                    code_bytes: int | None = None) -> tuple[Path, SizeReport, dict]:
-    """Write the quantized artifact of ``model`` into ``RUN_DIR/artifact/``."""
+    """Write the quantized artifact of ``model`` into ``RUN_DIR/artifact/``. ``code_bytes``: the exact size
+    of the exported train_gpt.py, or None (a caller that does not know it) for an upper bound."""
     state, looping = _cpu_state_and_looping(model)
+    # In the exported script code_bytes is its own size, so this folds away with upper_bound_code_bytes.
+    bounded = code_bytes is None
     return write_quantized_artifact(state, cfg, run_dir / "artifact", logger, hessians=hessians, looping=looping,
-                                    code_bytes=code_bytes)
+                                    code_bytes=upper_bound_code_bytes() if bounded else code_bytes,
+                                    code_bytes_note=UPPER_BOUND_CODE_BYTES_NOTE if bounded else EXACT_CODE_BYTES_NOTE)
 
 
 def write_quantized_artifact(state: dict[str, torch.Tensor], cfg: Config, out_dir: Path, logger: RunLogger, *,
-                             hessians: dict[str, torch.Tensor] | None, looping: bool,
-                             code_bytes: int | None = None) -> tuple[Path, SizeReport, dict]:
+                             hessians: dict[str, torch.Tensor] | None, looping: bool, code_bytes: int,
+                             code_bytes_note: str = EXACT_CODE_BYTES_NOTE) -> tuple[Path, SizeReport, dict]:
     """Quantize, compress (pruning to the cap with FIT_TO_CAP=1) and save into ``out_dir``, logging the
-    per-tensor plan and the result. ``code_bytes``: the exact size of the exported train_gpt.py when the
-    caller knows it; None = an upper bound, the sources this process imported.
-    Returns (artifact path, size, report fields)."""
+    per-tensor plan and the result. ``code_bytes``: the size of the exported train_gpt.py (exact, unless
+    ``code_bytes_note`` says how else it was measured). Returns (artifact path, size, report fields)."""
     for line in format_quant_plan(describe_quant_plan(state, cfg.quant)):
         logger.line(line)
-    code_bytes_note = EXACT_CODE_BYTES_NOTE
-    if code_bytes is None:
-        code_bytes = source_bytes_of_modules(loaded_pgolf_modules())
-        code_bytes_note = UPPER_BOUND_CODE_BYTES_NOTE
     started = time.perf_counter()
     artifact = build_model_artifact(state, cfg.quant, cfg.artifact, hessians=hessians, extra_meta={"looping": looping},
                                     code_bytes=code_bytes, cap=ARTIFACT_CAP_BYTES)
@@ -102,12 +103,31 @@ def write_quantized_artifact(state: dict[str, torch.Tensor], cfg: Config, out_di
 
 
 def load_artifact_into_fresh_model(path: Path, model_cfg: ModelConfig, runtime: Runtime) -> GPT:
-    """A new model holding the artifact's weights, in the layer schedule it was trained in last."""
+    """A new model holding the weights of any artifact (read by what its blob records: tooling), in the
+    layer schedule it was trained in last."""
     try:
         state, meta = unpack_model_artifact(load_artifact_file(path))
     except ArtifactError as error:
-        message = str(error) if str(path) in str(error) else f"artifact {path}: {error}"
-        raise ArtifactError(message) from None
+        raise _artifact_error_naming(path, error) from None
+    return _fresh_model_holding(state, meta, model_cfg, runtime)
+
+
+def load_round_trip_model(path: Path, cfg: Config, runtime: Runtime) -> GPT:
+    """The pipeline's round trip: a new model holding the weights of the artifact ``cfg`` wrote to ``path``.
+    Only what ``cfg`` writes is read (its compressor, shuffle stride and quantization format; anything else
+    is an ArtifactError naming the file and both values), so train_gpt.py ships no other decoder."""
+    try:
+        state, meta = unpack_configured_model_artifact(load_artifact_file(path), cfg.artifact, cfg.quant)
+    except ArtifactError as error:
+        raise _artifact_error_naming(path, error) from None
+    return _fresh_model_holding(state, meta, cfg.model, runtime)
+
+
+def _artifact_error_naming(path: Path, error: ArtifactError) -> ArtifactError:
+    return ArtifactError(str(error) if str(path) in str(error) else f"artifact {path}: {error}")
+
+
+def _fresh_model_holding(state: dict[str, torch.Tensor], meta: dict, model_cfg: ModelConfig, runtime: Runtime) -> GPT:
     model = build_model(model_cfg, runtime)
     model.load_state_dict(state, strict=True)
     if meta["extra"].get("looping"):

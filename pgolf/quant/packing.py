@@ -18,10 +18,11 @@ from dataclasses import dataclass
 import torch
 
 from pgolf.artifact.compress import compress_model_bytes, describe_compressed_blob
-from pgolf.artifact.pack import artifact_container, pack_quantized_tensors, unpack_artifact_container
+from pgolf.artifact.pack import (artifact_container, pack_quantized_tensors, unpack_artifact_container,
+                                 unpack_configured_artifact_container)
 from pgolf.config import ArtifactConfig, QuantConfig
 from pgolf.errors import ArtifactError
-from pgolf.quant.artifact_quant import dequantize_from_artifact, quantize_for_artifact
+from pgolf.quant.artifact_quant import dequantize_from_artifact, dequantize_quant_artifact, quantize_for_artifact
 from pgolf.quant.prune import PruneResult, prune_codes_to_fit
 
 
@@ -85,11 +86,12 @@ def build_model_artifact(
     artifact = ModelArtifact(blob, quant_meta, compressor, stride, unpruned_bytes=len(blob))
     if cap is None or not quant_cfg.fit_to_cap or code_bytes + len(blob) <= cap:
         return artifact
-    return prune_artifact_to_fit(tensors, artifact, extra_meta=extra_meta, code_bytes=code_bytes, cap=cap)
+    return prune_artifact_to_fit(tensors, artifact, artifact_cfg, extra_meta=extra_meta, code_bytes=code_bytes,
+                                 cap=cap)
 
 
-def prune_artifact_to_fit(tensors: dict[str, torch.Tensor], artifact: ModelArtifact, *, extra_meta: dict | None,
-                          code_bytes: int, cap: int) -> ModelArtifact:
+def prune_artifact_to_fit(tensors: dict[str, torch.Tensor], artifact: ModelArtifact, artifact_cfg: ArtifactConfig, *,
+                          extra_meta: dict | None, code_bytes: int, cap: int) -> ModelArtifact:
     """Zero the fewest cheapest +-1 codes so that code bytes + compressed model bytes <= ``cap``.
 
     Sizes are measured with the compressor and stride ``artifact`` was made with (an ``auto`` choice is
@@ -98,11 +100,16 @@ def prune_artifact_to_fit(tensors: dict[str, torch.Tensor], artifact: ModelArtif
     prune_codes_to_fit`); the unpruned size is ``artifact``'s and the final blob is one of the measured
     ones, so neither is compressed twice. ``PruneResult.size_bytes`` counts code + model bytes.
     """
+    # auto's choice stays fixed; any other compressor is the configured one, which the export folds to a
+    # constant, so pruning ships no compressor but it
+    auto = artifact_cfg.compressor == "auto"
+    compressor = artifact.compressor if auto else artifact_cfg.compressor
+    stride = artifact.shuffle_stride if auto else artifact_cfg.byte_shuffle_stride
     fitting_blobs: dict[bytes, bytes] = {}  # sha256 of the container -> its blob, for sizes that fit
 
     def total_bytes(candidate: dict[str, torch.Tensor]) -> int:
         container = artifact_container(candidate, artifact.quant_meta, extra_meta)
-        blob = compress_model_bytes(container, artifact.compressor, artifact.shuffle_stride)
+        blob = compress_model_bytes(container, compressor, stride)
         if code_bytes + len(blob) <= cap:
             fitting_blobs[hashlib.sha256(container).digest()] = blob
         return code_bytes + len(blob)
@@ -112,7 +119,7 @@ def prune_artifact_to_fit(tensors: dict[str, torch.Tensor], artifact: ModelArtif
     container = artifact_container(pruned, artifact.quant_meta, extra_meta)
     blob = fitting_blobs.get(hashlib.sha256(container).digest())
     if blob is None:
-        blob = compress_model_bytes(container, artifact.compressor, artifact.shuffle_stride)
+        blob = compress_model_bytes(container, compressor, stride)
     if code_bytes + len(blob) > cap:  # never ship an unverified size
         raise ArtifactError(f"pruned artifact is {code_bytes + len(blob):,} bytes, over the cap {cap:,}; this is a bug.")
     return ModelArtifact(blob, artifact.quant_meta, artifact.compressor, artifact.shuffle_stride,
@@ -147,14 +154,26 @@ def describe_artifact_pruning(artifact: ModelArtifact, code_bytes: int) -> tuple
 
 
 def unpack_model_artifact(blob: bytes) -> tuple[dict[str, torch.Tensor], dict]:
-    """Decompress, parse and dequantise a model blob; return (state dict, meta).
+    """Decompress, parse and dequantise any model blob, by what it records; return (state dict, meta).
 
     The meta has ``extra`` (what the packer passed), ``quant`` (per-tensor schemes), ``compressor`` and
     ``shuffle_stride``. Anything that is not a pgolf blob (a pickle, a torch.save zip, a damaged file)
-    raises ArtifactError before any of its content is interpreted.
+    raises ArtifactError before any of its content is interpreted. Tooling reads artifacts with it; the
+    pipeline reads its own back with :func:`unpack_configured_model_artifact`.
     """
     tensors, meta = unpack_artifact_container(blob)
     return dequantize_from_artifact(tensors, meta["quant"]), meta
+
+
+def unpack_configured_model_artifact(blob: bytes, artifact_cfg: ArtifactConfig,
+                                     quant_cfg: QuantConfig) -> tuple[dict[str, torch.Tensor], dict]:
+    """:func:`unpack_model_artifact` of a blob the configuration itself wrote: its compressor and shuffle
+    stride, the quantisation format :func:`quantize_for_artifact` writes, LQER only with LQER_ENABLED=1.
+    Anything else is an ArtifactError naming what the blob holds and what the configuration writes.
+    Reading only what it writes keeps every other decoder out of train_gpt.py."""
+    tensors, meta = unpack_configured_artifact_container(blob, artifact_cfg.compressor,
+                                                         artifact_cfg.byte_shuffle_stride)
+    return dequantize_quant_artifact(tensors, meta["quant"], lqer=quant_cfg.lqer_enabled), meta
 
 
 def artifact_file_name(quant_cfg: QuantConfig) -> str:

@@ -15,7 +15,7 @@ import pytest
 import torch
 import zstandard
 
-from pgolf.artifact.compress import (BOUNDED_DECOMPRESSORS, COMPRESSION_FRAME_MAGIC, COMPRESSOR_IDS, COMPRESSORS,
+from pgolf.artifact.compress import (COMPRESSION_FRAME_MAGIC, COMPRESSOR_IDS, COMPRESSORS, _bounded_stream,
                                      compress_model_bytes, decompress_model_bytes)
 from pgolf.artifact.container import pack_tensor_container
 from pgolf.artifact.pack import pack_quantized_tensors, unpack_artifact_container
@@ -124,5 +124,11 @@ def test_truncated_streams_are_still_refused(name):
         decompress_model_bytes(blob[:-6])
 
 
-def test_every_stream_compressor_has_a_bounded_decompression():
-    assert set(BOUNDED_DECOMPRESSORS) == set(COMPRESSORS)
+@pytest.mark.parametrize("name", sorted(COMPRESSORS))
+def test_every_stream_compressor_has_a_bounded_decompression(name):
+    output, finished = _bounded_stream(name, stream_compress(name, b"", 16 * MIB), 1000)
+    assert 1000 < len(output) <= REFUSAL_PEAK_BYTES and not finished  # stopped past the limit, well short of the end
+    with pytest.raises(ArtifactError, match=f"could not decompress the {name} stream"):
+        _bounded_stream(name, b"\xff" * 64, 1000)  # its own library's error, as damage
+    with pytest.raises(ArtifactError, match="not a stream compressor"):
+        _bounded_stream("pergroup", b"", 1000)
