@@ -3,6 +3,7 @@
     python bench/export_size.py                              # every preset (without the *_1gpu twins)
     python bench/export_size.py record_sp8192 --explain      # ... and what each module costs
     python bench/export_size.py baseline_sp1024 --options    # python-minifier option variants, wrapped bytes
+    python bench/export_size.py record_sp8192 --variants     # what each export choice saves, wrapped bytes
 
 The wrapped size is the counted code size (the file ``pgolf export`` writes). Data paths are set to
 placeholders: they are baked as strings, so they cost their length (the presets' own paths are used
@@ -54,11 +55,28 @@ def commit() -> str:
         return "?"
 
 
+def print_variants(name: str, script) -> None:
+    """The same preset exported with one choice changed: what that choice is worth in counted bytes."""
+    cfg = preset_config(name)
+    kept = build_exported_script(cfg, preset_name=name, keep_messages=True, verify=False)
+    full = build_exported_script(apply_config_overrides(cfg, {"CHECKPOINT_EVERY": "100"}, source="bench"),
+                                 preset_name=name, verify=False)
+    rows = {f"chosen ({script.wrap_codec} wrapper)": script.wrapped_bytes, "messages kept": kept.wrapped_bytes,
+            "full pgolf.run entry (checkpoints)": full.wrapped_bytes}
+    for codec in ("lzma", "brotli"):
+        rows[f"{codec} wrapper"] = len(wrap_source(script.minified, codec=codec))
+    for label, wrapped in rows.items():
+        print(f"    variant {label:36s} wrapped {wrapped:7,d}  ({wrapped - script.wrapped_bytes:+,d})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("presets", nargs="*", default=sorted(n for n in PRESETS if not n.endswith("_1gpu")))
     parser.add_argument("--explain", action="store_true", help="per module: minified bytes, wrapped share")
     parser.add_argument("--options", action="store_true", help="wrapped bytes under python-minifier option variants")
+    parser.add_argument("--variants", action="store_true",
+                        help="wrapped bytes with the messages kept, with the full pgolf.run entry "
+                             "(CHECKPOINT_EVERY=100) and with each wrapper codec")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = []
@@ -78,6 +96,8 @@ def main() -> int:
         if args.explain:
             for module, (minified, wrapped) in sorted(module_costs(script).items(), key=lambda item: -item[1][1]):
                 print(f"    {module:42s} minified {minified:7,d}  wrapped~ {wrapped:6,d}")
+        if args.variants:
+            print_variants(name, script)
         if args.options:
             for label, change in OPTION_VARIANTS.items():
                 minified = minify_source(script.readable, {**MINIFY_OPTIONS, **change})

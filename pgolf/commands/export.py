@@ -83,7 +83,8 @@ def run_export_command(args: argparse.Namespace) -> int:
         return 0
     if explained:
         print_explanation(script, explained)
-    print(f"wrote {output}: {script.wrapped_bytes:,} bytes (wrapped: lzma + base85 + exec; the counted code size)")
+    print(f"wrote {output}: {script.wrapped_bytes:,} bytes (wrapped: {script.wrap_codec} + base85 + exec; "
+          "the counted code size)")
     print(f"wrote {readable}: {script.readable_bytes:,} bytes (the specialized program, for reviewers)")
     print(f"bytes: readable {script.readable_bytes:,} -> minified {script.minified_bytes:,} -> "
           f"wrapped {script.wrapped_bytes:,}; {len(script.modules)} modules ({len(script.dropped_modules)} not "

@@ -19,7 +19,8 @@ The script is a build of the package for one configuration:
 4. minify: each ``raise``/``assert`` message becomes the number of its line in the readable file
    (:mod:`pgolf.export.messages`; ``keep_messages`` keeps them), then python-minifier; the result is
    checked by running both programs (:mod:`pgolf.export.verify`);
-5. wrap: lzma + base85 + ``exec``, as the records do. The wrapped file's size is the code size.
+5. wrap: LZMA2 or Brotli (the smaller; Brotli only when the program imports it) + base85 + ``exec``,
+   as the records do. The wrapped file's size is the code size.
 
 Two files are written and never overwrite anything: ``train_gpt.py`` (wrapped, submitted, counted)
 and ``train_gpt.readable.py`` beside it (the specialized program before minification, one section per
@@ -48,12 +49,13 @@ from pgolf.config import Config, config_to_json, flatten_config
 from pgolf.data.corpus import resolve_cache_dir
 from pgolf.errors import ConfigError, PgolfError
 from pgolf.export.flatten import ExportError, FlattenedSource, flatten_core_modules
-from pgolf.export.messages import terse_messages
-from pgolf.export.minify import WRAP_COMPRESS_FILTERS, minify_source, needs_source_registration, wrap_source
+from pgolf.export.messages import terse_tree
+from pgolf.export.minify import (WRAP_COMPRESS_FILTERS, minify_source, needs_source_registration, wrap_codec,
+                                 wrap_source)
 from pgolf.export.program import Program, Section, is_docstring, statement_bound_names
 from pgolf.export.shake import (ExternalBases, ShakeResult, check_names_resolve, check_switches, declared_switch,
                                 drop_dangling_annotations, make_positional_only, shake)
-from pgolf.export.specialize import bake_config_defaults, config_facts, fold_program
+from pgolf.export.specialize import bake_config_defaults, config_facts, fold_program, remove_dead_stores
 from pgolf.export.verify import PROBE_SIZE_FIELDS, verify_minified
 from pgolf.fsutil import write_bytes_atomic, write_text_atomic
 from pgolf.provenance import pgolf_code_hash
@@ -75,8 +77,10 @@ ENTRY_NEEDS = ("Config", "coerce_config_value", "PgolfError", "ConfigError")
 # A number that appears nowhere else, replaced by the script's own size once it is known.
 CODE_BYTES_PLACEHOLDER = 987654321
 FIXED_POINT_TRIES = 10
+# Without a fixed point, the sizes past the largest one seen that are tried as the stated size.
+PADDING_SEARCH = 1024
 # Bump when the exporter's output changes for the same package and configuration (cache key).
-EXPORT_FORMAT_VERSION = 4
+EXPORT_FORMAT_VERSION = 5
 EXPORT_CACHE_FOLDER = "export"
 
 ENTRY_TEMPLATE = '''# ---- train_gpt.py entry (written by pgolf export) ----
@@ -166,6 +170,8 @@ class ExportedScript:
     dropped_modules: tuple[str, ...] = ()  # core modules the run imports that the configuration never reaches
     fixed_fields: tuple[str, ...] = ()  # fields folded into the script (the environment cannot change them)
     program: Any = dataclasses.field(default=None, compare=False, repr=False)  # the specialized Program
+    # The Program the counted script was minified from (messages as line numbers; --explain measures it).
+    counted_program: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def readable_bytes(self) -> int:
@@ -176,13 +182,19 @@ class ExportedScript:
         return len(self.minified.encode("utf-8"))
 
     @property
+    def wrap_codec(self) -> str:
+        """The wrapper's compressor: "brotli" or "lzma"."""
+        return "brotli" if self.wrapped.startswith(b"import brotli") else "lzma"
+
+    @property
     def wrapped_bytes(self) -> int:
         """The counted code size: the wrapped file's bytes on disk."""
         return len(self.wrapped)
 
     def summary(self) -> dict:
         return {"readable_bytes": self.readable_bytes, "minified_bytes": self.minified_bytes,
-                "wrapped_bytes": self.wrapped_bytes, "code_hash": self.code_hash, "preset": self.preset_name,
+                "wrapped_bytes": self.wrapped_bytes, "wrap_codec": self.wrap_codec, "code_hash": self.code_hash,
+                "preset": self.preset_name,
                 "modules": list(self.modules), "dropped_modules": list(self.dropped_modules),
                 "baked_code_bytes": self.baked_code_bytes}
 
@@ -338,37 +350,68 @@ def readable_source(program: Program, code_hash: str, preset_name: str) -> str:
     listing = "".join(f"#   {section.label}\n" for section in sections[1:-1])
     header = ("# train_gpt.py, readable version, written by `pgolf export` "
               f"(pgolf code hash {code_hash}, configuration {preset_name}).\n"
-              "# The submitted train_gpt.py is this program minified and wrapped (lzma + base85 + exec); its size\n"
-              "# on disk is the counted code size. It is the package specialized to the baked configuration:\n"
-              "# what that configuration never runs is not here. Modules, in dependency order:\n" + listing + "\n")
+              "# The submitted train_gpt.py is this program minified and wrapped (lzma or brotli + base85 + exec);\n"
+              "# its size on disk is the counted code size. It is the package specialized to the baked\n"
+              "# configuration: what that configuration never runs is not here. Modules, in dependency order:\n"
+              + listing + "\n")
     return header + "\n\n\n".join(section_text(section) for section in sections) + "\n"
+
+
+def counted_program(template: str, program: Program) -> Program:
+    """What the counted script minifies: the readable program (``template``, written from ``program``)
+    with each message replaced by its line in the readable file (:mod:`pgolf.export.messages`), less
+    what only those messages used: locals that worded them, and functions that did (dead stores are
+    removed and the program is shaken again). The readable file keeps everything."""
+    tree = ast.parse(template)
+    terse_tree(tree)  # parsed from the readable text, so the line numbers are that file's
+    sections, start = [], 0
+    for section in shipped_sections(program):  # the readable file's statements, section by section
+        sections.append(Section(section.name, section.label, tree.body[start:start + len(section.body)]))
+        start += len(section.body)
+    if start != len(tree.body):
+        raise ExportError("internal: the readable program does not match the specialized one.")
+    counted = Program(sections)
+    remove_dead_stores(counted)
+    shake(counted, ExternalBases(counted))
+    check_names_resolve(program_source(counted))
+    return counted
+
+
+def counted_source(template: str, program: Program) -> str:
+    return program_source(counted_program(template, program))
+
+
+def program_source(program: Program) -> str:
+    return "\n".join(ast.unparse(statement) for statement in program.statements()) + "\n"
 
 
 def _settle_code_bytes(minified_template: str) -> tuple[str, int, bytes]:
     """(minified source, N, wrapped bytes) where the source states N and the wrapped file is exactly N
-    bytes. Iterating N <- size(N) settles in a step or two; should it cycle, the largest size seen is
-    kept and the file is padded with trailing newlines up to it."""
+    bytes. Iterating N <- size(N) settles in a step or two; should it cycle, the smallest N whose script
+    is at most N bytes is stated and the file is padded with trailing newlines up to it."""
     marker = str(CODE_BYTES_PLACEHOLDER)  # it may have travelled into several functions (never into arithmetic)
     if not minified_template.count(marker):
         raise ExportError("internal: the code-bytes placeholder is missing from the minified script.")
     register = needs_source_registration(minified_template)
+    codec = wrap_codec(minified_template)  # chosen once: a codec that flipped with N could never settle
 
     def build(n: int) -> tuple[str, bytes]:
         source = minified_template.replace(marker, str(n))
-        return source, wrap_source(source, register_source=register)
+        return source, wrap_source(source, register_source=register, codec=codec)
 
-    guess, seen = len(wrap_source(minified_template, register_source=register)), []
+    guess, seen = len(wrap_source(minified_template, register_source=register, codec=codec)), []
     for _ in range(FIXED_POINT_TRIES):
         source, wrapped = build(guess)
         if len(wrapped) == guess:
             return source, guess, wrapped
         seen.append(guess)
-        guess = len(wrapped) if len(wrapped) not in seen else max(seen + [len(wrapped)])
-        if guess in seen:  # a cycle: take the largest and pad
-            source, wrapped = build(guess)
-            if len(wrapped) <= guess:
-                return source, guess, wrapped + b"\n" * (guess - len(wrapped))
-            guess = len(wrapped)
+        if len(wrapped) in seen:  # a cycle: no fixed point on this path
+            break
+        guess = len(wrapped)
+    for n in range(min(seen), max(seen) + PADDING_SEARCH):
+        source, wrapped = build(n)
+        if len(wrapped) <= n:
+            return source, n, wrapped + b"\n" * (n - len(wrapped))
     raise ExportError("could not settle the script's own byte count; please report this.")
 
 
@@ -427,19 +470,22 @@ def build_exported_script(cfg: Config, *, preset_name: str = "custom", package_d
                                                   keep_messages=keep_messages))
     template = readable_source(spec.program, code_hash, preset_name)
     check_names_resolve(template)
-    minified = minify_source(template if keep_messages else terse_messages(template)[0])
+    counted_prog = spec.program if keep_messages else counted_program(template, spec.program)
+    counted = template if keep_messages else program_source(counted_prog)
+    minified = minify_source(counted)
     if with_bytes:
         minified, code_bytes, wrapped = _settle_code_bytes(minified)
         readable = template.replace(str(CODE_BYTES_PLACEHOLDER), str(code_bytes))
+        counted = counted.replace(str(CODE_BYTES_PLACEHOLDER), str(code_bytes))
     else:
         readable, wrapped = template, wrap_source(minified)
-    if verify:
-        verify_minified(readable, minified)
+    if verify:  # the minifier's output against its input (which differs from the readable file in messages)
+        verify_minified(counted, minified)
     sections = shipped_sections(spec.program)[1:-1]
     dropped = tuple(m.name for m in flat.modules if m.name not in {s.name for s in sections})
     return ExportedScript(readable, minified, wrapped, tuple(s.name for s in sections), preset_name, code_hash,
                           with_bytes, _shipped_modules(spec.program, spec.shaken), dropped,
-                          spec.fixed_fields, spec.program)
+                          spec.fixed_fields, spec.program, counted_prog)
 
 
 def module_costs(script: ExportedScript) -> dict[str, tuple[int, int]]:
@@ -449,7 +495,7 @@ def module_costs(script: ExportedScript) -> dict[str, tuple[int, int]]:
     def packed(text: str) -> int:
         return len(lzma.compress(text.encode(), format=lzma.FORMAT_RAW, filters=WRAP_COMPRESS_FILTERS)) * 5 // 4
 
-    segments = _minified_segments(script.program)
+    segments = _minified_segments(script.counted_program or script.program)
     whole = packed("".join(segments.values()))
     return {name: (len(text.encode("utf-8")),
                    whole - packed("".join(t for other, t in segments.items() if other != name)))

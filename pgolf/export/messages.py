@@ -8,7 +8,9 @@ message is still there to read at the line the number names. ``pgolf export --ke
 the messages; the exported entry prints the pointer (file and line) when such an error stops a run.
 
 Only arguments that are nothing but a message go: a string (literal, f-string, ``+`` or ``%`` on a
-string, ``"...".format(...)``) passed alone to a class whose one argument is read by a person. That
+string, ``"...".format(...)``) passed alone to a class whose one argument is read by a person, or any
+lone argument of a ``PgolfError`` subclass (its argument is a message by definition, even when a
+variable or a helper function words it; the exporter then drops what only the message needed). That
 excludes KeyError (its argument is the key), SystemExit, KeyboardInterrupt and StopIteration (their
 arguments are values the program or Python uses) and any class with its own ``__init__`` or
 ``__new__`` (its arguments may be structured). Checks stay: an assert keeps its test.
@@ -20,6 +22,8 @@ import ast
 MESSAGE_EXCEPTIONS = frozenset({
     "Exception", "ValueError", "RuntimeError", "TypeError", "AssertionError", "FileNotFoundError", "OSError",
     "NotImplementedError", "IndexError"})
+# pgolf's base of the errors a user can cause: "a message that names the thing and the fix" (errors.py).
+USER_ERROR_BASE = "PgolfError"
 # Methods that make a class's arguments something other than a message.
 CONSTRUCTOR_METHODS = frozenset({"__init__", "__new__"})
 
@@ -27,16 +31,39 @@ CONSTRUCTOR_METHODS = frozenset({"__init__", "__new__"})
 def terse_messages(readable_source: str) -> tuple[str, int]:
     """``readable_source`` with each raise/assert message replaced by its statement's line, and how many."""
     tree = ast.parse(readable_source)
+    removed = terse_tree(tree)
+    return ast.unparse(tree), removed
+
+
+def terse_tree(tree: ast.Module) -> int:
+    """Replace, in place, each raise/assert message of ``tree`` (parsed from the readable source, so its
+    line numbers are the readable file's) by its statement's line; returns how many."""
     message_classes = message_exception_names(tree)
+    user_errors = user_error_names(tree, message_classes)
     removed = 0
     for node in ast.walk(tree):
-        if isinstance(node, ast.Raise) and raises_message(node, message_classes):
+        if isinstance(node, ast.Raise) and raises_message(node, message_classes, user_errors):
             node.exc.args = [line_constant(node)]
             removed += 1
         elif isinstance(node, ast.Assert) and node.msg is not None and is_message(node.msg):
             node.msg = line_constant(node)
             removed += 1
-    return ast.unparse(tree), removed
+    return removed
+
+
+def user_error_names(tree: ast.Module, message_classes: frozenset[str]) -> frozenset[str]:
+    """The program's message classes that derive from :data:`USER_ERROR_BASE` (or are it): their one
+    argument is a message by the package's own rule, however it is computed (a variable, a call to a
+    function that words it), so it goes whatever its form."""
+    bases = {node.name: [class_name(base) for base in node.bases]
+             for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+
+    def derives(name: str | None, seen: frozenset[str]) -> bool:
+        if name == USER_ERROR_BASE:
+            return True
+        return name in bases and name not in seen and any(derives(base, seen | {name}) for base in bases[name])
+
+    return frozenset(name for name in message_classes if name in bases and derives(name, frozenset()))
 
 
 def line_constant(statement: ast.stmt) -> ast.Constant:
@@ -44,11 +71,14 @@ def line_constant(statement: ast.stmt) -> ast.Constant:
     return ast.Constant(statement.lineno)
 
 
-def raises_message(node: ast.Raise, message_classes: frozenset[str]) -> bool:
-    """Whether ``node`` is ``raise X(<message>)`` (``from ...`` allowed) with X a message class."""
+def raises_message(node: ast.Raise, message_classes: frozenset[str], user_errors: frozenset[str] = frozenset()) -> bool:
+    """Whether ``node`` is ``raise X(<message>)`` (``from ...`` allowed) with X a message class; for a
+    user error class (:func:`user_error_names`) any one argument is its message."""
     call = node.exc
-    return (isinstance(call, ast.Call) and class_name(call.func) in message_classes
-            and len(call.args) == 1 and not call.keywords and is_message(call.args[0]))
+    if not (isinstance(call, ast.Call) and class_name(call.func) in message_classes
+            and len(call.args) == 1 and not call.keywords and not isinstance(call.args[0], ast.Starred)):
+        return False
+    return class_name(call.func) in user_errors or is_message(call.args[0])
 
 
 def is_message(node: ast.expr) -> bool:

@@ -16,7 +16,7 @@ replaced by its value. Then whatever those values decide is decided here, at exp
   whose one assignment anywhere is ``self.x = <constant>`` in ``__init__`` (``self.smear_gate =
   None``); a property or function that only returns a constant; a parameter to which every call of
   its function passes the same constant (``MLP(..., fused=False)``); ``TABLE["key"]`` of a module-level
-  dict that is never changed;
+  dict that is never changed; a module-level name bound once to a short constant, read in a function;
 * **dead code**: an ``if`` whose test is constant keeps one branch; statements after ``return`` or
   ``raise`` go; a local that is assigned but never read goes.
 
@@ -55,6 +55,9 @@ COMPARE_OPERATORS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operat
                      ast.NotIn: lambda a, b: a not in b}
 UNARY_OPERATORS = {ast.Not: operator.not_, ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Invert: operator.invert}
 MAX_ROUNDS = 30
+# A module-level constant is written where it is read only when short (a long one is cheaper named once).
+MODULE_CONSTANT_MAX_CHARS = 40
+MODULE_CONSTANT_MAX_ITEMS = 8
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,8 @@ class ProgramFacts:
     constant_functions: dict[str, Any] = field(default_factory=dict)
     parameter_constants: dict[int, dict[str, Any]] = field(default_factory=dict)  # id(function) -> values
     tables: dict[str, dict[Any, ast.expr]] = field(default_factory=dict)
+    # Module-level names bound once to a short constant (``AUTO_COMPRESSOR = "auto"``): reads fold.
+    module_constants: dict[str, Any] = field(default_factory=dict)
     binding_cache: dict[int, tuple[ast.AST, dict[str, int]]] = field(default_factory=dict)
     # Program classes no kept code can instantiate: ``isinstance(x, C)`` is False for them.
     never_instantiated: set[str] = field(default_factory=set)
@@ -284,6 +289,7 @@ def analyze(program: Program, config: ConfigFacts) -> ProgramFacts:
             if known:
                 facts.constant_functions[statement.name] = value
         _collect_table(facts, statement, index.mutated)
+        _collect_module_constant(facts, statement)
     _parameter_facts(facts, tree, index)
     facts.never_instantiated = _never_instantiated(facts, index)
     return facts
@@ -437,6 +443,31 @@ def _collect_table(facts: ProgramFacts, statement: ast.stmt, mutated: set[str]) 
     if target.id in mutated or not all(isinstance(key, ast.Constant) for key in value.keys):
         return
     facts.tables[target.id] = {key.value: item for key, item in zip(value.keys, value.values)}
+
+
+def _collect_module_constant(facts: ProgramFacts, statement: ast.stmt) -> None:
+    """``NAME = <constant>`` at module level, bound once: a scalar (strings up to
+    :data:`MODULE_CONSTANT_MAX_CHARS`) or a short tuple of them, which a read may be replaced with (so
+    ``compressor == AUTO_COMPRESSOR`` and ``x in NAMES`` fold)."""
+    if not (isinstance(statement, ast.Assign) and len(statement.targets) == 1
+            and isinstance(statement.targets[0], ast.Name)) or facts.rebinds(statement.targets[0].id):
+        return
+    node = statement.value
+    if isinstance(node, ast.Tuple) and all(isinstance(item, ast.Constant) for item in node.elts):
+        known, value = True, tuple(item.value for item in node.elts)
+    else:
+        known, value = constant_value(node)
+    if known and _small_constant(value):
+        facts.module_constants[statement.targets[0].id] = value
+
+
+def _small_constant(value: Any) -> bool:
+    if isinstance(value, tuple):
+        return len(value) <= MODULE_CONSTANT_MAX_ITEMS and all(_small_constant(item) and not isinstance(item, tuple)
+                                                               for item in value)
+    if isinstance(value, (str, bytes)):
+        return len(value) <= MODULE_CONSTANT_MAX_CHARS
+    return isinstance(value, FOLDABLE_TYPES)
 
 
 def _parameter_facts(facts: ProgramFacts, tree: ast.Module, index: _Index) -> None:
@@ -681,6 +712,10 @@ class Folder(ast.NodeTransformer):
             return _constant(self.scope.constants[node.id], node)
         if isinstance(node.ctx, ast.Load) and node.id == "TYPE_CHECKING" and not self.facts.rebinds("TYPE_CHECKING"):
             return _constant(False, node)
+        if isinstance(node.ctx, ast.Load) and node.id in self.facts.module_constants \
+                and id(node) not in self.used_as_object and not self._locally_bound(node.id) \
+                and self.scope.function is not None:  # in functions: module-level code keeps its names
+            return _constant(self.facts.module_constants[node.id], node)
         return node
 
     def visit_Attribute(self, node: ast.Attribute):

@@ -21,11 +21,10 @@ from pgolf.config import apply_config_overrides, config_to_json
 from pgolf.errors import ConfigError, PgolfError
 from pgolf.export import bundle
 from pgolf.export.bundle import (CODE_BYTES_PLACEHOLDER, ENVIRONMENT_FIELDS, _settle_code_bytes, baked_config_values,
-                                 build_exported_script, export_ready_config, exported_code_bytes, module_costs,
-                                 write_exported_script)
+                                 build_exported_script, counted_source, export_ready_config, exported_code_bytes,
+                                 module_costs, write_exported_script)
 from pgolf.export.flatten import ExportError, core_module_order, flatten_core_modules
-from pgolf.export.messages import terse_messages
-from pgolf.export.minify import minify_source, unwrap_script, wrap_source
+from pgolf.export.minify import minify_source, unwrap_script, wrap_codec, wrap_source
 from pgolf.export.verify import verify_minified
 from pgolf.presets import tiny_cpu
 from pgolf.provenance import pgolf_code_hash
@@ -200,22 +199,36 @@ def test_a_minifier_failure_stops_the_export_with_a_clear_error(monkeypatch):
         minify_source("x = 1\n")
 
 
+@pytest.mark.parametrize("codec", ["lzma", "brotli"])
 @pytest.mark.parametrize("source, register", [("X = 1\n", False), ("import triton\nX = 1\n", True)])
-def test_both_wrapper_forms_round_trip(source, register):
-    wrapped = wrap_source(source)
-    assert unwrap_script(wrapped) == source
+def test_every_wrapper_form_round_trips_and_runs(source, register, codec):
+    wrapped = wrap_source(source, codec=codec)
+    assert unwrap_script(wrapped) == source and wrapped.startswith(f"import {codec},base64".encode())
     assert (b"linecache" in wrapped) == register  # only a program with Triton kernels registers its source
     assert len(wrapped.splitlines()) == (4 if register else 2)
+    if not register:  # (the other form needs triton installed to run)
+        namespace: dict = {}
+        exec(wrapped.decode("ascii"), namespace)
+        assert namespace["X"] == 1
+
+
+def test_brotli_wraps_only_a_program_that_imports_it_and_only_when_smaller():
+    words = " ".join(f"value_{index} = index_of_the_word({index}, 'the quick brown fox')" for index in range(300))
+    plain = f"def index_of_the_word(i, w):\n    return i\n\n{words}\n"
+    assert wrap_codec(plain) == "lzma"  # brotli is not a dependency this program has
+    uses_brotli = "def load():\n    import brotli\n    return brotli\n\n" + plain
+    smaller = min(("lzma", "brotli"), key=lambda codec: len(wrap_source(uses_brotli, codec=codec)))
+    assert wrap_codec(uses_brotli) == smaller and wrap_source(uses_brotli) == wrap_source(uses_brotli, codec=smaller)
 
 
 def test_wrapped_file_decompresses_to_the_minified_source_and_counts_its_disk_bytes(real_script, tmp_path):
     _, script = real_script
     assert unwrap_script(script.wrapped) == script.minified
     # The readable file is the same program; the counted one has line numbers where its messages were.
-    assert minify_source(terse_messages(script.readable)[0]) == script.minified
+    assert minify_source(counted_source(script.readable, script.program)) == script.minified
     compile(script.readable, "train_gpt.readable.py", "exec")
     lines = script.wrapped.decode("ascii").splitlines()
-    assert len(lines) == 2 and lines[0] == "import lzma,base64"  # no kernels in tiny_cpu: the records' form
+    assert len(lines) == 2 and lines[0] == f"import {script.wrap_codec},base64"  # no kernels: the records' form
     wrapped, readable = write_exported_script(script, tmp_path / "train_gpt.py")
     assert wrapped.stat().st_size == script.wrapped_bytes == len(wrapped.read_bytes())
     assert readable.name == "train_gpt.readable.py" and readable.read_text() == script.readable
@@ -235,13 +248,14 @@ def test_what_tiny_cpu_never_runs_is_not_shipped(real_script):
 
 def test_the_minified_program_is_checked_by_running_it(real_script):
     _, script = real_script
-    result = verify_minified(script.readable, script.minified)
+    counted = counted_source(script.readable, script.program)  # what was minified (messages as line numbers)
+    result = verify_minified(counted, script.minified)
     assert math.isfinite(result["loss"]) and result["grads"] and result["weights"]
     # TIED_EMBED_INIT_STD is folded into the embedding's init; a minifier that changed it would change the run.
     assert script.minified.count("std=.005") == 1, "the baked init scale is not where the test expects it"
     broken = script.minified.replace("std=.005", "std=.006")
     with pytest.raises(ExportError, match="computes differently"):
-        verify_minified(script.readable, broken)
+        verify_minified(counted, broken)
 
 
 def test_an_existing_file_is_never_overwritten(real_script, tmp_path):
@@ -314,7 +328,7 @@ def test_a_script_that_states_its_own_size_states_it_exactly(padding):
 def test_a_size_that_never_settles_is_padded_to_the_largest_seen(monkeypatch):
     """A wrapper whose size flips between 100 and 101 bytes with the number it states: no fixed point,
     so the exporter states 101 and pads the 100-byte file with one newline."""
-    def flipping_wrap(source: str, register_source=None) -> bytes:
+    def flipping_wrap(source: str, register_source=None, codec=None) -> bytes:
         stated = int(source.rsplit("=", 1)[1])
         return b"x" * (101 if stated == 100 else 100)
 
@@ -355,7 +369,8 @@ def test_main_with_a_code_bytes_parameter_receives_the_scripts_own_size(tmp_path
             '''})
     cfg = apply_config_overrides(tiny_cpu(), DATA, source="test")
     script = build_exported_script(cfg, preset_name="tiny_cpu", package_dir=package, code_hash="0" * 16)
-    assert script.baked_code_bytes and minify_source(terse_messages(script.readable)[0]) == script.minified
+    assert script.baked_code_bytes
+    assert minify_source(counted_source(script.readable, script.program)) == script.minified
     namespace = {"__name__": "__main__"}
     with pytest.raises(SystemExit) as exit_info:
         exec(unwrap_script(script.wrapped), namespace)
@@ -453,6 +468,14 @@ def test_the_counted_script_points_at_the_readable_line_of_each_message(real_scr
     line = int(error.split("see line ")[1].split()[0])
     assert "of train_gpt.readable.py" in error
     assert "is not a valid" in script.readable.splitlines()[line - 1]  # the message, at the line named
+
+
+def test_what_only_worded_a_message_is_not_in_the_counted_script(real_script):
+    _, script = real_script
+    # fsutil words its write errors in a helper: raise PgolfError(describe_write_failure(path, error, size))
+    assert "def describe_write_failure" in script.readable
+    counted = counted_source(script.readable, script.program)
+    assert "describe_write_failure" not in counted and "def write_bytes_atomic" in counted
 
 
 def test_keep_messages_keeps_them_in_the_counted_script(real_script):

@@ -5,6 +5,7 @@ modules of the package check that every message in them goes and that the result
 """
 
 import ast
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -283,3 +284,33 @@ def test_real_modules_lose_every_message():
     assert removed > 0
     assert len(pointers) == removed
     assert set(pointers) <= statement_lines  # each number names a raise/assert line of the readable source
+
+
+def test_a_user_errors_one_argument_goes_however_it_is_worded():
+    source = textwrap.dedent("""
+        class PgolfError(Exception):
+            pass
+
+        class DataError(PgolfError):
+            pass
+
+        def wording(path):
+            return f"{path} is bad"
+
+        def user(path):
+            problem = wording(path)
+            raise DataError(problem)
+
+        def worded(path):
+            raise DataError(wording(path)) from None
+
+        def builtin(value):
+            raise ValueError(value)
+
+        def starred(parts):
+            raise DataError(*parts)
+    """)
+    terse, removed = terse_messages(source)
+    assert removed == 2
+    assert "raise DataError(13)" in terse and "raise DataError(16) from None" in terse
+    assert "raise ValueError(value)" in terse and "raise DataError(*parts)" in terse  # not a lone message

@@ -237,3 +237,33 @@ def test_flattened_package_has_no_definition_a_shake_would_miss(tmp_path: Path):
     namespace: dict = {}
     exec(compile(text, "t.py", "exec"), namespace)
     assert namespace["main"]() == 5
+
+
+def test_a_module_level_constant_folds_where_functions_read_it():
+    text, _ = specialized('''
+        import sys
+
+        AUTO = "auto"
+        NAMES = ("zlib", "brotli")
+        LONG = "a name far longer than forty characters, kept as a name"
+        SHADOWED = "outer"
+
+
+        def choose(name):
+            if name == AUTO:
+                return 1
+            if "zstd" in NAMES:
+                return 2
+            return LONG
+
+
+        def local(SHADOWED):
+            return SHADOWED
+
+
+        def main():
+            return choose(sys.argv[0]), local(sys.argv[1])
+        ''')
+    assert "name == 'auto'" in text and "AUTO" not in text and "NAMES" not in text and "return 2" not in text
+    assert "return LONG" in text  # too long to write at every read
+    assert "return SHADOWED" in text  # a parameter of that name is not the module's constant
