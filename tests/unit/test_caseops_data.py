@@ -21,7 +21,7 @@ from testkit import small_scoring_gpt
 from pgolf.cli import main as cli_main
 from pgolf.commands.check import audit_byte_accounting, audit_decoder
 from pgolf.config import Config, TTTConfig, apply_config_overrides
-from pgolf.data.caseops import CASEOPS_OPERATORS, decode_caseops, encode_caseops
+from pgolf.data.caseops import CASEOPS_OPERATORS, decode_caseops
 from pgolf.data.dataset import build_dataset, dataset_stats, iter_jsonl_documents, verify_dataset
 from pgolf.data.run_data import prepare_validation_data
 from pgolf.data.shards import read_shard, write_shard

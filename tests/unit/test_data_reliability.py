@@ -5,7 +5,6 @@ before the fix. docs/reliability.md lists them."""
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np

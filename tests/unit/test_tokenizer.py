@@ -11,7 +11,6 @@ import random
 from pathlib import Path
 
 import pytest
-import sentencepiece as spm
 import torch
 
 from pgolf.data.build import train_sentencepiece_tokenizer
