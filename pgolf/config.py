@@ -44,6 +44,12 @@ class DataConfig:
     # Empty data_path / tokenizer_path mean "the embedded default dataset" (built from Python's docs).
     data_path: str = ""
     tokenizer_path: str = ""
+    # Where the bytes of the validation targets (the BPB denominator) come from (docs/caseops.md):
+    # "auto" = the byte sidecars (fineweb_val_bytes_*.bin, CaseOps) when the validation shards have them,
+    # else the tokenizer's byte tables; "on" = the sidecars, which must be there (CaseOps data); "off" =
+    # the byte tables, and CaseOps data (sidecars present, or a CaseOps tokenizer) is refused. A fixed
+    # value lets an exported script leave out the code it will never run.
+    byte_sidecars: Literal["auto", "on", "off"] = "auto"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,11 +17,13 @@ ONE_GPU_TIME_FACTOR = 8
 
 def with_fineweb_vocabulary(base: Config, vocab_size: int) -> Config:
     """``base`` on the challenge's FineWeb shards and tokenizer of a ``vocab_size``-piece vocabulary
-    (where ``pgolf data fineweb --variant sp<vocab_size>`` puts them)."""
+    (where ``pgolf data fineweb --variant sp<vocab_size>`` puts them). Those shards have no byte
+    sidecars, so ``BYTE_SIDECARS=off``: the tokenizer's byte tables, CaseOps data refused, and no sidecar
+    reader in the exported script."""
     return replace(
         base,
         data=replace(base.data, data_path=f"./data/datasets/fineweb10B_sp{vocab_size}",
-                     tokenizer_path=f"./data/tokenizers/fineweb_{vocab_size}_bpe.model"),
+                     tokenizer_path=f"./data/tokenizers/fineweb_{vocab_size}_bpe.model", byte_sidecars="off"),
         model=replace(base.model, vocab_size=vocab_size),
     )
 
@@ -35,6 +37,8 @@ def baseline_sp1024() -> Config:
 
 def tiny_cpu() -> Config:
     """A few-minute run on a 2-core CPU over the embedded default data (Python's own documentation).
+    That data has no byte sidecars, so ``BYTE_SIDECARS=off`` stays (from ``baseline_sp1024``); a CaseOps
+    dataset (``pgolf data build --caseops``) needs ``BYTE_SIDECARS=on`` beside its ``DATA_PATH``.
 
     Same architecture family and optimizers as the baseline, shrunk: 4 layers of width 128, sequences
     of 256, a 2-minute training budget. It exists to check the whole pipeline, not to set records.
@@ -149,8 +153,8 @@ def sp4096_recur() -> Config:
 
 
 # Where `pgolf data fineweb --variant sp8192_caseops` puts the CaseOps shards (with their validation byte
-# sidecars) and the records' CaseOps tokenizer (SPEC 5.10).
-CASEOPS_DATA_PATH = "./data/datasets/fineweb10B_sp8192_caseops"
+# sidecars) and the records' CaseOps tokenizer (SPEC 5.10); the folder carries the hub's variant name.
+CASEOPS_DATA_PATH = "./data/datasets/fineweb10B_sp8192_lossless_caps_caseops_v1_reserved"
 CASEOPS_TOKENIZER_PATH = "./data/tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model"
 # TOP's LoRA TTT adapters (SPEC 5.3): Q, K, V, O and MLP (d -> d from each branch's input) for every
 # virtual layer slot, plus the output head.
@@ -160,20 +164,20 @@ TOP_TTT_LORA_TARGETS = ("c_q", "c_k", "c_v", "attn", "mlp", "head")
 def frontier_caseops() -> Config:
     """The CaseOps stage of the lineage (SPEC 5, 7): record 2026-04-18_PR1626_CaseOps_Taper (#1729, val_bpb
     1.06780), which is #1626's stack (1.07193) on the CaseOps tokenizer and data with the Muon weight-decay
-    taper. From ``record_sp8192``: CaseOps SP8192 data; VarLen document-isolated attention, the fused MLP and
-    the two-lane parallel decoder from block 8 (#1530); QK gain 5.0, Muon momentum 0.97, MATRIX_LR 0.026,
-    warm-down 0.75 and sharded Muon without DDP (SPEC 5.1; the same steps as the replicated optimizer); the
-    document-packing loader reads shards in order (``sequential``); GPTQ on 16 batches with a 4 s reserve,
-    int7 embedding k=15, MLP k=12, attention k=13 (#1586, the record's defaults); the taper 0.70 -> 0.50
-    (#1729; MUON_WD_TAPER's defaults). The score is phased LoRA TTT (3 phases over the first 2000 documents,
-    #1626) with SPEC 5.3's adapters (Q, K, V, O, MLP per virtual layer slot, and the head); no sliding
-    window. 35,944,602 parameters (``record_sp8192`` + the two-lane lambdas). Record #1736 (1.06549) is about
-    this stage with ``ATTN_OUT_GATE=gated`` (its int8 "quant gate" is automatic), without the taper and, by its
-    README, with blocks 4-5 looped once more instead of 3-5 twice."""
+    taper. From ``record_sp8192``: CaseOps SP8192 data, scored with its byte sidecars (``BYTE_SIDECARS=on``);
+    VarLen document-isolated attention, the fused MLP and the two-lane parallel decoder from block 8 (#1530); QK
+    gain 5.0, Muon momentum 0.97, MATRIX_LR 0.026, warm-down 0.75 and sharded Muon without DDP (SPEC 5.1; the
+    same steps as the replicated optimizer); the document-packing loader reads shards in order (``sequential``);
+    GPTQ on 16 batches with a 4 s reserve, int7 embedding k=15, MLP k=12, attention k=13 (#1586, the record's
+    defaults); the taper 0.70 -> 0.50 (#1729; MUON_WD_TAPER's defaults). The score is phased LoRA TTT (3 phases
+    over the first 2000 documents, #1626) with SPEC 5.3's adapters (Q, K, V, O, MLP per virtual layer slot, and
+    the head); no sliding window. 35,944,602 parameters (``record_sp8192`` + the two-lane lambdas). Record #1736
+    (1.06549) is about this stage with ``ATTN_OUT_GATE=gated`` (its int8 "quant gate" is automatic), without the
+    taper and, by its README, with blocks 4-5 looped once more instead of 3-5 twice."""
     base = record_sp8192()
     return replace(
         base,
-        data=replace(base.data, data_path=CASEOPS_DATA_PATH, tokenizer_path=CASEOPS_TOKENIZER_PATH),
+        data=replace(base.data, data_path=CASEOPS_DATA_PATH, tokenizer_path=CASEOPS_TOKENIZER_PATH, byte_sidecars="on"),
         model=replace(base.model, qk_gain_init=5.0, parallel_residual_start=8, parallel_residual_mode="two_lane",
                       doc_isolated_attention=True, fused_mlp=True),
         optim=replace(base.optim, matrix_lr=0.026, muon_momentum=0.97, muon_wd_taper=True, muon_sharded=True),

@@ -26,6 +26,7 @@ import torch
 
 from pgolf.data.build import (CASEOPS_TRAINER_OVERRIDES, EXPORT_MANIFEST_NAME, export_documents_to_shards,
                               refuse_existing_export, train_sentencepiece_tokenizer)
+from pgolf.data.byte_sidecars import byte_sidecar_path, find_byte_sidecars
 from pgolf.data.caseops import (CASEOPS_BYTES_DECODED, CASEOPS_BYTES_ORIGINAL, CASEOPS_DEFAULT_BYTE_CONVENTION,
                                 CASEOPS_OPERATORS, CASEOPS_TRANSFORM_NAME, build_caseops_piece_bytes,
                                 caseops_decoded_text, encode_caseops, is_caseops_tokenizer,
@@ -35,7 +36,7 @@ from pgolf.data.tokenizer import build_byte_tables, check_tokenizer_vocab, count
 from pgolf.data.tokenizer_match import (TOKENIZER_SAMPLE_TOKENS, manifest_tokenizer_entry, read_dataset_manifest,
                                         tokenizer_fingerprint_problem, tokenizer_reencoding_problem)
 from pgolf.data.val_bytes import (TARGET_BYTES_FROM_SIDECARS, TARGET_BYTES_FROM_TABLES, VAL_SHARD_PREFIX,
-                                  byte_sidecar_path, dataset_byte_convention, find_byte_sidecars, list_byte_sidecars)
+                                  dataset_byte_convention, list_byte_sidecars)
 from pgolf.errors import DataError
 
 DATA_TOOLS_DEFAULT_NUM_VAL_DOCS = 50_000  # the challenge's validation split: the first 50,000 documents

@@ -6,26 +6,26 @@ checked disjoint here, and every training loader refuses validation shards itsel
 Everything that could make the score wrong is refused here, before a step is trained: a tokenizer
 that did not make the shards (:mod:`pgolf.data.tokenizer_match`), a ``BOS_TOKEN_ID`` that is not the
 tokenizer's, validation ids beyond the vocabulary, and CaseOps data scored without its byte sidecars
-(:mod:`pgolf.data.val_bytes`: sidecars are found and used automatically, and required when the
-tokenizer has the CaseOps operator pieces).
+(:mod:`pgolf.data.val_bytes`: with ``BYTE_SIDECARS=auto`` sidecars are found and used automatically,
+and required when the tokenizer has the CaseOps operator pieces; ``on`` requires them, ``off`` refuses
+them and CaseOps tokenizers).
 """
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import sentencepiece as spm
 import torch
 
-from pgolf.config import Config
+from pgolf.config import Config, DataConfig
+from pgolf.data.byte_sidecars import find_byte_sidecars, load_byte_sidecars, target_bytes_from_sidecars
 from pgolf.data.caseops import is_caseops_tokenizer
 from pgolf.data.loader import DistributedTokenLoader, assert_disjoint_splits, load_validation_tokens
 from pgolf.data.shards import find_shards
 from pgolf.data.shuffled import ShuffledSequenceLoader
 from pgolf.data.tokenizer import build_byte_tables, check_tokenizer_vocab, load_sentencepiece
 from pgolf.data.tokenizer_match import check_bos_token_id, check_tokenizer_matches_shards
-from pgolf.data.val_bytes import (TargetBytes, find_byte_sidecars, load_byte_sidecars, target_bytes_from_sidecars,
-                                  target_bytes_from_tables)
+from pgolf.data.val_bytes import TargetBytes, list_byte_sidecars, target_bytes_from_tables
 from pgolf.dist import DistContext
 from pgolf.errors import DataError
 
@@ -49,22 +49,60 @@ class ValidationData:
         return self.target_bytes
 
 
-def validation_target_bytes(sp: spm.SentencePieceProcessor, tokenizer_path: str | os.PathLike, vocab_size: int,
+def validation_target_bytes(sp: spm.SentencePieceProcessor, data_cfg: DataConfig, vocab_size: int,
                             tokens: torch.Tensor, val_files: list[Path], bos_id: int) -> TargetBytes:
-    """The bytes of every validation target: the byte sidecars when the shards have them, else the
-    tokenizer's byte tables. A CaseOps tokenizer without sidecars is refused: its tables would charge
-    the operator characters, which are not text."""
-    sidecars = find_byte_sidecars(val_files)
-    if sidecars is not None:
-        return target_bytes_from_sidecars(load_byte_sidecars(sidecars, tokens.numel()), tokens, bos_id,
-                                          where=f"the byte sidecars beside {val_files[0]}")
-    if is_caseops_tokenizer(sp):
-        raise DataError(f"the tokenizer {tokenizer_path} is a CaseOps tokenizer (it has the case operator pieces) but "
-                        f"the validation shards in {val_files[0].parent} have no byte sidecars "
-                        "(fineweb_val_bytes_*.bin): bits per byte must divide by the original text's bytes, which only "
-                        "the sidecars hold. Fetch them (pgolf data fineweb --variant sp8192_caseops) or build the "
-                        "dataset with pgolf data build --caseops.")
+    """The bytes of every validation target, from where BYTE_SIDECARS says: the byte sidecars when the
+    shards have them (``auto``) or always (``on``), else the tokenizer's byte tables. Data the tables
+    would count wrongly (sidecars present, or a CaseOps tokenizer) is refused with ``off``."""
+    # A plain test of the setting: an export with BYTE_SIDECARS=off folds it and ships no sidecar reader
+    # (pgolf.data.byte_sidecars), only the cheap refusal.
+    if data_cfg.byte_sidecars == "off":
+        refuse_byte_sidecars(val_files)
+    else:
+        sidecars = find_byte_sidecars(val_files)
+        if sidecars is not None:
+            return target_bytes_from_sidecars(load_byte_sidecars(sidecars, tokens.numel()), tokens, bos_id,
+                                              where=f"the byte sidecars beside {val_files[0]}")
+        if data_cfg.byte_sidecars == "on":
+            raise DataError(f"BYTE_SIDECARS=on but the validation shards in {val_files[0].parent} have no byte "
+                            "sidecars (fineweb_val_bytes_*.bin). Fetch the CaseOps data with them (pgolf data fineweb "
+                            "--variant sp8192_caseops) or build it with pgolf data build --caseops; for data that is "
+                            "not CaseOps set BYTE_SIDECARS=off.")
+    refuse_caseops_tokenizer(sp, data_cfg, val_files)
     return target_bytes_from_tables(build_byte_tables(sp, vocab_size), tokens)
+
+
+def refuse_byte_sidecars(val_files: list[Path]) -> None:
+    """With BYTE_SIDECARS=off, a DataError when the validation folder has byte sidecars: such shards
+    spell a transformed text (CaseOps), and the byte tables would count its bytes, not the text's.
+    Only a glob, so the run needs no sidecar reader to refuse them."""
+    for folder in sorted({f.parent for f in val_files}):
+        found = list_byte_sidecars(folder)
+        if found:
+            raise DataError(f"BYTE_SIDECARS=off but the validation shards in {folder} have byte sidecars "
+                            f"({found[0].name}, {len(found)} in all): this is CaseOps data, whose bits per byte "
+                            "must divide by the sidecars' bytes, not the tokenizer's byte tables. The presets for data "
+                            "without sidecars (tiny_cpu, baseline_sp1024, record_sp8192, ...) set BYTE_SIDECARS=off; "
+                            "for this dataset set BYTE_SIDECARS=on (pgolf train ... BYTE_SIDECARS=on, or the "
+                            "environment variable; a train_gpt.py from pgolf export: export it again with "
+                            "BYTE_SIDECARS=on).")
+
+
+def refuse_caseops_tokenizer(sp: spm.SentencePieceProcessor, data_cfg: DataConfig, val_files: list[Path]) -> None:
+    """A DataError when scoring with byte tables would use a CaseOps tokenizer: its tables charge 3
+    bytes for every case operator, which is not text (a BPB about 9% too good on the record's data)."""
+    if not is_caseops_tokenizer(sp):
+        return
+    if data_cfg.byte_sidecars == "off":
+        raise DataError(f"BYTE_SIDECARS=off but the tokenizer {data_cfg.tokenizer_path} is a CaseOps tokenizer (it "
+                        "has the case operator pieces): bits per byte must divide by the original text's bytes, "
+                        "which only byte sidecars hold. Set BYTE_SIDECARS=on and use CaseOps data with its sidecars "
+                        "(pgolf data fineweb --variant sp8192_caseops, or pgolf data build --caseops).")
+    raise DataError(f"the tokenizer {data_cfg.tokenizer_path} is a CaseOps tokenizer (it has the case operator pieces) "
+                    f"but the validation shards in {val_files[0].parent} have no byte sidecars "
+                    "(fineweb_val_bytes_*.bin): bits per byte must divide by the original text's bytes, which only "
+                    "the sidecars hold. Fetch them (pgolf data fineweb --variant sp8192_caseops) or build the "
+                    "dataset with pgolf data build --caseops.")
 
 
 def prepare_validation_data(cfg: Config) -> ValidationData:
@@ -80,7 +118,7 @@ def prepare_validation_data(cfg: Config) -> ValidationData:
     if cfg.eval.val_max_tokens > 0:
         keep = max(cfg.eval.val_max_tokens // cfg.train.train_seq_len, 1) * cfg.train.train_seq_len + 1
         tokens = tokens[:keep]
-    target_bytes = validation_target_bytes(sp, cfg.data.tokenizer_path, cfg.model.vocab_size, tokens, val_files,
+    target_bytes = validation_target_bytes(sp, cfg.data, cfg.model.vocab_size, tokens, val_files,
                                            cfg.model.bos_token_id)
     return ValidationData(tokens, target_bytes, train_files, val_files)
 

@@ -1,7 +1,7 @@
 """The bytes of every validation target: the one source of the bits-per-byte denominator (SPEC 2.8, 5.10).
 
 Bits per byte divides the summed loss by the bytes of the scored text. For each target those bytes
-come from one of two places, decided by the dataset, not by the configuration:
+come from one of two places, decided by the dataset (and checked against BYTE_SIDECARS, below):
 
 * the tokenizer's byte tables (:mod:`pgolf.data.tokenizer`): counted from the target and the token
   before it, for shards whose tokens spell the text itself;
@@ -11,9 +11,12 @@ come from one of two places, decided by the dataset, not by the configuration:
   the ones to score. Which text is the dataset's byte convention (:func:`dataset_byte_convention`):
   ``decoded`` (the challenge's) or ``original`` (the raw documents).
 
-A dataset with sidecars is always scored with them (there is no setting that could ignore them), every
+A dataset with sidecars is always scored with them: no setting can ignore them. BYTE_SIDECARS only
+says what the run expects (:func:`pgolf.data.run_data.validation_target_bytes`): ``auto`` finds out,
+``on`` requires them, ``off`` refuses a dataset that has them (a glob, :func:`list_byte_sidecars`). Every
 validation shard must have its sidecar, and a tokenizer with CaseOps operator pieces is refused for a
-dataset without sidecars (its byte tables would charge the invented operator characters).
+dataset without sidecars (its byte tables would charge the invented operator characters). Reading the
+sidecars is :mod:`pgolf.data.byte_sidecars`, which an export with BYTE_SIDECARS=off leaves out.
 
 :class:`TargetBytes` holds the resolved count of every target once; every evaluator (plain, sliding,
 score-first TTT, LoRA TTT) asks it for the bytes of the targets it scored with :meth:`TargetBytes.sum_of`,
@@ -25,11 +28,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pgolf.data.caseops import (CASEOPS_BYTE_CONVENTION_KEY, CASEOPS_BYTE_CONVENTIONS, CASEOPS_DEFAULT_BYTE_CONVENTION)
-from pgolf.data.shards import read_shard, read_shard_header
 from pgolf.data.tokenizer import ByteTables, count_target_bytes
 from pgolf.data.tokenizer_match import DATASET_MANIFEST_NAME, read_dataset_manifest
 from pgolf.errors import DataError
@@ -42,45 +43,9 @@ TARGET_BYTES_FROM_TABLES = "tokenizer byte tables"
 TARGET_BYTES_FROM_SIDECARS = "byte sidecars"
 
 
-def byte_sidecar_path(val_file: str | os.PathLike) -> Path:
-    """``.../fineweb_val_000003.bin`` -> ``.../fineweb_val_bytes_000003.bin``."""
-    val_file = Path(val_file)
-    if not val_file.name.startswith(VAL_SHARD_PREFIX):
-        raise DataError(f"{val_file} is not named like a validation shard ({VAL_SHARD_PREFIX}*.bin).")
-    return val_file.with_name(VAL_SIDECAR_PREFIX + val_file.name[len(VAL_SHARD_PREFIX):])
-
-
 def list_byte_sidecars(directory: str | os.PathLike) -> list[Path]:
     """The byte sidecars in ``directory``, sorted; empty when it has none."""
     return sorted(Path(directory).glob(VAL_SIDECAR_GLOB))
-
-
-def find_byte_sidecars(val_files: list[Path]) -> list[Path] | None:
-    """The sidecar of every validation shard, in order, or None when the folder holds no sidecar.
-
-    DataError when only some shards have one, when a sidecar has no shard, or when a sidecar's entry
-    count differs from its shard's token count: scoring such a dataset could only be wrong.
-    """
-    folders = sorted({Path(f).parent for f in val_files})
-    present = [p for folder in folders for p in list_byte_sidecars(folder)]
-    if not present:
-        return None
-    expected = [byte_sidecar_path(f) for f in val_files]
-    missing = [p for p in expected if not p.is_file()]
-    if missing:
-        raise DataError(f"{len(missing)} validation shard(s) have no byte sidecar, e.g. {missing[0]}, while "
-                        f"{present[0].name} exists: the dataset is a CaseOps export with files missing. Fetch or "
-                        "re-export the sidecars (pgolf data fineweb / pgolf data build --caseops).")
-    orphans = sorted(set(present) - set(expected))
-    if orphans:
-        raise DataError(f"byte sidecar {orphans[0]} has no validation shard beside it; remove it or restore the "
-                        "shard it belongs to.")
-    for shard, sidecar in zip(val_files, expected):
-        tokens, counts = read_shard_header(shard), read_shard_header(sidecar)
-        if tokens != counts:
-            raise DataError(f"byte sidecar {sidecar} has {counts} entries but {shard} has {tokens} tokens; it must "
-                            "hold one count per token. Fetch or re-export both files.")
-    return expected
 
 
 def dataset_byte_convention(data_dir: str | os.PathLike) -> tuple[str, bool]:
@@ -99,20 +64,6 @@ def dataset_byte_convention(data_dir: str | os.PathLike) -> tuple[str, bool]:
                         f"not one of {', '.join(map(repr, CASEOPS_BYTE_CONVENTIONS))}; the manifest was altered or "
                         "written by another tool. Restore it, or rebuild the dataset (pgolf data build --caseops).")
     return named, True
-
-
-def load_byte_sidecars(sidecars: list[Path], num_tokens: int) -> torch.Tensor:
-    """The first ``num_tokens`` sidecar counts of the concatenated sidecars (int32)."""
-    pieces, remaining = [], num_tokens
-    for path in sidecars:
-        if remaining <= 0:
-            break
-        counts = read_shard(path)
-        pieces.append(np.array(counts[:remaining], dtype=np.int32))
-        remaining -= len(pieces[-1])
-    if remaining > 0:
-        raise DataError(f"the byte sidecars hold fewer counts than the {num_tokens} validation tokens.")
-    return torch.from_numpy(np.concatenate(pieces))
 
 
 @dataclass(frozen=True)
@@ -153,24 +104,6 @@ def target_bytes_from_tables(tables: ByteTables, tokens: torch.Tensor) -> Target
         parts.append(count_target_bytes(tables, tokens[start: stop], tokens[start + 1: stop + 1]))
     per_target = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int32)
     return TargetBytes(per_target.to(torch.int32), TARGET_BYTES_FROM_TABLES)
-
-
-def target_bytes_from_sidecars(counts: torch.Tensor, tokens: torch.Tensor, bos_id: int,
-                               where: str | os.PathLike = "the byte sidecars") -> TargetBytes:
-    """Bytes of every target of ``tokens`` from their per-token sidecar ``counts`` (same length).
-
-    A document's BOS stands for no text: a nonzero count there means the sidecar is shifted against
-    its shard (or belongs to another one), which is refused.
-    """
-    if counts.numel() != tokens.numel():
-        raise DataError(f"{where}: {counts.numel()} byte counts for {tokens.numel()} tokens; one per token expected.")
-    at_bos = counts[tokens.to("cpu") == bos_id]
-    if at_bos.numel() and bool((at_bos != 0).any()):
-        position = int(((tokens.to("cpu") == bos_id) & (counts != 0)).nonzero()[0])
-        raise DataError(f"{where}: the validation token at position {position} is a BOS (id {bos_id}) but its byte "
-                        f"count is {int(counts[position])}, not 0: the sidecar does not line up with the shard. "
-                        "Fetch or re-export both files together.")
-    return TargetBytes(counts[1:].to(torch.int32).clone(), TARGET_BYTES_FROM_SIDECARS)
 
 
 def resolve_target_bytes(source: "ByteTables | TargetBytes", val_tokens: torch.Tensor) -> TargetBytes:

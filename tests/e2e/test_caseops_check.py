@@ -49,7 +49,8 @@ def caseops_run(tmp_path_factory):
     runs = root / "runs"
     overrides = {"ITERATIONS": "3", "MAX_WALLCLOCK_SECONDS": "0", "TRAIN_SEQ_LEN": "64", "TRAIN_BATCH_TOKENS": "4096",
                  "VAL_MAX_TOKENS": "4096", "VOCAB_SIZE": "384", "DATA_PATH": decoded["data_dir"],
-                 "TOKENIZER_PATH": decoded["tokenizer_path"], "RUNS_DIR": str(runs), "RUN_ID": "caseops"}
+                 "TOKENIZER_PATH": decoded["tokenizer_path"], "RUNS_DIR": str(runs), "RUN_ID": "caseops",
+                 "BYTE_SIDECARS": "on"}  # tiny_cpu says "off": its own data has no sidecars
     run_main(apply_config_overrides(tiny_cpu(), overrides, source="test"), preset_name="tiny_cpu", echo=False)
     return runs / "caseops", decoded["data_dir"], original["data_dir"]
 

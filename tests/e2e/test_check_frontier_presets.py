@@ -4,7 +4,8 @@ branch and head adapters) and then ``pgolf check`` passing on it.
 
 Only sizes change (width, sequence, batch, steps, calibration batches, the TTT prefix), plus the data:
 the embedded default dataset stands in for the CaseOps shards (CaseOps data is tested with the data
-tools). ``top_sp8192`` asks for lrzip; where the program is missing the run uses pgolf's own ``pergroup``.
+tools), so ``BYTE_SIDECARS=off`` replaces the presets' ``on``: that data has no byte sidecars.
+``top_sp8192`` asks for lrzip; where the program is missing the run uses pgolf's own ``pergroup``.
 """
 
 import json
@@ -23,7 +24,7 @@ SHRINK = {"MODEL_DIM": "64", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "VOCAB_SIZE"
           "GPTQ_RESERVE_SECONDS": "0", "WARMUP_STEPS": "0", "COMPILE": "0", "VAL_LOSS_EVERY": "0",
           "VAL_MAX_TOKENS": "4096", "VAL_BATCH_SIZE": "4096", "GPTQ_CALIBRATION_BATCHES": "2", "TTT_LORA_RANK": "4",
           "TTT_LORA_BATCH_DOCS": "4", "TTT_PHASE_PREFIX_DOCS": "6", "TTT_CHUNK_TOKENS": "256", "TTT_BATCH_SEQS": "4",
-          "PGOLF_DEVICE": "cpu"}
+          "PGOLF_DEVICE": "cpu", "BYTE_SIDECARS": "off"}
 
 
 pytestmark = pytest.mark.usefixtures("cpu_process")  # tests/e2e/conftest.py

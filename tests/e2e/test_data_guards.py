@@ -51,8 +51,9 @@ def test_resume_refuses_another_tokenizer(finished_run, other_tokenizer, tmp_pat
 
 
 def test_a_run_on_caseops_data_scores_every_phase_on_the_original_bytes(tmp_path):
-    """`pgolf train` on a CaseOps dataset (no setting): the round trip, sliding and TTT phases all divide
-    by the validation sidecars' bytes, i.e. the original text's."""
+    """`pgolf train` on a CaseOps dataset with BYTE_SIDECARS=auto (found by looking, as before the setting
+    existed): the round trip, sliding and TTT phases all divide by the validation sidecars' bytes, i.e.
+    the original text's."""
     import json
     import random
 
@@ -71,7 +72,7 @@ def test_a_run_on_caseops_data_scores_every_phase_on_the_original_bytes(tmp_path
                  "TRAIN_BATCH_TOKENS": "2048", "VOCAB_SIZE": "400", "DATA_PATH": built["data_dir"],
                  "TOKENIZER_PATH": built["tokenizer_path"], "RUNS_DIR": str(tmp_path / "runs"), "RUN_ID": "caseops",
                  "SLIDING_WINDOW_ENABLED": "1", "EVAL_STRIDE": "16", "TTT_ENABLED": "1", "TTT_CHUNK_TOKENS": "512",
-                 "TTT_EPOCHS": "1"}
+                 "TTT_EPOCHS": "1", "BYTE_SIDECARS": "auto"}  # tiny_cpu says "off"
     report = run_main(apply_config_overrides(tiny_cpu(), overrides, source="test"), preset_name="tiny_cpu", echo=False)
     tokens = np.asarray(read_shard(f"{built['data_dir']}/fineweb_val_000000.bin"))
     counts = np.asarray(read_shard(f"{built['data_dir']}/fineweb_val_bytes_000000.bin"), dtype=np.int64)

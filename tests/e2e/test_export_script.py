@@ -1,7 +1,8 @@
 """The exported one-file train_gpt.py reproduces the package: same config and seed, same losses, same scores.
 
 For every preset, shrunk to CPU size with all its features (as tests/e2e/test_presets_tiny.py shrinks
-them, on the embedded default data), the script is exported for that configuration and run in a fresh
+them, on the embedded default data; the CaseOps presets, which require byte sidecars, on the same
+documents built as CaseOps data), the script is exported for that configuration and run in a fresh
 interpreter, in an empty folder, with a ``pgolf`` on ``PYTHONPATH`` that refuses to be imported: the
 script cannot lean on the package. The package runs the same configuration and seed in this process.
 Both run single-threaded so the float reductions happen in the same order; the training losses, the
@@ -17,12 +18,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from pgolf.config import apply_config_overrides, validate_config
-from pgolf.data.corpus import DEFAULT_CORPUS_VOCAB_SIZE, ensure_default_dataset
+from pgolf.data.corpus import (DEFAULT_CORPUS_NUM_VAL_DOCS, DEFAULT_CORPUS_VOCAB_SIZE, default_corpus_documents,
+                               ensure_default_dataset)
+from pgolf.data.dataset import build_dataset
 from pgolf.export.bundle import build_exported_script, write_exported_script
 from pgolf.export.minify import unwrap_script
 from pgolf.presets import PRESETS, preset_config
@@ -60,6 +64,16 @@ def shrink(name: str, data) -> "Config":  # noqa: F821
 @pytest.fixture(scope="module")
 def default_data(tmp_path_factory):
     return ensure_default_dataset(tmp_path_factory.mktemp("cache"), log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def caseops_data(tmp_path_factory):
+    """The default data's documents as a CaseOps dataset (validation byte sidecars), for the presets that
+    say BYTE_SIDECARS=on: their exported script must read the sidecars as the package does."""
+    texts = [text for _, text in default_corpus_documents()]
+    built = build_dataset(lambda: iter(texts), DEFAULT_CORPUS_VOCAB_SIZE, tmp_path_factory.mktemp("caseops"),
+                          name="default", num_val_docs=DEFAULT_CORPUS_NUM_VAL_DOCS, caseops=True)
+    return SimpleNamespace(data_path=built["data_dir"], tokenizer_path=built["tokenizer_path"])
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +141,9 @@ def assert_same_run(script_run: Path, package_run: Path, script) -> None:
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
-def test_the_exported_script_of_every_preset_reproduces_the_package(name, default_data, blocker, tmp_path):
-    cfg = shrink(name, default_data)
+def test_the_exported_script_of_every_preset_reproduces_the_package(name, default_data, caseops_data, blocker,
+                                                                     tmp_path):
+    cfg = shrink(name, caseops_data if preset_config(name).data.byte_sidecars == "on" else default_data)
     script = export(cfg, name, tmp_path)
     source = unwrap_script((tmp_path / "train_gpt.py").read_bytes())
     assert "from pgolf" not in source and "import pgolf" not in source

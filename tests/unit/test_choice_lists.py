@@ -36,8 +36,9 @@ RESOLVED_NAMES = {
     "autocast_dtype": {"auto", *AUTOCAST_DTYPES},
     "compressor": {*COMPRESSORS, AUTO_COMPRESSOR, PERGROUP_COMPRESSOR, PERGROUP_LRZIP_COMPRESSOR},
 }
-# Two-way choices the code decides with an ``if`` on one name, not through a table.
-BRANCHED_IN_CODE = {"parallel_residual_mode", "ttt_mode", "quant_method", "clip_method"}
+# Choices the code decides with an ``if`` on their names, not through a table (BYTE_SIDECARS: plain tests
+# the exporter can fold, in pgolf/data/run_data.py validation_target_bytes).
+BRANCHED_IN_CODE = {"parallel_residual_mode", "ttt_mode", "quant_method", "clip_method", "byte_sidecars"}
 
 
 def test_every_choice_field_is_accounted_for():

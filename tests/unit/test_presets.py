@@ -1,7 +1,10 @@
 """Presets: a few key values each, and what every preset changes relative to the one it derives from."""
 
+from pathlib import Path
+
 import pytest
 
+from pgolf.commands.data_fineweb import fineweb_dataset_dir
 from pgolf.config import Config, config_differences
 from pgolf.presets import GPU_PRESETS, ONE_GPU_TIME_FACTOR, PRESETS, preset_config
 
@@ -11,7 +14,7 @@ def changed(name: str, parent: Config) -> set[str]:
 
 
 def test_baseline_is_the_default_config_with_data_and_compilation():
-    assert changed("baseline_sp1024", Config()) == {"data_path", "tokenizer_path", "compile"}
+    assert changed("baseline_sp1024", Config()) == {"data_path", "tokenizer_path", "byte_sidecars", "compile"}
     cfg = preset_config("baseline_sp1024")
     assert (cfg.model.vocab_size, cfg.model.num_layers, cfg.model.model_dim, cfg.train.compile) == (1024, 9, 512, True)
     assert (cfg.artifact.compressor, cfg.quant.matrix_bits, cfg.quant.quant_method) == ("zlib", 8, "rtn")
@@ -30,7 +33,7 @@ def test_baseline_is_the_default_config_with_data_and_compilation():
     ("systematic_search", "seq4096", {"rope_base"}),
     ("sp4096_recur", "record_sp8192", {"vocab_size", "data_path", "tokenizer_path", "qk_gain_init", "muon_momentum",
                                        "ema_start_step"}),
-    ("frontier_caseops", "record_sp8192", {"data_path", "tokenizer_path", "qk_gain_init", "parallel_residual_start",
+    ("frontier_caseops", "record_sp8192", {"data_path", "tokenizer_path", "byte_sidecars", "qk_gain_init", "parallel_residual_start",
                                            "parallel_residual_mode", "doc_isolated_attention", "fused_mlp", "matrix_lr",
                                            "muon_momentum", "muon_wd_taper", "muon_sharded", "warmdown_frac",
                                            "gptq_reserve_seconds", "train_loader", "sliding_window_enabled", "ttt_mode",
@@ -78,7 +81,7 @@ def test_the_record_stack():
 def test_the_caseops_stage():
     cfg = preset_config("frontier_caseops")
     assert (cfg.data.data_path, cfg.data.tokenizer_path) == (
-        "./data/datasets/fineweb10B_sp8192_caseops",
+        "./data/datasets/fineweb10B_sp8192_lossless_caps_caseops_v1_reserved",
         "./data/tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model")
     assert (cfg.model.parallel_residual_mode, cfg.model.parallel_residual_start, cfg.model.doc_isolated_attention) == (
         "two_lane", 8, True)
@@ -121,7 +124,24 @@ def test_data_paths_name_the_vocabulary(name):
     if cfg.data.data_path:
         vocab = cfg.model.vocab_size
         if "caseops" in cfg.data.data_path:  # the CaseOps variant and the records' CaseOps tokenizer
-            assert cfg.data.data_path.endswith(f"_sp{vocab}_caseops")
+            assert cfg.data.data_path.endswith(f"_sp{vocab}_lossless_caps_caseops_v1_reserved")
             assert cfg.data.tokenizer_path.endswith(f"_{vocab}_bpe_lossless_caps_caseops_v1_reserved.model")
         else:
             assert cfg.data.data_path.endswith(f"_sp{vocab}") and cfg.data.tokenizer_path.endswith(f"_{vocab}_bpe.model")
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_byte_sidecars_are_on_exactly_for_caseops_data(name):
+    """CaseOps presets require the byte sidecars; every other preset's data (FineWeb sp1024/sp4096/sp8192,
+    the embedded default dataset) has none, so it says ``off`` and its export ships no sidecar reader."""
+    cfg = preset_config(name)
+    caseops = "caseops" in cfg.data.data_path or "caseops" in cfg.data.tokenizer_path
+    assert cfg.data.byte_sidecars == ("on" if caseops else "off")
+
+
+def test_the_caseops_presets_read_where_the_download_writes():
+    """`pgolf data fineweb --variant sp8192_caseops` then `pgolf train --preset frontier_caseops` must
+    meet: the preset's folder is the one the download names after the hub's variant."""
+    cfg = PRESETS["frontier_caseops"]()
+    assert Path(cfg.data.data_path).name == fineweb_dataset_dir("sp8192_caseops")
+    assert Path(cfg.data.data_path).parent == Path("./data/datasets")
