@@ -7,7 +7,8 @@ print what this module and :mod:`pgolf.exp.record_check` return, from pgolf/comm
 writes ``<out>/<YYYY-MM-DD>_<NAME>/``:
 
 * ``train_gpt.py``: the one-file script ``pgolf export`` makes from the runs' configuration (wrapped:
-  lzma + base85 + exec; its size on disk is the counted code size) and ``train_gpt.readable.py``;
+  lzma or brotli + base85 + exec; its size on disk is the counted code size) and ``train_gpt.readable.py``
+  (which holds the messages the counted script's errors point at);
 * ``train_seed<SEED>.log``: each run's ``train.log``;
 * ``submission.json``: name, author, scores per seed, mean and std, bytes, timings, versions, code hash;
 * ``README.md``: results table, the command that reproduces each seed, the configuration's changes

@@ -57,8 +57,10 @@ def _bytes_section(script, submission: dict) -> list[str]:
     cap = submission["cap_bytes"]
     return ["## Bytes", "",
             f"- `train_gpt.py`: **{script.wrapped_bytes:,} bytes** on disk: the counted code (minified "
-            f"{script.minified_bytes:,} bytes, wrapped with lzma + base85 + exec). `train_gpt.readable.py` "
-            f"({script.readable_bytes:,} bytes) is the same program, commented, for reviewers; not counted.",
+            f"{script.minified_bytes:,} bytes, wrapped with {script.wrap_codec} + base85 + exec). "
+            f"`train_gpt.readable.py` ({script.readable_bytes:,} bytes) is the same program with its docstrings "
+            "and error messages, for reviewers; not counted. The counted script's errors name the line of "
+            "`train_gpt.readable.py` that holds their message.",
             f"- Largest total (artifact + code): **{submission['bytes_total']:,}** of {cap:,} bytes "
             f"(margin {cap - submission['bytes_total']:,}).", ""]
 
