@@ -170,6 +170,9 @@ def add_export_parser(sub) -> None:
     export.add_argument("--keep-messages", action="store_true",
                         help="keep the error messages in train_gpt.py (by default each is the line of "
                              "train_gpt.readable.py that holds it, which saves kilobytes of code)")
+    export.add_argument("--wrapper", choices=("auto", "lzma", "brotli"), default="auto",
+                        help="the wrapper's compressor: auto = LZMA2, or Brotli when smaller and the program "
+                             "imports brotli anyway; brotli = always (about 1 KB smaller; needs the brotli package)")
     export.add_argument("--explain", action="store_true",
                         help="list what ships and why: each module, what pulled it in, its bytes")
     export.set_defaults(handler=run_export_command)

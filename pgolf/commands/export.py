@@ -1,4 +1,5 @@
-"""``pgolf export RUN_DIR|PRESET [KEY=value ...] [-o train_gpt.py] [--json] [--explain] [--keep-messages]``
+"""``pgolf export RUN_DIR|PRESET [KEY=value ...] [-o train_gpt.py] [--json] [--explain] [--keep-messages]
+[--wrapper auto|lzma|brotli]``
 (tooling: never exported).
 
 Writes the one-file ``train_gpt.py`` (specialized to the configuration, minified, wrapped: its size is
@@ -74,7 +75,8 @@ def run_export_command(args: argparse.Namespace) -> int:
     require_writable_directory(Path(args.output).parent, "the exported script")
     cfg, preset_name = export_target_config(args.target, args.overrides)
     script = build_exported_script(cfg, preset_name=preset_name,
-                                   keep_messages=getattr(args, "keep_messages", False))
+                                   keep_messages=getattr(args, "keep_messages", False),
+                                   wrapper=getattr(args, "wrapper", "auto"))
     output, readable = write_exported_script(script, args.output)
     explained = explanation(script) if getattr(args, "explain", False) else None
     if args.json:

@@ -50,8 +50,8 @@ from pgolf.data.corpus import resolve_cache_dir
 from pgolf.errors import ConfigError, PgolfError
 from pgolf.export.flatten import ExportError, FlattenedSource, flatten_core_modules
 from pgolf.export.messages import terse_tree
-from pgolf.export.minify import (WRAP_COMPRESS_FILTERS, minify_source, needs_source_registration, wrap_codec,
-                                 wrap_source)
+from pgolf.export.minify import (WRAP_COMPRESS_FILTERS, WRAPPERS, minify_source, needs_source_registration,
+                                 wrap_codec, wrap_source)
 from pgolf.export.program import Program, Section, is_docstring, statement_bound_names
 from pgolf.export.shake import (ExternalBases, ShakeResult, check_names_resolve, check_switches, declared_switch,
                                 drop_dangling_annotations, make_positional_only, shake)
@@ -385,7 +385,7 @@ def program_source(program: Program) -> str:
     return "\n".join(ast.unparse(statement) for statement in program.statements()) + "\n"
 
 
-def _settle_code_bytes(minified_template: str) -> tuple[str, int, bytes]:
+def _settle_code_bytes(minified_template: str, wrapper: str = "auto") -> tuple[str, int, bytes]:
     """(minified source, N, wrapped bytes) where the source states N and the wrapped file is exactly N
     bytes. Iterating N <- size(N) settles in a step or two; should it cycle, the smallest N whose script
     is at most N bytes is stated and the file is padded with trailing newlines up to it."""
@@ -393,7 +393,8 @@ def _settle_code_bytes(minified_template: str) -> tuple[str, int, bytes]:
     if not minified_template.count(marker):
         raise ExportError("internal: the code-bytes placeholder is missing from the minified script.")
     register = needs_source_registration(minified_template)
-    codec = wrap_codec(minified_template)  # chosen once: a codec that flipped with N could never settle
+    # Chosen once: a codec that flipped with N could never settle.
+    codec = wrap_codec(minified_template) if wrapper == "auto" else wrapper
 
     def build(n: int) -> tuple[str, bytes]:
         source = minified_template.replace(marker, str(n))
@@ -453,10 +454,14 @@ def _minified_segments(program: Program) -> dict[str, str]:
 
 def build_exported_script(cfg: Config, *, preset_name: str = "custom", package_dir: Path | None = None,
                           code_hash: str | None = None, verify: bool = True,
-                          keep_messages: bool = False) -> ExportedScript:
+                          keep_messages: bool = False, wrapper: str = "auto") -> ExportedScript:
     """The exported program for ``cfg``, in memory (nothing is written). ``verify``: run the minified
     program against the readable one first (:mod:`pgolf.export.verify`). ``keep_messages``: the counted
-    script keeps its error messages (by default each is the line of the readable file that holds it)."""
+    script keeps its error messages (by default each is the line of the readable file that holds it).
+    ``wrapper``: "auto" (LZMA2, or Brotli when smaller and the program imports brotli), "lzma" or "brotli"
+    (Brotli always: the script then needs the brotli package even if its compressor does not)."""
+    if wrapper not in WRAPPERS and wrapper != "auto":
+        raise ConfigError(f"unknown wrapper {wrapper!r}; use auto, lzma or brotli.")
     cfg = export_ready_config(cfg)
     baked_config_values(cfg)  # every value must be a literal
     code_hash = code_hash or pgolf_code_hash()
@@ -474,11 +479,11 @@ def build_exported_script(cfg: Config, *, preset_name: str = "custom", package_d
     counted = template if keep_messages else program_source(counted_prog)
     minified = minify_source(counted)
     if with_bytes:
-        minified, code_bytes, wrapped = _settle_code_bytes(minified)
+        minified, code_bytes, wrapped = _settle_code_bytes(minified, wrapper)
         readable = template.replace(str(CODE_BYTES_PLACEHOLDER), str(code_bytes))
         counted = counted.replace(str(CODE_BYTES_PLACEHOLDER), str(code_bytes))
     else:
-        readable, wrapped = template, wrap_source(minified)
+        readable, wrapped = template, wrap_source(minified, codec=None if wrapper == "auto" else wrapper)
     if verify:  # the minifier's output against its input (which differs from the readable file in messages)
         verify_minified(counted, minified)
     sections = shipped_sections(spec.program)[1:-1]

@@ -413,7 +413,7 @@ def test_exported_code_bytes_is_the_written_files_size_and_is_cached(real_script
 
 def test_cli_exports_a_preset_and_a_run_directory(real_script, tmp_path, capsys, monkeypatch):
     _, script = real_script
-    monkeypatch.setattr("pgolf.commands.export.build_exported_script", lambda cfg, preset_name, keep_messages: script)
+    monkeypatch.setattr("pgolf.commands.export.build_exported_script", lambda cfg, preset_name, keep_messages, wrapper: script)
     monkeypatch.delenv("SEED", raising=False)
     overrides = [f"{key}={value}" for key, value in DATA.items()]
     assert cli_main(["export", "tiny_cpu", *overrides, "-o", str(tmp_path / "a.py"), "--json", "--explain"]) == 0
@@ -476,6 +476,16 @@ def test_what_only_worded_a_message_is_not_in_the_counted_script(real_script):
     assert "def describe_write_failure" in script.readable
     counted = counted_source(script.readable, script.program)
     assert "describe_write_failure" not in counted and "def write_bytes_atomic" in counted
+
+
+def test_a_forced_wrapper_is_used_and_still_states_its_own_size(real_script):
+    cfg, script = real_script
+    other = "lzma" if script.wrap_codec == "brotli" else "brotli"
+    forced = build_exported_script(cfg, preset_name="tiny_cpu", verify=False, wrapper=other)
+    assert forced.wrap_codec == other and unwrap_script(forced.wrapped) == forced.minified
+    assert f"code_bytes={forced.wrapped_bytes}" in forced.minified.replace(" ", "")
+    with pytest.raises(ConfigError, match="unknown wrapper"):
+        build_exported_script(cfg, preset_name="tiny_cpu", verify=False, wrapper="zip")
 
 
 def test_keep_messages_keeps_them_in_the_counted_script(real_script):
