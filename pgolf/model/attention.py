@@ -211,10 +211,12 @@ class CausalSelfAttention(nn.Module):
         # ROPE_DIMS = 0 rotates the whole head (baseline); otherwise only the first ROPE_DIMS dims.
         self.rotary = Rotary(cfg.rope_dims or self.head_dim, base=cfg.rope_base,
                              train_seq_len=cfg.rope_train_seq_len)
-        uses_xsa = layer_index >= cfg.num_layers - cfg.xsa_last_n
+        # (XSA_LAST_N > 0 first: the same answer for every layer, and `pgolf export` can fold it.)
+        uses_xsa = cfg.xsa_last_n > 0 and layer_index >= cfg.num_layers - cfg.xsa_last_n
         self.xsa = ExclusiveSelfAttention(cfg.num_heads, cfg.num_kv_heads) if uses_xsa else None
         self.attn_gate = build_attention_output_gate(cfg)
         self.backend = cfg.attention_backend
+        self.doc_isolated = cfg.doc_isolated_attention
         # FA3 is looked up once here, never in the forward (which torch.compile traces); for "auto"
         # only when a Hopper GPU is present, the one place auto uses it.
         wants_fa3 = self.backend == "fa3" or (self.backend == "auto" and hopper_gpu_present())
@@ -223,17 +225,21 @@ class CausalSelfAttention(nn.Module):
     def attend(self, q_BHTD: torch.Tensor, k_BKTD: torch.Tensor, v_BKTD: torch.Tensor,
                segments_BT: torch.Tensor | None) -> torch.Tensor:
         """(B, H, T, D) attention output through the configured kernel (a Python branch: one graph)."""
+        # Segments come only with DOC_ISOLATED_ATTENTION; saying so here lets `pgolf export` drop the
+        # document masks and varlen kernel from every other configuration (the value is the same).
+        segments = segments_BT if self.doc_isolated else None
         kernel = choose_attention_kernel(self.backend, on_cuda=q_BHTD.is_cuda,
                                          fa3_ready=self.flash_attn_3 is not None)
         if kernel == "fa3":
-            return flash_attention_3(self.flash_attn_3, q_BHTD, k_BKTD, v_BKTD, segments_BT)
+            return flash_attention_3(self.flash_attn_3, q_BHTD, k_BKTD, v_BKTD, segments)
         if kernel == "eager":
-            return eager_attention(q_BHTD, k_BKTD, v_BKTD, segments_BT)
-        return sdpa_attention(q_BHTD, k_BKTD, v_BKTD, segments_BT, SDPA_BACKENDS[kernel])
+            return eager_attention(q_BHTD, k_BKTD, v_BKTD, segments)
+        return sdpa_attention(q_BHTD, k_BKTD, v_BKTD, segments, SDPA_BACKENDS[kernel])
 
     def forward(self, x_BTD: torch.Tensor, segments_BT: torch.Tensor | None = None) -> torch.Tensor:
         """``segments_BT``: document segment ids (``document_segment_ids``) to keep attention inside
-        each document; None = plain causal attention over the whole row (the baseline)."""
+        each document, with DOC_ISOLATED_ATTENTION on (ignored when it is off); None = plain causal
+        attention over the whole row (the baseline)."""
         B, T, D = x_BTD.shape
         q = self.c_q(x_BTD).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.c_k(x_BTD).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)

@@ -122,7 +122,9 @@ class GPT(nn.Module):
             if skips:  # U-Net: LIFO, the last encoder output feeds the first decoder position
                 x = self.merge_skip(x, skips.pop(), position)
             x = self.blocks[schedule.decoder[position]](x, x0, segments)
-        if schedule.lane_start < len(schedule.decoder):  # two-lane parallel decoder for the remaining positions
+        # Two-lane parallel decoder for the remaining positions (only the two_lane mode sets a lane start;
+        # testing the mode first lets `pgolf export` leave the lanes out of other configurations).
+        if self.cfg.parallel_residual_mode == "two_lane" and schedule.lane_start < len(schedule.decoder):
             x = self.two_lane_decoder(x, x0, skips, schedule, segments)
         return self.final_norm(x)
 

@@ -18,6 +18,9 @@ differences, so a document sees the same scores wherever it sits in a row (up to
 
 import torch
 
+# `pgolf export` leaves this module out of train_gpt.py when this is false (docs/export.md).
+DOC_ISOLATION_EXPORT_SWITCH = "doc_isolated_attention"
+
 # cu_seqlens entries come in multiples of this (SPEC 5.2), bounding the shapes the kernel sees.
 VARLEN_CU_SEQLENS_MULTIPLE = 64
 # Under torch.compile the number of segments must be a static bound: at most one segment start per

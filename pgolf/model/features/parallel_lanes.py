@@ -24,6 +24,9 @@ from torch import nn
 
 from pgolf.model.block import Block
 
+# `pgolf export` leaves this module out of train_gpt.py when this is false (docs/export.md).
+PARALLEL_LANES_EXPORT_SWITCH = "parallel_residual_mode == 'two_lane'"
+
 # Initial weight of each lane on itself: slightly above 1, as in the record.
 PARALLEL_RESID_LAMBDA_INIT = 1.1
 

@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# `pgolf export` leaves this module out of train_gpt.py when this is false (docs/export.md).
+XSA_EXPORT_SWITCH = "xsa_last_n > 0"
+
 
 class ExclusiveSelfAttention(nn.Module):
     """Parameter-free XSA projection for the (B, H, T, D) layout of ``scaled_dot_product_attention``.
