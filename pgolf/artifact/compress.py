@@ -166,13 +166,14 @@ def require_model_compressor(name: str) -> None:
     """Refuse, before any training, a COMPRESSOR this machine cannot run (a library or the lrzip program
     missing), so a run does not discover it only when it packs its artifact. Only ``name``'s own needs
     are checked (an ``if`` chain the export folds): ``auto`` chooses among what is installed."""
-    if name == "auto":
+    if name == AUTO_COMPRESSOR:
         return
-    if name == "pergroup_lrzip":
+    if name == PERGROUP_LRZIP_COMPRESSOR:
         _lrzip_program_or_error(f"COMPRESSOR={name}")
     if name == "zstd":
         _zstandard_module_or_error()
-    elif name == "brotli" or name == "pergroup" or name == "pergroup_lrzip":  # pergroup's residual is brotli
+    elif name == "brotli" or name == PERGROUP_COMPRESSOR or name == PERGROUP_LRZIP_COMPRESSOR:
+        # (pergroup's residual stream is brotli)
         _brotli_module_or_error()
     elif name != "zlib" and name != "lzma":
         raise _unknown_compressor(name)
@@ -257,11 +258,10 @@ def compress_model_bytes(data: bytes, compressor: str, shuffle_stride: int = 0) 
     stride 2 when ``data`` is a tensor container with grouped matrices (see :func:`auto_compress`).
     ``compressor="pergroup"`` needs a tensor container; its stride applies to the residual stream.
     """
-    # Names written out, not the module's constants: the export folds a comparison of two literals.
-    if compressor == "auto":
+    if compressor == AUTO_COMPRESSOR:
         return auto_compress(data, shuffle_stride)
-    if compressor == "pergroup" or compressor == "pergroup_lrzip":
-        return _pergroup_frame(data, shuffle_stride, compressor == "pergroup_lrzip")
+    if compressor == PERGROUP_COMPRESSOR or compressor == PERGROUP_LRZIP_COMPRESSOR:
+        return _pergroup_frame(data, shuffle_stride, compressor == PERGROUP_LRZIP_COMPRESSOR)
     return _stream_frame(data, compressor, shuffle_stride)
 
 
@@ -456,7 +456,7 @@ def decompress_configured_model_bytes(blob: bytes, compressor: str, shuffle_stri
     the pipeline reading back its own artifact. A blob made otherwise is an ArtifactError naming both;
     ``auto`` accepts every blob (it may have chosen any). Only the configured compressor's code runs here,
     so it is all that train_gpt.py ships (module docstring)."""
-    if compressor == "auto":
+    if compressor == AUTO_COMPRESSOR:
         return decompress_model_bytes(blob, max_bytes)
     found, found_stride = describe_compressed_blob(blob)
     if (found, found_stride) != (compressor, shuffle_stride):
@@ -471,8 +471,8 @@ def decompress_configured_model_bytes(blob: bytes, compressor: str, shuffle_stri
 
 def _decompress_frame(blob: bytes, name: str, stride: int, max_bytes: int) -> bytes:
     payload = bytes(blob[COMPRESSION_FRAME_HEADER_BYTES:])
-    if name == "pergroup" or name == "pergroup_lrzip":
-        return _pergroup_decompress(payload, stride, name == "pergroup_lrzip", max_bytes)
+    if name == PERGROUP_COMPRESSOR or name == PERGROUP_LRZIP_COMPRESSOR:
+        return _pergroup_decompress(payload, stride, name == PERGROUP_LRZIP_COMPRESSOR, max_bytes)
     return _decompress_stream_frame(payload, name, stride, max_bytes)
 
 
@@ -526,7 +526,7 @@ def _pergroup_decompress(payload: bytes, shuffle_stride: int, lrzip: bool, max_b
 def _pergroup_role_stream(frame: bytes, size: int) -> bytes:
     """A pergroup role stream: a frame of whichever stream compressor was smallest for it."""
     name, stride = describe_compressed_blob(frame)
-    if name == "pergroup" or name == "pergroup_lrzip":
+    if name == PERGROUP_COMPRESSOR or name == PERGROUP_LRZIP_COMPRESSOR:
         raise _pergroup_frame_error("role stream", frame)
     return _decompress_stream_frame(frame[COMPRESSION_FRAME_HEADER_BYTES:], name, stride, size)
 

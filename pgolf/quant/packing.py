@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pgolf.artifact.compress import compress_model_bytes, describe_compressed_blob
+from pgolf.artifact.compress import AUTO_COMPRESSOR, compress_model_bytes, describe_compressed_blob
 from pgolf.artifact.pack import (artifact_container, pack_quantized_tensors, unpack_artifact_container,
                                  unpack_configured_artifact_container)
 from pgolf.config import ArtifactConfig, QuantConfig
@@ -102,7 +102,7 @@ def prune_artifact_to_fit(tensors: dict[str, torch.Tensor], artifact: ModelArtif
     """
     # auto's choice stays fixed; any other compressor is the configured one, which the export folds to a
     # constant, so pruning ships no compressor but it
-    auto = artifact_cfg.compressor == "auto"
+    auto = artifact_cfg.compressor == AUTO_COMPRESSOR
     compressor = artifact.compressor if auto else artifact_cfg.compressor
     stride = artifact.shuffle_stride if auto else artifact_cfg.byte_shuffle_stride
     fitting_blobs: dict[bytes, bytes] = {}  # sha256 of the container -> its blob, for sizes that fit
