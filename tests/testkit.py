@@ -111,3 +111,10 @@ def word_documents(words: str, count: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     vocabulary = words.split()
     return [" ".join(rng.choice(vocabulary) for _ in range(rng.randint(4, 30))) + "." for _ in range(count)]
+
+
+def tiny_run_overrides(data, runs, run_id: str, iterations: int) -> dict[str, str]:
+    """KEY=value settings of a seconds-long tiny_cpu run on the default dataset ``data``, into ``runs/run_id``."""
+    return {"ITERATIONS": str(iterations), "MAX_WALLCLOCK_SECONDS": "0", "TRAIN_SEQ_LEN": "64",
+            "TRAIN_BATCH_TOKENS": "4096", "VAL_MAX_TOKENS": "4096", "DATA_PATH": str(data.data_path),
+            "TOKENIZER_PATH": str(data.tokenizer_path), "RUNS_DIR": str(runs), "RUN_ID": run_id}

@@ -12,6 +12,7 @@ from pgolf.data.build import train_sentencepiece_tokenizer
 from pgolf.data.corpus import default_corpus_documents, ensure_default_dataset
 from pgolf.presets import tiny_cpu
 from pgolf.run import main as run_main
+from testkit import tiny_run_overrides
 
 
 pytestmark = pytest.mark.usefixtures("cpu_process")  # tests/e2e/conftest.py
@@ -21,9 +22,7 @@ pytestmark = pytest.mark.usefixtures("cpu_process")  # tests/e2e/conftest.py
 def finished_run(tmp_path_factory):
     data = ensure_default_dataset(tmp_path_factory.mktemp("cache"), log=lambda _: None)
     runs = tmp_path_factory.mktemp("runs")
-    overrides = {"ITERATIONS": "2", "MAX_WALLCLOCK_SECONDS": "0", "TRAIN_SEQ_LEN": "64", "TRAIN_BATCH_TOKENS": "4096",
-                 "VAL_MAX_TOKENS": "4096", "DATA_PATH": str(data.data_path), "TOKENIZER_PATH": str(data.tokenizer_path),
-                 "RUNS_DIR": str(runs), "RUN_ID": "guarded"}
+    overrides = tiny_run_overrides(data, runs, "guarded", iterations=2)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PGOLF_DEVICE", "cpu")
         run_main(apply_config_overrides(tiny_cpu(), overrides, source="test"), preset_name="tiny_cpu", echo=False)

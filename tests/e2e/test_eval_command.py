@@ -10,15 +10,14 @@ from pgolf.config import apply_config_overrides
 from pgolf.data.corpus import ensure_default_dataset
 from pgolf.presets import tiny_cpu
 from pgolf.run import main as run_main
+from testkit import tiny_run_overrides
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     data = ensure_default_dataset(tmp_path_factory.mktemp("cache"), log=lambda _: None)
     runs = tmp_path_factory.mktemp("runs")
-    overrides = {"ITERATIONS": "3", "MAX_WALLCLOCK_SECONDS": "0", "TRAIN_SEQ_LEN": "64", "TRAIN_BATCH_TOKENS": "4096",
-                 "VAL_MAX_TOKENS": "4096", "DATA_PATH": str(data.data_path), "TOKENIZER_PATH": str(data.tokenizer_path),
-                 "RUNS_DIR": str(runs), "RUN_ID": "evaluated"}
+    overrides = tiny_run_overrides(data, runs, "evaluated", iterations=3)
     report = run_main(apply_config_overrides(tiny_cpu(), overrides, source="test"), preset_name="tiny_cpu", echo=False)
     return runs / "evaluated", report
 
