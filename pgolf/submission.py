@@ -54,10 +54,10 @@ def submission_pipeline(cfg: Config, ctx: DistContext, run_dir: Path, logger: Ru
     data = prepare_validation_data(cfg)  # data checks first, so a bad dataset fails before any training
     model = build_model(cfg.model, ctx.runtime)
     header = {"code_hash": pgolf_code_hash(), "env": environment_summary(ctx.device)}
+    params = count_parameters(model)
     logger.line(f"pgolf submission preset:{preset_name} code_hash:{header['code_hash']} "
-                f"model_params:{count_parameters(model)} seed:{cfg.train.seed} world_size:{ctx.world_size}")
-    logger.event("header", preset=preset_name, config=flatten_config(cfg), model_params=count_parameters(model),
-                 **header)
+                f"model_params:{params} seed:{cfg.train.seed} world_size:{ctx.world_size}")
+    logger.event("header", preset=preset_name, config=flatten_config(cfg), model_params=params, **header)
     evaluate = plain_evaluator(cfg, ctx, data)
     parts = prepare_training_parts(model, cfg, ctx, data, logger)
     outcome = train_prepared_model(parts, cfg, ctx, logger, evaluate, None)

@@ -245,9 +245,7 @@ def _changed_defaults(cfg: Config) -> dict[str, dict[str, Any]]:
 ERROR_TEXT_KEPT = "    return str(error)"
 ERROR_TEXT_POINTER = '''    """Where the message is: this script's messages are lines of train_gpt.readable.py."""
     text = str(error).strip("'")
-    before, _, line = text.rpartition(": ")
-    if not line.isdigit():  # the whole message may be the number
-        before, line = "", text
+    before, _, line = text.rpartition(": ")  # (the whole text when it is just the number)
     if not line.isdigit():
         return text
     return (f"{type(error).__name__}: {before + ': ' if before else ''}see line {line} of train_gpt.readable.py "
@@ -255,7 +253,7 @@ ERROR_TEXT_POINTER = '''    """Where the message is: this script's messages are 
 
 
 def export_entry_module(cfg: Config) -> str:
-    """The module whose ``main`` the script calls: checkpoints need pgolf.run, nothing else does."""
+    """The module whose entry function the script calls: checkpoints need pgolf.run, nothing else does."""
     wants_checkpoints = cfg.train.checkpoint_every > 0 or cfg.train.checkpoint_every_seconds > 0
     return FULL_RUN_ENTRY_MODULE if wants_checkpoints else SUBMISSION_ENTRY_MODULE
 
