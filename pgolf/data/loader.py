@@ -119,13 +119,13 @@ class DistributedTokenLoader:
         """Restart from token 0 of shard 0 (after compile priming, so the timed run sees the same data)."""
         self.stream = TokenStream(self.files, vocab_size=self.vocab_size)
 
-    def state_dict(self) -> dict:
-        """Where the stream stands, as plain JSON values (checkpoints store it; :meth:`load_state_dict`)."""
+    def position_state(self) -> dict:
+        """Where the stream stands, as plain JSON values (checkpoints store it; :meth:`restore_position`)."""
         return {"kind": "sequential", "files": [path.name for path in self.files],
                 "shard_index": self.stream.shard_index, "position": self.stream.position}
 
-    def load_state_dict(self, state: dict) -> None:
-        """Continue exactly where :meth:`state_dict` was taken, over the same shard files."""
+    def restore_position(self, state: dict) -> None:
+        """Continue exactly where :meth:`position_state` was taken, over the same shard files."""
         check_loader_state(state, "sequential", self.files)
         self.stream.seek(int(state["shard_index"]), int(state["position"]))
 

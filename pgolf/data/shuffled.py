@@ -99,15 +99,15 @@ class ShuffledSequenceLoader:
         self.epoch = 0
         self._epoch_rng_state: dict | None = None
 
-    def state_dict(self) -> dict:
+    def position_state(self) -> dict:
         """The sampler's position as JSON values: the RNG state now and at the start of the epoch, plus
         how many offsets of each shard were used (the epoch's offsets are re-drawn from its RNG state)."""
         return {"kind": "shuffled", "files": [path.name for path in self.files], "seq_len": self.seq_len,
                 "epoch": self.epoch, "epoch_rng_state": self._epoch_rng_state,
                 "rng_state": self.rng.bit_generator.state, "used": [shard.used for shard in self.shards]}
 
-    def load_state_dict(self, state: dict) -> None:
-        """Continue exactly where :meth:`state_dict` was taken, over the same shard files."""
+    def restore_position(self, state: dict) -> None:
+        """Continue exactly where :meth:`position_state` was taken, over the same shard files."""
         check_loader_state(state, "shuffled", self.files)
         self.reset()
         if state["seq_len"] is not None:

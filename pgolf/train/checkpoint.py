@@ -228,7 +228,7 @@ class CheckpointManager:
             optimizer_meta.append(meta)
         rng_tensors, rng_meta = capture_rng_states(self.ctx.device)
         rank_meta = {"kind": "pgolf_checkpoint_rank", "step": position.step, "rank": self.ctx.rank,
-                     "optimizers": optimizer_meta, "loader": loader.state_dict(), "rng": rng_meta,
+                     "optimizers": optimizer_meta, "loader": loader.position_state(), "rng": rng_meta,
                      "loss_scaler": self.loss_scaler.state_dict() if self.loss_scaler is not None else {}}
         files = {rank_file_name(self.ctx.rank): pack_tensor_container({**tensors, **rng_tensors}, rank_meta)}
         if self.ctx.is_main:
@@ -296,7 +296,7 @@ class CheckpointManager:
         model.load_state_dict({k[6:]: t for k, t in model_tensors.items() if k.startswith("model/")}, strict=True)
         self._restore_ema(ema, model_tensors, model_meta, source)
         load_optimizer_states(optimizers, rank_tensors, rank_meta["optimizers"], source)
-        loader.load_state_dict(rank_meta["loader"])
+        loader.restore_position(rank_meta["loader"])
         restore_rng_states(rank_tensors, rank_meta["rng"], self.ctx.device)
         if self.loss_scaler is not None and rank_meta.get("loss_scaler"):
             self.loss_scaler.load_state_dict(rank_meta["loss_scaler"])

@@ -117,21 +117,21 @@ def test_loader_position_round_trips_through_json(shards, loader_class, batches_
     loader = loader_class(shards, 0, 1, "cpu")
     for _ in range(batches_before):  # 12 batches of 64 tokens cross shard and epoch boundaries
         loader.next_batch(64, 16, 1)
-    state = json.loads(json.dumps(loader.state_dict()))
+    state = json.loads(json.dumps(loader.position_state()))
     expected = [loader.next_batch(64, 16, 1) for _ in range(9)]
     other = loader_class(shards, 0, 1, "cpu")
     other.next_batch(64, 16, 1)  # wherever it was, loading puts it back
-    other.load_state_dict(state)
+    other.restore_position(state)
     for (x, y), (x2, y2) in zip(expected, [other.next_batch(64, 16, 1) for _ in range(9)]):
         assert torch.equal(x, x2) and torch.equal(y, y2)
 
 
 def test_loader_state_from_other_shards_is_refused(shards):
-    state = DistributedTokenLoader(shards, 0, 1, "cpu").state_dict()
+    state = DistributedTokenLoader(shards, 0, 1, "cpu").position_state()
     with pytest.raises(DataError, match="training data changed"):
-        DistributedTokenLoader(shards[:2], 0, 1, "cpu").load_state_dict(state)
+        DistributedTokenLoader(shards[:2], 0, 1, "cpu").restore_position(state)
     with pytest.raises(DataError, match="TRAIN_LOADER=shuffled"):
-        ShuffledSequenceLoader(shards, 0, 1, "cpu").load_state_dict(state)
+        ShuffledSequenceLoader(shards, 0, 1, "cpu").restore_position(state)
 
 
 def test_ctrl_c_sets_a_flag_then_a_later_one_interrupts_and_the_handler_is_restored():
