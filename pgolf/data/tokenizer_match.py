@@ -67,21 +67,31 @@ def manifest_tokenizer_entry(manifest: dict | None) -> dict:
     return entries[0] if len(entries) == 1 else {}
 
 
-def tokenizer_fingerprint_problem(tokenizer_path: str | os.PathLike, manifest: dict | None,
-                                  data_dir: str | os.PathLike) -> str | None:
-    """Why ``tokenizer_path`` is not the tokenizer the manifest names (None when it is, or when the
-    manifest records no fingerprint)."""
+def tokenizer_fingerprint_mismatch(tokenizer_path: str | os.PathLike, manifest: dict | None) -> tuple[str, str] | None:
+    """``(actual, expected)`` sha256 when ``tokenizer_path`` is not the tokenizer the manifest names (None when
+    it is, or when the manifest records no fingerprint)."""
     expected = manifest_tokenizer_entry(manifest).get("sha256")
     if not expected:
         return None
     actual = file_sha256(tokenizer_path)
-    if actual == expected:
-        return None
+    return None if actual == expected else (actual, expected)
+
+
+def fingerprint_mismatch_message(tokenizer_path: str | os.PathLike, manifest: dict | None, data_dir: str | os.PathLike,
+                                 actual: str, expected: str) -> str:
     recorded = manifest_tokenizer_entry(manifest).get("model_path") or "its tokenizer"
     return (f"the tokenizer {tokenizer_path} (sha256 {actual[:16]}...) is not the one the shards in {data_dir} were "
             f"made with: their {DATASET_MANIFEST_NAME} records sha256 {expected[:16]}... ({recorded}). Scoring with "
             "another tokenizer counts the wrong bytes; use the tokenizer the shards were exported with (TOKENIZER_PATH, "
             "or --tokenizer).")
+
+
+def tokenizer_fingerprint_problem(tokenizer_path: str | os.PathLike, manifest: dict | None,
+                                  data_dir: str | os.PathLike) -> str | None:
+    """Why ``tokenizer_path`` is not the tokenizer the manifest names (None when it is, or when the
+    manifest records no fingerprint)."""
+    mismatch = tokenizer_fingerprint_mismatch(tokenizer_path, manifest)
+    return None if mismatch is None else fingerprint_mismatch_message(tokenizer_path, manifest, data_dir, *mismatch)
 
 
 def sample_documents(tokens, bos_id: int, max_docs: int = TOKENIZER_SAMPLE_DOCS,
@@ -97,10 +107,10 @@ def sample_documents(tokens, bos_id: int, max_docs: int = TOKENIZER_SAMPLE_DOCS,
     return [(b, np.asarray(head[b + 1: e], dtype=np.int64)) for b, e in spans]
 
 
-def tokenizer_reencoding_problem(sp: spm.SentencePieceProcessor, tokens, bos_id: int,
-                                 tokenizer_path: str | os.PathLike, where: str | os.PathLike) -> str | None:
-    """Why the tokenizer did not make these validation ``tokens`` (None when it did, or when the start
-    of the stream holds no complete document to test)."""
+def tokenizer_reencoding_misses(sp: spm.SentencePieceProcessor, tokens, bos_id: int) -> tuple[int, int, int] | None:
+    """``(matched, sampled, first_miss)`` when too few sampled validation documents of ``tokens`` come back
+    from decoding and encoding again with ``sp`` (None when enough do, or when the start of the stream
+    holds no complete document to test)."""
     documents = sample_documents(tokens, bos_id)
     if not documents:
         return None
@@ -113,24 +123,40 @@ def tokenizer_reencoding_problem(sp: spm.SentencePieceProcessor, tokens, bos_id:
             first_miss = position
     if matched >= TOKENIZER_SAMPLE_MIN_MATCH * len(documents):
         return None
-    return (f"the tokenizer {tokenizer_path} did not make the validation shards in {where}: of {len(documents)} "
+    return matched, len(documents), first_miss
+
+
+def reencoding_misses_message(tokenizer_path: str | os.PathLike, where: str | os.PathLike, matched: int, sampled: int,
+                              first_miss: int) -> str:
+    return (f"the tokenizer {tokenizer_path} did not make the validation shards in {where}: of {sampled} "
             f"validation documents decoded with it and encoded again, {matched} give back their token ids (the first "
             f"that does not starts at token {first_miss}). The shards were made with another tokenizer (another "
             "vocabulary, or one of the same size trained on other text), so its byte tables would count the wrong "
             "bytes. Use the tokenizer the shards were exported with (TOKENIZER_PATH, or --tokenizer).")
 
 
+def tokenizer_reencoding_problem(sp: spm.SentencePieceProcessor, tokens, bos_id: int,
+                                 tokenizer_path: str | os.PathLike, where: str | os.PathLike) -> str | None:
+    """Why the tokenizer did not make these validation ``tokens`` (None when it did, or when the start
+    of the stream holds no complete document to test)."""
+    misses = tokenizer_reencoding_misses(sp, tokens, bos_id)
+    return None if misses is None else reencoding_misses_message(tokenizer_path, where, *misses)
+
+
 def check_tokenizer_matches_shards(sp: spm.SentencePieceProcessor, tokenizer_path: str | os.PathLike,
                                    data_dir: str | os.PathLike, val_tokens, bos_id: int) -> None:
     """DataError unless the tokenizer made the shards: by the manifest's fingerprint when it has one,
     else by re-encoding sampled validation documents."""
+    # Found here and worded at the raise, so that `pgolf export` can move the wording out of the counted script.
     manifest = read_dataset_manifest(data_dir)
     if manifest_tokenizer_entry(manifest).get("sha256"):
-        problem = tokenizer_fingerprint_problem(tokenizer_path, manifest, data_dir)
-    else:
-        problem = tokenizer_reencoding_problem(sp, val_tokens, bos_id, tokenizer_path, data_dir)
-    if problem is not None:
-        raise DataError(problem)
+        mismatch = tokenizer_fingerprint_mismatch(tokenizer_path, manifest)
+        if mismatch is not None:
+            raise DataError(fingerprint_mismatch_message(tokenizer_path, manifest, data_dir, *mismatch))
+        return
+    misses = tokenizer_reencoding_misses(sp, val_tokens, bos_id)
+    if misses is not None:
+        raise DataError(reencoding_misses_message(tokenizer_path, data_dir, *misses))
 
 
 def check_bos_token_id(sp: spm.SentencePieceProcessor, bos_token_id: int, tokenizer_path: str | os.PathLike) -> None:

@@ -47,20 +47,22 @@ def _optim_groups_matching(
     return candidates
 
 
-def _optim_group_error(name: str, param: torch.Tensor, candidates: list[str], tie_embeddings: bool) -> ConfigError:
+def _optim_group_message(name: str, param: torch.Tensor, candidates: list[str], tie_embeddings: bool) -> str:
+    """Why ``name`` has not exactly one group. A message only: raised at the call site, so `pgolf export`
+    moves it out of the counted script (it drops what only words an error)."""
     shape = tuple(param.shape)
     if candidates:
-        return ConfigError(
+        return (
             f"parameter {name!r} (shape {shape}) matches several optimizer groups {candidates}; every "
             "parameter must be trained by exactly one optimizer. Rename it or adjust "
             "CONTROL_TENSOR_NAME_PATTERNS so that only one rule in pgolf/optim/groups.py applies."
         )
     if name == "lm_head.weight" and tie_embeddings:
-        return ConfigError(
+        return (
             "the model has a separate 'lm_head.weight' but TIE_EMBEDDINGS is on; build the model with "
             "tie_embeddings matching the config (TIE_EMBEDDINGS=0 to train an untied head)."
         )
-    return ConfigError(
+    return (
         f"parameter {name!r} (shape {shape}) belongs to no optimizer group, so it would never be trained. "
         "Give it a name matching a control pattern (CONTROL_TENSOR_NAME_PATTERNS) if it is a small "
         "control tensor, or add a rule for it in pgolf/optim/groups.py."
@@ -85,7 +87,7 @@ def assign_parameter_groups(
             name, param, tie_embeddings=tie_embeddings, control_patterns=control_patterns
         )
         if len(candidates) != 1:
-            raise _optim_group_error(name, param, candidates, tie_embeddings)
+            raise ConfigError(_optim_group_message(name, param, candidates, tie_embeddings))
         groups[candidates[0]].append((name, param))
     if not groups["token"]:
         raise ConfigError(
