@@ -41,6 +41,8 @@ SDPA_BACKENDS = {
     "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION,
     "sdpa_math": SDPBackend.MATH,
 }
+# The ATTENTION_BACKEND values that force one SDPA kernel ("sdpa" lets SDPA choose).
+FORCED_SDPA_BACKENDS = ("sdpa_flash", "sdpa_efficient", "sdpa_math")
 # Every ATTENTION_BACKEND name, as the config declares them: SDPA_BACKENDS, "auto", "fa3" and "eager".
 ATTENTION_BACKENDS = config_field_choices()["attention_backend"]
 FA3_MODULE = "flash_attn_interface"
@@ -148,8 +150,9 @@ def sdpa_attention(q_BHTD: torch.Tensor, k_BKTD: torch.Tensor, v_BKTD: torch.Ten
     num_heads = q_BHTD.size(1)
     mask = None if segments_BT is None else document_causal_mask(segments_BT)
     # The memory-efficient kernel has no GQA; with a mask, enable_gqa would also push CUDA onto the
-    # math kernel. Repeating K/V heads keeps both on a fused kernel.
-    if kernel == SDPBackend.EFFICIENT_ATTENTION or (mask is not None and q_BHTD.is_cuda):
+    # math kernel. Repeating K/V heads keeps both on a fused kernel. (`kernel is not None` first: an
+    # export where SDPA chooses its kernel then folds the test and ships no repeat.)
+    if (kernel is not None and kernel == SDPBackend.EFFICIENT_ATTENTION) or (mask is not None and q_BHTD.is_cuda):
         k_BKTD, v_BKTD = repeat_kv_heads(k_BKTD, num_heads), repeat_kv_heads(v_BKTD, num_heads)
     with nullcontext() if kernel is None else sdpa_kernel(kernel):
         return F.scaled_dot_product_attention(q_BHTD, k_BKTD, v_BKTD, attn_mask=mask, is_causal=mask is None,
@@ -228,13 +231,16 @@ class CausalSelfAttention(nn.Module):
         # Segments come only with DOC_ISOLATED_ATTENTION; saying so here lets `pgolf export` drop the
         # document masks and varlen kernel from every other configuration (the value is the same).
         segments = segments_BT if self.doc_isolated else None
+        # Decided by the backend name where it can be (eager, a forced SDPA kernel), so that `pgolf export`
+        # drops the kernels a configuration never runs; "auto" decides by the tensors' device.
+        if self.backend == "eager":
+            return eager_attention(q_BHTD, k_BKTD, v_BKTD, segments)
         kernel = choose_attention_kernel(self.backend, on_cuda=q_BHTD.is_cuda,
                                          fa3_ready=self.flash_attn_3 is not None)
         if kernel == "fa3":
             return flash_attention_3(self.flash_attn_3, q_BHTD, k_BKTD, v_BKTD, segments)
-        if kernel == "eager":
-            return eager_attention(q_BHTD, k_BKTD, v_BKTD, segments)
-        return sdpa_attention(q_BHTD, k_BKTD, v_BKTD, segments, SDPA_BACKENDS[kernel])
+        forced = SDPA_BACKENDS[self.backend] if self.backend in FORCED_SDPA_BACKENDS else None
+        return sdpa_attention(q_BHTD, k_BKTD, v_BKTD, segments, forced)
 
     def forward(self, x_BTD: torch.Tensor, segments_BT: torch.Tensor | None = None) -> torch.Tensor:
         """``segments_BT``: document segment ids (``document_segment_ids``) to keep attention inside

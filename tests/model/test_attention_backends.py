@@ -14,8 +14,8 @@ import torch
 import pgolf.model.attention as attention
 from pgolf.config import ModelConfig
 from pgolf.errors import ConfigError
-from pgolf.model.attention import (CausalSelfAttention, describe_attention_backend, eager_attention, flash_attention_3,
-                                   resolve_attention_backend, sdpa_attention)
+from pgolf.model.attention import (FORCED_SDPA_BACKENDS, SDPA_BACKENDS, CausalSelfAttention, describe_attention_backend,
+                                   eager_attention, flash_attention_3, resolve_attention_backend, sdpa_attention)
 from pgolf.model.gpt import GPT
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -227,3 +227,8 @@ def test_a_model_holding_fa3_can_be_deep_copied(monkeypatch):
     module = CausalSelfAttention(dataclasses.replace(CFG, attention_backend="fa3"), 0)
     assert module.flash_attn_3 is not None
     assert copy.deepcopy(module).flash_attn_3.flash_attn_func is module.flash_attn_3.flash_attn_func
+
+
+def test_the_forced_sdpa_names_are_the_sdpa_backends_that_name_a_kernel():
+    """attend() picks a forced SDPA kernel by FORCED_SDPA_BACKENDS: it must list exactly those entries."""
+    assert set(FORCED_SDPA_BACKENDS) == {name for name, kernel in SDPA_BACKENDS.items() if kernel is not None}
