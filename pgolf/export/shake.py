@@ -29,6 +29,11 @@ from pgolf.export.program import Program, Section, is_docstring, statement_bound
 
 SWITCH_SUFFIX = "_EXPORT_SWITCH"
 # Names every module namespace has without a definition.
+# A program that mentions one of these may read class-field annotations at run time: they stay as written.
+ANNOTATION_READERS = frozenset({"get_type_hints", "get_annotations", "__annotations__", "signature",
+                                "__dataclass_fields__", "__signature__"})
+# Annotations dataclasses give a meaning to (a field annotated with one is not an ordinary field).
+SPECIAL_FIELD_ANNOTATIONS = frozenset({"ClassVar", "InitVar", "KW_ONLY", "Final"})
 MODULE_DUNDERS = frozenset({"__name__", "__file__", "__doc__", "__builtins__", "__spec__", "__loader__",
                             "__package__", "__annotations__", "__dict__"})
 
@@ -246,10 +251,80 @@ class _AnnotationCleaner(ast.NodeTransformer):
 
 
 def drop_dangling_annotations(program: Program) -> None:
-    """Once shaking is done (until then annotations carry the types the folding reads)."""
+    """Once shaking is done (until then annotations carry the types the folding reads); then the
+    dataclass fields' annotations are shortened (:func:`shorten_field_annotations`)."""
     cleaner = _AnnotationCleaner({n for s in program.statements() for n in statement_bound_names(s)})
     for section in program.sections:
         section.body = [cleaner.visit(statement) for statement in section.body]
+    shorten_field_annotations(program)
+
+
+def shorten_field_annotations(program: Program) -> int:
+    """A dataclass needs each field annotated but reads nothing of the annotation beyond ClassVar,
+    InitVar and KW_ONLY: one that is not a plain name becomes ``object`` (``Literal['a', 'b']``,
+    ``tuple[int, ...]``, ``torch.Tensor``, ``int | None``). Only when nothing in the program can read
+    annotations (:func:`annotations_may_be_read`). Returns how many changed."""
+    if annotations_may_be_read(program):
+        return 0
+    changed = 0
+    for statement in program.statements():
+        if not (isinstance(statement, ast.ClassDef) and _is_plain_dataclass(statement)):
+            continue
+        for item in statement.body:
+            if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                short = _short_annotation(item.annotation)
+                if short is not None:
+                    item.annotation = ast.copy_location(ast.Name(id=short, ctx=ast.Load()), item.annotation)
+                    changed += 1
+    return changed
+
+
+def annotations_may_be_read(program: Program) -> bool:
+    """The program mentions a reader of annotations, or reads ``.type`` of something a
+    ``dataclasses.fields()`` call produced (or uses such a call other than as a loop's iterable)."""
+    found = references(*program.statements())
+    if (found.names | found.attributes | found.strings) & ANNOTATION_READERS:
+        return True
+    field_loop_names: set[str] = set()
+    loop_iterables: set[int] = set()
+    for node in ast.walk(program.tree()):
+        if isinstance(node, (ast.For, ast.comprehension)):
+            loop_iterables.add(id(node.iter))
+            if _calls_named(node.iter, "fields"):
+                field_loop_names |= {n.id for n in ast.walk(node.target) if isinstance(n, ast.Name)}
+    for node in ast.walk(program.tree()):
+        if _calls_named(node, "fields") and id(node) not in loop_iterables:
+            return True
+        if isinstance(node, ast.Attribute) and node.attr == "type" and isinstance(node.value, ast.Name) \
+                and node.value.id in field_loop_names:
+            return True
+    return False
+
+
+def _calls_named(node: ast.AST, name: str) -> bool:
+    if not isinstance(node, ast.Call):
+        return False
+    func = node.func
+    return (isinstance(func, ast.Name) and func.id == name) or (isinstance(func, ast.Attribute) and func.attr == name)
+
+
+def _is_plain_dataclass(cls: ast.ClassDef) -> bool:
+    """Decorated with ``dataclass`` (called or not) and nothing else."""
+    decorators = [d.func if isinstance(d, ast.Call) else d for d in cls.decorator_list]
+    return bool(decorators) and all(
+        (isinstance(d, ast.Name) and d.id == "dataclass") or (isinstance(d, ast.Attribute) and d.attr == "dataclass")
+        for d in decorators)
+
+
+def _short_annotation(annotation: ast.expr) -> str | None:
+    """``object`` (true of every value, and what compresses best) for a field annotation that is not a
+    plain name; None to keep it: a plain name, a string, or one that dataclasses reads."""
+    if isinstance(annotation, (ast.Name, ast.Constant)):
+        return None  # from a string annotation dataclasses reads ClassVar/InitVar out of the text
+    if any(isinstance(n, (ast.Name, ast.Attribute)) and (getattr(n, "id", None) or getattr(n, "attr", None))
+           in SPECIAL_FIELD_ANNOTATIONS for n in ast.walk(annotation)):
+        return None
+    return "object"
 
 
 def unresolved_names(source: str) -> list[str]:

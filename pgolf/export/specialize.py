@@ -17,6 +17,9 @@ replaced by its value. Then whatever those values decide is decided here, at exp
   None``); a property or function that only returns a constant; a parameter to which every call of
   its function passes the same constant (``MLP(..., fused=False)``); ``TABLE["key"]`` of a module-level
   dict that is never changed; a module-level name bound once to a short constant, read in a function;
+  ``isinstance(<constant>, <builtin types>)``; ``any(False for x in xs)``/``all(True for x in xs)``
+  when iterating ``xs`` runs no code; a neutral constant where only a truth value counts
+  (``x and True`` -> ``x`` in an ``if`` test: :func:`as_test`);
 * **dead code**: an ``if`` whose test is constant keeps one branch; statements after ``return`` or
   ``raise`` go; a local that is assigned but never read goes.
 
@@ -46,6 +49,12 @@ MUTATING_METHODS = frozenset({"update", "pop", "popitem", "setdefault", "clear",
 # Builtins whose value on constants the exporter may compute (unless the program rebinds the name).
 PURE_BUILTINS = {"len": len, "bool": bool, "int": int, "float": float, "str": str, "abs": abs, "min": min,
                  "max": max, "round": round}
+# Builtin types ``isinstance(<constant>, ...)`` is decided against (unless the program rebinds the name).
+BUILTIN_TYPES = {"bool": bool, "int": int, "float": float, "complex": complex, "str": str, "bytes": bytes,
+                 "tuple": tuple, "list": list, "dict": dict, "set": set, "frozenset": frozenset, "object": object,
+                 "type": type}
+# Annotations of a parameter whose iteration runs no code of the program (annotations are trusted).
+SEQUENCE_ANNOTATIONS = frozenset({"list", "tuple", "dict", "set", "frozenset"})
 BINARY_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
                     ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
                     ast.BitAnd: operator.and_, ast.BitOr: operator.or_, ast.BitXor: operator.xor,
@@ -611,7 +620,7 @@ class Folder(ast.NodeTransformer):
         return node
 
     def visit_If(self, node: ast.If):
-        node.test = self.visit(node.test)
+        node.test = as_test(self.visit(node.test))
         known, value = truthiness(node.test)
         if known:
             chosen = node.body if value else node.orelse
@@ -621,7 +630,7 @@ class Folder(ast.NodeTransformer):
         return node
 
     def visit_While(self, node: ast.While):
-        node.test = self.visit(node.test)
+        node.test = as_test(self.visit(node.test))
         known, value = truthiness(node.test)
         if known and not value:
             return self.fold_block(node.orelse, None) if node.orelse else []
@@ -631,6 +640,7 @@ class Folder(ast.NodeTransformer):
 
     def visit_Assert(self, node: ast.Assert):
         self.generic_visit(node)
+        node.test = as_test(node.test)
         known, value = constant_value(node.test)
         return [] if known and value else node
 
@@ -681,7 +691,7 @@ class Folder(ast.NodeTransformer):
         for index, generator in enumerate(node.generators):
             if index:
                 generator.iter = self.visit(generator.iter)
-            generator.ifs = [self.visit(condition) for condition in generator.ifs]
+            generator.ifs = [as_test(self.visit(condition)) for condition in generator.ifs]
         for name in ("elt", "key", "value"):
             if hasattr(node, name):
                 setattr(node, name, self.visit(getattr(node, name)))
@@ -782,6 +792,9 @@ class Folder(ast.NodeTransformer):
         if name == "isinstance" and not self.facts.top_level_counts.get(name) and len(node.args) == 2 \
                 and not node.keywords and _is_pure(node.args[0]):
             return self._fold_isinstance(node)
+        if name in ("any", "all") and not self.facts.top_level_counts.get(name) and len(node.args) == 1 \
+                and not node.keywords:
+            return self._fold_any_all(node, name == "any")
         if name in self.facts.constant_functions and all(_is_pure(argument) for argument in arguments):
             value = self.facts.constant_functions[name]
             return _constant(value, node) if representable(value) else node
@@ -791,9 +804,13 @@ class Folder(ast.NodeTransformer):
         return node
 
     def _fold_isinstance(self, node: ast.Call) -> ast.AST:
-        """Drop classes no instance of which can exist; none left: False."""
+        """A constant against builtin types is decided; otherwise drop classes no instance of which can
+        exist (none left: False)."""
         classes = node.args[1]
         items = classes.elts if isinstance(classes, ast.Tuple) else [classes]
+        builtin_types = [self._builtin_type(c) for c in items]
+        if isinstance(node.args[0], ast.Constant) and items and all(builtin_types):
+            return _evaluated(lambda: isinstance(node.args[0].value, tuple(builtin_types)), node)
         left = [c for c in items if not (isinstance(c, ast.Name) and c.id in self.facts.never_instantiated
                                          and not self._locally_bound(c.id))]
         if not left:
@@ -802,11 +819,59 @@ class Folder(ast.NodeTransformer):
             node.args[1] = left[0] if len(left) == 1 else ast.Tuple(elts=left, ctx=ast.Load())
         return node
 
+    def _fold_any_all(self, node: ast.Call, is_any: bool) -> ast.AST:
+        """``any(False for x in xs)`` is False and ``all(True for x in xs)`` True when iterating ``xs``
+        runs no code (:meth:`_iterates_without_effect`): every element is the one that does not decide."""
+        items = node.args[0]
+        if not isinstance(items, (ast.GeneratorExp, ast.ListComp)) or len(items.generators) != 1:
+            return node
+        loop = items.generators[0]
+        known, value = constant_value(items.elt)
+        if not known or bool(value) == is_any or loop.ifs or loop.is_async or not isinstance(loop.target, ast.Name):
+            return node
+        return _constant(not is_any, node) if self._iterates_without_effect(loop.iter) else node
+
+    def _iterates_without_effect(self, node: ast.expr) -> bool:
+        """A constant or a display of constants, or a name of this function bound once: a parameter
+        annotated as a builtin container (annotations are trusted) or a local assigned a display or a
+        list comprehension (whose own evaluation has happened when the name was bound)."""
+        if isinstance(node, ast.Constant):
+            return isinstance(node.value, (tuple, str, bytes))
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return all(isinstance(e, ast.Constant) for e in node.elts)
+        function = self.scope.function
+        if not (isinstance(node, ast.Name) and isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef))) \
+                or self.facts.bindings(function).get(node.id) != 1:
+            return False
+        args = function.args
+        for parameter in args.posonlyargs + args.args + args.kwonlyargs:
+            if parameter.arg == node.id:
+                annotation = parameter.annotation
+                base = annotation.value if isinstance(annotation, ast.Subscript) else annotation
+                return isinstance(base, ast.Name) and base.id in SEQUENCE_ANNOTATIONS \
+                    and not self.facts.top_level_counts.get(base.id)
+        for statement in walk_scope(function):
+            if isinstance(statement, ast.Assign) and any(isinstance(t, ast.Name) and t.id == node.id
+                                                         for t in statement.targets):
+                return len(statement.targets) == 1 and isinstance(
+                    statement.value, (ast.List, ast.Tuple, ast.Set, ast.Dict, ast.ListComp, ast.DictComp, ast.SetComp))
+        return False
+
+    def _builtin_type(self, node: ast.AST) -> type | None:
+        """The builtin type ``node`` names, unless the program binds that name itself."""
+        if not (isinstance(node, ast.Name) and node.id in BUILTIN_TYPES):
+            return None
+        if self.facts.top_level_counts.get(node.id) or self._locally_bound(node.id):
+            return None
+        return BUILTIN_TYPES[node.id]
+
     def _is_opaque(self, *nodes: ast.AST) -> bool:
         return any(isinstance(n, ast.Constant) and type(n.value) is int and n.value in self.opaque for n in nodes)
 
     def visit_UnaryOp(self, node: ast.UnaryOp):
         self.generic_visit(node)
+        if isinstance(node.op, ast.Not):
+            node.operand = as_test(node.operand)
         known, value = constant_value(node.operand)
         if self._is_opaque(node.operand) and not isinstance(node.op, ast.Not):
             return node
@@ -870,7 +935,7 @@ class Folder(ast.NodeTransformer):
         return node
 
     def visit_IfExp(self, node: ast.IfExp):
-        node.test = self.visit(node.test)
+        node.test = as_test(self.visit(node.test))
         known, value = truthiness(node.test)
         if known:
             return self.visit(node.body if value else node.orelse)
@@ -896,6 +961,25 @@ def truthiness(node: ast.AST) -> tuple[bool, bool]:
             if not _is_pure(item):
                 return False, False
     return False, False
+
+
+def as_test(node: ast.expr) -> ast.expr:
+    """``node`` (folded already) where only its truth value counts: an if/while/assert test, a ``not``
+    operand, a comprehension condition, and then the operands of and/or in such a place. There a
+    neutral constant operand goes (``x and True`` -> ``x``, ``x or False`` -> ``x``): the value changes
+    but not its truth, and nothing that ran is skipped; a truth fixed without side effects (see
+    :func:`truthiness`) becomes that constant."""
+    if isinstance(node, ast.BoolOp):
+        neutral = isinstance(node.op, ast.And)  # True changes nothing in an `and`, False in an `or`
+        operands = [as_test(value) for value in node.values]
+        kept = [v for v in operands if not (isinstance(v, ast.Constant) and bool(v.value) == neutral)]
+        if not kept:
+            return _constant(neutral, node)
+        node.values = kept
+        if len(kept) == 1:
+            return kept[0]
+    known, value = truthiness(node)
+    return _constant(value, node) if known and not isinstance(node, ast.Constant) else node
 
 
 def _constant(value: Any, like: ast.AST) -> ast.AST:

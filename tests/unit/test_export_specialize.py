@@ -267,3 +267,123 @@ def test_a_module_level_constant_folds_where_functions_read_it():
     assert "name == 'auto'" in text and "AUTO" not in text and "NAMES" not in text and "return 2" not in text
     assert "return LONG" in text  # too long to write at every read
     assert "return SHADOWED" in text  # a parameter of that name is not the module's constant
+
+
+def test_isinstance_of_a_constant_against_builtin_types_is_decided():
+    text, _ = specialized('''
+        import sys
+
+        def check(stride):
+            if not isinstance(stride, int) or isinstance(stride, bool):
+                raise ValueError("stride")
+            return stride
+
+        def check_any(value):
+            return isinstance(value, (list, Box))
+
+        class Box:
+            pass
+
+        def main():
+            return check(2), check_any(Box()), isinstance(sys.argv, list)
+        ''')
+    assert "ValueError" not in text and "isinstance(2" not in text
+    # near misses: a program class among the types, a value that is not a constant
+    assert "isinstance(value, (list, Box))" in text and "isinstance(sys.argv, list)" in text
+
+
+def test_a_builtin_type_name_the_program_rebinds_is_not_decided():
+    text, _ = specialized('''
+        def check(stride, int=str):
+            return isinstance(stride, int)
+
+        def main():
+            return check(2)
+        ''')
+    assert "isinstance(2, int)" in text
+
+
+def test_neutral_constants_leave_tests_but_not_values():
+    text, _ = specialized('''
+        import os
+
+        def main(cfg: Config):
+            if os.path.exists("x") and not cfg.model.fused_mlp:
+                return 1
+            while os.getcwd() == "/" or cfg.model.fused_mlp:
+                break
+            flag = os.path.exists("y") and not cfg.model.fused_mlp
+            return [n for n in os.listdir(".") if n.startswith("a") or cfg.model.fused_mlp], flag
+        ''', entry="main(Config())")
+    assert "if os.path.exists('x'):" in text and "while os.getcwd() == '/':" in text
+    assert "if n.startswith('a')]" in text
+    assert "os.path.exists('y') and True" in text  # a value: `x and True` is True, not x, when x is truthy
+
+
+def test_any_of_constant_false_over_a_container_is_false():
+    source = '''
+        import sys
+
+        def sharded(optimizers: list[object]):
+            return any(False for opt in optimizers)
+
+        def listed():
+            items = [sys.argv, sys.path]
+            return all(True for item in items)
+
+        def unknown(optimizers):
+            return any(False for opt in optimizers)
+
+        def generated():
+            return any(False for line in open(sys.argv[0]))
+
+        def main():
+            return sharded(sys.argv), listed(), unknown(sys.argv), generated()
+        '''
+    text, _ = specialized(source)
+    assert "return (False, True, unknown(sys.argv), generated())" in text
+    # near misses: iterating an unannotated parameter or a call's result may run code
+    assert text.count("any(") == 2
+
+
+def test_dataclass_field_annotations_shrink_unless_something_reads_them():
+    source = '''
+        import dataclasses
+        from dataclasses import dataclass
+        from typing import ClassVar, Literal
+
+        @dataclass(frozen=True)
+        class Settings:
+            mode: Literal["a", "b"] = "a"
+            sizes: tuple[int, ...] = (1, 2)
+            count: int = 3
+            registry: ClassVar[dict[str, int]] = {}
+
+        class Plain:
+            tag: Literal["x"] = "x"
+
+        def main():
+            return Settings(), Plain(), ClassVar, Literal  # the names stay defined
+        '''
+    text, _ = specialized(source)
+    assert "mode: object = 'a'" in text and "sizes: object = (1, 2)" in text and "count: int = 3" in text
+    assert "registry: ClassVar[dict[str, int]]" in text  # dataclasses reads ClassVar
+    assert "tag: Literal['x']" in text  # not a dataclass
+    reader = source.replace("return Settings()", "return typing.get_type_hints(Settings)")
+    text, _ = specialized("import typing\n" + textwrap.dedent(reader))
+    assert "mode: Literal['a', 'b']" in text
+
+
+def test_dataclass_field_annotations_stay_when_a_field_type_is_read():
+    text, _ = specialized('''
+        import dataclasses
+        from dataclasses import dataclass
+
+        @dataclass
+        class Settings:
+            sizes: tuple[int, ...] = (1, 2)
+
+        def main():
+            return [f.type for f in dataclasses.fields(Settings)]
+        ''')
+    assert "sizes: tuple[int, ...]" in text
