@@ -4,6 +4,7 @@
     python bench/export_size.py record_sp8192 --explain      # ... and what each module costs
     python bench/export_size.py baseline_sp1024 --options    # python-minifier option variants, wrapped bytes
     python bench/export_size.py record_sp8192 --variants     # what each export choice saves, wrapped bytes
+                                                             # (messages kept, --full-records, checkpoints, wrappers)
 
 The wrapped size is the counted code size (the file ``pgolf export`` writes). Data paths are set to
 placeholders: they are baked as strings, so they cost their length (the presets' own paths are used
@@ -61,7 +62,9 @@ def print_variants(name: str, script) -> None:
     kept = build_exported_script(cfg, preset_name=name, keep_messages=True, verify=False)
     full = build_exported_script(apply_config_overrides(cfg, {"CHECKPOINT_EVERY": "100"}, source="bench"),
                                  preset_name=name, verify=False)
+    records = build_exported_script(cfg, preset_name=name, full_records=True, verify=False)
     rows = {f"chosen ({script.wrap_codec} wrapper)": script.wrapped_bytes, "messages kept": kept.wrapped_bytes,
+            "full records (report.json)": records.wrapped_bytes,
             "full pgolf.run entry (checkpoints)": full.wrapped_bytes}
     for codec in ("lzma", "brotli"):
         rows[f"{codec} wrapper"] = len(wrap_source(script.minified, codec=codec))
@@ -75,8 +78,8 @@ def main() -> int:
     parser.add_argument("--explain", action="store_true", help="per module: minified bytes, wrapped share")
     parser.add_argument("--options", action="store_true", help="wrapped bytes under python-minifier option variants")
     parser.add_argument("--variants", action="store_true",
-                        help="wrapped bytes with the messages kept, with the full pgolf.run entry "
-                             "(CHECKPOINT_EVERY=100) and with each wrapper codec")
+                        help="wrapped bytes with the messages kept, with full records (--full-records), with "
+                             "the full pgolf.run entry (CHECKPOINT_EVERY=100) and with each wrapper codec")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = []

@@ -175,6 +175,9 @@ def add_export_parser(sub) -> None:
                              "imports brotli anyway; brotli = always (about 1 KB smaller; needs the brotli package)")
     export.add_argument("--explain", action="store_true",
                         help="list what ships and why: each module, what pulled it in, its bytes")
+    export.add_argument("--full-records", action="store_true",
+                        help="the script also writes report.json and the bookkeeping of `pgolf train` (quantization "
+                             "plan, compile monitor, time budgets); by default it leaves them out to save code bytes")
     export.set_defaults(handler=run_export_command)
 
 

@@ -90,12 +90,29 @@ def final_evaluation_fields(phases: list[EvalPhase], budget: dict, roundtrip: Ev
     """Report fields of the sliding/TTT phases. ``val_bpb_final`` is the last phase's score (what the
     records report), the round trip's when no extra phase ran."""
     fields: dict = {"eval_budget": budget, "val_bpb_final": roundtrip.sums.val_bpb, "val_bpb_final_label": "quantized"}
-    for phase in phases:
-        fields[f"val_bpb_{phase.label}"] = phase.sums.val_bpb
-        fields[f"val_loss_{phase.label}"] = phase.sums.val_loss
+    fields.update(extra_phase_scores(phases))
     if phases:
         fields.update(val_bpb_final=phases[-1].sums.val_bpb, val_bpb_final_label=phases[-1].label)
     return fields
+
+
+def extra_phase_scores(phases: list[EvalPhase]) -> dict:
+    """``val_bpb_<label>`` and ``val_loss_<label>`` of each sliding/TTT phase."""
+    scores = {}
+    for phase in phases:
+        scores[f"val_bpb_{phase.label}"] = phase.sums.val_bpb
+        scores[f"val_loss_{phase.label}"] = phase.sums.val_loss
+    return scores
+
+
+def phase_score_fields(prequant: EvalPhase, roundtrip: EvalPhase | None, phases: list[EvalPhase]) -> dict:
+    """Every score a run measured, by its report key: before quantization, the round trip (None: the run
+    stopped before quantizing) and each later phase."""
+    scores = {"val_loss_prequant": prequant.sums.val_loss, "val_bpb_prequant": prequant.sums.val_bpb}
+    if roundtrip is not None:
+        scores.update(val_loss=roundtrip.sums.val_loss, val_bpb=roundtrip.sums.val_bpb)
+    scores.update(extra_phase_scores(phases))
+    return scores
 
 
 def phase_is_finite(phase: EvalPhase) -> bool:
@@ -174,12 +191,18 @@ def json_safe_report(report: dict) -> dict:
 SCORE_KEY_PREFIXES = ("val_loss", "val_bpb", "quant_gap_bpb", "uniform_guess_bpb")
 
 
-def refuse_non_finite_scores(report: dict, report_path: Path) -> None:
-    """TrainingError when a score in the report is not a finite number: a diverged run has no score."""
-    non_finite = {key: value for key, value in (json_safe_report(report).get("non_finite") or {}).items()
-                  if key.startswith(SCORE_KEY_PREFIXES)}
-    if not non_finite:
-        return
+def refuse_non_finite_scores(report: dict, report_path: Path | None = None) -> None:
+    """TrainingError when a score in the report (a top-level key, see SCORE_KEY_PREFIXES) is not a finite
+    number: a diverged run has no score. ``report_path``: where the run's report is (None: a run without
+    one, whose log holds what was measured)."""
+    non_finite = {key: str(value) for key, value in report.items()
+                  if key.startswith(SCORE_KEY_PREFIXES) and isinstance(value, float) and not math.isfinite(value)}
+    if non_finite:
+        raise TrainingError(no_valid_score_message(non_finite, report_path))
+
+
+def no_valid_score_message(non_finite: dict[str, str], report_path: Path | None) -> str:
+    """Which scores are not finite, the likely cause by the first phase that failed, and what to do."""
     values = ", ".join(f"{key}={value}" for key, value in non_finite.items())
     lower_rates = ("lower the learning rates (MATRIX_LR, SCALAR_LR, TIED_EMBED_LR, EMBED_LR) or set GRAD_CLIP_NORM, "
                    "and train a new run")
@@ -191,8 +214,9 @@ def refuse_non_finite_scores(report: dict, report_path: Path) -> None:
     else:
         why = ("the artifact scores finite but a later evaluation phase does not: lower TTT_LR / TTT_LORA_LR and "
                "re-score the run with `pgolf eval`")
-    raise TrainingError(f"the run has no valid score ({values}): {why}. {report_path} records what was measured "
-                        "(null for each of these, listed under non_finite).")
+    recorded = (f"{report_path} records what was measured (null for each of these, listed under non_finite)"
+                if report_path is not None else "train.log and metrics.jsonl record what was measured")
+    return f"the run has no valid score ({values}): {why}. {recorded}."
 
 
 def publish_report(report: dict, run_dir: Path, logger: RunLogger, size: SizeReport | None, is_main: bool) -> dict:

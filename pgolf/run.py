@@ -17,9 +17,9 @@ from pgolf.fsutil import write_text_atomic
 from pgolf.log import RunLogger
 from pgolf.model.gpt import build_model
 from pgolf.model.layers import enable_fp8_matmul
-from pgolf.report import build_report, log_header, publish_report
+from pgolf.report import log_header
 from pgolf.runtime import seed_everything
-from pgolf.steps import quantize_and_score, train_prepared_model
+from pgolf.steps import quantize_and_score, record_run, train_prepared_model
 from pgolf.train.memory import check_training_fits_memory
 from pgolf.train.resume import (RunStart, record_finished_training, restore_finished_training,
                                 set_aside_unfinished_outputs)
@@ -83,11 +83,9 @@ def run_pipeline(cfg: Config, ctx: DistContext, start: RunStart, logger: RunLogg
     else:
         parts, checkpoints = prepare_training(model, cfg, ctx, data, start, logger, preset_name=preset_name,
                                               on_checkpoint_written=on_checkpoint_written)
-        outcome = train_prepared_model(parts, cfg, ctx, logger, evaluate, checkpoints)
+        outcome = train_prepared_model(parts, cfg, ctx, logger, evaluate, checkpoints, diagnostics=True)
         if ctx.is_main:  # from here on, an interrupted run resumes from these weights, never trains again
             record_finished_training(model, start.run_dir, outcome, preset_name)
-    scored = quantize_and_score(model, cfg, ctx, data, evaluate, run_dir, logger, code_bytes, outcome)
-    report = build_report(cfg, preset_name, run_dir, model, outcome, scored.prequant, scored.roundtrip, scored.size,
-                          header)
-    report.update(scored.fields)
-    return publish_report(report, run_dir, logger, scored.size, ctx.is_main)
+    scored = quantize_and_score(model, cfg, ctx, data, evaluate, run_dir, logger, code_bytes, outcome,
+                                diagnostics=True)
+    return record_run(cfg, preset_name, run_dir, model, outcome, header, scored, logger, ctx.is_main)

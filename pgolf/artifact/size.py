@@ -73,20 +73,23 @@ class SizeReport:
 
 def check_artifact_fits(report: SizeReport) -> SizeReport:
     """Return ``report`` unchanged if the artifact fits; otherwise raise ArtifactError saying by how much."""
-    if report.fits:
-        return report
+    if not report.fits:
+        raise ArtifactError(over_cap_message(report))
+    return report
+
+
+def over_cap_message(report: SizeReport) -> str:
+    """By how much ``report`` is over the cap, what the model may weigh with this code, and how to fit."""
     note = f" ({report.code_bytes_note})" if report.code_bytes_note else ""
     largest_model = report.cap - report.code_bytes
     if largest_model > 0:
         what_fits = f"with {report.code_bytes:,} code bytes the model may be at most {largest_model:,} bytes"
     else:
         what_fits = "the code alone is over the cap, so no model fits; shrink the code first"
-    raise ArtifactError(
-        f"artifact is {report.total_bytes:,} bytes (code {report.code_bytes:,}{note} + model "
-        f"{report.model_bytes:,}), over the {report.cap:,}-byte cap by {-report.margin_bytes:,} bytes; "
-        f"{what_fits}. To fit: use a stronger compressor (compressor=auto, or brotli/lzma with shuffle "
-        "stride 2), fewer bits per weight, or a smaller model (fewer layers or a narrower width)."
-    )
+    return (f"artifact is {report.total_bytes:,} bytes (code {report.code_bytes:,}{note} + model "
+            f"{report.model_bytes:,}), over the {report.cap:,}-byte cap by {-report.margin_bytes:,} bytes; "
+            f"{what_fits}. To fit: use a stronger compressor (compressor=auto, or brotli/lzma with shuffle "
+            "stride 2), fewer bits per weight, or a smaller model (fewer layers or a narrower width).")
 
 
 def _module_source_path(module_name: str) -> Path:

@@ -1,10 +1,12 @@
 """``pgolf export RUN_DIR|PRESET [KEY=value ...] [-o train_gpt.py] [--json] [--explain] [--keep-messages]
-[--wrapper auto|lzma|brotli]``
+[--wrapper auto|lzma|brotli] [--full-records]``
 (tooling: never exported).
 
 Writes the one-file ``train_gpt.py`` (specialized to the configuration, minified, wrapped: its size is
 the code size) and ``train_gpt.readable.py`` beside it; how the script is built is in
-:mod:`pgolf.export.bundle`. ``--explain`` lists what ships and why.
+:mod:`pgolf.export.bundle`. ``--explain`` lists what ships and why. The script writes config.json,
+train.log, metrics.jsonl and the artifact; ``--full-records`` makes it write ``report.json`` and the
+bookkeeping of a ``pgolf train`` run too (at a cost in code bytes, docs/export.md).
 """
 
 import argparse
@@ -55,7 +57,7 @@ def explanation(script: ExportedScript) -> dict:
                 "minified_bytes": costs.get(m.name, (0, 0))[0], "wrapped_bytes_estimate": costs.get(m.name, (0, 0))[1]}
                for m in script.shipped]
     return {"modules": modules, "dropped_modules": list(script.dropped_modules),
-            "fixed_fields": len(script.fixed_fields)}
+            "fixed_fields": len(script.fixed_fields), "full_records": script.full_records}
 
 
 def print_explanation(script: ExportedScript, explained: dict) -> None:
@@ -65,6 +67,8 @@ def print_explanation(script: ExportedScript, explained: dict) -> None:
               f"{row['wrapped_bytes_estimate']:9,d}  {row['why']} ({row['kept']}/{row['dropped']})")
     dropped = ", ".join(name.removeprefix("pgolf.") for name in explained["dropped_modules"]) or "none"
     print(f"not shipped (this configuration never runs them): {dropped}")
+    print("records: " + ("full (report.json and the bookkeeping of `pgolf train`)" if explained["full_records"] else
+                         "lean (no report.json: --full-records adds it and the bookkeeping of `pgolf train`)"))
     print("wrapped~: bytes the script would lose without the module (LZMA compresses the modules together, so "
           "these do not add up to the total)")
 
@@ -76,7 +80,8 @@ def run_export_command(args: argparse.Namespace) -> int:
     cfg, preset_name = export_target_config(args.target, args.overrides)
     script = build_exported_script(cfg, preset_name=preset_name,
                                    keep_messages=getattr(args, "keep_messages", False),
-                                   wrapper=getattr(args, "wrapper", "auto"))
+                                   wrapper=getattr(args, "wrapper", "auto"),
+                                   full_records=getattr(args, "full_records", False))
     output, readable = write_exported_script(script, args.output)
     explained = explanation(script) if getattr(args, "explain", False) else None
     if args.json:

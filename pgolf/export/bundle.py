@@ -8,7 +8,8 @@ The script is a build of the package for one configuration:
    run lock or the long header: what a submission never uses) unless the configuration asks for
    checkpoints (``CHECKPOINT_EVERY`` / ``CHECKPOINT_EVERY_SECONDS``), which only ``pgolf.run`` writes;
 2. bake: the section classes' defaults become the configuration's values, so ``Config()`` in the
-   script is the baked configuration; an entry calls ``main(cfg)``. Only :data:`ENVIRONMENT_FIELDS`
+   script is the baked configuration; an entry calls ``main(cfg)`` (``full_records=False`` by default:
+   the script leaves out report.json and the bookkeeping only pgolf's tools read). Only :data:`ENVIRONMENT_FIELDS`
    may still come from the environment (``SEED=42``); every other field is fixed;
 3. specialize and shake: every read of a fixed field is replaced by its value, what that decides is
    decided, and what nothing reaches any more is dropped, whole modules included
@@ -80,7 +81,7 @@ FIXED_POINT_TRIES = 10
 # Without a fixed point, the sizes past the largest one seen that are tried as the stated size.
 PADDING_SEARCH = 1024
 # Bump when the exporter's output changes for the same package and configuration (cache key).
-EXPORT_FORMAT_VERSION = 5
+EXPORT_FORMAT_VERSION = 6
 EXPORT_CACHE_FOLDER = "export"
 
 ENTRY_TEMPLATE = '''# ---- train_gpt.py entry (written by pgolf export) ----
@@ -105,7 +106,7 @@ def _run_exported_script() -> int:
     return 0
 
 
-def _environment_config(baked):
+def _environment_config(baked: Config):
     """``baked`` with the environment's values of the fields it may set. A variable naming another field
     must hold that field's baked value: the program was built for it."""
     changes, fixed = {{}}, []
@@ -166,6 +167,7 @@ class ExportedScript:
     preset_name: str
     code_hash: str
     baked_code_bytes: bool  # True when the script passes its own wrapped size to main(code_bytes=...)
+    full_records: bool = False  # the script writes report.json and pgolf train's bookkeeping too
     shipped: tuple[ShippedModule, ...] = ()
     dropped_modules: tuple[str, ...] = ()  # core modules the run imports that the configuration never reaches
     fixed_fields: tuple[str, ...] = ()  # fields folded into the script (the environment cannot change them)
@@ -196,7 +198,7 @@ class ExportedScript:
                 "wrapped_bytes": self.wrapped_bytes, "wrap_codec": self.wrap_codec, "code_hash": self.code_hash,
                 "preset": self.preset_name,
                 "modules": list(self.modules), "dropped_modules": list(self.dropped_modules),
-                "baked_code_bytes": self.baked_code_bytes}
+                "baked_code_bytes": self.baked_code_bytes, "full_records": self.full_records}
 
 
 def export_ready_config(cfg: Config) -> Config:
@@ -268,13 +270,17 @@ def _main_parameters(flat: FlattenedSource, entry_module: str) -> list[str]:
 
 
 def entry_source(preset_name: str, code_bytes: int | None, *, entry_module: str = FULL_RUN_ENTRY_MODULE,
-                 main_parameters: tuple[str, ...] = ("preset_cfg", "code_bytes"), keep_messages: bool = True) -> str:
+                 main_parameters: tuple[str, ...] = ("preset_cfg", "code_bytes"), keep_messages: bool = True,
+                 full_records: bool = False) -> str:
     """The script's last section: what the environment may set, and the call of ``main`` with the preset's
-    name, the baked configuration (when ``main`` takes ``preset_cfg``) and ``code_bytes`` (when ``main``
-    takes it and it is known), written as literals so the exporter can fold them."""
+    name, the baked configuration (when ``main`` takes ``preset_cfg``), ``code_bytes`` (when ``main``
+    takes it and it is known) and ``full_records`` (when ``main`` takes it: report.json and the
+    bookkeeping of ``pgolf train``), written as literals so the exporter can fold them."""
     arguments = ", preset_cfg=baked" if "preset_cfg" in main_parameters else ""
     if code_bytes is not None and "code_bytes" in main_parameters:
         arguments += f", code_bytes={code_bytes}"
+    if "full_records" in main_parameters:
+        arguments += f", full_records={full_records}"
     return ENTRY_TEMPLATE.format(preset=preset_name, environment=tuple(sorted(ENVIRONMENT_FIELDS)),
                                  entry=f"{entry_module}.{ENTRY_FUNCTIONS[entry_module]}",
                                  function=ENTRY_FUNCTIONS[entry_module], main_arguments=arguments,
@@ -452,12 +458,15 @@ def _minified_segments(program: Program) -> dict[str, str]:
 
 def build_exported_script(cfg: Config, *, preset_name: str = "custom", package_dir: Path | None = None,
                           code_hash: str | None = None, verify: bool = True,
-                          keep_messages: bool = False, wrapper: str = "auto") -> ExportedScript:
+                          keep_messages: bool = False, wrapper: str = "auto",
+                          full_records: bool = False) -> ExportedScript:
     """The exported program for ``cfg``, in memory (nothing is written). ``verify``: run the minified
     program against the readable one first (:mod:`pgolf.export.verify`). ``keep_messages``: the counted
     script keeps its error messages (by default each is the line of the readable file that holds it).
     ``wrapper``: "auto" (LZMA2, or Brotli when smaller and the program imports brotli), "lzma" or "brotli"
-    (Brotli always: the script then needs the brotli package even if its compressor does not)."""
+    (Brotli always: the script then needs the brotli package even if its compressor does not).
+    ``full_records``: the script also writes report.json (the fields of a ``pgolf train`` run) and the
+    bookkeeping only pgolf's tools read; by default it leaves them out (docs/export.md)."""
     if wrapper not in WRAPPERS and wrapper != "auto":
         raise ConfigError(f"unknown wrapper {wrapper!r}; use auto, lzma or brotli.")
     cfg = export_ready_config(cfg)
@@ -470,7 +479,7 @@ def build_exported_script(cfg: Config, *, preset_name: str = "custom", package_d
     with_bytes = "code_bytes" in parameters
     spec = specialize_for(cfg, flat, entry_source(preset_name, CODE_BYTES_PLACEHOLDER if with_bytes else None,
                                                   entry_module=entry_module, main_parameters=parameters,
-                                                  keep_messages=keep_messages))
+                                                  keep_messages=keep_messages, full_records=full_records))
     template = readable_source(spec.program, code_hash, preset_name)
     check_names_resolve(template)
     counted_prog = spec.program if keep_messages else counted_program(template, spec.program)
@@ -487,7 +496,7 @@ def build_exported_script(cfg: Config, *, preset_name: str = "custom", package_d
     sections = shipped_sections(spec.program)[1:-1]
     dropped = tuple(m.name for m in flat.modules if m.name not in {s.name for s in sections})
     return ExportedScript(readable, minified, wrapped, tuple(s.name for s in sections), preset_name, code_hash,
-                          with_bytes, _shipped_modules(spec.program, spec.shaken), dropped,
+                          with_bytes, full_records, _shipped_modules(spec.program, spec.shaken), dropped,
                           spec.fixed_fields, spec.program, counted_prog)
 
 
@@ -505,28 +514,31 @@ def module_costs(script: ExportedScript) -> dict[str, tuple[int, int]]:
             for name, text in segments.items()}
 
 
-def export_cache_key(cfg: Config, preset_name: str, code_hash: str) -> str:
-    """What the exported bytes depend on: the code, the configuration, the preset name and the tools."""
+def export_cache_key(cfg: Config, preset_name: str, code_hash: str, full_records: bool = False) -> str:
+    """What the exported bytes depend on: the code, the configuration, the preset name, the records the
+    script keeps and the tools."""
     material = json.dumps({"code_hash": code_hash, "preset": preset_name, "format": EXPORT_FORMAT_VERSION,
+                           "full_records": full_records,
                            "config": json.loads(config_to_json(cfg)), "python": platform.python_version(),
                            "minifier": getattr(python_minifier, "__version__", "?")}, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()[:24]
 
 
-def exported_code_bytes(cfg: Config, *, preset_name: str = "custom") -> int:
-    """Bytes of the ``train_gpt.py`` that ``pgolf export`` would write for ``cfg``: the exact code size.
+def exported_code_bytes(cfg: Config, *, preset_name: str = "custom", full_records: bool = False) -> int:
+    """Bytes of the ``train_gpt.py`` that ``pgolf export`` would write for ``cfg`` (``--full-records``:
+    ``full_records``): the exact code size.
 
-    Cached under the pgolf cache folder (``PGOLF_CACHE_DIR``) by code hash + configuration + preset,
-    so a run starts without exporting again; a cache that cannot be read or written is ignored."""
+    Cached under the pgolf cache folder (``PGOLF_CACHE_DIR``) by code hash + configuration + preset +
+    records, so a run starts without exporting again; a cache that cannot be read or written is ignored."""
     code_hash = pgolf_code_hash()
     ready = export_ready_config(cfg)
     path = resolve_cache_dir(cfg.run.pgolf_cache_dir) / EXPORT_CACHE_FOLDER / \
-        f"{export_cache_key(ready, preset_name, code_hash)}.json"
+        f"{export_cache_key(ready, preset_name, code_hash, full_records)}.json"
     try:
         return int(json.loads(path.read_text())["wrapped_bytes"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    script = build_exported_script(cfg, preset_name=preset_name, code_hash=code_hash)
+    script = build_exported_script(cfg, preset_name=preset_name, code_hash=code_hash, full_records=full_records)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps({"wrapped_bytes": script.wrapped_bytes, "preset": preset_name,

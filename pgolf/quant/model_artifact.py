@@ -59,7 +59,7 @@ def load_final_weights(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
 
 def write_artifact(model: GPT, cfg: Config, run_dir: Path, logger: RunLogger,
                    hessians: dict[str, torch.Tensor] | None = None,
-                   code_bytes: int | None = None) -> tuple[Path, SizeReport, dict]:
+                   code_bytes: int | None = None, *, diagnostics: bool = True) -> tuple[Path, SizeReport, dict]:
     """Write the quantized artifact of ``model`` into ``RUN_DIR/artifact/``. ``code_bytes``: the exact size
     of the exported train_gpt.py, or None (a caller that does not know it) for an upper bound."""
     state, looping = _cpu_state_and_looping(model)
@@ -67,33 +67,43 @@ def write_artifact(model: GPT, cfg: Config, run_dir: Path, logger: RunLogger,
     bounded = code_bytes is None
     return write_quantized_artifact(state, cfg, run_dir / "artifact", logger, hessians=hessians, looping=looping,
                                     code_bytes=upper_bound_code_bytes() if bounded else code_bytes,
-                                    code_bytes_note=UPPER_BOUND_CODE_BYTES_NOTE if bounded else EXACT_CODE_BYTES_NOTE)
+                                    code_bytes_note=UPPER_BOUND_CODE_BYTES_NOTE if bounded else EXACT_CODE_BYTES_NOTE,
+                                    diagnostics=diagnostics)
 
 
 def write_quantized_artifact(state: dict[str, torch.Tensor], cfg: Config, out_dir: Path, logger: RunLogger, *,
                              hessians: dict[str, torch.Tensor] | None, looping: bool, code_bytes: int,
-                             code_bytes_note: str = EXACT_CODE_BYTES_NOTE) -> tuple[Path, SizeReport, dict]:
+                             code_bytes_note: str = EXACT_CODE_BYTES_NOTE,
+                             diagnostics: bool = True) -> tuple[Path, SizeReport, dict]:
     """Quantize, compress (pruning to the cap with FIT_TO_CAP=1) and save into ``out_dir``, logging the
-    per-tensor plan and the result. ``code_bytes``: the size of the exported train_gpt.py (exact, unless
-    ``code_bytes_note`` says how else it was measured). Returns (artifact path, size, report fields)."""
-    for line in format_quant_plan(describe_quant_plan(state, cfg.quant)):
-        logger.line(line)
+    result. ``code_bytes``: the size of the exported train_gpt.py (exact, unless ``code_bytes_note`` says
+    how else it was measured). ``diagnostics``: also log the per-tensor plan, the quantized weights and
+    the pruning, and return the report fields and the metrics event (else the fields are empty).
+    Returns (artifact path, size, report fields)."""
+    if diagnostics:
+        for line in format_quant_plan(describe_quant_plan(state, cfg.quant)):
+            logger.line(line)
     started = time.perf_counter()
     artifact = build_model_artifact(state, cfg.quant, cfg.artifact, hessians=hessians, extra_meta={"looping": looping},
                                     code_bytes=code_bytes, cap=ARTIFACT_CAP_BYTES)
     quantize_seconds = time.perf_counter() - started
-    for line in format_quantized_weights(artifact.quant_meta):
-        logger.line(line)
+    if diagnostics:
+        for line in format_quantized_weights(artifact.quant_meta):
+            logger.line(line)
     artifact_path = save_artifact(out_dir / artifact_file_name(cfg.quant), artifact.blob)
     size = SizeReport(code_bytes=code_bytes, model_bytes=len(artifact.blob), cap=ARTIFACT_CAP_BYTES,
                       code_bytes_note=code_bytes_note)
     what = f"{artifact_path.name.split('.')[1]}+{artifact.compressor}"
     logger.line(f"Serialized model {what}: {len(artifact.blob)} bytes (quantize+compress {quantize_seconds:.1f}s)")
     logger.line(f"Code size: {code_bytes} bytes ({size.code_bytes_note})")
-    prune_lines, prune_fields = describe_artifact_pruning(artifact, code_bytes)
-    for line in prune_lines:
-        logger.line(line)
+    prune_fields = {}
+    if diagnostics:
+        prune_lines, prune_fields = describe_artifact_pruning(artifact, code_bytes)
+        for line in prune_lines:
+            logger.line(line)
     logger.line(f"Total submission size {what}: {size.total_bytes} bytes (cap {size.cap}, margin {size.margin_bytes})")
+    if not diagnostics:
+        return artifact_path, size, {}
     fields = {"artifact_file": artifact_path.name, "artifact_path": str(artifact_path),
               "artifact_compressor": artifact.compressor,
               "artifact_shuffle_stride": artifact.shuffle_stride, "quant_method": cfg.quant.quant_method,

@@ -72,10 +72,11 @@ class TrainingBatches(Protocol):
 
     def reset(self) -> None: ...
 
-    # Checkpoints only: the position as JSON values, and back.
-    def state_dict(self) -> dict: ...
+    # Checkpoints only: the position as JSON values, and back. (Not state_dict: the exporter keeps a
+    # method whenever kept code calls one of its name, and model/optimizer state_dict calls are everywhere.)
+    def position_state(self) -> dict: ...
 
-    def load_state_dict(self, state: dict) -> None: ...
+    def restore_position(self, state: dict) -> None: ...
 
 
 @dataclass
@@ -261,9 +262,9 @@ def switch_on_qat_if_due(parts: TrainingParts, ctx: DistContext, logger: RunLogg
     return True
 
 
-def _log_compilations(monitor: CompileMonitor | None, logger: RunLogger, step: int) -> None:
+def _log_compilations(monitor: CompileMonitor, logger: RunLogger, step: int) -> None:
     """Report a recompile, new graph or graph break seen after priming (each one stalls the clock)."""
-    for event in monitor.poll() if monitor is not None else ():
+    for event in monitor.poll():
         logger.line(event.log_line(step))
         logger.event("compile", step=step, kind=event.kind, reason=event.reason)
 
@@ -346,11 +347,12 @@ def _stop_for_interrupt(logger: RunLogger, position: TrainingPosition, checkpoin
 
 def train_model(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfig, ctx: DistContext,
                 logger: RunLogger, validate: Callable[[int], None] | None = None,
-                checkpoints: CheckpointManager | None = None) -> TrainOutcome:
+                checkpoints: CheckpointManager | None = None, *, diagnostics: bool = True) -> TrainOutcome:
     """Train until ``ITERATIONS`` or the effective wall-clock budget, whichever comes first.
 
     With ``checkpoints``, training continues from its ``resume_from`` checkpoint when it has one,
     writes checkpoints when they are due, and turns Ctrl-C into a checkpoint and ``TrainingInterrupted``.
+    ``diagnostics``: log what compiles after priming (a lean exported script leaves the monitor out).
     """
     prime_compiled_graphs(parts, cfg, optim_cfg, ctx, logger)
     budget = _start_budget(cfg, logger)
@@ -361,7 +363,7 @@ def train_model(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfig, 
     bar = ProgressBar("train", budget if budget > 0 else cfg.iterations, enabled=ctx.is_main)
     stopped_by = "iterations"
     # Priming compiled every graph the run needs: anything compiled from here on costs budget time.
-    monitor = CompileMonitor() if cfg.compile else None
+    monitor = CompileMonitor() if cfg.compile and diagnostics else None
     with (InterruptRequest() if checkpoints is not None else nullcontext()) as interrupt:
         clock.resume()
         while position.step < cfg.iterations:
@@ -384,7 +386,8 @@ def train_model(parts: TrainingParts, cfg: TrainConfig, optim_cfg: OptimConfig, 
                 ema.update(parts.model, position.step)
             position.last_finite_loss = _mean_loss_or_raise(loss, ctx, clock, logger, position, checkpoints)
             _log_step(logger, cfg, position, clock.elapsed_seconds, lr_mult)
-            _log_compilations(monitor, logger, position.step)
+            if monitor is not None:
+                _log_compilations(monitor, logger, position.step)
             bar.update(clock.elapsed_seconds if budget > 0 else position.step,
                        f"step {position.step} loss {position.last_finite_loss:.3f}")
             over_budget, interrupted = _agree_and_checkpoint(parts, cfg, ctx, clock, ema, position, checkpoints,

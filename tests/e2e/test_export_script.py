@@ -5,11 +5,13 @@ them, on the embedded default data; the CaseOps presets, which require byte side
 documents built as CaseOps data), the script is exported for that configuration and run in a fresh
 interpreter, in an empty folder, with a ``pgolf`` on ``PYTHONPATH`` that refuses to be imported: the
 script cannot lean on the package. The package runs the same configuration and seed in this process.
-Both run single-threaded so the float reductions happen in the same order; the training losses, the
-round-trip BPB and the final score (sliding window / TTT where the preset has them) must match bit for
-bit. SEED comes from the environment over the baked configuration. One preset also runs under
-``torchrun`` with two processes (the same 8-micro-batch maths over two ranks, to 1e-5 as tests/dist
-requires), and a feature switched on in tiny_cpu must bring its code along and still match.
+Both run single-threaded so the float reductions happen in the same order; the training losses and
+every evaluation in metrics.jsonl (validation, before quantization, the round trip, sliding window /
+TTT where the preset has them) must match bit for bit, and the artifacts must be the same size. The
+script writes no report.json unless it is exported with full records: one test does, and compares its
+report with the package's. SEED comes from the environment over the baked configuration. One preset
+also runs under ``torchrun`` with two processes (the same 8-micro-batch maths over two ranks, to 1e-5
+as tests/dist requires), and a feature switched on in tiny_cpu must bring its code along and still match.
 """
 
 import dataclasses
@@ -85,8 +87,9 @@ def blocker(tmp_path_factory):
     return folder
 
 
-def export(cfg, name: str, folder: Path):
-    script = build_exported_script(cfg, preset_name=name, verify=False)  # the run below is the stronger check
+def export(cfg, name: str, folder: Path, full_records: bool = False):
+    # verify=False: the run below is the stronger check
+    script = build_exported_script(cfg, preset_name=name, verify=False, full_records=full_records)
     wrapped, _ = write_exported_script(script, folder / "train_gpt.py")
     assert wrapped.stat().st_size == script.wrapped_bytes
     return script
@@ -122,22 +125,28 @@ def run_script(command: list[str], folder: Path, runs: Path, run_id: str, blocke
     return runs / run_id
 
 
-def outcome(run_dir: Path) -> tuple[list[tuple[int, float]], dict, dict]:
-    """(step, train loss) of every logged step, the header event, the report."""
+def outcome(run_dir: Path) -> tuple[list[tuple[int, float]], dict, list[tuple], int]:
+    """(step, train loss) of every logged step, the header event, (event, label or step, val_loss,
+    val_bpb) of every evaluation, and the artifact's size: what every run writes."""
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [(event["step"], event["train_loss"]) for event in events if event["event"] == "train"]
     header = next(event for event in events if event["event"] == "header")
-    return losses, header, json.loads((run_dir / "report.json").read_text())
+    evaluations = [(event["event"], event.get("label", event.get("step")), event["val_loss"], event["val_bpb"])
+                   for event in events if event["event"] in ("val", "eval")]
+    (artifact,) = (run_dir / "artifact").glob("final_model.*.ptz")
+    return losses, header, evaluations, artifact.stat().st_size
 
 
 def assert_same_run(script_run: Path, package_run: Path, script) -> None:
-    script_losses, header, script_report = outcome(script_run)
-    package_losses, _, package_report = outcome(package_run)
+    script_losses, header, script_evaluations, script_artifact_bytes = outcome(script_run)
+    package_losses, _, package_evaluations, package_artifact_bytes = outcome(package_run)
     assert [step for step, _ in script_losses] == list(range(1, STEPS + 1))
     assert script_losses == package_losses  # bit for bit: same code, same data, same seed, one thread
+    assert script_evaluations == package_evaluations and len(script_evaluations) >= 2  # prequant, round trip ...
+    assert script_artifact_bytes == package_artifact_bytes
     assert header["config"]["seed"] == int(SEED) and header["code_hash"] == script.code_hash  # the baked hash
-    for key in ("val_bpb", "val_bpb_prequant", "val_bpb_final", "val_bpb_final_label", "artifact_bytes"):
-        assert script_report[key] == package_report[key], key
+    assert (script_run / "config.json").is_file()  # what `pgolf eval` reads
+    assert (script_run / "report.json").is_file() == script.full_records
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
@@ -149,19 +158,26 @@ def test_the_exported_script_of_every_preset_reproduces_the_package(name, defaul
     assert "from pgolf" not in source and "import pgolf" not in source
     script_run = run_script([sys.executable], tmp_path, tmp_path / "runs", "script", blocker)
     assert_same_run(script_run, run_package(cfg, name, tmp_path / "runs"), script)
-    assert outcome(script_run)[1]["preset"] == name and script.preset_name == name
+    header = outcome(script_run)[1]
+    assert header["preset"] == name and script.preset_name == name and header["device"] == "cpu"
 
 
-def test_a_feature_switched_on_brings_its_code_and_still_matches(default_data, blocker, tmp_path):
+def test_a_feature_switched_on_brings_its_code_and_full_records_write_the_packages_report(default_data, blocker,
+                                                                                         tmp_path):
     plain = shrink("tiny_cpu", default_data)
     gated = apply_config_overrides(plain, {"SMEAR_GATE_ENABLED": "1", "ATTN_OUT_GATE": "gated"}, source="test")
-    off = build_exported_script(plain, preset_name="tiny_cpu", verify=False)
-    on = export(gated, "tiny_cpu", tmp_path)
+    off = build_exported_script(plain, preset_name="tiny_cpu", verify=False, full_records=True)
+    on = export(gated, "tiny_cpu", tmp_path, full_records=True)
     for module in ("pgolf.model.features.smear_gate", "pgolf.model.features.attn_gate"):
         assert module in on.modules and module in off.dropped_modules
     assert on.wrapped_bytes > off.wrapped_bytes
     script_run = run_script([sys.executable], tmp_path, tmp_path / "runs", "script", blocker)
-    assert_same_run(script_run, run_package(gated, "tiny_cpu", tmp_path / "runs"), on)
+    package_run = run_package(gated, "tiny_cpu", tmp_path / "runs")
+    assert_same_run(script_run, package_run, on)
+    script_report, package_report = (json.loads((run / "report.json").read_text()) for run in (script_run, package_run))
+    assert script_report.keys() == package_report.keys()  # the fields of a `pgolf train` run
+    for key in ("val_bpb", "val_bpb_prequant", "val_bpb_final", "val_bpb_final_label", "artifact_bytes", "env"):
+        assert script_report[key] == package_report[key], key
 
 
 def test_torchrun_two_processes_train_like_one(default_data, blocker, tmp_path):
@@ -170,8 +186,8 @@ def test_torchrun_two_processes_train_like_one(default_data, blocker, tmp_path):
     cfg = shrink("tiny_cpu", default_data)
     export(cfg, "tiny_cpu", tmp_path)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    script_losses, header, _ = outcome(run_script(torchrun, tmp_path, tmp_path / "runs", "torchrun", blocker))
-    package_losses, _, _ = outcome(run_package(cfg, "tiny_cpu", tmp_path / "runs"))
-    assert header["env"]["device"] == "cpu" and [step for step, _ in script_losses] == list(range(1, STEPS + 1))
+    script_losses, header, _, _ = outcome(run_script(torchrun, tmp_path, tmp_path / "runs", "torchrun", blocker))
+    package_losses, _, _, _ = outcome(run_package(cfg, "tiny_cpu", tmp_path / "runs"))
+    assert header["device"] == "cpu" and [step for step, _ in script_losses] == list(range(1, STEPS + 1))
     for (_, mine), (_, theirs) in zip(script_losses, package_losses):
         assert mine == pytest.approx(theirs, rel=1e-5)

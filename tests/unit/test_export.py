@@ -21,8 +21,8 @@ from pgolf.config import apply_config_overrides, config_to_json
 from pgolf.errors import ConfigError, PgolfError
 from pgolf.export import bundle
 from pgolf.export.bundle import (CODE_BYTES_PLACEHOLDER, ENVIRONMENT_FIELDS, _settle_code_bytes, baked_config_values,
-                                 build_exported_script, counted_source, export_ready_config, exported_code_bytes,
-                                 module_costs, write_exported_script)
+                                 build_exported_script, counted_source, export_cache_key, export_ready_config,
+                                 exported_code_bytes, module_costs, write_exported_script)
 from pgolf.export.flatten import ExportError, core_module_order, flatten_core_modules
 from pgolf.export.minify import minify_source, unwrap_script, wrap_codec, wrap_source
 from pgolf.export.verify import verify_minified
@@ -413,9 +413,48 @@ def test_exported_code_bytes_is_the_written_files_size_and_is_cached(real_script
     assert script.wrapped.rstrip(b"\n") + b"\n" == unpadded and len(script.wrapped) == script.wrapped_bytes
 
 
+def test_full_records_are_part_of_the_cache_key(real_script, tmp_path, monkeypatch):
+    cfg, script = real_script
+    ready = export_ready_config(cfg)
+    assert export_cache_key(ready, "tiny_cpu", "0" * 16) == export_cache_key(ready, "tiny_cpu", "0" * 16, False)
+    assert export_cache_key(ready, "tiny_cpu", "0" * 16, True) != export_cache_key(ready, "tiny_cpu", "0" * 16)
+    cached = apply_config_overrides(cfg, {"PGOLF_CACHE_DIR": str(tmp_path)}, source="test")
+    built = []
+
+    def build(*args, **kwargs):
+        built.append(kwargs["full_records"])
+        return script
+
+    monkeypatch.setattr(bundle, "build_exported_script", build)
+    for full_records in (False, True, False, True):
+        exported_code_bytes(cached, preset_name="tiny_cpu", full_records=full_records)
+    assert built == [False, True] and len(list((tmp_path / "export").glob("*.json"))) == 2
+
+
+def test_a_lean_script_leaves_the_bookkeeping_out_and_full_records_bring_it(real_script):
+    cfg, script = real_script
+    assert "full_records=False)" in script.readable and not script.full_records
+    full = build_exported_script(cfg, preset_name="tiny_cpu", verify=False, full_records=True)
+    assert "full_records=True)" in full.readable and full.summary()["full_records"]
+    lean, records = counted_source(script.readable, script.program), counted_source(full.readable, full.program)
+    for definition in ("def build_report", "def publish_report", "def json_safe_report", "def environment_summary",
+                       "def format_quant_plan", "def format_quantized_weights", "def describe_artifact_pruning",
+                       "def calibration_budget_fields", "def evaluation_budget"):
+        assert definition not in lean and definition in records, definition
+    for kept in ("def refuse_non_finite_scores", "def check_artifact_fits", "Total submission size", "Code size:"):
+        assert kept in lean, kept
+    assert full.wrapped_bytes > script.wrapped_bytes
+
+
 def test_cli_exports_a_preset_and_a_run_directory(real_script, tmp_path, capsys, monkeypatch):
     _, script = real_script
-    monkeypatch.setattr("pgolf.commands.export.build_exported_script", lambda cfg, preset_name, keep_messages, wrapper: script)
+    asked = []
+
+    def build(cfg, preset_name, keep_messages, wrapper, full_records):
+        asked.append(full_records)
+        return script
+
+    monkeypatch.setattr("pgolf.commands.export.build_exported_script", build)
     monkeypatch.delenv("SEED", raising=False)
     overrides = [f"{key}={value}" for key, value in DATA.items()]
     assert cli_main(["export", "tiny_cpu", *overrides, "-o", str(tmp_path / "a.py"), "--json", "--explain"]) == 0
@@ -430,6 +469,9 @@ def test_cli_exports_a_preset_and_a_run_directory(real_script, tmp_path, capsys,
     assert cli_main(["export", "tiny_cpu", *overrides, "-o", str(tmp_path / "c.py"), "--explain"]) == 0
     printed = capsys.readouterr().out
     assert "pgolf/model/gpt.py" in printed and "not shipped (this configuration never runs them)" in printed
+    assert "records: lean" in printed and report["full_records"] is False and report["explain"]["full_records"] is False
+    assert cli_main(["export", "tiny_cpu", *overrides, "-o", str(tmp_path / "d.py"), "--full-records"]) == 0
+    assert asked == [False, False, True] and "wrote" in capsys.readouterr().out
 
     run_dir = tmp_path / "runs" / "r1"
     run_dir.mkdir(parents=True)
