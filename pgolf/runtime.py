@@ -96,8 +96,7 @@ def resolve_autocast_dtype(choice: str, device: torch.device) -> torch.dtype:
     if choice == "auto":
         return torch.bfloat16 if gpu_supports_bf16(device) else torch.float16
     if choice == "bf16" and not gpu_supports_bf16(device):
-        name = torch.cuda.get_device_name(device)
-        raise ConfigError(f"AUTOCAST_DTYPE=bf16 but {name} has no native bf16 (compute capability below 8.0); "
+        raise ConfigError(f"AUTOCAST_DTYPE=bf16 but {torch.cuda.get_device_name(device)} has no native bf16 (compute capability below 8.0); "
                           "use AUTOCAST_DTYPE=fp16 or auto.")
     return AUTOCAST_DTYPES[choice]
 

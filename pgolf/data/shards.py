@@ -139,14 +139,18 @@ def check_token_ids(tokens, vocab_size: int, path: str | os.PathLike) -> None:
     too_large = values >= vocab_size
     if not too_large.any():
         return
+    raise DataError(token_id_out_of_range_message(values, too_large, vocab_size, path))
+
+
+def token_id_out_of_range_message(values: np.ndarray, too_large: np.ndarray, vocab_size: int,
+                                  path: str | os.PathLike) -> str:
+    """Worded apart from the check, so that `pgolf export` can move the words out of the counted script."""
     position = int(np.argmax(too_large))
     bad_id = int(values.reshape(-1)[position])
-    raise DataError(
-        f"{path}: token id {bad_id} at position {position} is out of range for vocab size {vocab_size}. "
-        "The shards were made with a bigger tokenizer than the model expects: set VOCAB_SIZE to the "
-        "tokenizer's vocabulary size and TOKENIZER_PATH to the tokenizer the shards were exported with "
-        "(or use the shards that match your tokenizer)."
-    )
+    return (f"{path}: token id {bad_id} at position {position} is out of range for vocab size {vocab_size}. "
+            "The shards were made with a bigger tokenizer than the model expects: set VOCAB_SIZE to the "
+            "tokenizer's vocabulary size and TOKENIZER_PATH to the tokenizer the shards were exported with "
+            "(or use the shards that match your tokenizer).")
 
 
 def list_split_shards(directory: str | os.PathLike, split: str) -> list[Path]:
@@ -160,10 +164,11 @@ def find_shards(data_path: str | os.PathLike, split: str) -> list[Path]:
     if split not in SHARD_GLOBS:
         raise ValueError(f"split must be one of {sorted(SHARD_GLOBS)}, got {split!r}")
     directory = Path(data_path)
-    pattern = SHARD_GLOBS[split]
     if not directory.is_dir():
-        raise DataError(f"data directory {directory} does not exist (looking for {pattern}). Check DATA_PATH. {_GET_DATA_HINT}")
+        raise DataError(f"data directory {directory} does not exist (looking for {SHARD_GLOBS[split]}). Check DATA_PATH. "
+                        f"{_GET_DATA_HINT}")
     files = list_split_shards(directory, split)
     if not files:
-        raise DataError(f"no {split} shards matching {pattern} in {directory}. Check DATA_PATH. {_GET_DATA_HINT}")
+        raise DataError(f"no {split} shards matching {SHARD_GLOBS[split]} in {directory}. Check DATA_PATH. "
+                        f"{_GET_DATA_HINT}")
     return files

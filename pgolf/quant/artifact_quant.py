@@ -157,6 +157,11 @@ def dequantize_from_artifact(tensors: dict[str, torch.Tensor], meta: dict) -> di
     return dequantize_quant_artifact(tensors, meta)
 
 
+def quant_meta_format(meta) -> str:
+    """What a quantisation meta says its format is, for the message that refuses it."""
+    return meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+
+
 def dequantize_quant_artifact(tensors: dict[str, torch.Tensor], meta: dict,
                               lqer: bool = True) -> dict[str, torch.Tensor]:
     """Rebuild the state dict (original dtypes and order) from :func:`quantize_for_artifact` output.
@@ -165,8 +170,7 @@ def dequantize_quant_artifact(tensors: dict[str, torch.Tensor], meta: dict,
     the export of such a configuration ships no LQER decoding; the older int8 format is not read here.
     """
     if not isinstance(meta, dict) or meta.get("format") != QUANT_ARTIFACT_FORMAT or not isinstance(meta.get("entries"), dict):
-        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise ArtifactError(f"quantisation meta has format {found!r}, expected {QUANT_ARTIFACT_FORMAT!r} (what "
+        raise ArtifactError(f"quantisation meta has format {quant_meta_format(meta)!r}, expected {QUANT_ARTIFACT_FORMAT!r} (what "
                             "pgolf writes) with an 'entries' dict.")
     state_dict: dict[str, torch.Tensor] = {}
     for name, entry in meta["entries"].items():

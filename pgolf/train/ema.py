@@ -59,10 +59,10 @@ class WeightEMA:
     def _fp32_sources(self, model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
         live = floating_state_tensors(model)
         if live.keys() != self.shadow.keys():
-            missing, new = sorted(self.shadow.keys() - live.keys()), sorted(live.keys() - self.shadow.keys())
             raise RuntimeError(
-                f"the model's floating-point state changed since the EMA was built (missing: {missing}, "
-                f"new: {new}); build the WeightEMA after every module replacement."
+                f"the model's floating-point state changed since the EMA was built (missing: "
+                f"{sorted(self.shadow.keys() - live.keys())}, new: {sorted(live.keys() - self.shadow.keys())}); "
+                "build the WeightEMA after every module replacement."
             )
         names = list(self.shadow)
         return names, [live[name].float() for name in names]
