@@ -34,6 +34,9 @@ ANNOTATION_READERS = frozenset({"get_type_hints", "get_annotations", "__annotati
                                 "__dataclass_fields__", "__signature__"})
 # Annotations dataclasses give a meaning to (a field annotated with one is not an ordinary field).
 SPECIAL_FIELD_ANNOTATIONS = frozenset({"ClassVar", "InitVar", "KW_ONLY", "Final"})
+# Of those, the ones dataclasses recognise by the object the annotation names (or, in a string, by the
+# name the module binds): the name must stay bound, whether or not anything else reads it.
+DATACLASS_MARKERS = frozenset({"ClassVar", "InitVar", "KW_ONLY"})
 MODULE_DUNDERS = frozenset({"__name__", "__file__", "__doc__", "__builtins__", "__spec__", "__loader__",
                             "__package__", "__annotations__", "__dict__"})
 
@@ -166,6 +169,7 @@ def shake(program: Program, bases: ExternalBases | None = None) -> ShakeResult:
                                       *[s for s in statement.body if not isinstance(s, (ast.FunctionDef,
                                                                                           ast.AsyncFunctionDef))]),
                            name)
+                    need(marker_names(statement), name)
                 elif isinstance(statement, (ast.Import, ast.ImportFrom)):
                     continue
                 else:
@@ -183,6 +187,27 @@ def shake(program: Program, bases: ExternalBases | None = None) -> ShakeResult:
             break
     _remove_unreached(program, result.kept, classes, kept_methods)
     return result
+
+
+def marker_names(cls: ast.ClassDef) -> set[str]:
+    """Names the class body's ``ClassVar``/``InitVar``/``KW_ONLY`` annotations spell the marker with
+    (``ClassVar``, or ``typing`` of ``typing.ClassVar``): kept, although annotations keep nothing else
+    alive, since without them dataclasses would take the field for an ordinary one."""
+    heads = [_marker_head(s.annotation) for s in cls.body if isinstance(s, ast.AnnAssign)]
+    return {n.id for head in heads if head is not None for n in ast.walk(head) if isinstance(n, ast.Name)}
+
+
+def _marker_head(annotation: ast.expr) -> ast.expr | None:
+    """``ClassVar`` of ``ClassVar[int]`` (``typing.ClassVar`` of ``typing.ClassVar[int]``, also inside a
+    string annotation); None when the annotation is no dataclass marker."""
+    if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str):
+        try:
+            annotation = ast.parse(annotation.value, mode="eval").body
+        except SyntaxError:
+            return None
+    head = annotation.value if isinstance(annotation, ast.Subscript) else annotation
+    name = head.id if isinstance(head, ast.Name) else head.attr if isinstance(head, ast.Attribute) else None
+    return head if name in DATACLASS_MARKERS else None
 
 
 def _inherited_attributes(cls: ast.ClassDef, classes: dict[str, ast.ClassDef], bases: ExternalBases,
@@ -245,7 +270,10 @@ class _AnnotationCleaner(ast.NodeTransformer):
 
     def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AnnAssign:
         if self.dangling(node.annotation):
-            node.annotation = ast.Name(id="object", ctx=ast.Load())
+            # ``ClassVar[Dropped]`` -> ``ClassVar`` (still a class variable to dataclasses), else ``object``
+            head = _marker_head(node.annotation)
+            keep = head is not None and not isinstance(node.annotation, ast.Constant) and not self.dangling(head)
+            node.annotation = head if keep else ast.Name(id="object", ctx=ast.Load())
         self.generic_visit(node)
         return node
 

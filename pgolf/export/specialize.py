@@ -19,7 +19,10 @@ replaced by its value. Then whatever those values decide is decided here, at exp
   dict that is never changed; a module-level name bound once to a short constant, read in a function;
   ``isinstance(<constant>, <builtin types>)``; ``any(False for x in xs)``/``all(True for x in xs)``
   when iterating ``xs`` runs no code; a neutral constant where only a truth value counts
-  (``x and True`` -> ``x`` in an ``if`` test: :func:`as_test`);
+  (``x and True`` -> ``x`` in an ``if`` test: :func:`as_test`); a dataclass field every construction
+  leaves one constant and nothing may change (:func:`_dataclass_field_facts`); a local bound once to a
+  module-level name bound once (:class:`GlobalAlias`);
+* **defaults never used**: a parameter's default goes when every call passes it (:func:`drop_passed_defaults`);
 * **dead code**: an ``if`` whose test is constant keeps one branch; statements after ``return`` or
   ``raise`` go; a local that is assigned but never read goes.
 
@@ -36,12 +39,14 @@ import copy
 import dataclasses
 import math
 import operator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from pgolf.config import Config
 from pgolf.export.program import (FUNCTION_NODES, SCOPE_NODES, Program, collect_scopes, is_docstring, scope_bindings,
                                   statement_bound_names, walk_scope)
+from pgolf.export.verify import PROBE_NAMES
 
 FOLDABLE_TYPES = (bool, int, float, str, type(None))
 CONSTANT_TYPES = (bool, int, float, str, bytes, type(None), tuple)
@@ -64,6 +69,10 @@ COMPARE_OPERATORS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operat
                      ast.NotIn: lambda a, b: a not in b}
 UNARY_OPERATORS = {ast.Not: operator.not_, ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Invert: operator.invert}
 MAX_ROUNDS = 30
+# Types of ``getattr(cfg, name)`` and ``getattr(section, name)`` with a computed name: some configuration
+# section, some field's value. Nothing folds through them; they bound what such an object can be.
+ANY_SECTION = "<a configuration section>"
+SECTION_VALUE = "<a configuration field's value>"
 # A module-level constant is written where it is read only when short (a long one is cheaper named once).
 MODULE_CONSTANT_MAX_CHARS = 40
 MODULE_CONSTANT_MAX_ITEMS = 8
@@ -77,6 +86,7 @@ class ConfigFacts:
     sections: dict[str, str]  # attribute of the root -> section class ("model" -> "ModelConfig")
     folded: dict[str, dict[str, Any]]  # section class -> {field: value} of every folded field
     live: frozenset[str]  # fields left as reads (the environment may set them, or the code replaces them)
+    value_types: frozenset[str] = frozenset()  # class names of every field's value ("int", "tuple", ...)
 
     @property
     def type_names(self) -> set[str]:
@@ -112,7 +122,9 @@ def config_facts(cfg: Config, program: Program, environment_fields: frozenset[st
         folded[type(value).__name__] = {
             leaf.name: getattr(value, leaf.name) for leaf in dataclasses.fields(value)
             if leaf.name not in live and isinstance(getattr(value, leaf.name), FOLDABLE_TYPES)}
-    return ConfigFacts(type(cfg).__name__, sections, folded, live)
+    value_types = frozenset(type(getattr(getattr(cfg, section.name), leaf.name)).__name__
+                            for section in dataclasses.fields(cfg) for leaf in dataclasses.fields(getattr(cfg, section.name)))
+    return ConfigFacts(type(cfg).__name__, sections, folded, live, value_types)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -167,6 +179,12 @@ class ProgramFacts:
     binding_cache: dict[int, tuple[ast.AST, dict[str, int]]] = field(default_factory=dict)
     # Program classes no kept code can instantiate: ``isinstance(x, C)`` is False for them.
     never_instantiated: set[str] = field(default_factory=set)
+    # id(function) -> parameters with a default that every call passes (the default is never used).
+    always_passed: dict[int, set[str]] = field(default_factory=dict)
+    # Field names ``replace(x, name=...)`` passes; classes whose instances may be built other than by a
+    # ``Name(...)`` call (see :func:`_rebuilt_classes`).
+    replaced_fields: set[str] = field(default_factory=set)
+    rebuilt: set[str] = field(default_factory=set)
 
     def bindings(self, scope: ast.AST) -> dict[str, int]:
         """``scope_bindings`` of ``scope``, computed once a round (folding only removes bindings, so a
@@ -193,7 +211,35 @@ class ProgramFacts:
             return self.attr_types.get((base, node.attr)) if base else None
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in self.classes:
             return node.func.id if not self.rebinds(node.func.id) else None
+        if _is_builtin_call(node, "getattr", self.top_level_counts) and len(node.args) == 2:
+            return self._getattr_type(node, types)
         return None
+
+    def _getattr_type(self, node: ast.Call, types: dict[str, str]) -> str | None:
+        """``getattr(x, "name")`` is ``x.name``; with a computed name, ``getattr(<Config>, name)`` is some
+        section and ``getattr(<section>, name)`` some field's value."""
+        owner, name = node.args
+        if isinstance(name, ast.Constant) and isinstance(name.value, str):
+            return self.expression_type(ast.Attribute(value=owner, attr=name.value, ctx=ast.Load()), types)
+        base = self.expression_type(owner, types)
+        if base == self.config.root:
+            return ANY_SECTION
+        return SECTION_VALUE if base == ANY_SECTION or base in self.config.sections.values() else None
+
+    def possible_classes(self, node: ast.AST, types: dict[str, str]) -> set[str] | None:
+        """The class names ``node``'s value may have (None: any)."""
+        kind = self.expression_type(node, types)
+        if kind == ANY_SECTION:
+            return set(self.config.sections.values())
+        if kind == SECTION_VALUE:
+            return set(self.config.value_types)
+        return {kind} if kind else None
+
+
+def _is_builtin_call(node: ast.AST, name: str, top_level_counts: dict[str, int]) -> bool:
+    """A call of the builtin ``name`` (the program does not define that name at top level)."""
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == name
+            and not node.keywords and not top_level_counts.get(name))
 
 
 def _methods(cls: ast.ClassDef) -> dict[str, ast.FunctionDef]:
@@ -233,6 +279,7 @@ class _Index:
     names: dict[str, list[ast.Name]] = field(default_factory=dict)  # loads of each name
     global_declared: dict[str, int] = field(default_factory=dict)
     writes_dict: bool = False  # the program touches some object's __dict__
+    strings: set[str] = field(default_factory=set)  # string constants outside annotations
 
 
 def _index(tree: ast.Module) -> _Index:
@@ -274,6 +321,8 @@ def _index(tree: ast.Module) -> _Index:
             for name in node.names:
                 index.global_declared[name] = index.global_declared.get(name, 0) + 2
     index.annotations = {id(inner) for root in annotation_roots for inner in ast.walk(root)}
+    index.strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                     and id(n) not in index.annotations}
     return index
 
 
@@ -299,7 +348,10 @@ def analyze(program: Program, config: ConfigFacts) -> ProgramFacts:
                 facts.constant_functions[statement.name] = value
         _collect_table(facts, statement, index.mutated)
         _collect_module_constant(facts, statement)
+    facts.replaced_fields, facts.rebuilt = _rebuilt_classes(facts, tree, index)
     _parameter_facts(facts, tree, index)
+    if not index.writes_dict:
+        _dataclass_field_facts(facts, index)
     facts.never_instantiated = _never_instantiated(facts, index)
     return facts
 
@@ -505,6 +557,34 @@ def _parameter_facts(facts: ProgramFacts, tree: ast.Module, index: _Index) -> No
         values = _agreed_arguments(facts, function, calls, skip_first=is_init) if calls else {}
         if values:
             facts.parameter_constants[id(function)] = values
+        # The run check's probe calls the PROBE_NAMES itself (build_optimizers(model, cfg.optim, ...)).
+        if calls and not (is_init and statement.name in facts.rebuilt) and statement.name not in PROBE_NAMES:
+            facts.always_passed[id(function)] = _always_passed(function, calls, skip_first=is_init)
+
+
+def _always_passed(function: ast.FunctionDef, calls: list[ast.Call], *, skip_first: bool) -> set[str]:
+    """Parameters every call passes, by position or keyword (none when a call unpacks ``*``/``**``)."""
+    args = function.args
+    positional = [a.arg for a in (args.posonlyargs + args.args)[1 if skip_first else 0:]]
+    passed = set(positional + [a.arg for a in args.kwonlyargs])
+    for call in calls:
+        if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
+            return set()
+        passed &= set(positional[:len(call.args)]) | {k.arg for k in call.keywords}
+    return passed
+
+
+def drop_passed_defaults(args: ast.arguments, passed: set[str]) -> None:
+    """Defaults of parameters every call passes: dropped, with what only they read (``orthogonalize=
+    zeropower_via_newton_schulz``). Positional defaults fill the last parameters, so only a leading run
+    of them can go."""
+    positional = args.posonlyargs + args.args
+    first = len(positional) - len(args.defaults)
+    dropped = 0
+    while dropped < len(args.defaults) and positional[first + dropped].arg in passed:
+        dropped += 1
+    args.defaults = args.defaults[dropped:]
+    args.kw_defaults = [None if a.arg in passed else d for a, d in zip(args.kwonlyargs, args.kw_defaults)]
 
 
 def _in_isinstance_classes(node: ast.AST, parents: dict[int, ast.AST]) -> bool:
@@ -543,8 +623,231 @@ def _agreed_arguments(facts: ProgramFacts, function: ast.FunctionDef, calls: lis
     return {name: value for name, (known, value) in agreed.items() if known and bindings.get(name) == 1}
 
 
+# A dataclass that defines one of these builds, copies or sets its instances its own way.
+OWN_CONSTRUCTION_METHODS = frozenset({"__init__", "__new__", "__setattr__", "__getattr__", "__getattribute__",
+                                      "__copy__", "__deepcopy__", "__reduce__", "__reduce_ex__", "__setstate__",
+                                      "__init_subclass__", "__class_getitem__"})
+# Keywords of ``field(...)`` that leave the field an ordinary ``__init__`` parameter.
+PLAIN_FIELD_KEYWORDS = frozenset({"default", "default_factory", "repr", "hash", "compare", "metadata"})
+# ``type(x).__name__``: the type is read, never called.
+TYPE_NAME_ATTRIBUTES = frozenset({"__name__", "__qualname__", "__module__"})
+
+
+@dataclass
+class _Field:
+    """A dataclass field as ``__init__`` takes it."""
+
+    name: str
+    default: ast.expr | None  # None: every construction must pass it
+    positional: bool
+
+
+def _dataclass_field_facts(facts: ProgramFacts, index: _Index) -> None:
+    """A field of a program dataclass that every construction passes as one constant (or leaves at a
+    constant default) and that nothing assigns: ``x.field`` is that constant wherever ``x`` is known to
+    be of that class (``parts.qat is not None`` -> False). Copies keep the values they copy; what could
+    build an instance with other values makes the field (or the class's every field) unfoldable."""
+    for name, cls in facts.classes.items():
+        fields = _init_fields(facts, cls)
+        calls = _construction_calls(name, index)
+        if fields is None or name in facts.rebuilt or calls is None or name in PROBE_NAMES:
+            continue
+        for field_name, value in _agreed_fields(fields, calls).items():
+            if field_name not in facts.replaced_fields and not index.attribute_stores.get(field_name):
+                facts.attr_constants.setdefault((name, field_name), value)
+
+
+def _init_fields(facts: ProgramFacts, cls: ast.ClassDef) -> list[_Field] | None:
+    """The fields of ``cls`` in its generated ``__init__``'s order, when instances get their values from
+    that ``__init__`` only: decorated by ``dataclass`` alone (``init`` not turned off), no base and no
+    subclass, no method that builds, copies or sets attributes its own way, no ``InitVar``/``KW_ONLY``
+    and no ``field(init=..., kw_only=...)``."""
+    options = _dataclass_options(cls)
+    if options is None or cls.bases or cls.keywords or cls.name in facts.subclassed or facts.rebinds(cls.name):
+        return None
+    init, kw_only = options.get("init"), options.get("kw_only")
+    if not (init is None or (isinstance(init, ast.Constant) and init.value is True)) \
+            or not _is_bool_constant(kw_only, default=True):
+        return None
+    positional = not (isinstance(kw_only, ast.Constant) and kw_only.value is True)
+    fields = []
+    for item in cls.body:
+        if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            if item.name in OWN_CONSTRUCTION_METHODS:
+                return None
+        elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+            kind = _special_annotation(item.annotation)
+            if kind in ("InitVar", "KW_ONLY"):
+                return None
+            if kind is None:
+                default = _field_default(item.value)
+                if default is False:
+                    return None
+                fields.append(_Field(item.target.id, default, positional))
+    return fields
+
+
+def _builds_itself(cls: ast.ClassDef) -> bool:
+    """A method may make an instance without naming the class: ``cls(...)``, ``self.__class__(...)``."""
+    return any((isinstance(n, ast.Attribute) and n.attr == "__class__")
+               or (isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and "classmethod" in _decorator_names(n))
+               for n in ast.walk(cls))
+
+
+def _dataclass_options(cls: ast.ClassDef) -> dict[str, ast.expr] | None:
+    """The keywords of the class's one decorator, ``@dataclass`` or ``@dataclass(...)`` (None: not so)."""
+    if len(cls.decorator_list) != 1:
+        return None
+    decorator = cls.decorator_list[0]
+    call = decorator if isinstance(decorator, ast.Call) else None
+    func = call.func if call else decorator
+    name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+    if name != "dataclass" or (call and (call.args or any(k.arg is None for k in call.keywords))):
+        return None
+    return {k.arg: k.value for k in call.keywords} if call else {}
+
+
+def _is_bool_constant(node: ast.expr | None, *, default: bool) -> bool:
+    return default if node is None else isinstance(node, ast.Constant) and isinstance(node.value, bool)
+
+
+def _special_annotation(annotation: ast.expr) -> str | None:
+    """``ClassVar``, ``InitVar`` or ``KW_ONLY`` when the field's annotation is one of them (as a name,
+    ``typing.ClassVar[...]``, or in a string, whose text dataclasses reads)."""
+    for kind in ("ClassVar", "InitVar", "KW_ONLY"):
+        if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str) and kind in annotation.value:
+            return kind
+        if any(getattr(n, "id", None) == kind or getattr(n, "attr", None) == kind for n in ast.walk(annotation)):
+            return kind
+    return None
+
+
+def _field_default(value: ast.expr | None) -> ast.expr | None | bool:
+    """The default a field's ``__init__`` parameter has (None: none); False when ``field(...)`` takes it
+    out of ``__init__``'s plain order (``init=``, ``kw_only=``, or anything unknown)."""
+    if not (isinstance(value, ast.Call) and getattr(value.func, "id", getattr(value.func, "attr", "")) == "field"):
+        return value
+    if value.args or any(k.arg not in PLAIN_FIELD_KEYWORDS for k in value.keywords):
+        return False
+    given = {k.arg: k.value for k in value.keywords}
+    return given.get("default", value if "default_factory" in given else None)
+
+
+def _construction_calls(name: str, index: _Index) -> list[ast.Call] | None:
+    """Every ``Name(...)`` call of the class; None when the class is also used as a value (passed,
+    stored, ``Name.attr``). Annotations and ``isinstance`` classes pass nothing."""
+    calls = []
+    for node in index.names.get(name, []):
+        parent = index.parents.get(id(node))
+        if isinstance(parent, ast.Call) and parent.func is node:
+            calls.append(parent)
+        elif not (id(node) in index.annotations or _in_isinstance_classes(node, index.parents)):
+            return None
+    return calls
+
+
+def _agreed_fields(fields: list[_Field], calls: list[ast.Call]) -> dict[str, Any]:
+    """Field -> the constant every call passes for it (or leaves at a constant default)."""
+    positional = [f.name for f in fields if f.positional]
+    agreed: dict[str, tuple[bool, Any]] = {}
+    for call in calls:
+        if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords) \
+                or len(call.args) > len(positional):
+            return {}
+        given: dict[str, ast.expr] = dict(zip(positional, call.args))
+        given.update({k.arg: k.value for k in call.keywords})
+        for item in fields:
+            known, value = constant_value(given.get(item.name, item.default))
+            previous = agreed.get(item.name)
+            if not known or (previous is not None and not (previous[0] and same_constant(previous[1], value))):
+                agreed[item.name] = (False, None)
+            elif previous is None:
+                agreed[item.name] = (True, value)
+    return {name: value for name, (known, value) in agreed.items() if known}
+
+
+def _rebuilt_classes(facts: ProgramFacts, tree: ast.Module, index: _Index) -> tuple[set[str], set[str]]:
+    """What may give an instance other values than a ``Name(...)`` call gave it: fields
+    ``replace(x, field=...)`` names (in any class), and the classes of objects that ``replace(x,
+    **changes)``, ``type(x)``/``x.__class__`` (which may be called) or ``setattr(x, <computed name>, ...)``
+    may be of, and classes named in a string (``globals()["Name"]``) or building themselves (``cls(...)``)."""
+    replaced: set[str] = set()
+    candidates = set(facts.classes)
+    rebuilt = {name for name in candidates if name in index.strings or _builds_itself(facts.classes[name])}
+
+    def may_be(node: ast.AST, types: dict[str, str]) -> set[str]:
+        possible = facts.possible_classes(node, types)
+        return set(candidates) if possible is None else possible & candidates
+
+    for node, types in _typed_nodes(facts, tree):
+        if isinstance(node, ast.Call) and _call_name(node) == "replace" and node.args:
+            replaced |= {k.arg for k in node.keywords if k.arg}
+            if any(k.arg is None for k in node.keywords):
+                rebuilt |= may_be(node.args[0], types)
+        elif (target := _computed_setattr_target(node)) is not None:
+            rebuilt |= may_be(target, types)
+        elif (instance := _type_of(node)) is not None:
+            parent = index.parents.get(id(node))
+            if not (isinstance(parent, ast.Attribute) and parent.attr in TYPE_NAME_ATTRIBUTES):
+                rebuilt |= may_be(instance, types)
+    return replaced, rebuilt
+
+
+def _call_name(call: ast.Call) -> str:
+    func = call.func
+    return func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+
+
+def _type_of(node: ast.AST) -> ast.expr | None:
+    """``x`` of ``type(x)`` or ``x.__class__``."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "type" \
+            and len(node.args) == 1:
+        return node.args[0]
+    if isinstance(node, ast.Attribute) and node.attr == "__class__":
+        return node.value
+    return None
+
+
+def _computed_setattr_target(node: ast.AST) -> ast.expr | None:
+    """The object of ``setattr(x, name, v)``, ``object.__setattr__(x, name, v)`` or
+    ``x.__setattr__(name, v)`` (and the ``del`` forms) when ``name`` is not a string constant."""
+    if not isinstance(node, ast.Call) or _call_name(node) not in ("setattr", "delattr", "__setattr__", "__delattr__"):
+        return None
+    through_object = isinstance(node.func, ast.Name) or isinstance(node.func.value, ast.Name) \
+        and node.func.value.id == "object"
+    target, rest = (node.args[0], node.args[1:]) if through_object and node.args else (node.func.value, node.args)
+    named = rest and isinstance(rest[0], ast.Constant) and isinstance(rest[0].value, str)
+    return None if named else target
+
+
+def _typed_nodes(facts: ProgramFacts, tree: ast.Module) -> Iterator[tuple[ast.AST, dict[str, str]]]:
+    """Every node of the program with the types known in its scope (:func:`_function_types`; a nested
+    scope inherits the types of the names it does not bind itself)."""
+    stack: list[tuple[ast.AST, dict[str, str], str | None]] = [(tree, {}, None)]
+    while stack:
+        scope, types, class_name = stack.pop()
+        for node in walk_scope(scope):
+            yield node, types
+            for inner in ast.iter_child_nodes(node):  # walk_scope yields only the outer parts of these
+                if isinstance(inner, ast.ClassDef):
+                    stack.append((inner, {}, inner.name))
+                elif isinstance(inner, SCOPE_NODES):
+                    inherited = {} if scope is tree or isinstance(scope, ast.ClassDef) else \
+                        {name: kind for name, kind in types.items() if name not in facts.bindings(inner)}
+                    own = _function_types(facts, inner, class_name) if isinstance(inner, FUNCTION_NODES) else {}
+                    stack.append((inner, {**inherited, **own}, None))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Folding
+
+
+@dataclass(frozen=True)
+class GlobalAlias:
+    """A local bound once, at the top of its function, to a module-level name bound once
+    (``muon_class = Muon``): its reads become that name (then ``Muon(...)`` is a direct call)."""
+
+    name: str
 
 
 @dataclass
@@ -583,20 +886,34 @@ class Folder(ast.NodeTransformer):
 
     def fold_block(self, statements: list[ast.stmt], top_level_function: ast.AST | None) -> list[ast.stmt]:
         """Fold a statement list; at a function's top level, locals assigned one constant become known
-        for the statements after them."""
-        bindings = self.facts.bindings(top_level_function) if top_level_function is not None else {}
+        for the statements after them; in any block of a function, a local bound once to a fixed global
+        (:class:`GlobalAlias`) is that global for the rest of the block."""
+        function = top_level_function or self.scope.function
+        bindings = self.facts.bindings(function) if isinstance(function, FUNCTION_NODES) else {}
+        aliases: list[str] = []
         result: list[ast.stmt] = []
         for statement in statements:
             folded = self.visit(statement)
             folded = folded if isinstance(folded, list) else [folded] if folded is not None else []
             result.extend(folded)
-            if top_level_function is None or len(folded) != 1:
+            node = folded[0] if len(folded) == 1 else None
+            if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                    and bindings.get(node.targets[0].id) == 1):
                 continue
-            node = folded[0]
-            if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
-                    and bindings.get(node.targets[0].id) == 1 and isinstance(node.value, ast.Constant)):
+            if top_level_function is not None and isinstance(node.value, ast.Constant):
                 self.scope.constants[node.targets[0].id] = node.value.value
+            elif self._is_fixed_global(node.value):
+                self.scope.constants[node.targets[0].id] = GlobalAlias(node.value.id)
+                aliases.append(node.targets[0].id)
+        if top_level_function is None:  # after an inner block the local may be unbound (branch not taken)
+            for name in aliases:
+                self.scope.constants.pop(name, None)
         return clean_block(result)
+
+    def _is_fixed_global(self, node: ast.expr) -> bool:
+        """A module-level name bound once and never locally: once read, it names that object for good."""
+        return isinstance(node, ast.Name) and self.facts.top_level_counts.get(node.id) == 1 \
+            and not self._locally_bound(node.id)
 
     def generic_visit(self, node: ast.AST) -> ast.AST:
         for name, value in ast.iter_fields(node):
@@ -664,6 +981,8 @@ class Folder(ast.NodeTransformer):
 
     def visit_FunctionDef(self, node: ast.FunctionDef):
         node.decorator_list = [self.visit(d) for d in node.decorator_list]
+        if id(node) in self.facts.always_passed:
+            drop_passed_defaults(node.args, self.facts.always_passed[id(node)])
         node.args = self.visit(node.args)
         class_name = self.scope.class_name if self.scopes[-1].function is None else None
         types = {**self._inherited_types(node), **_function_types(self.facts, node, class_name)}
@@ -718,6 +1037,9 @@ class Folder(ast.NodeTransformer):
     # -- expressions -----------------------------------------------------------------------------
 
     def visit_Name(self, node: ast.Name):
+        if isinstance(node.ctx, ast.Load) and isinstance(self.scope.constants.get(node.id), GlobalAlias):
+            alias = self.scope.constants[node.id].name
+            return node if self._locally_bound(alias) else ast.copy_location(ast.Name(id=alias, ctx=ast.Load()), node)
         if isinstance(node.ctx, ast.Load) and node.id in self.scope.constants and id(node) not in self.used_as_object:
             return _constant(self.scope.constants[node.id], node)
         if isinstance(node.ctx, ast.Load) and node.id == "TYPE_CHECKING" and not self.facts.rebinds("TYPE_CHECKING"):
@@ -737,7 +1059,7 @@ class Folder(ast.NodeTransformer):
         if kind is None:
             return node
         known, value = self.facts.config.folded_value(kind, node.attr)
-        if not known and kind in self.facts.classes and not self._inside_init_of(kind):
+        if not known and kind in self.facts.classes and not self._inside_init_of(kind) and _is_pure(node.value):
             for table in (self.facts.attr_constants, self.facts.property_constants):
                 if (kind, node.attr) in table:
                     known, value = True, table[(kind, node.attr)]
@@ -878,12 +1200,16 @@ class Folder(ast.NodeTransformer):
         return _evaluated(lambda: UNARY_OPERATORS[type(node.op)](value), node) if known else node
 
     def visit_BinOp(self, node: ast.BinOp):
+        original = (node.left, node.right)
         self.generic_visit(node)
+        if self._is_opaque(node.left, node.right):
+            # The read stays a read: python-minifier would compute ``16000000 - 987654321`` itself.
+            node.left, node.right = (before if self._is_opaque(after) and not isinstance(before, ast.Constant)
+                                     else after for before, after in zip(original, (node.left, node.right)))
+            return node
         (left_known, left), (right_known, right) = constant_value(node.left), constant_value(node.right)
         if not (left_known and right_known) or isinstance(left, str) or isinstance(right, str):
             return node  # string arithmetic (and % formatting) stays as written
-        if self._is_opaque(node.left, node.right):
-            return node
         if isinstance(node.op, ast.Pow) and abs(right) > 64:
             return node
         return _evaluated(lambda: BINARY_OPERATORS[type(node.op)](left, right), node)
