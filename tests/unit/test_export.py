@@ -9,6 +9,8 @@ script of every preset is run against the package in tests/e2e/test_export_scrip
 import ast
 import json
 import math
+import os
+import subprocess
 import sys
 import textwrap
 import types
@@ -537,3 +539,26 @@ def test_keep_messages_keeps_them_in_the_counted_script(real_script):
     kept = build_exported_script(cfg, preset_name="tiny_cpu", verify=False, keep_messages=True)
     assert "is not a valid" in kept.minified and kept.wrapped_bytes > script.wrapped_bytes
     assert minify_source(kept.readable) == kept.minified
+
+
+EXPORT_DIGEST_PROGRAM = """
+import hashlib
+from pgolf.config import apply_config_overrides
+from pgolf.export.bundle import build_exported_script
+from pgolf.presets import record_sp8192
+cfg = apply_config_overrides(record_sp8192(), {"DATA_PATH": "/d", "TOKENIZER_PATH": "/t.model"}, source="test")
+print(hashlib.sha256(build_exported_script(cfg, preset_name="record_sp8192", verify=False).wrapped).hexdigest())
+"""
+
+
+@pytest.mark.slow
+def test_the_export_is_the_same_whatever_the_string_hash_seed():
+    """`pgolf train` logs the size of its own export as exact, and `pgolf export` runs in another process:
+    nothing in the export may follow set or dict order that depends on Python's string hashing."""
+    digests = set()
+    for seed in ("1", "2"):
+        result = subprocess.run([sys.executable, "-c", EXPORT_DIGEST_PROGRAM], capture_output=True, text=True,
+                                env={**os.environ, "PYTHONHASHSEED": seed, "OMP_NUM_THREADS": "1"}, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        digests.add(result.stdout.strip())
+    assert len(digests) == 1, digests
