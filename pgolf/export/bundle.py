@@ -49,6 +49,7 @@ import python_minifier
 from pgolf.config import Config, config_to_json, flatten_config
 from pgolf.data.corpus import resolve_cache_dir
 from pgolf.errors import ConfigError, PgolfError
+from pgolf.export.facts import config_facts
 from pgolf.export.flatten import ExportError, FlattenedSource, flatten_core_modules
 from pgolf.export.messages import terse_tree
 from pgolf.export.minify import (WRAP_COMPRESS_FILTERS, WRAPPERS, minify_source, needs_source_registration,
@@ -56,7 +57,7 @@ from pgolf.export.minify import (WRAP_COMPRESS_FILTERS, WRAPPERS, minify_source,
 from pgolf.export.program import Program, Section, is_docstring, statement_bound_names
 from pgolf.export.shake import (ExternalBases, ShakeResult, check_names_resolve, check_switches, declared_switch,
                                 drop_dangling_annotations, make_positional_only, shake)
-from pgolf.export.specialize import bake_config_defaults, config_facts, fold_program, remove_dead_stores
+from pgolf.export.specialize import bake_config_defaults, fold_program, remove_dead_stores
 from pgolf.export.verify import PROBE_SIZE_FIELDS, verify_minified
 from pgolf.fsutil import write_bytes_atomic, write_text_atomic
 from pgolf.provenance import pgolf_code_hash

@@ -22,10 +22,11 @@ from pgolf.commands import quantize as quantize_command
 from pgolf.config import ArtifactConfig, Config, ModelConfig, QuantConfig, apply_config_overrides
 from pgolf.errors import ArtifactError
 from pgolf.export.bundle import build_exported_script
+from pgolf.export.facts import config_facts
 from pgolf.export.flatten import flatten_core_modules
 from pgolf.export.program import Program, Section
 from pgolf.export.shake import ExternalBases, shake
-from pgolf.export.specialize import config_facts, fold_program
+from pgolf.export.specialize import fold_program
 from pgolf.model.gpt import GPT
 from pgolf.presets import preset_config
 from pgolf.quant.model_artifact import (EXACT_CODE_BYTES_NOTE, UPPER_BOUND_CODE_BYTES_NOTE,

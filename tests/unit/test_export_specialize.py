@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from pgolf.config import Config, ModelConfig
+from pgolf.config import Config, ModelConfig, flatten_config
+from pgolf.export.facts import config_facts
 from pgolf.export.flatten import ExportError, flatten_core_modules
 from pgolf.export.program import Program, Section, collect_scopes, scope_bindings
 from pgolf.export.shake import (ExternalBases, check_switches, declared_switch, drop_dangling_annotations, shake,
                                 unresolved_names)
-from pgolf.export.specialize import config_facts, fold_program
-from pgolf.config import flatten_config
+from pgolf.export.specialize import fold_program
 
 
 def specialized(source: str, cfg: Config | None = None, *, live: frozenset = frozenset(), feature: str = "",
