@@ -325,12 +325,12 @@ def _agree_and_checkpoint(parts: TrainingParts, cfg: TrainConfig, ctx: DistConte
                           interrupt: InterruptRequest | None) -> tuple[bool, bool]:
     """Agree across ranks (one collective) on the stop flags and the seconds trigger, then write a
     checkpoint, off the clock, when one is due or Ctrl-C asked for it. Returns (over_budget, interrupted)."""
-    time_due = checkpoints is not None and checkpoints.time_due(clock.elapsed_seconds)
+    if checkpoints is None:  # Ctrl-C and the seconds trigger come with checkpoints: only the budget to agree on
+        return all_ranks_agree_any(clock.over_budget, ctx.device), False
+    time_due = checkpoints.time_due(clock.elapsed_seconds)
     interrupt_requested = interrupt is not None and interrupt.requested
     over_budget, interrupted, time_due = ranks_agree_any_of([clock.over_budget, interrupt_requested, time_due],
                                                             ctx.device)
-    if checkpoints is None:
-        return over_budget, False
     more_to_come = not over_budget and position.step < cfg.iterations
     if interrupted or (more_to_come and (time_due or checkpoints.step_due(position.step))):
         clock.pause()
