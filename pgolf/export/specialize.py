@@ -557,6 +557,10 @@ def _is_pure(node: ast.AST) -> bool:
         return _is_pure(node.value)
     if isinstance(node, (ast.Tuple, ast.List)):
         return all(_is_pure(e) for e in node.elts)
+    if isinstance(node, ast.Dict):  # constant keys only: hashing a constant runs no program code (None: **x)
+        return all(isinstance(k, ast.Constant) for k in node.keys) and all(_is_pure(v) for v in node.values)
+    if isinstance(node, ast.Set):
+        return all(isinstance(e, ast.Constant) for e in node.elts)
     if isinstance(node, ast.BinOp):
         return _is_pure(node.left) and _is_pure(node.right)
     if isinstance(node, ast.UnaryOp):

@@ -570,3 +570,22 @@ def test_a_local_bound_once_to_a_global_is_that_global_for_the_rest_of_its_block
     # near misses: a read after the block that bound it (the branch may not have run), a local bound twice
     assert "other(2, kernel=len)" in text and "kind(lr=3)" in text
     assert "def __init__(self, lr, kernel=None):" in text  # other(...) may be a call without kernel
+
+
+def test_a_local_bound_to_a_display_of_constants_and_never_read_goes():
+    """``fields = {}`` left behind when its readers were folded away is a dead store; a display whose
+    keys or elements are computed (hashing may run code) stays."""
+    text, _ = specialized('''
+        def key():
+            return object()
+
+
+        def main():
+            empty = {}
+            table = {"a": 1, "b": (2, 3)}
+            names = {"x", "y"}
+            computed = {key(): 1}
+            return 0
+    ''')
+    assert "empty" not in text and "table" not in text and "names" not in text
+    assert "computed = {key(): 1}" in text
