@@ -390,7 +390,7 @@ def program_source(program: Program) -> str:
     return "\n".join(ast.unparse(statement) for statement in program.statements()) + "\n"
 
 
-def _settle_code_bytes(minified_template: str, wrapper: str = "auto") -> tuple[str, int, bytes]:
+def _settle_code_bytes(minified_template: str, codec: str | None = None) -> tuple[str, int, bytes]:
     """(minified source, N, wrapped bytes) where the source states N and the wrapped file is exactly N
     bytes. Iterating N <- size(N) settles in a step or two; should it cycle, the smallest N whose script
     is at most N bytes is stated and the file is padded with trailing newlines up to it."""
@@ -398,8 +398,8 @@ def _settle_code_bytes(minified_template: str, wrapper: str = "auto") -> tuple[s
     if not minified_template.count(marker):
         raise ExportError("internal: the code-bytes placeholder is missing from the minified script.")
     register = needs_source_registration(minified_template)
-    # Chosen once: a codec that flipped with N could never settle.
-    codec = wrap_codec(minified_template) if wrapper == "auto" else wrapper
+    # Chosen once (by the caller, or here): a codec that flipped with N could never settle.
+    codec = codec or wrap_codec(minified_template)
 
     def build(n: int) -> tuple[str, bytes]:
         source = minified_template.replace(marker, str(n))
@@ -486,12 +486,13 @@ def build_exported_script(cfg: Config, *, preset_name: str = "custom", package_d
     counted_prog = spec.program if keep_messages else counted_program(template, spec.program)
     counted = template if keep_messages else program_source(counted_prog)
     minified = minify_source(counted)
+    codec = wrap_codec(minified) if wrapper == "auto" else wrapper
     if with_bytes:
-        minified, code_bytes, wrapped = _settle_code_bytes(minified, wrapper)
+        minified, code_bytes, wrapped = _settle_code_bytes(minified, codec)
         readable = template.replace(str(CODE_BYTES_PLACEHOLDER), str(code_bytes))
         counted = counted.replace(str(CODE_BYTES_PLACEHOLDER), str(code_bytes))
     else:
-        readable, wrapped = template, wrap_source(minified, codec=None if wrapper == "auto" else wrapper)
+        readable, wrapped = template, wrap_source(minified, codec=codec)
     if verify:  # the minifier's output against its input (which differs from the readable file in messages)
         verify_minified(counted, minified)
     sections = shipped_sections(spec.program)[1:-1]
