@@ -96,9 +96,10 @@ def write_quantized_artifact(state: dict[str, torch.Tensor], cfg: Config, out_di
     what = f"{artifact_path.name.split('.')[1]}+{artifact.compressor}"
     logger.line(f"Serialized model {what}: {len(artifact.blob)} bytes (quantize+compress {quantize_seconds:.1f}s)")
     logger.line(f"Code size: {code_bytes} bytes ({size.code_bytes_note})")
-    prune_lines, prune_fields = describe_artifact_pruning(artifact, code_bytes) if diagnostics else ([], {})
-    for line in prune_lines:
-        logger.line(line)
+    if diagnostics:  # a plain branch: the export folds it away whole (prune_fields is read only below it)
+        prune_lines, prune_fields = describe_artifact_pruning(artifact, code_bytes)
+        for line in prune_lines:
+            logger.line(line)
     logger.line(f"Total submission size {what}: {size.total_bytes} bytes (cap {size.cap}, margin {size.margin_bytes})")
     if not diagnostics:
         return artifact_path, size, {}
