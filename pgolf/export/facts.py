@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgolf.config import Config
-from pgolf.export.program import (FUNCTION_NODES, SCOPE_NODES, Program, collect_scopes, is_docstring, scope_bindings,
-                                  statement_bound_names, walk_scope)
+from pgolf.export.program import (FUNCTION_NODES, SCOPE_NODES, Program, collect_scopes, is_docstring, referenced_name,
+                                  scope_bindings, statement_bound_names, walk_scope)
 from pgolf.export.verify import PROBE_NAMES
 
 FOLDABLE_TYPES = (bool, int, float, str, type(None))
@@ -59,8 +59,7 @@ def replaced_config_fields(program: Program, field_names: set[str]) -> set[str]:
     for node in ast.walk(program.tree()):
         if not isinstance(node, ast.Call):
             continue
-        func = node.func
-        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        name = referenced_name(node.func) or ""
         if name == "replace" or name.endswith("Config"):
             found.update(keyword.arg for keyword in node.keywords if keyword.arg in field_names)
     return found
@@ -202,8 +201,7 @@ def _methods(cls: ast.ClassDef) -> dict[str, ast.FunctionDef]:
 
 
 def _decorator_names(function: ast.AST) -> list[str]:
-    return [d.id if isinstance(d, ast.Name) else d.attr if isinstance(d, ast.Attribute) else "?"
-            for d in getattr(function, "decorator_list", [])]
+    return [referenced_name(d) or "?" for d in getattr(function, "decorator_list", [])]
 
 
 def _self_name(method: ast.FunctionDef) -> str | None:
@@ -257,8 +255,7 @@ def _index(tree: ast.Module) -> _Index:
             if isinstance(node.value, ast.Name) and not isinstance(node.ctx, ast.Load):
                 index.mutated.add(node.value.id)
         elif isinstance(node, ast.Call):
-            func = node.func
-            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            name = referenced_name(node.func) or ""
             if name in ("setattr", "delattr", "__setattr__", "__delattr__"):
                 # setattr(obj, "name", v), object.__setattr__(obj, "name", v), obj.__setattr__("name", v)
                 for argument in node.args[:2]:
@@ -655,8 +652,7 @@ def _dataclass_options(cls: ast.ClassDef) -> dict[str, ast.expr] | None:
         return None
     decorator = cls.decorator_list[0]
     call = decorator if isinstance(decorator, ast.Call) else None
-    func = call.func if call else decorator
-    name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+    name = referenced_name(call.func if call else decorator) or ""
     if name != "dataclass" or (call and (call.args or any(k.arg is None for k in call.keywords))):
         return None
     return {k.arg: k.value for k in call.keywords} if call else {}
@@ -749,8 +745,7 @@ def _rebuilt_classes(facts: ProgramFacts, tree: ast.Module, index: _Index) -> tu
 
 
 def _call_name(call: ast.Call) -> str:
-    func = call.func
-    return func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+    return referenced_name(call.func) or ""
 
 
 def _type_of(node: ast.AST) -> ast.expr | None:

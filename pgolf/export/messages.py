@@ -18,6 +18,8 @@ arguments are values the program or Python uses) and any class with its own ``__
 
 import ast
 
+from pgolf.export.program import referenced_name
+
 # Builtin classes whose single argument is a message for a person and nothing else.
 MESSAGE_EXCEPTIONS = frozenset({
     "Exception", "ValueError", "RuntimeError", "TypeError", "AssertionError", "FileNotFoundError", "OSError",
@@ -55,7 +57,7 @@ def user_error_names(tree: ast.Module, message_classes: frozenset[str]) -> froze
     """The program's message classes that derive from :data:`USER_ERROR_BASE` (or are it): their one
     argument is a message by the package's own rule, however it is computed (a variable, a call to a
     function that words it), so it goes whatever its form."""
-    bases = {node.name: [class_name(base) for base in node.bases]
+    bases = {node.name: [referenced_name(base) for base in node.bases]
              for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
 
     def derives(name: str | None, seen: frozenset[str]) -> bool:
@@ -75,10 +77,10 @@ def raises_message(node: ast.Raise, message_classes: frozenset[str], user_errors
     """Whether ``node`` is ``raise X(<message>)`` (``from ...`` allowed) with X a message class; for a
     user error class (:func:`user_error_names`) any one argument is its message."""
     call = node.exc
-    if not (isinstance(call, ast.Call) and class_name(call.func) in message_classes
+    if not (isinstance(call, ast.Call) and referenced_name(call.func) in message_classes
             and len(call.args) == 1 and not call.keywords and not isinstance(call.args[0], ast.Starred)):
         return False
-    return class_name(call.func) in user_errors or is_message(call.args[0])
+    return referenced_name(call.func) in user_errors or is_message(call.args[0])
 
 
 def is_message(node: ast.expr) -> bool:
@@ -92,15 +94,6 @@ def is_message(node: ast.expr) -> bool:
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format":
         return isinstance(node.func.value, ast.Constant) and isinstance(node.func.value.value, str)
     return False
-
-
-def class_name(node: ast.expr) -> str | None:
-    """The name a raise or a base refers to (``X`` or ``module.X``); None for anything computed."""
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return node.attr
-    return None
 
 
 def message_exception_names(tree: ast.Module) -> frozenset[str]:
@@ -134,7 +127,7 @@ def is_plain_subclass(definition: ast.ClassDef, base_takes_message) -> bool:
         return False
     if any(defines_constructor(statement) for statement in definition.body):
         return False
-    return all(base_takes_message(class_name(base)) for base in definition.bases)
+    return all(base_takes_message(referenced_name(base)) for base in definition.bases)
 
 
 def defines_constructor(statement: ast.stmt) -> bool:

@@ -185,6 +185,16 @@ def scope_bindings(scope: ast.AST) -> dict[str, int]:
     return counts
 
 
+def referenced_name(node: ast.AST) -> str | None:
+    """The name ``X`` or ``something.X`` refers to (a call's function, a base, a decorator); None for
+    anything computed."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return None
+
+
 def is_docstring(statement: ast.stmt) -> bool:
     return (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)
             and isinstance(statement.value.value, str))

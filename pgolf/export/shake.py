@@ -25,7 +25,7 @@ import symtable
 from dataclasses import dataclass, field
 
 from pgolf.export.flatten import ExportError
-from pgolf.export.program import Program, Section, is_docstring, statement_bound_names
+from pgolf.export.program import Program, Section, is_docstring, referenced_name, statement_bound_names
 
 SWITCH_SUFFIX = "_EXPORT_SWITCH"
 # Names every module namespace has without a definition.
@@ -206,8 +206,7 @@ def _marker_head(annotation: ast.expr) -> ast.expr | None:
         except SyntaxError:
             return None
     head = annotation.value if isinstance(annotation, ast.Subscript) else annotation
-    name = head.id if isinstance(head, ast.Name) else head.attr if isinstance(head, ast.Attribute) else None
-    return head if name in DATACLASS_MARKERS else None
+    return head if referenced_name(head) in DATACLASS_MARKERS else None
 
 
 def _inherited_attributes(cls: ast.ClassDef, classes: dict[str, ast.ClassDef], bases: ExternalBases,
@@ -330,18 +329,13 @@ def annotations_may_be_read(program: Program) -> bool:
 
 
 def _calls_named(node: ast.AST, name: str) -> bool:
-    if not isinstance(node, ast.Call):
-        return False
-    func = node.func
-    return (isinstance(func, ast.Name) and func.id == name) or (isinstance(func, ast.Attribute) and func.attr == name)
+    return isinstance(node, ast.Call) and referenced_name(node.func) == name
 
 
 def _is_plain_dataclass(cls: ast.ClassDef) -> bool:
     """Decorated with ``dataclass`` (called or not) and nothing else."""
     decorators = [d.func if isinstance(d, ast.Call) else d for d in cls.decorator_list]
-    return bool(decorators) and all(
-        (isinstance(d, ast.Name) and d.id == "dataclass") or (isinstance(d, ast.Attribute) and d.attr == "dataclass")
-        for d in decorators)
+    return bool(decorators) and all(referenced_name(d) == "dataclass" for d in decorators)
 
 
 def _short_annotation(annotation: ast.expr) -> str | None:
