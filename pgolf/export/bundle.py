@@ -54,11 +54,12 @@ from pgolf.export.flatten import ExportError, FlattenedSource, flatten_core_modu
 from pgolf.export.messages import terse_tree
 from pgolf.export.minify import (WRAP_COMPRESS_FILTERS, WRAPPERS, minify_source, needs_source_registration,
                                  wrap_codec, wrap_source)
+from pgolf.export.parameters import drop_unused_parameters
 from pgolf.export.program import Program, Section, is_docstring, statement_bound_names
 from pgolf.export.shake import (ExternalBases, ShakeResult, check_names_resolve, check_switches, declared_switch,
                                 drop_dangling_annotations, make_positional_only, shake)
 from pgolf.export.specialize import bake_config_defaults, fold_program, remove_dead_stores
-from pgolf.export.verify import PROBE_SIZE_FIELDS, verify_minified
+from pgolf.export.verify import PROBE_NAMES, PROBE_SIZE_FIELDS, verify_minified
 from pgolf.fsutil import write_bytes_atomic, write_text_atomic
 from pgolf.provenance import pgolf_code_hash
 
@@ -377,6 +378,8 @@ def counted_program(template: str, program: Program) -> Program:
         raise ExportError("internal: the readable program does not match the specialized one.")
     counted = Program(sections)
     remove_dead_stores(counted)
+    while drop_unused_parameters(counted, keep=frozenset(PROBE_NAMES)):  # a dropped argument can leave its
+        remove_dead_stores(counted)  # caller's parameter unread, and a store that computed it dead
     shake(counted, ExternalBases(counted))
     check_names_resolve(program_source(counted))
     return counted
@@ -493,8 +496,8 @@ def build_exported_script(cfg: Config, *, preset_name: str = "custom", package_d
         counted = counted.replace(str(CODE_BYTES_PLACEHOLDER), str(code_bytes))
     else:
         readable, wrapped = template, wrap_source(minified, codec=codec)
-    if verify:  # the minifier's output against its input (which differs from the readable file in messages)
-        verify_minified(counted, minified)
+    if verify:  # the readable file against what ships: checks the counted program's changes and the minifier
+        verify_minified(readable, minified, counted)
     sections = shipped_sections(spec.program)[1:-1]
     dropped = tuple(m.name for m in flat.modules if m.name not in {s.name for s in sections})
     return ExportedScript(readable, minified, wrapped, tuple(s.name for s in sections), preset_name, code_hash,

@@ -288,7 +288,7 @@ class Folder(ast.NodeTransformer):
         if kind is None:
             return node
         known, value = self.facts.config.folded_value(kind, node.attr)
-        if not known and kind in self.facts.classes and not self._inside_init_of(kind) and _is_pure(node.value):
+        if not known and kind in self.facts.classes and not self._inside_init_of(kind) and is_pure(node.value):
             for table in (self.facts.attr_constants, self.facts.property_constants):
                 if (kind, node.attr) in table:
                     known, value = True, table[(kind, node.attr)]
@@ -341,12 +341,12 @@ class Folder(ast.NodeTransformer):
         name = node.func.id
         arguments = node.args + [keyword.value for keyword in node.keywords]
         if name == "isinstance" and not self.facts.top_level_counts.get(name) and len(node.args) == 2 \
-                and not node.keywords and _is_pure(node.args[0]):
+                and not node.keywords and is_pure(node.args[0]):
             return self._fold_isinstance(node)
         if name in ("any", "all") and not self.facts.top_level_counts.get(name) and len(node.args) == 1 \
                 and not node.keywords:
             return self._fold_any_all(node, name == "any")
-        if name in self.facts.constant_functions and all(_is_pure(argument) for argument in arguments):
+        if name in self.facts.constant_functions and all(is_pure(argument) for argument in arguments):
             value = self.facts.constant_functions[name]
             return _constant(value, node) if representable(value) else node
         if name in PURE_BUILTINS and not self.facts.top_level_counts.get(name) and not node.keywords \
@@ -513,7 +513,7 @@ def truthiness(node: ast.AST) -> tuple[bool, bool]:
             known, value = truthiness(item)
             if known and value == decides:
                 return True, decides
-            if not _is_pure(item):
+            if not is_pure(item):
                 return False, False
     return False, False
 
@@ -549,28 +549,28 @@ def _evaluated(compute, node: ast.AST) -> ast.AST:
     return _constant(value, node)
 
 
-def _is_pure(node: ast.AST) -> bool:
+def is_pure(node: ast.AST) -> bool:
     """An expression without side effects (names, constants, attribute reads and operators on them)."""
     if isinstance(node, (ast.Constant, ast.Name)):
         return True
     if isinstance(node, ast.Attribute):
-        return _is_pure(node.value)
+        return is_pure(node.value)
     if isinstance(node, (ast.Tuple, ast.List)):
-        return all(_is_pure(e) for e in node.elts)
+        return all(is_pure(e) for e in node.elts)
     if isinstance(node, ast.Dict):  # constant keys only: hashing a constant runs no program code (None: **x)
-        return all(isinstance(k, ast.Constant) for k in node.keys) and all(_is_pure(v) for v in node.values)
+        return all(isinstance(k, ast.Constant) for k in node.keys) and all(is_pure(v) for v in node.values)
     if isinstance(node, ast.Set):
         return all(isinstance(e, ast.Constant) for e in node.elts)
     if isinstance(node, ast.BinOp):
-        return _is_pure(node.left) and _is_pure(node.right)
+        return is_pure(node.left) and is_pure(node.right)
     if isinstance(node, ast.UnaryOp):
-        return _is_pure(node.operand)
+        return is_pure(node.operand)
     if isinstance(node, ast.BoolOp):
-        return all(_is_pure(v) for v in node.values)
+        return all(is_pure(v) for v in node.values)
     if isinstance(node, ast.Compare):
-        return _is_pure(node.left) and all(_is_pure(c) for c in node.comparators)
+        return is_pure(node.left) and all(is_pure(c) for c in node.comparators)
     if isinstance(node, ast.IfExp):
-        return _is_pure(node.test) and _is_pure(node.body) and _is_pure(node.orelse)
+        return is_pure(node.test) and is_pure(node.body) and is_pure(node.orelse)
     return False
 
 
@@ -630,7 +630,7 @@ def _is_dead_store(statement: ast.stmt, loaded: set[str], declared: set[str]) ->
     else:
         return False
     return (isinstance(target, ast.Name) and target.id not in loaded and target.id not in declared
-            and _is_pure(value))
+            and is_pure(value))
 
 
 def fold_program(program: Program, config: ConfigFacts, after_round=None, opaque: frozenset = frozenset()) -> int:

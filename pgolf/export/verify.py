@@ -1,6 +1,8 @@
 """Run the minified program against the readable one before the script ships (tooling).
 
-python-minifier rewrites names and layout; a bug there would ship a different program. So both
+Between the readable file and the counted script stand the messages' removal, the unused parameters'
+removal (:mod:`pgolf.export.parameters`) and python-minifier, which rewrites names and layout; a bug in
+any of them would ship a different program. So both
 programs are loaded, as modules, into one fresh Python process (``python -c``: nothing of this
 process leaks in, ``import pgolf`` is never needed) and put through the same probe: the baked
 configuration's model is built from one seed, scores a random batch (forward and backward), and its
@@ -8,7 +10,8 @@ optimizers take one step. Losses, gradients and the updated weights must agree b
 else stops the export with both programs' numbers.
 
 The minified program's names are not the readable one's (python-minifier renames globals), but its
-top-level functions and classes come in the same order: the probe maps one to the other by position.
+top-level functions and classes come in the order of the program it was given (the counted program,
+which has the readable one's names but not all its definitions): the probe maps names by that position.
 The probe shrinks the baked model to CPU size through the fields the exporter leaves live for that
 (:data:`PROBE_SIZE_FIELDS`: vocabulary, width, heads), so every feature the configuration switches on
 runs, at a size that takes a second.
@@ -69,9 +72,9 @@ def probe(module, names, batch, seq):
         result["weights"] = [float(p.detach().double().sum()) for p in model.parameters()]
     return result
 
-readable_path, minified_path, wanted, batch, seq = sys.argv[1:6]
+readable_path, minified_path, minified_from_path, wanted, batch, seq = sys.argv[1:7]
 readable, minified = open(readable_path).read(), open(minified_path).read()
-order_readable, order_minified = top_level_names(readable), top_level_names(minified)
+order_readable, order_minified = top_level_names(open(minified_from_path).read()), top_level_names(minified)
 if len(order_readable) != len(order_minified):
     print(json.dumps({"error": f"{len(order_readable)} top-level definitions in the readable program, "
                                f"{len(order_minified)} in the minified one"}))
@@ -91,20 +94,26 @@ def probe_names_available(readable: str) -> list[str]:
     return [name for name in PROBE_NAMES if name in defined]
 
 
-def verify_minified(readable: str, minified: str) -> dict:
-    """Run the probe on both programs in a fresh process; ExportError when they differ."""
+def verify_minified(readable: str, minified: str, minified_from: str | None = None) -> dict:
+    """Run the probe on both programs in a fresh process; ExportError when they differ. ``minified_from``:
+    the program python-minifier was given, when it is not ``readable`` (the counted program, which lacks
+    the messages, what only they used and unread parameters): its top-level names, in order, map the
+    readable names to the minified ones."""
     names = probe_names_available(readable)
     if not {"Config", "build_model", "Runtime"} <= set(names):
         return {"skipped": "the program has no Config/build_model/Runtime to probe"}
     with tempfile.TemporaryDirectory(prefix="pgolf_export_verify_") as folder:
         readable_path, minified_path = Path(folder) / "readable.py", Path(folder) / "minified.py"
+        minified_from_path = Path(folder) / "minified_from.py"
         readable_path.write_text(readable, encoding="utf-8")
         minified_path.write_text(minified, encoding="utf-8")
+        minified_from_path.write_text(minified_from or readable, encoding="utf-8")
         environment = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH",)}
         environment.setdefault("OMP_NUM_THREADS", "1")
         try:
             completed = subprocess.run(
-                [sys.executable, "-c", PROBE_SOURCE, str(readable_path), str(minified_path), ",".join(names),
+                [sys.executable, "-c", PROBE_SOURCE, str(readable_path), str(minified_path), str(minified_from_path),
+                 ",".join(names),
                  str(PROBE_BATCH), str(PROBE_SEQ)],
                 cwd=folder, env=environment, capture_output=True, text=True, timeout=VERIFY_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:

@@ -251,13 +251,13 @@ def test_what_tiny_cpu_never_runs_is_not_shipped(real_script):
 def test_the_minified_program_is_checked_by_running_it(real_script):
     _, script = real_script
     counted = counted_source(script.readable, script.program)  # what was minified (messages as line numbers)
-    result = verify_minified(counted, script.minified)
+    result = verify_minified(script.readable, script.minified, counted)
     assert math.isfinite(result["loss"]) and result["grads"] and result["weights"]
     # TIED_EMBED_INIT_STD is folded into the embedding's init; a minifier that changed it would change the run.
     assert script.minified.count("std=.005") == 1, "the baked init scale is not where the test expects it"
     broken = script.minified.replace("std=.005", "std=.006")
     with pytest.raises(ExportError, match="computes differently"):
-        verify_minified(counted, broken)
+        verify_minified(script.readable, broken, counted)
 
 
 def test_an_existing_file_is_never_overwritten(real_script, tmp_path):

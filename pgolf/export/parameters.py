@@ -1,0 +1,228 @@
+"""Parameters a function never reads: dropped from its definition and from every call (tooling).
+
+Once the configuration is baked, many parameters carry values nothing reads any more
+(``compress(data, compressor, shuffle_stride)`` after both were folded to constants; ``name`` once
+the message that used it has become a line number). The minifier keeps them, and every call keeps
+passing them. This pass removes such a parameter from the ``def`` and its argument from every call,
+when that is provably the same program:
+
+- the function is a top-level ``def`` (or the ``__init__`` of an undecorated top-level class nothing
+  subclasses), undecorated, without ``*args``/``**kwargs``, bound once in the whole program, and every use of its
+  name is a direct call without ``*``/``**`` unpacking (so no caller can reach it another way: not
+  ``functools.partial(f)``, not a callback, not ``getattr(module, "f")``); ``type(x)(...)`` or
+  ``x.__class__(...)`` anywhere keeps every ``__init__``;
+- no node in the function reads the parameter, and the function asks for no frame (``locals()``,
+  ``vars()``, ``eval``, ``exec``, ``sys._getframe``);
+- every argument given for it, and its default, is a pure expression (a name, a constant, an
+  attribute read, operators on them), so not evaluating it changes nothing.
+
+Names the export's own check calls from outside the program (:data:`pgolf.export.verify.PROBE_NAMES`)
+keep their signatures. The pass runs on the counted program only (the readable file keeps every
+parameter); :func:`pgolf.export.verify.verify_minified` runs the readable and the minified program
+side by side, so what it changes is checked, not trusted.
+"""
+
+import ast
+
+from pgolf.export.program import Program, parameter_names
+from pgolf.export.specialize import is_pure
+
+# Builtins and attributes through which a function can see its own parameters by name.
+FRAME_BUILTINS = frozenset({"locals", "vars", "eval", "exec", "globals"})
+FRAME_ATTRIBUTES = frozenset({"_getframe", "currentframe", "f_locals"})
+
+
+def drop_unused_parameters(program: Program, keep: frozenset[str] = frozenset()) -> int:
+    """Remove every parameter (and its arguments) that the rules above allow; ``keep``: names whose
+    signatures stay. Returns how many parameters went."""
+    tree = program.tree()
+    uses = _name_uses(tree)
+    if uses.frame_read_at_top:
+        return 0
+    dropped = 0
+    for statement in tree.body:
+        function, skip_first = _droppable_function(statement, uses)
+        if function is None or statement.name in keep:
+            continue
+        calls = uses.calls.get(statement.name)
+        if calls is None:
+            continue
+        names = [name for name in _unread_parameters(function, skip_first)
+                 if _droppable_everywhere(function, name, calls, skip_first)]
+        if names:
+            _drop(function, set(names), calls, skip_first)
+            dropped += len(names)
+    return dropped
+
+
+class _NameUses(ast.NodeVisitor):
+    """For each name: its direct calls (None once it is used any other way) and how often it is bound."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, list[ast.Call] | None] = {}
+        self.bound: dict[str, int] = {}
+        self.neutral: set[int] = set()  # uses that call nothing: callees, isinstance classes, annotations
+        self.rebuilds_instances = False  # type(x)(...) or x.__class__(...): constructors called indirectly
+        self.frame_read_at_top = False
+
+    def bind(self, name: str) -> None:
+        self.bound[name] = self.bound.get(name, 0) + 1
+
+    def visit_Call(self, node: ast.Call) -> None:
+        func = node.func
+        if isinstance(func, ast.Name):
+            unpacks = any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords)
+            known = self.calls.setdefault(func.id, [])
+            if unpacks:
+                self.calls[func.id] = None
+            elif known is not None:
+                known.append(node)
+            self.neutral.add(id(func))
+            if func.id == "globals":
+                self.frame_read_at_top = True
+            if func.id == "isinstance" and len(node.args) == 2:
+                classes = node.args[1]
+                for item in classes.elts if isinstance(classes, ast.Tuple) else [classes]:
+                    self.neutral.add(id(item))
+        elif isinstance(func, ast.Call) and isinstance(func.func, ast.Name) and func.func.id == "type":
+            self.rebuilds_instances = True
+        elif isinstance(func, ast.Attribute) and func.attr == "__class__":
+            self.rebuilds_instances = True
+        self.generic_visit(node)
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if not isinstance(node.ctx, ast.Load):
+            self.bind(node.id)
+        elif id(node) not in self.neutral:
+            self.calls[node.id] = None
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        self.bind(node.name)
+        for name in parameter_names(node):
+            self.bind(name)
+        self._neutral_annotations(node.args, node.returns)
+        self.generic_visit(node)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        self.neutral.update(id(n) for n in ast.walk(node.annotation))
+        self.generic_visit(node)
+
+    def _neutral_annotations(self, args: ast.arguments, returns: ast.expr | None) -> None:
+        every = args.posonlyargs + args.args + args.kwonlyargs + [a for a in (args.vararg, args.kwarg) if a]
+        for annotation in [a.annotation for a in every if a.annotation is not None] + [returns]:
+            if annotation is not None:
+                self.neutral.update(id(n) for n in ast.walk(annotation))
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        for name in parameter_names(node):
+            self.bind(name)
+        self.generic_visit(node)
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self.bind(node.name)
+        self.generic_visit(node)
+
+    def visit_alias(self, node: ast.alias) -> None:
+        self.bind(node.asname or node.name.split(".")[0])
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
+        if node.name:
+            self.bind(node.name)
+        self.generic_visit(node)
+
+    def visit_Global(self, node: ast.Global) -> None:
+        for name in node.names:
+            self.bind(name)
+            self.bind(name)
+
+    visit_Nonlocal = visit_Global
+
+
+def _name_uses(tree: ast.Module) -> _NameUses:
+    uses = _NameUses()
+    uses.visit(tree)
+    return uses
+
+
+def _droppable_function(statement: ast.stmt, uses: _NameUses) -> tuple[ast.FunctionDef | None, bool]:
+    """(the function whose parameters may go, whether its first parameter is ``self``)."""
+    if uses.bound.get(getattr(statement, "name", None), 0) != 1:
+        return None, False
+    if isinstance(statement, ast.FunctionDef):
+        function, skip_first = statement, False
+    elif isinstance(statement, ast.ClassDef) and not statement.decorator_list and not uses.rebuilds_instances \
+            and not _subclassed(statement, uses):  # a decorator such as @dataclass may build instances itself
+        inits = [s for s in statement.body if isinstance(s, ast.FunctionDef) and s.name == "__init__"]
+        if len(inits) != 1:
+            return None, False
+        function, skip_first = inits[0], True
+    else:
+        return None, False
+    if function.decorator_list or function.args.vararg or function.args.kwarg or _reads_frame(function):
+        return None, False
+    return function, skip_first
+
+
+def _subclassed(cls: ast.ClassDef, uses: _NameUses) -> bool:
+    # A class used as a base is a Name load that is not a call: its calls entry is None already.
+    return uses.calls.get(cls.name) is None
+
+
+def _reads_frame(function: ast.FunctionDef) -> bool:
+    return any((isinstance(n, ast.Name) and n.id in FRAME_BUILTINS)
+               or (isinstance(n, ast.Attribute) and n.attr in FRAME_ATTRIBUTES) for n in ast.walk(function))
+
+
+def _unread_parameters(function: ast.FunctionDef, skip_first: bool) -> list[str]:
+    read = {n.id for n in ast.walk(function) if isinstance(n, ast.Name)}
+    args = function.args
+    candidates = (args.posonlyargs + args.args)[1 if skip_first else 0:] + args.kwonlyargs
+    return [a.arg for a in candidates if a.arg not in read]
+
+
+def _positional_names(function: ast.FunctionDef, skip_first: bool) -> list[str]:
+    return [a.arg for a in (function.args.posonlyargs + function.args.args)[1 if skip_first else 0:]]
+
+
+def _given(call: ast.Call, name: str, positional: list[str]) -> ast.expr | None:
+    """The expression ``call`` passes for parameter ``name`` (None: it leaves the default)."""
+    if name in positional and positional.index(name) < len(call.args):
+        return call.args[positional.index(name)]
+    return next((k.value for k in call.keywords if k.arg == name), None)
+
+
+def _default(function: ast.FunctionDef, name: str) -> ast.expr | None:
+    args = function.args
+    positional = args.posonlyargs + args.args
+    defaults = dict(zip([a.arg for a in positional[len(positional) - len(args.defaults):]], args.defaults))
+    defaults.update({a.arg: d for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None})
+    return defaults.get(name)
+
+
+def _droppable_everywhere(function: ast.FunctionDef, name: str, calls: list[ast.Call], skip_first: bool) -> bool:
+    positional = _positional_names(function, skip_first)
+    given = [_given(call, name, positional) for call in calls]
+    default = _default(function, name)
+    if default is None and any(value is None for value in given):
+        return False  # a call that passes too few arguments raises TypeError today; keep that
+    return all(value is None or is_pure(value) for value in [*given, default])
+
+
+def _drop(function: ast.FunctionDef, names: set[str], calls: list[ast.Call], skip_first: bool) -> None:
+    positional = _positional_names(function, skip_first)
+    dropped_indices = {i for i, name in enumerate(positional) if name in names}
+    for call in calls:
+        call.args = [a for i, a in enumerate(call.args) if i not in dropped_indices]
+        call.keywords = [k for k in call.keywords if k.arg not in names]
+    args = function.args
+    every_positional = args.posonlyargs + args.args
+    first_default = len(every_positional) - len(args.defaults)
+    kept_defaults = [d for a, d in zip(every_positional[first_default:], args.defaults) if a.arg not in names]
+    args.posonlyargs = [a for a in args.posonlyargs if a.arg not in names]
+    args.args = [a for a in args.args if a.arg not in names]
+    args.defaults = kept_defaults
+    kept_keyword_only = [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if a.arg not in names]
+    args.kwonlyargs = [a for a, _ in kept_keyword_only]
+    args.kw_defaults = [d for _, d in kept_keyword_only]

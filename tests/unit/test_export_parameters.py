@@ -1,0 +1,108 @@
+"""Unused parameters leave the counted program only where no caller can tell (pgolf/export/parameters.py)."""
+
+import ast
+import textwrap
+
+from pgolf.export.parameters import drop_unused_parameters
+from pgolf.export.program import Program, Section
+
+
+def _dropped(source: str, keep: frozenset[str] = frozenset()) -> tuple[int, str]:
+    program = Program([Section("m", "m", ast.parse(textwrap.dedent(source)).body)])
+    count = drop_unused_parameters(program, keep)
+    return count, "\n".join(ast.unparse(s) for s in program.statements())
+
+
+def _run(source: str) -> dict:
+    namespace: dict = {}
+    exec(compile(textwrap.dedent(source), "<test>", "exec"), namespace)
+    return namespace["RESULT"]
+
+
+def test_unread_parameters_leave_the_def_and_every_call_and_the_result_is_the_same():
+    source = """
+        def scale(x, name, factor, /, *, unit, verbose=False):
+            return x * factor
+        RESULT = [scale(2, 'a', 3, unit='kg'), scale(5, 'b', 7, unit='m', verbose=True)]
+    """
+    count, after = _dropped(source)
+    assert count == 3
+    assert "def scale(x, factor, /):" in after
+    assert "scale(2, 3)" in after and "scale(5, 7)" in after
+    assert _run(after + "\n") == _run(source) == [6, 35]
+
+
+def test_a_function_used_any_way_but_a_direct_call_keeps_its_signature():
+    for use in ("CALLBACK = pick", "import functools\nP = functools.partial(pick, 1)",
+                "ARGS = (1, 2)\nX = pick(*ARGS)", "KW = {'b': 2}\nX = pick(1, **KW)"):
+        count, after = _dropped(f"def pick(a, b):\n    return a\n{use}\nY = pick(1, 2)\n")
+        assert count == 0 and "def pick(a, b):" in after, use
+
+
+def test_an_argument_with_side_effects_keeps_its_parameter():
+    source = """
+        LOG = []
+        def note(x):
+            LOG.append(x)
+            return x
+        def first(a, b):
+            return a
+        X = first(1, note(2))
+        RESULT = LOG
+    """
+    count, after = _dropped(source)
+    assert count == 0 and _run(after + "\n") == [2]
+
+
+def test_a_parameter_read_anywhere_inside_stays():
+    for body in ("return (lambda: b)()", "return [b for _ in range(1)]", "def inner():\n        return b\n    return inner()",
+                 "return locals()", "return eval('b')"):
+        count, after = _dropped(f"def f(b):\n    {body}\nX = f(2)\n")
+        assert count == 0 and "def f(b):" in after, body
+
+
+def test_names_bound_twice_or_kept_on_request_stay():
+    shadowed = "def f(a, b):\n    return a\ndef g(f):\n    return f(1, 2)\nX = f(1, 2)\n"
+    assert _dropped(shadowed)[0] == 0  # g's parameter f is another function: its call must keep two arguments
+    rebound = "def f(a, b):\n    return a\ndef f(a, b):\n    return b\nX = f(1, 2)\n"
+    assert _dropped(rebound)[0] == 0
+    assert _dropped("def build(a, b):\n    return a\nX = build(1, 2)\n", keep=frozenset({"build"}))[0] == 0
+
+
+def test_a_call_that_relies_on_a_missing_argument_raising_keeps_it():
+    count, _ = _dropped("def f(a, b):\n    return a\ntry:\n    f(1)\nexcept TypeError:\n    pass\n")
+    assert count == 0
+
+
+def test_constructor_parameters_go_only_for_classes_built_by_direct_calls():
+    plain = """
+        class Box:
+            def __init__(self, size, label):
+                self.size = size
+        RESULT = Box(3, 'x').size
+    """
+    count, after = _dropped(plain)
+    assert count == 1 and "def __init__(self, size):" in after and "Box(3)" in after
+    assert _run(after + "\n") == 3
+    checked = plain.replace("RESULT = Box(3, 'x').size", "RESULT = isinstance(Box(3, 'x'), Box)")
+    assert _dropped(checked)[0] == 1  # isinstance reads the class, calls nothing
+    for extra in ("class Big(Box):\n    pass", "def copy_of(b):\n    return type(b)(1, 2)",
+                  "def copy_of(b):\n    return b.__class__(1, 2)"):
+        assert _dropped(textwrap.dedent(plain) + extra + "\n")[0] == 0, extra
+    decorated = "import dataclasses\n@dataclasses.dataclass\nclass Box:\n    def __init__(self, size, label):\n" \
+                "        self.size = size\nX = Box(3, 'x')\n"
+    assert _dropped(decorated)[0] == 0
+
+
+def test_annotations_that_name_a_function_or_class_are_not_uses():
+    source = """
+        class Box:
+            def __init__(self, size, label):
+                self.size = size
+        def size_of(box: Box, unused) -> int:
+            return box.size
+        ITEM: Box = Box(4, 'y')
+        RESULT = size_of(ITEM, None)
+    """
+    count, after = _dropped(source)
+    assert count == 2 and _run(after + "\n") == 4
