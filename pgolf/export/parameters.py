@@ -155,7 +155,7 @@ def _droppable_function(statement: ast.stmt, uses: _NameUses) -> tuple[ast.Funct
     elif isinstance(statement, ast.ClassDef) and not statement.decorator_list and not uses.rebuilds_instances \
             and not _subclassed(statement, uses):  # a decorator such as @dataclass may build instances itself
         inits = [s for s in statement.body if isinstance(s, ast.FunctionDef) and s.name == "__init__"]
-        if len(inits) != 1:
+        if len(inits) != 1 or _builds_through_cls(statement):
             return None, False
         function, skip_first = inits[0], True
     else:
@@ -163,6 +163,12 @@ def _droppable_function(statement: ast.stmt, uses: _NameUses) -> tuple[ast.Funct
     if function.decorator_list or function.args.vararg or function.args.kwarg or _reads_frame(function):
         return None, False
     return function, skip_first
+
+
+def _builds_through_cls(cls: ast.ClassDef) -> bool:
+    """A classmethod (``cls(...)``) or ``__new__`` may build instances without naming the class."""
+    return any(isinstance(s, ast.FunctionDef) and (s.name == "__new__" or any(
+        isinstance(d, ast.Name) and d.id == "classmethod" for d in s.decorator_list)) for s in cls.body)
 
 
 def _subclassed(cls: ast.ClassDef, uses: _NameUses) -> bool:

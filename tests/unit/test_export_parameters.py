@@ -89,6 +89,8 @@ def test_constructor_parameters_go_only_for_classes_built_by_direct_calls():
     for extra in ("class Big(Box):\n    pass", "def copy_of(b):\n    return type(b)(1, 2)",
                   "def copy_of(b):\n    return b.__class__(1, 2)"):
         assert _dropped(textwrap.dedent(plain) + extra + "\n")[0] == 0, extra
+    factory = plain.replace("RESULT =", "    @classmethod\n            def small(cls):\n                return cls(1, 'y')\n        RESULT =")
+    assert "cls(1, 'y')" in factory and _dropped(factory)[0] == 0
     decorated = "import dataclasses\n@dataclasses.dataclass\nclass Box:\n    def __init__(self, size, label):\n" \
                 "        self.size = size\nX = Box(3, 'x')\n"
     assert _dropped(decorated)[0] == 0
