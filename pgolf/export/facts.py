@@ -586,7 +586,7 @@ TYPE_NAME_ATTRIBUTES = frozenset({"__name__", "__qualname__", "__module__"})
 
 
 @dataclass
-class _Field:
+class InitField:
     """A dataclass field as ``__init__`` takes it."""
 
     name: str
@@ -609,13 +609,20 @@ def _dataclass_field_facts(facts: ProgramFacts, index: _Index) -> None:
                 facts.attr_constants.setdefault((name, field_name), value)
 
 
-def _init_fields(facts: ProgramFacts, cls: ast.ClassDef) -> list[_Field] | None:
+def _init_fields(facts: ProgramFacts, cls: ast.ClassDef) -> list[InitField] | None:
+    """:func:`dataclass_init_fields` of a class nothing subclasses or rebinds."""
+    if cls.name in facts.subclassed or facts.rebinds(cls.name):
+        return None
+    return dataclass_init_fields(cls)
+
+
+def dataclass_init_fields(cls: ast.ClassDef) -> list[InitField] | None:
     """The fields of ``cls`` in its generated ``__init__``'s order, when instances get their values from
-    that ``__init__`` only: decorated by ``dataclass`` alone (``init`` not turned off), no base and no
-    subclass, no method that builds, copies or sets attributes its own way, no ``InitVar``/``KW_ONLY``
-    and no ``field(init=..., kw_only=...)``."""
+    that ``__init__`` only: decorated by ``dataclass`` alone (``init`` not turned off), no base, no
+    method that builds, copies or sets attributes its own way, no ``InitVar``/``KW_ONLY`` and no
+    ``field(init=..., kw_only=...)`` (subclasses are the caller's to rule out)."""
     options = _dataclass_options(cls)
-    if options is None or cls.bases or cls.keywords or cls.name in facts.subclassed or facts.rebinds(cls.name):
+    if options is None or cls.bases or cls.keywords:
         return None
     init, kw_only = options.get("init"), options.get("kw_only")
     if not (init is None or (isinstance(init, ast.Constant) and init.value is True)) \
@@ -635,7 +642,7 @@ def _init_fields(facts: ProgramFacts, cls: ast.ClassDef) -> list[_Field] | None:
                 default = _field_default(item.value)
                 if default is False:
                     return None
-                fields.append(_Field(item.target.id, default, positional))
+                fields.append(InitField(item.target.id, default, positional))
     return fields
 
 
@@ -697,7 +704,7 @@ def _construction_calls(name: str, index: _Index) -> list[ast.Call] | None:
     return calls
 
 
-def _agreed_fields(fields: list[_Field], calls: list[ast.Call]) -> dict[str, Any]:
+def _agreed_fields(fields: list[InitField], calls: list[ast.Call]) -> dict[str, Any]:
     """Field -> the constant every call passes for it (or leaves at a constant default)."""
     positional = [f.name for f in fields if f.positional]
     agreed: dict[str, tuple[bool, Any]] = {}

@@ -1,4 +1,5 @@
-"""Parameters a function never reads: dropped from its definition and from every call (tooling).
+"""Parameters a function never reads: dropped from its definition and from every call; keyword arguments
+made positional (tooling).
 
 Once the configuration is baked, many parameters carry values nothing reads any more
 (``compress(data, compressor, shuffle_stride)`` after both were folded to constants; ``name`` once
@@ -10,11 +11,16 @@ when that is provably the same program:
   subclasses), undecorated, without ``*args``/``**kwargs``, bound once in the whole program, and every use of its
   name is a direct call without ``*``/``**`` unpacking (so no caller can reach it another way: not
   ``functools.partial(f)``, not a callback, not ``getattr(module, "f")``); ``type(x)(...)`` or
-  ``x.__class__(...)`` anywhere keeps every ``__init__``;
+  ``x.__class__(...)`` anywhere keeps every ``__init__``, and so does a classmethod or ``__new__`` in
+  the class (``cls(...)``);
 - no node in the function reads the parameter, and the function asks for no frame (``locals()``,
   ``vars()``, ``eval``, ``exec``, ``sys._getframe``);
 - every argument given for it, and its default, is a pure expression (a name, a constant, an
   attribute read, operators on them), so not evaluating it changes nothing.
+
+The same functions, and dataclasses, then get their keyword arguments as positional ones
+(:func:`pass_by_position`), so that calls spell no parameter names and python-minifier may shorten
+the parameters.
 
 Names the export's own check calls from outside the program (:data:`pgolf.export.verify.PROBE_NAMES`)
 keep their signatures. The pass runs on the counted program only (the readable file keeps every
@@ -23,7 +29,9 @@ side by side, so what it changes is checked, not trusted.
 """
 
 import ast
+import copy
 
+from pgolf.export.facts import dataclass_init_fields
 from pgolf.export.program import Program, parameter_names
 from pgolf.export.specialize import is_pure
 
@@ -41,7 +49,7 @@ def drop_unused_parameters(program: Program, keep: frozenset[str] = frozenset())
         return 0
     dropped = 0
     for statement in tree.body:
-        function, skip_first = _droppable_function(statement, uses)
+        function, skip_first = _rewritable_function(statement, uses)
         if function is None or statement.name in keep:
             continue
         calls = uses.calls.get(statement.name)
@@ -146,8 +154,9 @@ def _name_uses(tree: ast.Module) -> _NameUses:
     return uses
 
 
-def _droppable_function(statement: ast.stmt, uses: _NameUses) -> tuple[ast.FunctionDef | None, bool]:
-    """(the function whose parameters may go, whether its first parameter is ``self``)."""
+def _rewritable_function(statement: ast.stmt, uses: _NameUses) -> tuple[ast.FunctionDef | None, bool]:
+    """(the function whose signature and calls may change together, whether its first parameter is
+    ``self``)."""
     if uses.bound.get(getattr(statement, "name", None), 0) != 1:
         return None, False
     if isinstance(statement, ast.FunctionDef):
@@ -232,3 +241,90 @@ def _drop(function: ast.FunctionDef, names: set[str], calls: list[ast.Call], ski
     kept_keyword_only = [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if a.arg not in names]
     args.kwonlyargs = [a for a, _ in kept_keyword_only]
     args.kw_defaults = [d for _, d in kept_keyword_only]
+
+
+def pass_by_position(program: Program, keep: frozenset[str] = frozenset()) -> int:
+    """Keyword arguments of calls to the program's own functions, constructors and dataclasses become
+    positional, in parameter order, so that the call spells no parameter name (and, once no call names
+    it, python-minifier may shorten the parameter). A function qualifies as for
+    :func:`drop_unused_parameters` (a dataclass: :func:`pgolf.export.facts.dataclass_init_fields` gives
+    its ``__init__``'s order; ``kw_only`` ones stay as they are); every call must convert, or none does. A
+    call converts when what it skips before its last argument has a literal default (copied in), and
+    when moving the keyword arguments into parameter order cannot reorder side effects (they are already
+    in that order, or pure). The keyword-only parameters of a converted ``def`` become ordinary ones when
+    the defaults stay a trailing run. Returns how many keyword arguments became positional."""
+    tree = program.tree()
+    uses = _name_uses(tree)
+    if uses.frame_read_at_top:
+        return 0
+    moved = 0
+    for statement in tree.body:
+        if getattr(statement, "name", None) in keep or not uses.calls.get(getattr(statement, "name", None)):
+            continue
+        signature = _positional_signature(statement, uses)
+        if signature is None:
+            continue
+        order, defaults, function = signature
+        calls = uses.calls[statement.name]
+        converted = [_positional_arguments(call, order, defaults) for call in calls]
+        if any(arguments is None for arguments in converted) or not any(call.keywords for call in calls):
+            continue
+        for call, arguments in zip(calls, converted):
+            moved += len(call.keywords)
+            call.args, call.keywords = arguments, []
+        if function is not None:
+            _keyword_only_to_positional(function)
+    return moved
+
+
+def _positional_signature(statement: ast.stmt, uses: _NameUses) -> tuple[list[str], dict, ast.FunctionDef | None] | None:
+    """(parameter names in positional order, name -> default expression, the def to convert or None)."""
+    function, skip_first = _rewritable_function(statement, uses)
+    if function is not None:
+        args = function.args
+        positional = (args.posonlyargs + args.args)[1 if skip_first else 0:]
+        order = [a.arg for a in positional + args.kwonlyargs]
+        defaults = {name: _default(function, name) for name in order if _default(function, name) is not None}
+        with_default = [name in defaults for name in order]
+        if with_default != sorted(with_default):  # a parameter without a default after one with
+            return None
+        return order, defaults, function
+    if isinstance(statement, ast.ClassDef) and uses.bound.get(statement.name) == 1 and not _subclassed(statement, uses):
+        fields = dataclass_init_fields(statement)
+        if fields and all(f.positional for f in fields):
+            return [f.name for f in fields], {f.name: f.default for f in fields if f.default is not None}, None
+    return None
+
+
+def _positional_arguments(call: ast.Call, order: list[str], defaults: dict) -> list[ast.expr] | None:
+    """``call``'s arguments, all positional (None when it cannot be converted without changing it)."""
+    if len(call.args) > len(order) or any(k.arg not in order for k in call.keywords):
+        return None  # a call that raises TypeError today keeps raising it
+    given = dict(zip(order, call.args))
+    for keyword in call.keywords:
+        if keyword.arg in given:
+            return None
+        given[keyword.arg] = keyword.value
+    if not call.keywords:
+        return list(call.args)
+    indices = [order.index(k.arg) for k in call.keywords]
+    if indices != sorted(indices) and not all(is_pure(k.value) for k in call.keywords):
+        return None  # keyword arguments are evaluated as written; moving them must not reorder effects
+    arguments = []
+    for name in order[:max(order.index(name) for name in given) + 1]:
+        default = defaults.get(name)
+        if name in given:
+            arguments.append(given[name])
+        elif isinstance(default, ast.Constant):
+            arguments.append(copy.deepcopy(default))
+        else:
+            return None
+    return arguments
+
+
+def _keyword_only_to_positional(function: ast.FunctionDef) -> None:
+    """``def f(a, *, b=1)`` -> ``def f(a, b=1)`` (the caller checked that the defaults stay trailing)."""
+    args = function.args
+    args.args = args.args + args.kwonlyargs
+    args.defaults = args.defaults + [d for d in args.kw_defaults if d is not None]
+    args.kwonlyargs, args.kw_defaults = [], []

@@ -3,7 +3,7 @@
 import ast
 import textwrap
 
-from pgolf.export.parameters import drop_unused_parameters
+from pgolf.export.parameters import drop_unused_parameters, pass_by_position
 from pgolf.export.program import Program, Section
 
 
@@ -108,3 +108,78 @@ def test_annotations_that_name_a_function_or_class_are_not_uses():
     """
     count, after = _dropped(source)
     assert count == 2 and _run(after + "\n") == 4
+
+
+def _positional(source: str, keep: frozenset[str] = frozenset()) -> tuple[int, str]:
+    program = Program([Section("m", "m", ast.parse(textwrap.dedent(source)).body)])
+    count = pass_by_position(program, keep)
+    return count, "\n".join(ast.unparse(s) for s in program.statements())
+
+
+def test_keyword_arguments_become_positional_with_skipped_literal_defaults_copied_in():
+    source = """
+        def window(tokens, start=0, *, size, stride=1):
+            return tokens[start:start + size:stride]
+        RESULT = [window('abcdefgh', size=3), window('abcdefgh', 2, stride=2, size=4)]
+    """
+    count, after = _positional(source)  # size has no default but follows start, which has one:
+    assert count == 0 and "*, size, stride=1" in after  # it cannot become positional, so nothing changes
+    assert _positional(source.replace("*, size,", "*, size=2,"))[0] == 3
+
+
+def test_positional_conversion_keeps_results_and_evaluation_order():
+    source = """
+        def window(tokens, start=0, *, size=2, stride=1):
+            return tokens[start:start + size:stride]
+        RESULT = [window('abcdefgh', size=3), window('abcdefgh', 2, stride=2, size=4)]
+    """
+    count, after = _positional(source)
+    assert count == 3 and "window('abcdefgh', 0, 3)" in after and "window('abcdefgh', 2, 4, 2)" in after
+    assert "def window(tokens, start=0, size=2, stride=1):" in after
+    assert _run(after + "\n") == _run(source) == ['abc', 'ce']
+    effects = """
+        LOG = []
+        def note(x):
+            LOG.append(x)
+            return x
+        def pair(a, b):
+            return (a, b)
+        X = pair(b=note(1), a=note(2))
+        RESULT = LOG
+    """
+    count, after = _positional(effects)
+    assert count == 0 and _run(after + "\n") == [1, 2]  # b is evaluated first: moving it would reorder
+
+
+def test_calls_that_cannot_all_convert_leave_every_call_as_written():
+    source = """
+        def f(a, b=None, *, c=0):
+            return (a, b, c)
+        X = f(1, c=2)
+        Y = f(1, c=3)
+        Z = f(1, b=[], c=4) if False else None
+    """
+    count, _ = _positional(source.replace("b=None", "b=[]").replace("b=[], c=4", "c=4"))
+    assert count == 0  # skipping b needs its default copied in, and [] is not a literal constant
+    assert _positional(source)[0] == 4  # c twice, b and c once
+    assert _positional(source, keep=frozenset({"f"}))[0] == 0
+    assert _positional("def f(a, b):\n    return a\nX = f(1, c=2)\n")[0] == 0  # raises TypeError today
+
+
+def test_dataclass_constructions_become_positional_unless_keyword_only():
+    source = """
+        from dataclasses import dataclass, field
+        @dataclass(frozen=True)
+        class Sums:
+            loss: float
+            count: int = 0
+            tags: list = field(default_factory=list)
+        RESULT = [repr(Sums(count=3, loss=1.5)), repr(Sums(2.0))]
+    """
+    count, after = _positional(source)
+    assert count == 2 and "Sums(1.5, 3)" in after and _run(after + "\n") == _run(source)
+    assert _positional(source.replace("(frozen=True)", "(frozen=True, kw_only=True)").replace("Sums(2.0)", "Sums(loss=2.0)"))[0] == 0
+    skipping = source.replace("Sums(count=3, loss=1.5)", "Sums(tags=[1], loss=1.5)")
+    assert "Sums(tags=[1], loss=1.5)" in skipping
+    assert _positional(skipping)[0] == 2  # count's literal default is copied in: Sums(1.5, 0, [1])
+    assert _run(_positional(skipping)[1] + "\n") == _run(skipping)
