@@ -69,25 +69,26 @@ def extra_evaluation_phases(cfg: Config, ctx: DistContext, val_tokens: torch.Ten
                             observer: TTTObserver | None = None) -> list[EvalPhase]:
     """The sliding-window and TTT phases that ``cfg`` enables (possibly none); ``target_bytes`` is the
     validation data's (``ValidationData.target_bytes``), so every phase divides by the same bytes."""
-    window = evaluation_window(cfg)
-    common = dict(window=window, stride=cfg.eval.eval_stride, batch_windows=cfg.eval.eval_batch_windows,
-                  target_bytes=target_bytes, runtime=ctx.runtime, rank=ctx.rank, world_size=ctx.world_size)
+    # The calls spell their arguments out (no shared **kwargs): the exporter then sees every call's values
+    # and folds what the configuration fixes (observer=None drops the TTT legality hooks from a submission).
+    window, stride, batch_windows = evaluation_window(cfg), cfg.eval.eval_stride, cfg.eval.eval_batch_windows
+    runtime, rank, world_size = ctx.runtime, ctx.rank, ctx.world_size
     phases = []
     if cfg.eval.sliding_window_enabled:
-        phases.append(timed_phase("quantized_sliding_window", ctx.runtime,
-                                  lambda: evaluate_sliding_bpb(quantized_model, val_tokens, **common)))
+        phases.append(timed_phase("quantized_sliding_window", runtime, lambda: evaluate_sliding_bpb(
+            quantized_model, val_tokens, window=window, stride=stride, batch_windows=batch_windows,
+            target_bytes=target_bytes, runtime=runtime, rank=rank, world_size=world_size)))
     if cfg.ttt.ttt_enabled:
         # TTT changes the weights it adapts: it gets its own freshly loaded copy of the artifact.
         model = fresh_quantized_model()
         if cfg.ttt.ttt_mode == "lora":
-            lora = dict(window=window, bos_id=cfg.model.bos_token_id, target_bytes=target_bytes, runtime=ctx.runtime,
-                        rank=ctx.rank, world_size=ctx.world_size, observer=observer)
-            phases.append(timed_phase("quantized_ttt_lora", ctx.runtime,
-                                      lambda: evaluate_lora_ttt_bpb(model, val_tokens, cfg.ttt, **lora)))
+            phases.append(timed_phase("quantized_ttt_lora", runtime, lambda: evaluate_lora_ttt_bpb(
+                model, val_tokens, cfg.ttt, window=window, bos_id=cfg.model.bos_token_id, target_bytes=target_bytes,
+                runtime=runtime, rank=rank, world_size=world_size, observer=observer)))
         else:
-            phases.append(timed_phase("quantized_ttt", ctx.runtime,
-                                      lambda: evaluate_ttt_bpb(model, val_tokens, cfg.ttt, observer=observer,
-                                                               **common)))
+            phases.append(timed_phase("quantized_ttt", runtime, lambda: evaluate_ttt_bpb(
+                model, val_tokens, cfg.ttt, window=window, stride=stride, batch_windows=batch_windows,
+                target_bytes=target_bytes, runtime=runtime, rank=rank, world_size=world_size, observer=observer)))
     return phases
 
 

@@ -251,8 +251,9 @@ def pass_by_position(program: Program, keep: frozenset[str] = frozenset()) -> in
     its ``__init__``'s order; ``kw_only`` ones stay as they are); every call must convert, or none does. A
     call converts when what it skips before its last argument has a literal default (copied in), and
     when moving the keyword arguments into parameter order cannot reorder side effects (they are already
-    in that order, or pure). The keyword-only parameters of a converted ``def`` become ordinary ones when
-    the defaults stay a trailing run. Returns how many keyword arguments became positional."""
+    in that order, or pure). A converted ``def``'s parameters all become positional-only (no call names
+    them, whatever other calls in the program pass by keyword), when the defaults stay a trailing run.
+    Returns how many keyword arguments became positional."""
     tree = program.tree()
     uses = _name_uses(tree)
     if uses.frame_read_at_top:
@@ -267,13 +268,16 @@ def pass_by_position(program: Program, keep: frozenset[str] = frozenset()) -> in
         order, defaults, function = signature
         calls = uses.calls[statement.name]
         converted = [_positional_arguments(call, order, defaults) for call in calls]
-        if any(arguments is None for arguments in converted) or not any(call.keywords for call in calls):
+        if any(arguments is None for arguments in converted):
             continue
         for call, arguments in zip(calls, converted):
             moved += len(call.keywords)
             call.args, call.keywords = arguments, []
-        if function is not None:
-            _keyword_only_to_positional(function)
+        if function is not None:  # no call names a parameter now: all may be positional-only
+            args = function.args
+            args.posonlyargs, args.args = args.posonlyargs + args.args + args.kwonlyargs, []
+            args.defaults = args.defaults + [d for d in args.kw_defaults if d is not None]
+            args.kwonlyargs, args.kw_defaults = [], []
     return moved
 
 
@@ -321,10 +325,3 @@ def _positional_arguments(call: ast.Call, order: list[str], defaults: dict) -> l
             return None
     return arguments
 
-
-def _keyword_only_to_positional(function: ast.FunctionDef) -> None:
-    """``def f(a, *, b=1)`` -> ``def f(a, b=1)`` (the caller checked that the defaults stay trailing)."""
-    args = function.args
-    args.args = args.args + args.kwonlyargs
-    args.defaults = args.defaults + [d for d in args.kw_defaults if d is not None]
-    args.kwonlyargs, args.kw_defaults = [], []

@@ -434,8 +434,9 @@ def keyword_names(program: Program) -> set[str]:
 def make_positional_only(program: Program, bases: ExternalBases) -> int:
     """Parameters no call ever passes by keyword become positional-only, so the minifier may shorten them.
 
-    Left alone: decorated functions (a decorator such as ``triton.jit`` may read the signature), lambdas,
-    and methods a class outside the program declares (a framework may call them with keywords).
+    Left alone: decorated functions (a decorator such as ``triton.jit`` may read the signature) unless
+    every decorator is one of :data:`PASS_THROUGH_DECORATORS` (``property``, ``torch.no_grad()``, ...),
+    lambdas, and methods a class outside the program declares (a framework may call them with keywords).
     Returns how many parameters changed."""
     keywords = keyword_names(program)
     classes = {s.name: s for s in program.statements() if isinstance(s, ast.ClassDef)}
@@ -452,8 +453,15 @@ def make_positional_only(program: Program, bases: ExternalBases) -> int:
     return changed
 
 
+# Decorators that call the function with the arguments its callers give (a property getter: with the
+# instance alone) and never read its signature, so its parameters may become positional-only.
+PASS_THROUGH_DECORATORS = frozenset({"property", "cached_property", "staticmethod", "cache", "lru_cache", "no_grad",
+                                     "enable_grad", "inference_mode", "contextmanager"})
+
+
 def _positional_only(function: ast.FunctionDef, keywords: set[str]) -> int:
-    if function.decorator_list:
+    if not all(referenced_name(d.func if isinstance(d, ast.Call) else d) in PASS_THROUGH_DECORATORS
+               for d in function.decorator_list):
         return 0
     args = function.args
     count = 0

@@ -1,10 +1,12 @@
-"""Unused parameters leave the counted program only where no caller can tell (pgolf/export/parameters.py)."""
+"""Parameters in the counted program (pgolf/export/parameters.py, shake.make_positional_only): unread ones
+leave, keyword arguments become positional, names go positional-only, only where no caller can tell."""
 
 import ast
 import textwrap
 
 from pgolf.export.parameters import drop_unused_parameters, pass_by_position
 from pgolf.export.program import Program, Section
+from pgolf.export.shake import ExternalBases, make_positional_only
 
 
 def _dropped(source: str, keep: frozenset[str] = frozenset()) -> tuple[int, str]:
@@ -135,7 +137,7 @@ def test_positional_conversion_keeps_results_and_evaluation_order():
     """
     count, after = _positional(source)
     assert count == 3 and "window('abcdefgh', 0, 3)" in after and "window('abcdefgh', 2, 4, 2)" in after
-    assert "def window(tokens, start=0, size=2, stride=1):" in after
+    assert "def window(tokens, start=0, size=2, stride=1, /):" in after
     assert _run(after + "\n") == _run(source) == ['abc', 'ce']
     effects = """
         LOG = []
@@ -183,3 +185,40 @@ def test_dataclass_constructions_become_positional_unless_keyword_only():
     assert "Sums(tags=[1], loss=1.5)" in skipping
     assert _positional(skipping)[0] == 2  # count's literal default is copied in: Sums(1.5, 0, [1])
     assert _run(_positional(skipping)[1] + "\n") == _run(skipping)
+
+
+def _positional_only(source: str) -> str:
+    program = Program([Section("m", "m", ast.parse(textwrap.dedent(source)).body)])
+    make_positional_only(program, ExternalBases(program))
+    return "\n".join(ast.unparse(s) for s in program.statements())
+
+
+def test_parameters_no_call_names_become_positional_only_through_pass_through_decorators_only():
+    after = _positional_only("""
+        import functools
+        import torch
+        def area(width, height):
+            return width * height
+        class Box:
+            def __init__(self, size):
+                self.size = size
+            @property
+            def doubled(self):
+                return 2 * self.size
+            @torch.no_grad()
+            def scaled(self, factor):
+                return self.size * factor
+            @functools.cache
+            def cached(self, factor):
+                return factor
+        def traced(fn):
+            return fn
+        @traced
+        def kept(value):
+            return value
+        X = area(2, height=3)
+    """)
+    assert "def area(width, /, height):" in after  # height is passed by keyword somewhere
+    assert "def doubled(self, /):" in after and "def scaled(self, factor, /):" in after
+    assert "def cached(self, factor, /):" in after
+    assert "def kept(value):" in after  # an unknown decorator may read the signature
