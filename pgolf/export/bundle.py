@@ -54,7 +54,7 @@ from pgolf.export.flatten import ExportError, FlattenedSource, flatten_core_modu
 from pgolf.export.messages import terse_tree
 from pgolf.export.minify import (WRAP_COMPRESS_FILTERS, WRAPPERS, minify_source, needs_source_registration,
                                  wrap_codec, wrap_source)
-from pgolf.export.parameters import drop_unused_parameters, pass_by_position
+from pgolf.export.parameters import drop_unused_parameters, inline_single_calls, pass_by_position
 from pgolf.export.program import Program, Section, is_docstring, statement_bound_names
 from pgolf.export.shake import (ExternalBases, ShakeResult, check_names_resolve, check_switches, declared_switch,
                                 drop_dangling_annotations, make_positional_only, shake)
@@ -380,6 +380,7 @@ def counted_program(template: str, program: Program) -> Program:
     remove_dead_stores(counted)
     while drop_unused_parameters(counted, keep=frozenset(PROBE_NAMES)):  # a dropped argument can leave its
         remove_dead_stores(counted)  # caller's parameter unread, and a store that computed it dead
+    inline_single_calls(counted, keep=frozenset(PROBE_NAMES))
     pass_by_position(counted, keep=frozenset(PROBE_NAMES))
     make_positional_only(counted, ExternalBases(counted))  # parameters no call names any more
     shake(counted, ExternalBases(counted))

@@ -1,5 +1,5 @@
 """Parameters a function never reads: dropped from its definition and from every call; keyword arguments
-made positional (tooling).
+made positional; functions of one return expression inlined at their one call (tooling).
 
 Once the configuration is baked, many parameters carry values nothing reads any more
 (``compress(data, compressor, shuffle_stride)`` after both were folded to constants; ``name`` once
@@ -72,6 +72,8 @@ class _NameUses(ast.NodeVisitor):
         self.neutral: set[int] = set()  # uses that call nothing: callees, isinstance classes, annotations
         self.rebuilds_instances = False  # type(x)(...) or x.__class__(...): constructors called indirectly
         self.frame_read_at_top = False
+        self.declared: set[str] = set()  # names some scope declares global or nonlocal
+        self.parents: dict[int, ast.AST] = {}
 
     def bind(self, name: str) -> None:
         self.bound[name] = self.bound.get(name, 0) + 1
@@ -140,10 +142,23 @@ class _NameUses(ast.NodeVisitor):
             self.bind(node.name)
         self.generic_visit(node)
 
+    def visit_MatchAs(self, node: ast.AST) -> None:
+        if node.name:
+            self.bind(node.name)
+        self.generic_visit(node)
+
+    visit_MatchStar = visit_MatchAs
+
+    def visit_MatchMapping(self, node: ast.MatchMapping) -> None:
+        if node.rest:
+            self.bind(node.rest)
+        self.generic_visit(node)
+
     def visit_Global(self, node: ast.Global) -> None:
         for name in node.names:
             self.bind(name)
             self.bind(name)
+            self.declared.add(name)
 
     visit_Nonlocal = visit_Global
 
@@ -151,6 +166,7 @@ class _NameUses(ast.NodeVisitor):
 def _name_uses(tree: ast.Module) -> _NameUses:
     uses = _NameUses()
     uses.visit(tree)
+    uses.parents = {id(child): node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     return uses
 
 
@@ -325,3 +341,104 @@ def _positional_arguments(call: ast.Call, order: list[str], defaults: dict) -> l
             return None
     return arguments
 
+
+
+def inline_single_calls(program: Program, keep: frozenset[str] = frozenset()) -> int:
+    """A function whose body is one ``return <expression>`` and that one call in the whole program uses
+    is replaced, at that call, by the expression with the call's arguments in place of the parameters.
+    Only when that is the same program: the function qualifies as for :func:`drop_unused_parameters`
+    (not a constructor), its expression opens no scope and binds nothing (no lambda, comprehension,
+    walrus, ``yield`` or ``await``) and reads each parameter at most once; each argument is a constant,
+    or a name no scope declares ``global``/``nonlocal`` (so nothing the expression runs first can change
+    it); a parameter the call leaves out has a literal default; and every other name the expression
+    reads is bound only at top level or nowhere (a builtin): no scope around the call can shadow it.
+    Repeats until nothing changes; returns how many calls were inlined."""
+    inlined = 0
+    while True:
+        tree = program.tree()
+        uses = _name_uses(tree)
+        if uses.frame_read_at_top:
+            return inlined
+        top_level = set(program.top_level_definitions())
+        done = False
+        for section in program.sections:
+            for statement in list(section.body):
+                if isinstance(statement, ast.FunctionDef) and statement.name not in keep \
+                        and _inline_once(statement, uses, top_level):
+                    section.body.remove(statement)
+                    inlined += 1
+                    done = True
+                    break
+            if done:
+                break
+        if not done:
+            return inlined
+
+
+def _inline_once(function: ast.FunctionDef, uses: _NameUses, top_level: set[str]) -> bool:
+    calls = uses.calls.get(function.name)
+    checked, _ = _rewritable_function(function, uses)
+    if checked is None or not calls or len(calls) != 1 or not _single_return(function):
+        return False
+    expression = _body_statements(function)[0].value
+    call = calls[0]
+    if any(n is call for n in ast.walk(function)):
+        return False  # its one call is its own
+    order = [a.arg for a in function.args.posonlyargs + function.args.args + function.args.kwonlyargs]
+    arguments = _positional_arguments(call, order, {n: _default(function, n) for n in order if _default(function, n)})
+    if arguments is None:
+        return False
+    values = dict(zip(order, arguments))
+    for name in order[len(arguments):]:
+        default = _default(function, name)
+        if not isinstance(default, ast.Constant):
+            return False
+        values[name] = default
+    if not all(isinstance(v, ast.Constant) or (isinstance(v, ast.Name) and v.id not in uses.declared)
+               for v in values.values()):
+        return False
+    reads = [n.id for n in ast.walk(expression) if isinstance(n, ast.Name)]
+    if any(reads.count(name) > 1 for name in order):
+        return False
+    others = {name for name in reads if name not in values}
+    if any(uses.bound.get(name, 0) > (1 if name in top_level else 0) for name in others):
+        return False
+    replacement = _Substitute(values).visit(copy.deepcopy(expression))
+    _replace_node(call, replacement, uses.parents[id(call)])
+    return True
+
+
+def _body_statements(function: ast.FunctionDef) -> list[ast.stmt]:
+    body = function.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        body = body[1:]  # the docstring
+    return body
+
+
+def _single_return(function: ast.FunctionDef) -> bool:
+    body = _body_statements(function)
+    if len(body) != 1 or not isinstance(body[0], ast.Return) or body[0].value is None:
+        return False
+    binders = (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.NamedExpr, ast.Yield,
+               ast.YieldFrom, ast.Await)
+    return not any(isinstance(n, binders) for n in ast.walk(body[0].value))
+
+
+class _Substitute(ast.NodeTransformer):
+    def __init__(self, values: dict[str, ast.expr]) -> None:
+        self.values = values
+
+    def visit_Name(self, node: ast.Name) -> ast.expr:
+        return copy.deepcopy(self.values[node.id]) if node.id in self.values else node
+
+
+def _replace_node(old: ast.AST, new: ast.AST, parent: ast.AST) -> None:
+    for field, value in ast.iter_fields(parent):
+        if value is old:
+            setattr(parent, field, new)
+            return
+        if isinstance(value, list) and any(item is old for item in value):
+            value[[i for i, item in enumerate(value) if item is old][0]] = new
+            return
+    raise ValueError("internal: the call to inline is not where its parent says")

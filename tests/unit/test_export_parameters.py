@@ -4,7 +4,7 @@ leave, keyword arguments become positional, names go positional-only, only where
 import ast
 import textwrap
 
-from pgolf.export.parameters import drop_unused_parameters, pass_by_position
+from pgolf.export.parameters import drop_unused_parameters, inline_single_calls, pass_by_position
 from pgolf.export.program import Program, Section
 from pgolf.export.shake import ExternalBases, make_positional_only
 
@@ -222,3 +222,44 @@ def test_parameters_no_call_names_become_positional_only_through_pass_through_de
     assert "def doubled(self, /):" in after and "def scaled(self, factor, /):" in after
     assert "def cached(self, factor, /):" in after
     assert "def kept(value):" in after  # an unknown decorator may read the signature
+
+
+def _inlined(source: str, keep: frozenset[str] = frozenset()) -> tuple[int, str]:
+    program = Program([Section("m", "m", ast.parse(textwrap.dedent(source)).body)])
+    count = inline_single_calls(program, keep)
+    return count, "\n".join(ast.unparse(s) for s in program.statements())
+
+
+def test_a_one_call_one_return_function_is_inlined_with_its_arguments_in_place():
+    source = """
+        def header(kind, version=1):
+            '''The frame header.'''
+            return bytes([kind, version])
+        def frame(payload):
+            return header(3) + payload
+        RESULT = frame(b'x')
+    """
+    count, after = _inlined(source)
+    assert count == 2 and "def header" not in after and "def frame" not in after
+    assert "RESULT = bytes([3, 1]) + b'x'" in after and _run(after + "\n") == _run(source) == b"\x03\x01x"
+
+
+def test_inlining_keeps_what_the_call_would_have_done_otherwise():
+    cases = {
+        "two calls": "def f(a):\n    return a + 1\nX = f(1)\nY = f(2)\n",
+        "an attribute argument, read after the body's calls": "import os\ndef f(a):\n    return g() + a\n"
+                                                               "def g():\n    return 0\nX = f(os.sep)\nY = g()\n",
+        "a parameter read twice": "def f(a):\n    return a * a\nX = f(3)\n",
+        "a nested scope": "def f(a):\n    return [a for _ in range(2)]\nX = f(3)\n",
+        "a name the caller shadows": "LIMIT = 3\ndef f(a):\n    return min(a, LIMIT)\n"
+                                     "def g(LIMIT):\n    return f(LIMIT)\nX = g(9)\nY = g(8)\n",
+        "a global the body may change": "N = 1\ndef bump():\n    global N\n    N += 1\n    return 0\n"
+                                        "def f(a):\n    return bump() + a\nX = f(N)\n",
+        "a function used as a value": "def f(a):\n    return a\nG = f\nX = f(1)\n",
+        "its only call is its own": "def f(a):\n    return f(a - 1) if a else 0\n",
+        "more than one statement": "def f(a):\n    b = a\n    return b\nX = f(1)\n",
+    }
+    for label, source in cases.items():
+        count, _ = _inlined(source)
+        assert count == 0, label
+    assert _inlined("def f(a):\n    return a\nX = f(1)\n", keep=frozenset({"f"}))[0] == 0
