@@ -9,10 +9,15 @@ from pgolf.export.program import Program, Section
 from pgolf.export.shake import ExternalBases, make_positional_only
 
 
-def _dropped(source: str, keep: frozenset[str] = frozenset()) -> tuple[int, str]:
+def _transformed(transform, source: str, keep: frozenset[str] = frozenset()) -> tuple[int, str]:
+    """(what ``transform`` returned, the program after it) for ``source`` as a one-section program."""
     program = Program([Section("m", "m", ast.parse(textwrap.dedent(source)).body)])
-    count = drop_unused_parameters(program, keep)
+    count = transform(program, keep)
     return count, "\n".join(ast.unparse(s) for s in program.statements())
+
+
+def _dropped(source: str, keep: frozenset[str] = frozenset()) -> tuple[int, str]:
+    return _transformed(drop_unused_parameters, source, keep)
 
 
 def _run(source: str) -> dict:
@@ -113,9 +118,7 @@ def test_annotations_that_name_a_function_or_class_are_not_uses():
 
 
 def _positional(source: str, keep: frozenset[str] = frozenset()) -> tuple[int, str]:
-    program = Program([Section("m", "m", ast.parse(textwrap.dedent(source)).body)])
-    count = pass_by_position(program, keep)
-    return count, "\n".join(ast.unparse(s) for s in program.statements())
+    return _transformed(pass_by_position, source, keep)
 
 
 def test_keyword_arguments_become_positional_with_skipped_literal_defaults_copied_in():
@@ -188,9 +191,7 @@ def test_dataclass_constructions_become_positional_unless_keyword_only():
 
 
 def _positional_only(source: str) -> str:
-    program = Program([Section("m", "m", ast.parse(textwrap.dedent(source)).body)])
-    make_positional_only(program, ExternalBases(program))
-    return "\n".join(ast.unparse(s) for s in program.statements())
+    return _transformed(lambda program, _: make_positional_only(program, ExternalBases(program)), source)[1]
 
 
 def test_parameters_no_call_names_become_positional_only_through_pass_through_decorators_only():
@@ -225,9 +226,7 @@ def test_parameters_no_call_names_become_positional_only_through_pass_through_de
 
 
 def _inlined(source: str, keep: frozenset[str] = frozenset()) -> tuple[int, str]:
-    program = Program([Section("m", "m", ast.parse(textwrap.dedent(source)).body)])
-    count = inline_single_calls(program, keep)
-    return count, "\n".join(ast.unparse(s) for s in program.statements())
+    return _transformed(inline_single_calls, source, keep)
 
 
 def test_a_one_call_one_return_function_is_inlined_with_its_arguments_in_place():
