@@ -352,60 +352,63 @@ def inline_single_calls(program: Program, keep: frozenset[str] = frozenset()) ->
     or a name no scope declares ``global``/``nonlocal`` (so nothing the expression runs first can change
     it); a parameter the call leaves out has a literal default; and every other name the expression
     reads is bound only at top level or nowhere (a builtin): no scope around the call can shadow it.
-    Repeats until nothing changes; returns how many calls were inlined."""
+    Rounds repeat until nothing changes (a round inlines only functions independent of each other);
+    returns how many calls were inlined."""
     inlined = 0
     while True:
-        tree = program.tree()
-        uses = _name_uses(tree)
+        uses = _name_uses(program.tree())
         if uses.frame_read_at_top:
             return inlined
         top_level = set(program.top_level_definitions())
-        done = False
-        for section in program.sections:
-            for statement in list(section.body):
-                if isinstance(statement, ast.FunctionDef) and statement.name not in keep \
-                        and _inline_once(statement, uses, top_level):
-                    section.body.remove(statement)
-                    inlined += 1
-                    done = True
-                    break
-            if done:
-                break
+        plans = {s.name: plan for s in program.statements() if isinstance(s, ast.FunctionDef) and s.name not in keep
+                 for plan in [_inline_plan(s, uses, top_level)] if plan is not None}
+        # A round inlines functions that do not touch each other: once f's call inside g is replaced, g
+        # waits for the next round (its body changed), and so does any function f's expression calls.
+        owner = {id(n): s.name for s in program.statements() if getattr(s, "name", None) in plans for n in ast.walk(s)}
+        done, waiting = set(), set()
+        for name, (call, replacement) in plans.items():
+            if name in waiting or owner.get(id(call)) in done:
+                continue
+            _replace_node(call, replacement, uses.parents[id(call)])
+            done.add(name)
+            waiting |= {owner.get(id(call))} | {n.id for n in ast.walk(replacement) if isinstance(n, ast.Name)}
         if not done:
             return inlined
+        for section in program.sections:
+            section.body = [s for s in section.body if not (isinstance(s, ast.FunctionDef) and s.name in done)]
+        inlined += len(done)
 
 
-def _inline_once(function: ast.FunctionDef, uses: _NameUses, top_level: set[str]) -> bool:
+def _inline_plan(function: ast.FunctionDef, uses: _NameUses, top_level: set[str]) -> tuple[ast.Call, ast.expr] | None:
+    """(the one call, the expression to put there) when the rules allow inlining ``function``."""
     calls = uses.calls.get(function.name)
     checked, _ = _rewritable_function(function, uses)
     if checked is None or not calls or len(calls) != 1 or not _single_return(function):
-        return False
+        return None
     expression = _body_statements(function)[0].value
     call = calls[0]
     if any(n is call for n in ast.walk(function)):
-        return False  # its one call is its own
+        return None  # its one call is its own
     order = [a.arg for a in function.args.posonlyargs + function.args.args + function.args.kwonlyargs]
     arguments = _positional_arguments(call, order, {n: _default(function, n) for n in order if _default(function, n)})
     if arguments is None:
-        return False
+        return None
     values = dict(zip(order, arguments))
     for name in order[len(arguments):]:
         default = _default(function, name)
         if not isinstance(default, ast.Constant):
-            return False
+            return None
         values[name] = default
     if not all(isinstance(v, ast.Constant) or (isinstance(v, ast.Name) and v.id not in uses.declared)
                for v in values.values()):
-        return False
+        return None
     reads = [n.id for n in ast.walk(expression) if isinstance(n, ast.Name)]
     if any(reads.count(name) > 1 for name in order):
-        return False
+        return None
     others = {name for name in reads if name not in values}
     if any(uses.bound.get(name, 0) > (1 if name in top_level else 0) for name in others):
-        return False
-    replacement = _Substitute(values).visit(copy.deepcopy(expression))
-    _replace_node(call, replacement, uses.parents[id(call)])
-    return True
+        return None
+    return call, _Substitute(values).visit(copy.deepcopy(expression))
 
 
 def _body_statements(function: ast.FunctionDef) -> list[ast.stmt]:
