@@ -29,10 +29,9 @@ side by side, so what it changes is checked, not trusted.
 """
 
 import ast
-import copy
 
 from pgolf.export.facts import dataclass_init_fields
-from pgolf.export.program import Program, parameter_names
+from pgolf.export.program import Program, copy_tree, parameter_names
 from pgolf.export.specialize import is_pure
 
 # Builtins and attributes through which a function can see its own parameters by name.
@@ -336,7 +335,7 @@ def _positional_arguments(call: ast.Call, order: list[str], defaults: dict) -> l
         if name in given:
             arguments.append(given[name])
         elif isinstance(default, ast.Constant):
-            arguments.append(copy.deepcopy(default))
+            arguments.append(copy_tree(default))
         else:
             return None
     return arguments
@@ -408,7 +407,7 @@ def _inline_plan(function: ast.FunctionDef, uses: _NameUses, top_level: set[str]
     others = {name for name in reads if name not in values}
     if any(uses.bound.get(name, 0) > (1 if name in top_level else 0) for name in others):
         return None
-    return call, _Substitute(values).visit(copy.deepcopy(expression))
+    return call, _Substitute(values).visit(copy_tree(expression))
 
 
 def _body_statements(function: ast.FunctionDef) -> list[ast.stmt]:
@@ -433,7 +432,7 @@ class _Substitute(ast.NodeTransformer):
         self.values = values
 
     def visit_Name(self, node: ast.Name) -> ast.expr:
-        return copy.deepcopy(self.values[node.id]) if node.id in self.values else node
+        return copy_tree(self.values[node.id]) if node.id in self.values else node
 
 
 def _replace_node(old: ast.AST, new: ast.AST, parent: ast.AST) -> None:

@@ -185,6 +185,22 @@ def scope_bindings(scope: ast.AST) -> dict[str, int]:
     return counts
 
 
+def copy_tree(node):
+    """A copy of an AST node (or list of nodes), fields only. Not ``copy.deepcopy``: python-minifier
+    annotates nodes it visits (``_parent``, ``namespace``), the shared ``ast.Load()`` singleton
+    included, so a deep copy of any name would drag along a whole earlier program (seconds per copy
+    after the first export in a process). Context singletons and constant values are shared."""
+    if isinstance(node, list):
+        return [copy_tree(item) for item in node]
+    if not isinstance(node, ast.AST) or isinstance(node, ast.expr_context):
+        return node
+    copied = type(node)(**{name: copy_tree(value) for name, value in ast.iter_fields(node)})
+    for attribute in node._attributes:
+        if hasattr(node, attribute):
+            setattr(copied, attribute, getattr(node, attribute))
+    return copied
+
+
 def referenced_name(node: ast.AST) -> str | None:
     """The name ``X`` or ``something.X`` refers to (a call's function, a base, a decorator); None for
     anything computed."""

@@ -38,14 +38,13 @@ computed name only replaces submodules (never an attribute that holds a constant
 """
 
 import ast
-import copy
 import operator
 from dataclasses import dataclass
 from typing import Any
 
 from pgolf.export.facts import (ConfigFacts, ProgramFacts, analyze, constant_value, drop_passed_defaults,
                                 function_types, representable)
-from pgolf.export.program import FUNCTION_NODES, SCOPE_NODES, Program, collect_scopes, walk_scope
+from pgolf.export.program import FUNCTION_NODES, SCOPE_NODES, Program, collect_scopes, copy_tree, walk_scope
 
 # Builtins whose value on constants the exporter may compute (unless the program rebinds the name).
 PURE_BUILTINS = {"len": len, "bool": bool, "int": int, "float": float, "str": str, "abs": abs, "min": min,
@@ -316,7 +315,7 @@ class Folder(ast.NodeTransformer):
             except TypeError:
                 item = None
             if self._copyable(item):
-                return ast.copy_location(copy.deepcopy(item), node)
+                return ast.copy_location(copy_tree(item), node)
             return node
         known, value = constant_value(node.value)
         if known and isinstance(value, (tuple, str)) and isinstance(key, int):

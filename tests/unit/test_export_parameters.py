@@ -5,7 +5,7 @@ import ast
 import textwrap
 
 from pgolf.export.parameters import drop_unused_parameters, inline_single_calls, pass_by_position
-from pgolf.export.program import Program, Section
+from pgolf.export.program import Program, Section, copy_tree
 from pgolf.export.shake import ExternalBases, make_positional_only
 
 
@@ -262,3 +262,15 @@ def test_inlining_keeps_what_the_call_would_have_done_otherwise():
         count, _ = _inlined(source)
         assert count == 0, label
     assert _inlined("def f(a):\n    return a\nX = f(1)\n", keep=frozenset({"f"}))[0] == 0
+
+
+def test_copies_of_nodes_take_their_fields_only():
+    """python-minifier annotates the nodes it visits, the shared ``ast.Load()`` included: a copy must not
+    follow those annotations (a deep copy would drag a whole earlier program along)."""
+    node = ast.parse("limit(a + 1, key='x')", mode="eval").body
+    node.annotation_by_a_tool = ast.parse("big = [1, 2, 3]")
+    copied = copy_tree(node)
+    assert ast.dump(copied, include_attributes=True) == ast.dump(node, include_attributes=True)
+    assert copied is not node and copied.args[0] is not node.args[0]
+    assert not hasattr(copied, "annotation_by_a_tool")
+    assert copied.func.ctx is node.func.ctx  # the context singletons are shared, never copied
