@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -131,6 +132,10 @@ def phased_worker(rank, store, out_dir):
         torch.save(sums.as_dict(), f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+    # Leave without the interpreter's shutdown: under CPU load a rank sometimes aborted there ("terminate
+    # called without an active exception", no Python frame left: a native thread still joinable at exit)
+    # after its result was saved. The result is on disk; the test compares it.
+    os._exit(0)
 
 
 def test_two_gloo_ranks_agree_with_one_process(tmp_path):
