@@ -1,5 +1,6 @@
 """Helpers several test files share."""
 
+import os
 import random
 import shutil
 import subprocess
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from pgolf.config import Config, ModelConfig, apply_config_overrides
 from pgolf.log import RunLogger
@@ -118,3 +121,24 @@ def tiny_run_overrides(data, runs, run_id: str, iterations: int) -> dict[str, st
     return {"ITERATIONS": str(iterations), "MAX_WALLCLOCK_SECONDS": "0", "TRAIN_SEQ_LEN": "64",
             "TRAIN_BATCH_TOKENS": "4096", "VAL_MAX_TOKENS": "4096", "DATA_PATH": str(data.data_path),
             "TOKENIZER_PATH": str(data.tokenizer_path), "RUNS_DIR": str(runs), "RUN_ID": run_id}
+
+
+def _gloo_rank(rank: int, world_size: int, store: str, out_dir: str, work, args: tuple) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    try:
+        torch.save(work(rank, *args), f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+    # Leave without the interpreter's shutdown: under CPU load a rank sometimes aborted there ("terminate
+    # called without an active exception", no Python frame left: a native thread still joinable at exit)
+    # after its result was saved, and the test failed for it. The result is on disk; the test compares it.
+    os._exit(0)
+
+
+def run_gloo_ranks(work, world_size: int, folder: Path, *args) -> list:
+    """``work(rank, *args)`` in ``world_size`` processes joined by a gloo group (one thread each); returns
+    what each rank returned, in rank order. ``work`` must be a module-level function (it is pickled)."""
+    mp.spawn(_gloo_rank, args=(world_size, str(folder / "store"), str(folder), work, args), nprocs=world_size,
+             join=True)
+    return [torch.load(folder / f"rank{rank}.pt") for rank in range(world_size)]

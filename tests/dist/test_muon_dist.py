@@ -6,8 +6,7 @@ is computed by the same code on the same CPU, so the parameters must agree bit f
 """
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from testkit import run_gloo_ranks
 
 from pgolf.optim.muon import Muon
 
@@ -35,18 +34,13 @@ def run_muon_steps(params, *, rank, world_size):
     return [p.detach().clone() for p in params], owned
 
 
-def muon_dist_worker(rank, store_path, out_dir):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=WORLD_SIZE)
-    try:
-        params, owned = run_muon_steps(make_params(), rank=rank, world_size=WORLD_SIZE)
-        torch.save({"params": params, "owned": owned}, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def muon_dist_work(rank):
+    params, owned = run_muon_steps(make_params(), rank=rank, world_size=WORLD_SIZE)
+    return {"params": params, "owned": owned}
 
 
 def test_two_gloo_ranks_match_one_process(tmp_path):
-    mp.spawn(muon_dist_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    results = run_gloo_ranks(muon_dist_work, WORLD_SIZE, tmp_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -54,8 +48,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert owned_single == list(range(len(SHAPES)))
-    for rank in range(WORLD_SIZE):
-        result = torch.load(tmp_path / f"rank{rank}.pt")
+    for rank, result in enumerate(results):
         # Momentum buffers live only on the owning rank.
         assert result["owned"] == list(range(rank, len(SHAPES), WORLD_SIZE))
         for index, (got, want) in enumerate(zip(result["params"], expected)):

@@ -10,8 +10,7 @@ across shards (vs torch's clip_grad_norm_), and a state_dict save/load in the mi
 """
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from testkit import run_gloo_ranks
 
 from pgolf.optim.grad_sync import clip_grad_norm_synchronized_, flat_all_reduce_mean, synchronize_gradients
 from pgolf.optim.muon import Muon
@@ -106,16 +105,10 @@ def averaged_adam_grads(rank):
     return [p.grad.clone() for p in params]
 
 
-def sharded_worker(rank, store_path, out_dir):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=WORLD_SIZE)
-    try:
-        result = {"native": sharded_run(rank, None), "fallback": sharded_run(rank, False),
-                  "resumed": resumed_run(rank), "replicated": replicated_run(rank),
-                  "clipped": clipped_run(rank), "adam_grads": averaged_adam_grads(rank)}
-        torch.save(result, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def sharded_work(rank):
+    return {"native": sharded_run(rank, None), "fallback": sharded_run(rank, False),
+            "resumed": resumed_run(rank), "replicated": replicated_run(rank),
+            "clipped": clipped_run(rank), "adam_grads": averaged_adam_grads(rank)}
 
 
 def single_process_reference():
@@ -154,7 +147,7 @@ def test_balanced_layout_keeps_whole_matrices_and_balances():
 
 
 def test_two_gloo_ranks_sharded_match_one_process(tmp_path):
-    mp.spawn(sharded_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    results = run_gloo_ranks(sharded_work, WORLD_SIZE, tmp_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -163,8 +156,7 @@ def test_two_gloo_ranks_sharded_match_one_process(tmp_path):
     finally:
         torch.set_num_threads(threads)
     owners = balanced_shard_layout([p.numel() for p in expected], WORLD_SIZE).owners
-    for rank in range(WORLD_SIZE):
-        result = torch.load(tmp_path / f"rank{rank}.pt")
+    for rank, result in enumerate(results):
         for mode in ("native", "fallback"):
             params, momentum = result[mode]
             assert_all_equal(params, expected, f"rank {rank} {mode}")

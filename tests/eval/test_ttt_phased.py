@@ -2,13 +2,10 @@
 
 import copy
 import dataclasses
-import os
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from testkit import small_scoring_gpt
+from testkit import run_gloo_ranks, small_scoring_gpt
 
 from pgolf.config import TTTConfig
 from pgolf.data.tokenizer import ByteTables
@@ -124,24 +121,13 @@ def test_a_phase_that_trains_on_an_unscored_document_is_caught(monkeypatch):
     assert not result.passed and "phase's global SGD step trained on" in result.details[0]
 
 
-def phased_worker(rank, store, out_dir):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    try:
-        sums = run(small_scoring_gpt(VOCAB), validation_stream(), rank=rank, world_size=2)
-        torch.save(sums.as_dict(), f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-    # Leave without the interpreter's shutdown: under CPU load a rank sometimes aborted there ("terminate
-    # called without an active exception", no Python frame left: a native thread still joinable at exit)
-    # after its result was saved. The result is on disk; the test compares it.
-    os._exit(0)
+def phased_work(rank):
+    return run(small_scoring_gpt(VOCAB), validation_stream(), rank=rank, world_size=2).as_dict()
 
 
 def test_two_gloo_ranks_agree_with_one_process(tmp_path):
-    mp.spawn(phased_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    results = run_gloo_ranks(phased_work, 2, tmp_path)
     single = run(small_scoring_gpt(VOCAB), validation_stream()).as_dict()
-    for rank in range(2):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
+    for got in results:
         assert got["token_count"] == single["token_count"] and got["byte_count"] == single["byte_count"]
         assert got["loss_sum"] == pytest.approx(single["loss_sum"], rel=1e-6)

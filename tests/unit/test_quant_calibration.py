@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from testkit import run_gloo_ranks
 from torch import nn
 
 from pgolf.errors import ConfigError
@@ -138,22 +137,15 @@ def test_training_calibration_batches_reads_the_loader():
 WORLD = 2
 
 
-def calibration_worker(rank, store_path, out_dir):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=WORLD)
-    try:
-        hessians = collect_hessians(TinyModel(), batches(1 + rank, seed=10 + rank), runtime=CPU_RUNTIME)  # uneven batch counts
-        torch.save(hessians, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def calibration_work(rank):
+    return collect_hessians(TinyModel(), batches(1 + rank, seed=10 + rank), runtime=CPU_RUNTIME)  # uneven batch counts
 
 
 def test_two_ranks_average_over_all_batches(tmp_path):
-    mp.spawn(calibration_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True)
+    results = run_gloo_ranks(calibration_work, WORLD, tmp_path)
     model = TinyModel()
     all_inputs = batches(1, seed=10) + batches(2, seed=11)
     expected = hand_hessians(model, all_inputs)
-    for rank in range(WORLD):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
+    for got in results:
         for key, h in got.items():
             torch.testing.assert_close(h.double(), expected[key], rtol=1e-5, atol=1e-4)
