@@ -58,7 +58,7 @@ def add_run_parsers(sub, presets_help: str) -> None:
                        help="continue RUN_DIR from its newest complete checkpoint (its config; KEY=value ignored "
                             "except where the checkpoint allows), or a CHECKPOINT_SYNC mirror (hf://user/repo/path, "
                             "a mirror folder, an fsspec URL) fetched into RUNS_DIR/RUN_ID first")
-    train.add_argument("overrides", nargs="*", metavar="KEY=value")
+    train.add_argument("overrides", nargs="*", default=[], metavar="KEY=value")
     train.set_defaults(handler=run_train_command)
 
     launch = sub.add_parser("launch", help="check the machine, fetch the preset's data, start torchrun on pgolf train")
@@ -68,20 +68,20 @@ def add_run_parsers(sub, presets_help: str) -> None:
     launch.add_argument("--nproc", type=int, help="processes (default: one per visible GPU, 1 on CPU)")
     launch.add_argument("--train-shards", type=int, default=80, help="FineWeb training shards to fetch if missing")
     launch.add_argument("--dry-run", action="store_true", help="print the checks, download and command; run nothing")
-    launch.add_argument("overrides", nargs="*", metavar="KEY=value")
+    launch.add_argument("overrides", nargs="*", default=[], metavar="KEY=value")
     launch.set_defaults(handler=run_launch_command)
 
     describe = sub.add_parser("describe", help="print the resolved config and parameter count")
     describe.add_argument("--preset", help=presets_help)
     describe.add_argument("--json", action="store_true")
-    describe.add_argument("overrides", nargs="*", metavar="KEY=value")
+    describe.add_argument("overrides", nargs="*", default=[], metavar="KEY=value")
     describe.set_defaults(handler=run_describe_command)
 
     evaluate = sub.add_parser("eval", help="re-run a run's evaluation phases on its saved artifact "
                                            "(plain, sliding window, TTT); result saved under RUN_DIR/evals/")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.add_argument("--json", action="store_true")
-    evaluate.add_argument("overrides", nargs="*", metavar="KEY=value",
+    evaluate.add_argument("overrides", nargs="*", default=[], metavar="KEY=value",
                           help="evaluation/TTT keys (SLIDING_WINDOW_ENABLED=1, EVAL_STRIDE=64, TTT_ENABLED=1, "
                                "TTT_MODE=lora, ...), DATA_PATH/TOKENIZER_PATH")
     evaluate.set_defaults(handler=run_eval_command)
@@ -92,7 +92,7 @@ def add_quantize_parser(sub) -> None:
     quantize = sub.add_parser("quantize", help="re-quantize a run's full-precision weights into a new artifact, "
                                                "round-trip and score it; --sweep: scheme x compressor table")
     quantize.add_argument("run_dir", metavar="RUN_DIR")
-    quantize.add_argument("overrides", nargs="*", metavar="KEY=value",
+    quantize.add_argument("overrides", nargs="*", default=[], metavar="KEY=value",
                           help="quantization keys (QUANT_METHOD, MATRIX_BITS, CLIP_METHOD, COMPRESSOR, FIT_TO_CAP, ...)")
     quantize.add_argument("--sweep", action="store_true", help="rate-distortion table over schemes and compressors")
     quantize.add_argument("--name", help="output folder RUN_DIR/quantize/NAME (default: date, time, random suffix)")
@@ -164,7 +164,7 @@ def add_export_parser(sub) -> None:
     export = sub.add_parser("export", help="write the one-file train_gpt.py (flattened, minified, wrapped: its size "
                                            "is the code size) and train_gpt.readable.py beside it")
     export.add_argument("target", metavar="RUN_DIR|PRESET", help="a run directory (its config.json) or a preset name")
-    export.add_argument("overrides", nargs="*", metavar="KEY=value", help="config changes baked into the script")
+    export.add_argument("overrides", nargs="*", default=[], metavar="KEY=value", help="config changes baked into the script")
     export.add_argument("-o", "--output", default="train_gpt.py", help="wrapped script path (default train_gpt.py)")
     export.add_argument("--json", action="store_true")
     export.add_argument("--keep-messages", action="store_true",
@@ -207,7 +207,7 @@ def add_experiment_parsers(sub, presets_help: str) -> None:
     seeds.add_argument("--seeds", required=True, help="comma-separated seeds, e.g. 42,314,999")
     seeds.add_argument("--name", help="seed-group folder name under RUNS_DIR (default: date, time, suffix)")
     seeds.add_argument("--json", action="store_true")
-    seeds.add_argument("overrides", nargs="*", metavar="KEY=value")
+    seeds.add_argument("overrides", nargs="*", default=[], metavar="KEY=value")
     seeds.set_defaults(handler=run_seeds_command)
 
     sweep = sub.add_parser("sweep", help="paired fixed-seed comparisons over KEY=v1,v2 arms, or leave-one-out "
@@ -218,7 +218,7 @@ def add_experiment_parsers(sub, presets_help: str) -> None:
     sweep.add_argument("--unpaired", action="store_true", help="Welch comparison instead of per-seed pairs")
     sweep.add_argument("--name", help="sweep folder name under RUNS_DIR (default: date, time, suffix)")
     sweep.add_argument("--json", action="store_true")
-    sweep.add_argument("overrides", nargs="*", metavar="KEY=value|KEY=v1,v2",
+    sweep.add_argument("overrides", nargs="*", default=[], metavar="KEY=value|KEY=v1,v2",
                        help="a comma list makes an axis; a single value is fixed for every arm")
     sweep.set_defaults(handler=run_sweep_command)
 
@@ -243,7 +243,7 @@ def add_machine_parsers(sub, presets_help: str) -> None:
     profile.add_argument("--warmup", type=int, default=2, help="untimed steps first; they compile with COMPILE=1 (default 2)")
     profile.add_argument("-o", "--output", default="profile", metavar="DIR", help="trace folder (default ./profile)")
     profile.add_argument("--json", action="store_true")
-    profile.add_argument("overrides", nargs="*", metavar="KEY=value")
+    profile.add_argument("overrides", nargs="*", default=[], metavar="KEY=value")
     profile.set_defaults(handler=run_profile_command)
 
 
@@ -251,7 +251,7 @@ def add_verdict_parsers(sub) -> None:
     """``pgolf check`` and ``pgolf significance``."""
     check = sub.add_parser("check", help="compliance checks on a finished run (writes a JSON receipt)")
     check.add_argument("run_dir", metavar="RUN_DIR")
-    check.add_argument("overrides", nargs="*", metavar="KEY=value", help="e.g. DATA_PATH=... if the data moved")
+    check.add_argument("overrides", nargs="*", default=[], metavar="KEY=value", help="e.g. DATA_PATH=... if the data moved")
     check.add_argument("--json", action="store_true")
     check.set_defaults(handler=run_check_command)
 
@@ -283,10 +283,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, except that ``KEY=value`` items may also follow a flag (``pgolf eval RUN
+    --json SEED=2``): argparse fills a positional list only once, so the later ones come back unknown
+    and are added here. Anything else unknown is an error, as with ``parse_args``."""
+    args, unknown = parser.parse_known_args(argv)
+    late_overrides = [item for item in unknown if "=" in item and not item.startswith("-")]
+    if len(late_overrides) < len(unknown) or (late_overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if late_overrides:
+        args.overrides = [*args.overrides, *late_overrides]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(build_parser(), argv)
     try:
         return args.handler(args)
+    except BrokenPipeError:
+        # The reader of our output went away (``pgolf describe | head -1``): not the command's failure.
+        # Point stdout at /dev/null so the interpreter's last flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for a process ended by SIGPIPE
     except PgolfError as error:
         print(f"pgolf {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -48,11 +48,21 @@ class DistContext:
 
 
 def _choose_device(local_rank: int, forced: str) -> torch.device:
-    if forced.strip():
-        return torch.device(forced.strip())
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+    name = forced.strip()
+    if not name:
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"PGOLF_DEVICE={name!r} is not a device torch knows; use cpu, cuda, cuda:N or "
+                          "leave it empty (CUDA when available, else CPU).") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"PGOLF_DEVICE={name} but this torch finds no CUDA device (torch "
+                          f"{torch.__version__}); use PGOLF_DEVICE=cpu or leave it empty.")
+    if device.type == "cuda" and device.index is None:
+        # torch.cuda.set_device needs an index; under torchrun each process takes its own GPU.
+        device = torch.device("cuda", local_rank)
+    return device
 
 
 def init_distributed(device: str = "") -> DistContext:
