@@ -141,8 +141,8 @@ def add_data_parser(sub) -> None:
                             "case transform undone) or 'original' (the raw documents' exact bytes; scores not "
                             "comparable)")
     build.add_argument("--workers", "--threads", dest="workers", type=int, default=os.cpu_count() or 1,
-                       help="tokenizer-training threads and encoding processes (default: all cores); "
-                            "the output does not depend on it")
+                       help="encoding processes (default: all cores); the output, tokenizer included, does not "
+                            "depend on it")
 
     stats = data_sub.add_parser("stats", help="shards, tokens, documents and BPB bytes per split")
     stats.add_argument("data_dir", metavar="DIR")
@@ -154,9 +154,9 @@ def add_data_parser(sub) -> None:
     verify.add_argument("--tokenizer", metavar="MODEL")
     verify.add_argument("--vocab-size", type=int)
     verify.add_argument("--docs", metavar="FILE.jsonl",
-                        help="the documents the dataset was built from: each must give the shard's tokens; "
-                             "'original' sidecars must sum to their bytes; how they differ from the decoded text "
-                             "is reported")
+                        help="the documents the dataset was built from, for its byte sidecars (a dataset without "
+                             "sidecars does not use them): each must give the shard's tokens; 'original' sidecars "
+                             "must sum to their bytes; how they differ from the decoded text is reported")
 
 
 def add_export_parser(sub) -> None:

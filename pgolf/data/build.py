@@ -37,6 +37,11 @@ from pgolf.errors import DataError
 from pgolf.fsutil import write_bytes_atomic, write_text_atomic
 from pgolf.log import ProgressBar
 
+# SentencePiece records its trainer's thread count inside the .model file, so the count must not follow
+# the machine or --workers: the same text would give tokenizers with different sha256 fingerprints, and a
+# dataset rebuilt elsewhere would fail `pgolf data verify` against its own tokenizer. The pieces and scores
+# are the same for any count (checked for 1, 2 and 8 threads).
+TOKENIZER_TRAINER_THREADS = 8
 SENTENCEPIECE_TRAINER_SETTINGS = {
     "model_type": "bpe",
     "character_coverage": 0.999,
@@ -81,14 +86,12 @@ def train_sentencepiece_tokenizer(
     vocab_size: int,
     model_prefix: str | os.PathLike,
     *,
-    num_threads: int = 2,
     overrides: dict | None = None,
 ) -> Path:
     """Train a BPE tokenizer with the challenge's settings; write ``<prefix>.model`` and ``.vocab``.
 
-    Deterministic: the same texts, vocab size, thread count and overrides give a byte-identical model
-    (the thread count is recorded inside the model). Returns the ``.model`` path. Refuses to
-    overwrite existing files.
+    Deterministic: the same texts, vocab size and overrides give a byte-identical model on any machine
+    (:data:`TOKENIZER_TRAINER_THREADS`). Returns the ``.model`` path. Refuses to overwrite existing files.
     """
     model_path = Path(f"{model_prefix}.model")
     vocab_path = Path(f"{model_prefix}.vocab")
@@ -96,7 +99,7 @@ def train_sentencepiece_tokenizer(
         if path.exists():
             raise DataError(f"{path} already exists; refusing to overwrite a tokenizer. Choose another model prefix.")
     too_long: list[int] = []
-    settings = dict(SENTENCEPIECE_TRAINER_SETTINGS, vocab_size=vocab_size, num_threads=num_threads,
+    settings = dict(SENTENCEPIECE_TRAINER_SETTINGS, vocab_size=vocab_size, num_threads=TOKENIZER_TRAINER_THREADS,
                     max_sentence_length=TOKENIZER_MAX_SENTENCE_BYTES, minloglevel=2)
     settings.update(overrides or {})
     model_bytes = io.BytesIO()

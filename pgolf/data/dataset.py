@@ -211,7 +211,7 @@ def build_dataset(
             model_prefix.parent.mkdir(parents=True, exist_ok=True)
             trained = [Path(f"{model_prefix}.model"), Path(f"{model_prefix}.vocab")]
             texts = (encode_caseops(text) for text in documents()) if caseops else documents()
-            tokenizer_path = train_sentencepiece_tokenizer(texts, vocab_size, model_prefix, num_threads=num_workers,
+            tokenizer_path = train_sentencepiece_tokenizer(texts, vocab_size, model_prefix,
                                                            overrides=CASEOPS_TRAINER_OVERRIDES if caseops else None)
         tokenizer_seconds = time.perf_counter() - started if train_tokenizer else 0.0
         sp = load_sentencepiece(tokenizer_path)
@@ -301,6 +301,7 @@ def dataset_stats(data_dir: str | os.PathLike, tokenizer_path: str | os.PathLike
     (None without sidecars) and ``val_bytes_convention_named`` whether the manifest names it (else
     it is taken as ``decoded``, the record's)."""
     data_dir, tokenizer_path, tables, bos_id, caseops = _stats_inputs(data_dir, tokenizer_path)
+    _require_some_shards(data_dir)
     splits = {split: _split_stats(list_split_shards(data_dir, split), tables, bos_id, chunk_tokens, tokenizer_path,
                                   caseops) for split in DATA_TOOLS_SPLITS}
     convention, named = dataset_byte_convention(data_dir) if list_byte_sidecars(data_dir) else (None, False)
@@ -315,6 +316,15 @@ def dataset_split_stats(data_dir: str | os.PathLike, split: str, tokenizer_path:
     data_dir, tokenizer_path, tables, bos_id, caseops = _stats_inputs(data_dir, tokenizer_path)
     files = list_split_shards(data_dir, split)
     return _split_stats(files, tables, bos_id, chunk_tokens, tokenizer_path, caseops).as_dict()
+
+
+def _require_some_shards(data_dir: Path) -> None:
+    """Stats of a folder without a single shard would be a table of zeros that looks like an empty
+    dataset: more likely the wrong folder, so it is refused (one missing split is shown as zero shards)."""
+    if not any(list_split_shards(data_dir, split) for split in DATA_TOOLS_SPLITS):
+        globs = " or ".join(SHARD_GLOBS[split] for split in DATA_TOOLS_SPLITS)
+        raise DataError(f"the folder {data_dir} holds no shards ({globs}); give the folder that holds the .bin shards "
+                        "(pgolf data build or pgolf data fineweb makes one).")
 
 
 def _stats_inputs(data_dir, tokenizer_path):

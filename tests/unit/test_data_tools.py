@@ -14,6 +14,7 @@ from pgolf.data.build import train_sentencepiece_tokenizer
 from pgolf.data.dataset import dataset_stats, iter_documents_in_stream, verify_dataset
 from pgolf.data.shards import SHARD_HEADER_BYTES, read_shard, write_shard
 from pgolf.data.tokenizer import load_sentencepiece
+from pgolf.data.tokenizer_match import file_sha256
 from pgolf.errors import DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -203,6 +204,22 @@ def test_build_round_trips_jsonl(tmp_path, capsys):
     assert dataset_stats(data_dir)["splits"]["val"]["bytes"] == sum(len(d) for d in docs[:7])
     assert cli_main(args) == 2  # refuses to overwrite the tokenizer
     assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_the_tokenizer_a_build_trains_does_not_depend_on_its_workers(tmp_path):
+    # SentencePiece stores its trainer's thread count in the .model file; a count that followed --workers
+    # (or the machine) gave one text two fingerprints, and `data verify` refused a rebuilt dataset.
+    source = tmp_path / "docs.jsonl"
+    source.write_text("".join(json.dumps({"text": d}) + "\n" for d in _ascii_docs(120, seed=3)))
+    fingerprints = set()
+    for workers in ("1", "2"):
+        out = tmp_path / f"out{workers}"
+        assert cli_main(["data", "build", "--docs", str(source), "--vocab-size", "400", "--num-val-docs", "7",
+                         "--out", str(out), "--workers", workers]) == 0
+        fingerprints.add(file_sha256(out / "tokenizers" / "fineweb_400_bpe.model"))
+    assert len(fingerprints) == 1
+    assert verify_dataset(tmp_path / "out1" / "datasets" / "docs_sp400",
+                          tmp_path / "out2" / "tokenizers" / "fineweb_400_bpe.model").ok
 
 
 def test_build_needs_more_documents_than_validation(tmp_path, tokenizer):
