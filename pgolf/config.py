@@ -188,8 +188,8 @@ class TrainConfig:
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     val_batch_size: int = 524_288
-    # 0 = the whole validation split. A positive value scores only the first N tokens (quick looks;
-    # never for a reported score, and the report says so).
+    # 0 = the whole validation split. A positive value (at least TRAIN_SEQ_LEN) scores only the first
+    # N tokens, cut to whole sequences (quick looks; never for a reported score, and the report says so).
     val_max_tokens: int = 0
     # Evaluation sequence (window) length; 0 = TRAIN_SEQ_LEN.
     eval_seq_len: int = 0
@@ -401,6 +401,13 @@ def closest_config_keys(key: str, limit: int = 3) -> list[str]:
     return difflib.get_close_matches(key.upper(), names, n=limit, cutoff=0.5)
 
 
+def override_source_name(source: str, raw_key: str) -> str:
+    """Where a value came from, in words a user can act on."""
+    if source == "environment":
+        return f"environment variable {raw_key.strip().upper()}"
+    return source  # "command line", "config.json", "sweep arm ...": already a place
+
+
 def apply_config_overrides(cfg: Config, overrides: Mapping[str, Any], *, source: str) -> Config:
     """Return ``cfg`` with flat-named overrides applied. ``source`` is named in error messages."""
     index = config_field_index()
@@ -415,7 +422,10 @@ def apply_config_overrides(cfg: Config, overrides: Mapping[str, Any], *, source:
                 "Run `pgolf describe` to list every key."
             )
         section_name, _ = index[key]
-        value = coerce_config_value(key, raw_value, _resolved_annotation(section_name, key))
+        try:
+            value = coerce_config_value(key, raw_value, _resolved_annotation(section_name, key))
+        except ConfigError as error:  # say where the bad value came from: it is not always on the command line
+            raise ConfigError(f"{override_source_name(source, raw_key)}: {error}") from None
         per_section.setdefault(section_name, {})[key] = value
     changes = {
         name: dataclasses.replace(getattr(cfg, name), **values) for name, values in per_section.items()
@@ -566,6 +576,25 @@ def _evaluation_problems(cfg: Config) -> list[str]:
     return problems
 
 
+def evaluation_window(cfg: Config) -> int:
+    """The evaluation window length: EVAL_SEQ_LEN, or TRAIN_SEQ_LEN when it is 0. The plain evaluation
+    scores non-overlapping windows of it (SPEC 2.8 uses TRAIN_SEQ_LEN, which the baseline has alone;
+    the records' evaluator uses eval_seq_len, SPEC 4.12), the sliding and TTT phases slide it."""
+    return cfg.eval.eval_seq_len or cfg.train.train_seq_len
+
+
+def _val_max_tokens_problems(cfg: Config) -> list[str]:
+    """VAL_MAX_TOKENS is 0 (the whole split) or at least one evaluation window: the subset is cut to whole
+    windows, so a smaller value would silently score a full window instead."""
+    limit, window = cfg.eval.val_max_tokens, evaluation_window(cfg)
+    if limit < 0:
+        return [f"VAL_MAX_TOKENS={limit} must be >= 0 (0 = the whole validation split, N > 0 = its first N tokens)"]
+    if 0 < limit < window:
+        return [f"VAL_MAX_TOKENS={limit} is less than one evaluation window (EVAL_SEQ_LEN, or TRAIN_SEQ_LEN when "
+                f"0: {window} tokens); set it to 0 for the whole validation split or to at least {window}"]
+    return []
+
+
 def _checkpoint_problems(t: TrainConfig) -> list[str]:
     problems = []
     if t.checkpoint_every < 0 or t.checkpoint_every_seconds < 0:
@@ -602,7 +631,7 @@ def _non_finite_problems(cfg: Config) -> list[str]:
 
 def _range_problems(cfg: Config) -> list[str]:
     """Single settings outside the range where the model, the optimizers and training are defined."""
-    m, o, t = cfg.model, cfg.optim, cfg.train
+    m, o = cfg.model, cfg.optim
     problems = []
     if m.num_heads < 1 or m.model_dim < 1:
         problems.append(f"NUM_HEADS={m.num_heads} and MODEL_DIM={m.model_dim} must be >= 1")
@@ -613,8 +642,6 @@ def _range_problems(cfg: Config) -> list[str]:
         problems.append(f"TIED_EMBED_INIT_STD={m.tied_embed_init_std} must be >= 0 (a standard deviation)")
     if m.rope_base <= 0:
         problems.append(f"ROPE_BASE={m.rope_base} must be > 0 (the baseline uses 10000)")
-    if not 0 <= t.seed <= MAX_SEED:
-        problems.append(f"SEED={t.seed} must be in [0, {MAX_SEED}] (NumPy's seed range)")
     if not (0.0 <= o.beta1 < 1.0 and 0.0 <= o.beta2 < 1.0):
         problems.append(f"BETA1={o.beta1} and BETA2={o.beta2} must be in [0, 1) (Adam's decay rates)")
     if o.adam_eps < 0:
@@ -627,15 +654,56 @@ def _range_problems(cfg: Config) -> list[str]:
                         f"{o.muon_momentum_warmup_start} must be in [0, 1)")
     problems += [f"{name.upper()}={getattr(o, name)} must be >= 0 (a learning rate)"
                  for name in ("embed_lr", "head_lr", "tied_embed_lr", "matrix_lr", "scalar_lr") if getattr(o, name) < 0]
+    counts = ("warmup_steps", "ema_start_step", "muon_momentum_warmup_steps")
+    problems += [f"{name.upper()}={value} must be >= 0" for name, value in flatten_config(cfg).items()
+                 if name in counts and value < 0]
+    return problems
+
+
+def run_setting_problems(cfg: Config) -> list[str]:
+    """The settings each run picks for itself, which an exported script still reads from the environment
+    (pgolf.export.bundle.ENVIRONMENT_FIELDS): checked by validate_config here, and by the exported script
+    after the environment set them (it ships this check, not the whole of validate_config)."""
+    t = cfg.train
+    problems = []
+    if not 0 <= t.seed <= MAX_SEED:
+        problems.append(f"SEED={t.seed} must be in [0, {MAX_SEED}] (NumPy's seed range)")
     if t.iterations < 1:
         problems.append(f"ITERATIONS={t.iterations} must be >= 1: it is the most optimizer steps a run takes "
                         "(MAX_WALLCLOCK_SECONDS may stop it earlier)")
     if t.max_wallclock_seconds < 0:
         problems.append(f"MAX_WALLCLOCK_SECONDS={t.max_wallclock_seconds} must be >= 0 (0 = no time budget)")
-    counts = ("warmup_steps", "train_log_every", "val_loss_every", "ema_start_step", "muon_momentum_warmup_steps")
-    problems += [f"{name.upper()}={value} must be >= 0" for name, value in flatten_config(cfg).items()
-                 if name in counts and value < 0]
-    return problems
+    problems += [f"{name.upper()}={getattr(t, name)} must be >= 0 (0 = never)"
+                 for name in ("train_log_every", "val_loss_every") if getattr(t, name) < 0]
+    return problems + _val_max_tokens_problems(cfg)
+
+
+def check_run_settings(cfg: Config) -> Config:
+    """``cfg``, or an error listing what :func:`run_setting_problems` found."""
+    problems = run_setting_problems(cfg)
+    if problems:
+        raise ConfigError("invalid run settings:\n  - " + "\n  - ".join(problems))
+    return cfg
+
+
+# Every optimizer step is split into world size x gradient-accumulation micro-batches, which is 8 on any
+# world size (SPEC: grad_accum = 8 // WORLD_SIZE, and WORLD_SIZE must divide 8); kept equal to
+# pgolf.dist.REFERENCE_WORLD_SIZE by a test (not imported: this module stays free of torch).
+MICRO_BATCHES_PER_STEP = 8
+
+
+def _batch_split_problems(t: TrainConfig) -> list[str]:
+    """TRAIN_BATCH_TOKENS must split into 8 micro-batches of whole TRAIN_SEQ_LEN sequences, whatever the
+    world size: the training loader refuses the same values only when the first batch is drawn."""
+    if t.train_seq_len <= 0:
+        return [f"TRAIN_SEQ_LEN={t.train_seq_len} must be >= 1"]
+    split = MICRO_BATCHES_PER_STEP * t.train_seq_len
+    if t.train_batch_tokens <= 0 or t.train_batch_tokens % split:
+        return [f"TRAIN_BATCH_TOKENS={t.train_batch_tokens} must be a positive multiple of {split} "
+                f"({MICRO_BATCHES_PER_STEP} micro-batches x TRAIN_SEQ_LEN={t.train_seq_len}): each step is split "
+                f"into world size x gradient accumulation = {MICRO_BATCHES_PER_STEP} micro-batches of whole "
+                f"sequences (for example TRAIN_BATCH_TOKENS={max(t.train_batch_tokens // split, 1) * split})"]
+    return []
 
 
 def _ttt_lora_target_problems(t: TTTConfig) -> list[str]:
@@ -667,12 +735,10 @@ def validate_config(cfg: Config) -> Config:
     problems += _training_feature_problems(cfg)
     if not 0.0 <= t.warmdown_frac <= 1.0:
         problems.append(f"WARMDOWN_FRAC={t.warmdown_frac} must be in [0, 1]")
-    if t.train_seq_len <= 0 or t.train_batch_tokens % t.train_seq_len:
-        problems.append(
-            f"TRAIN_BATCH_TOKENS={t.train_batch_tokens} must be a multiple of TRAIN_SEQ_LEN={t.train_seq_len}"
-        )
+    problems += _batch_split_problems(t)
     problems += _quant_problems(cfg.quant)
     problems += _evaluation_problems(cfg)
+    problems += run_setting_problems(cfg)
     problems += _checkpoint_problems(t)
     problems += _artifact_problems(cfg.artifact)
     problems += _ttt_lora_target_problems(cfg.ttt)

@@ -25,6 +25,30 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def _current_umask() -> int:
+    """The process umask, read without changing it where Linux reports it (os.umask both sets and
+    returns it, which would race with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def _plain_open_mode(path: Path) -> int:
+    """The mode a plain ``open(path, "w")`` would leave: an existing file keeps its mode, a new one gets
+    0o666 less the umask. (mkstemp creates 0o600, which hid every report, artifact and script from the
+    user's group and others.)"""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_current_umask()
+
+
 def fsync_directory(directory: str | os.PathLike) -> None:
     """Make a rename or unlink inside ``directory`` durable (best effort where directories cannot be opened)."""
     try:
@@ -52,12 +76,14 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, overwrite: bool 
         raise PgolfError(f"{path} already exists; refusing to overwrite it. Move it away or choose another path.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        mode = _plain_open_mode(path)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as error:  # a read-only or missing place: nothing was written
         raise PgolfError(describe_write_failure(path, error, len(data))) from error
     try:
         try:
             _write_all(fd, data)
+            os.fchmod(fd, mode)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -10,7 +10,7 @@ had finished starts from its final weights, at the evaluation before quantizatio
 
 from pgolf.artifact.compress import require_model_compressor
 from pgolf.config import Config, config_to_json, validate_config
-from pgolf.data.run_data import prepare_validation_data
+from pgolf.data.run_data import ValidationData, prepare_validation_data
 from pgolf.dist import DistContext, init_distributed, shutdown_distributed
 from pgolf.eval.phases import plain_evaluator
 from pgolf.fsutil import write_text_atomic
@@ -23,7 +23,7 @@ from pgolf.steps import quantize_and_score, record_run, train_prepared_model
 from pgolf.train.memory import check_training_fits_memory
 from pgolf.train.resume import (RunStart, record_finished_training, restore_finished_training,
                                 set_aside_unfinished_outputs)
-from pgolf.train.run_directory import lock_run_directory, open_run_directory
+from pgolf.train.run_directory import check_runs_dir_writable, lock_run_directory, open_run_directory
 from pgolf.train.setup import prepare_training
 
 
@@ -46,12 +46,20 @@ def main(cfg: Config, *, preset_name: str = "custom", preset_cfg: Config | None 
     check_training_fits_memory(cfg, ctx.device)  # before anything is allocated or written
     require_model_compressor(cfg.artifact.compressor)  # not discovered only after training
     seed_everything(cfg.train.seed)
+    # Data, tokenizer and shards are checked before the run directory exists: a mistake there leaves
+    # nothing behind, so the corrected command can reuse the same RUN_ID.
+    if not resume:
+        check_runs_dir_writable(cfg, ctx)
+    data = prepare_validation_data(cfg)
     start = open_run_directory(cfg, ctx, resume)
     lock = lock_run_directory(start.run_dir, ctx)  # one writer per run directory
     logger = RunLogger(start.run_dir, enabled=ctx.is_main, echo=echo)
     try:
-        report = run_pipeline(cfg, ctx, start, logger, preset_name=preset_name, preset_cfg=preset_cfg,
+        report = run_pipeline(cfg, ctx, start, data, logger, preset_name=preset_name, preset_cfg=preset_cfg,
                               code_bytes=code_bytes, on_checkpoint_written=on_checkpoint_written)
+    except Exception as error:  # not Ctrl-C (TrainingInterrupted), which logs how to resume itself
+        log_failure(logger, error)
+        raise
     finally:
         logger.close()
         if lock is not None:
@@ -61,13 +69,20 @@ def main(cfg: Config, *, preset_name: str = "custom", preset_cfg: Config | None 
     return report
 
 
-def run_pipeline(cfg: Config, ctx: DistContext, start: RunStart, logger: RunLogger, *, preset_name: str,
-                 preset_cfg: Config | None, code_bytes: int | None, on_checkpoint_written=None) -> dict:
+def log_failure(logger: RunLogger, error: Exception) -> None:
+    """The error that ends a run, kept in train.log and metrics.jsonl: the command line prints it to
+    stderr only, which is gone once the terminal is."""
+    logger.echo = False  # already on stderr; printing it again would show it twice
+    logger.line(f"error: {error}")
+    logger.event("error", error_type=type(error).__name__, message=str(error))
+
+
+def run_pipeline(cfg: Config, ctx: DistContext, start: RunStart, data: ValidationData, logger: RunLogger, *,
+                 preset_name: str, preset_cfg: Config | None, code_bytes: int | None,
+                 on_checkpoint_written=None) -> dict:
     run_dir = start.run_dir
-    # Build: data checks first, so a bad dataset fails before any training.
     if ctx.is_main and not (run_dir / "config.json").exists():  # a resumed run keeps its own
         write_text_atomic(run_dir / "config.json", config_to_json(cfg))
-    data = prepare_validation_data(cfg)
     model = build_model(cfg.model, ctx.runtime)
     header = log_header(logger, cfg, preset_name, preset_cfg, ctx, data, model)
     if start.existing:

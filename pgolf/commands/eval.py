@@ -52,7 +52,7 @@ def load_eval_config(run_dir: Path, items: list[str]) -> tuple[Config, dict[str,
 
 def evaluate_run(run_dir: Path, cfg: Config, ctx: DistContext) -> tuple[list[EvalPhase], Path]:
     """The quantized evaluation and the phases ``cfg`` enables, on the run's artifact."""
-    data = prepare_validation_data(cfg)
+    data = prepare_validation_data(cfg, training=False)  # evaluation reads no training data
     artifact = find_run_artifact(run_dir)
     model = load_artifact_into_fresh_model(artifact, cfg.model, ctx.runtime)
     evaluate = plain_evaluator(cfg, ctx, data)

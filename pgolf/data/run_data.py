@@ -17,11 +17,11 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 
-from pgolf.config import Config, DataConfig
+from pgolf.config import Config, DataConfig, evaluation_window
 from pgolf.data.byte_sidecars import find_byte_sidecars, load_byte_sidecars, target_bytes_from_sidecars
 from pgolf.data.caseops import is_caseops_tokenizer
 from pgolf.data.loader import DistributedTokenLoader, assert_disjoint_splits, load_validation_tokens
-from pgolf.data.shards import find_shards
+from pgolf.data.shards import find_shards, list_split_shards, read_shard_header
 from pgolf.data.shuffled import ShuffledSequenceLoader
 from pgolf.data.tokenizer import build_byte_tables, check_tokenizer_vocab, load_sentencepiece
 from pgolf.data.tokenizer_match import check_bos_token_id, check_tokenizer_matches_shards
@@ -105,18 +105,33 @@ def refuse_caseops_tokenizer(sp: spm.SentencePieceProcessor, data_cfg: DataConfi
                     "dataset with pgolf data build --caseops.")
 
 
-def prepare_validation_data(cfg: Config) -> ValidationData:
-    """Shards, tokenizer and the bytes of every target, with every consistency check before any training."""
-    train_files = find_shards(cfg.data.data_path, "train")
+def find_training_shards(data_path: str, training: bool) -> list[Path]:
+    """The training shards, each header checked (an empty or truncated shard is refused before any work),
+    when ``training``; otherwise (evaluation) whatever training shards are there, none required."""
+    if not training:
+        return list_split_shards(data_path, "train") if Path(data_path).is_dir() else []
+    train_files = find_shards(data_path, "train")
+    for path in train_files:
+        read_shard_header(path)  # a few bytes each
+    return train_files
+
+
+def prepare_validation_data(cfg: Config, *, training: bool = True) -> ValidationData:
+    """Shards, tokenizer and the bytes of every target, with every consistency check before any training.
+
+    ``training=False`` (``pgolf eval``): only the validation shards are required; training shards that are
+    there are still checked disjoint from them."""
     val_files = find_shards(cfg.data.data_path, "val")
+    train_files = find_training_shards(cfg.data.data_path, training)
     assert_disjoint_splits(train_files, val_files)
     sp = load_sentencepiece(cfg.data.tokenizer_path)
     check_tokenizer_vocab(sp, cfg.model.vocab_size, cfg.data.tokenizer_path)
     check_bos_token_id(sp, cfg.model.bos_token_id, cfg.data.tokenizer_path)
-    tokens = load_validation_tokens(val_files, cfg.train.train_seq_len, vocab_size=cfg.model.vocab_size)
+    window = evaluation_window(cfg)  # the plain evaluation's windows: whole ones only
+    tokens = load_validation_tokens(val_files, window, vocab_size=cfg.model.vocab_size)
     check_tokenizer_matches_shards(sp, cfg.data.tokenizer_path, cfg.data.data_path, tokens, cfg.model.bos_token_id)
     if cfg.eval.val_max_tokens > 0:
-        keep = max(cfg.eval.val_max_tokens // cfg.train.train_seq_len, 1) * cfg.train.train_seq_len + 1
+        keep = max(cfg.eval.val_max_tokens // window, 1) * window + 1  # whole windows (the config refuses < 1)
         tokens = tokens[:keep]
     target_bytes = validation_target_bytes(sp, cfg.data, cfg.model.vocab_size, tokens, val_files,
                                            cfg.model.bos_token_id)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pgolf.config import Config
+from pgolf.config import Config, evaluation_window
 from pgolf.data.run_data import ValidationData
 from pgolf.data.val_bytes import TargetBytes
 from pgolf.dist import DistContext
@@ -49,7 +49,7 @@ def timed_phase(label: str, runtime: Runtime, score: Callable[[], EvalSums]) -> 
 def plain_evaluator(cfg: Config, ctx: DistContext, data: ValidationData) -> Callable[[torch.nn.Module], EvalSums]:
     """A function model -> EvalSums over the validation split (the challenge's plain evaluation, SPEC 2.8),
     split across ranks."""
-    seq_len = cfg.train.train_seq_len
+    seq_len = evaluation_window(cfg)  # EVAL_SEQ_LEN, else TRAIN_SEQ_LEN (the records evaluate at eval_seq_len)
     batch_sequences = max(cfg.eval.val_batch_size // (ctx.world_size * ctx.grad_accum_steps) // seq_len, 1)
 
     def evaluate(model: torch.nn.Module) -> EvalSums:
@@ -58,10 +58,6 @@ def plain_evaluator(cfg: Config, ctx: DistContext, data: ValidationData) -> Call
                             world_size=ctx.world_size)
 
     return evaluate
-
-
-def evaluation_window(cfg: Config) -> int:
-    return cfg.eval.eval_seq_len or cfg.train.train_seq_len
 
 
 def extra_evaluation_phases(cfg: Config, ctx: DistContext, val_tokens: torch.Tensor, target_bytes: TargetBytes,

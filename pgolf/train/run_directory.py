@@ -17,6 +17,7 @@ from pathlib import Path
 from pgolf.config import Config
 from pgolf.dist import DistContext, barrier, broadcast_object_from_main
 from pgolf.errors import ConfigError, PgolfError
+from pgolf.fsutil import require_writable_directory
 from pgolf.train.resume import RunStart, resume_decision, resume_mode
 
 
@@ -33,6 +34,21 @@ def open_run_directory(cfg: Config, ctx: DistContext, resume: bool = False) -> R
     if problem:
         raise ConfigError(problem)
     return start if start is not None else RunStart(create_run_directory(cfg, ctx))
+
+
+def check_runs_dir_writable(cfg: Config, ctx: DistContext) -> None:
+    """Before the data checks (which may take a while): a new run's directory could be created in RUNS_DIR.
+    Rank 0 checks, leaving nothing behind; every rank raises the same ConfigError when it could not."""
+    target = Path(cfg.run.runs_dir) / (cfg.run.run_id or "<RUN_ID>")
+    problem = None
+    if ctx.is_main:
+        try:
+            require_writable_directory(cfg.run.runs_dir, "the run directory")
+        except PgolfError as error:
+            problem = (f"cannot create the run directory {target}: {error} Set RUNS_DIR to a writable place.")
+    problem = broadcast_object_from_main(problem)
+    if problem:
+        raise ConfigError(problem)
 
 
 def create_run_directory(cfg: Config, ctx: DistContext) -> Path:

@@ -76,7 +76,7 @@ def test_malformed_command_line_item():
     ({"MODEL_DIM": "500"}, "divisible by NUM_HEADS"),
     ({"NUM_KV_HEADS": "3"}, "multiple of NUM_KV_HEADS"),
     ({"LOGIT_SOFTCAP": "0"}, "LOGIT_SOFTCAP"),
-    ({"TRAIN_BATCH_TOKENS": "1000"}, "multiple of TRAIN_SEQ_LEN"),
+    ({"TRAIN_BATCH_TOKENS": "1000"}, "TRAIN_SEQ_LEN"),
     ({"WARMDOWN_FRAC": "1.5"}, "WARMDOWN_FRAC"),
     # rules the model's constructors assert rather than restate
     ({"ROPE_DIMS": "2", "ROPE_TRAIN_SEQ_LEN": "16"}, "ROPE_DIMS"),

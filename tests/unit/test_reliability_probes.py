@@ -234,6 +234,7 @@ def test_resuming_a_run_in_a_read_only_directory_names_the_lock(tmp_path, capsys
     (run / "final_weights.pgtc").write_bytes(b"weights")
     monkeypatch.setattr("pgolf.commands.train.exported_code_bytes", lambda cfg, preset_name: 50_000)
     monkeypatch.setattr("pgolf.run.run_pipeline", no_work)
+    monkeypatch.setattr("pgolf.run.prepare_validation_data", lambda cfg: None)  # the fake run has no data
     monkeypatch.setenv("PGOLF_DEVICE", "cpu")
     with unwritable(run):
         err = one_line_error(capsys, ["train", "--resume", str(run)])
