@@ -17,10 +17,12 @@ import platform
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import torch
 
 from pgolf.config import apply_config_overrides
+from pgolf.export import messages
 from pgolf.export.bundle import build_exported_script, module_costs
 from pgolf.export.minify import MINIFY_OPTIONS, minify_source, wrap_source
 from pgolf.presets import PRESETS
@@ -63,7 +65,11 @@ def print_variants(name: str, script) -> None:
     full = build_exported_script(apply_config_overrides(cfg, {"CHECKPOINT_EVERY": "100"}, source="bench"),
                                  preset_name=name, verify=False)
     records = build_exported_script(cfg, preset_name=name, full_records=True, verify=False)
+    # The error pointers alone, without the values each message quotes (what naming them costs).
+    with mock.patch.object(messages, "quoted_values", lambda message: []):
+        unquoted = build_exported_script(cfg, preset_name=name, verify=False)
     rows = {f"chosen ({script.wrap_codec} wrapper)": script.wrapped_bytes, "messages kept": kept.wrapped_bytes,
+            "pointers without quoted values": unquoted.wrapped_bytes,
             "full records (report.json)": records.wrapped_bytes,
             "full pgolf.run entry (checkpoints)": full.wrapped_bytes}
     for codec in ("lzma", "brotli"):
@@ -78,7 +84,7 @@ def main() -> int:
     parser.add_argument("--explain", action="store_true", help="per module: minified bytes, wrapped share")
     parser.add_argument("--options", action="store_true", help="wrapped bytes under python-minifier option variants")
     parser.add_argument("--variants", action="store_true",
-                        help="wrapped bytes with the messages kept, with full records (--full-records), with "
+                        help="wrapped bytes with the messages kept, without the values messages quote, with full records (--full-records), with "
                              "the full pgolf.run entry (CHECKPOINT_EVERY=100) and with each wrapper codec")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -36,6 +36,7 @@ from pgolf.data.loader import assert_disjoint_splits
 from pgolf.data.tokenizer import load_sentencepiece
 from pgolf.data.val_bytes import TARGET_BYTES_FROM_SIDECARS, dataset_byte_convention
 from pgolf.errors import PgolfError
+from pgolf.exp.logs import NO_REPORT_HINT
 from pgolf.eval.compliance import (ComplianceResult, check_byte_accounting, check_causality,
                                    check_input_document_isolation, check_model_document_isolation,
                                    check_normalization, check_score_before_update, check_validation_refused)
@@ -58,9 +59,11 @@ CROSSING_ATTENTION = "not applicable: attention crosses documents by design (DOC
 def load_run(run_dir: Path, overrides: list[str]) -> tuple[Config, dict]:
     """The run's config (with overrides) and its report."""
     config_path, report_path = run_dir / "config.json", run_dir / "report.json"
-    for path in (config_path, report_path):
-        if not path.is_file():
-            raise PgolfError(f"{path} not found; RUN_DIR must be a finished run written by `pgolf train`.")
+    if not config_path.is_file():
+        raise PgolfError(f"{config_path} not found; RUN_DIR must be a finished run written by `pgolf train` or by "
+                         "an exported train_gpt.py.")
+    if not report_path.is_file():
+        raise PgolfError(f"{report_path} not found; RUN_DIR must be a finished run. {NO_REPORT_HINT}")
     cfg = load_run_dir_config(run_dir, parse_cli_overrides(overrides))
     return cfg, read_json_file(report_path, "restore it from a copy of the run")
 
@@ -218,6 +221,9 @@ def write_receipt(run_dir: Path, receipt: dict) -> Path:
 def run_check_command(args: argparse.Namespace) -> int:
     """``pgolf check RUN_DIR``: print each check, write the receipt, exit 1 on any failure."""
     run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise PgolfError(f"the run directory {run_dir} does not exist (or is not a directory); give a finished run's "
+                         "directory (runs/<RUN_ID>).")
     require_writable_directory(run_dir, "the receipt check.json", may_create=False)  # before the checks
     receipt = run_checks(run_dir, args.overrides)
     receipt_path = write_receipt(run_dir, receipt)

@@ -2,7 +2,7 @@
 [--wrapper auto|lzma|brotli] [--full-records]``
 (tooling: never exported).
 
-Writes the one-file ``train_gpt.py`` (specialized to the configuration, minified, wrapped: its size is
+Writes the one-file ``train_gpt.py`` (``-o FILE``, or ``-o FOLDER/`` for ``FOLDER/train_gpt.py``; specialized to the configuration, minified, wrapped: its size is
 the code size) and ``train_gpt.readable.py`` beside it; how the script is built is in
 :mod:`pgolf.export.bundle`. ``--explain`` lists what ships and why. The script writes config.json,
 train.log, metrics.jsonl and the artifact; ``--full-records`` makes it write ``report.json`` and the
@@ -10,16 +10,21 @@ bookkeeping of a ``pgolf train`` run too (at a cost in code bytes, docs/export.m
 """
 
 import argparse
+import contextlib
 import json
+import os
+import sys
 from pathlib import Path
 
 from pgolf.commands.configuration import fill_default_data, load_run_dir_config, require_run_config, resolve_config
 from pgolf.config import Config, parse_cli_overrides
-from pgolf.errors import ConfigError
+from pgolf.errors import ConfigError, PgolfError
 from pgolf.fsutil import require_writable_directory
-from pgolf.export.bundle import (ExportedScript, build_exported_script, module_costs, refuse_existing_outputs,
+from pgolf.export.bundle import (SCRIPT_SEED, ExportedScript, build_exported_script, module_costs, readable_path_for,
                                  write_exported_script)
 from pgolf.presets import PRESETS
+
+DEFAULT_SCRIPT_NAME = "train_gpt.py"  # the name of the script inside an -o folder
 
 
 def run_dir_preset(run_dir: Path) -> str:
@@ -73,16 +78,33 @@ def print_explanation(script: ExportedScript, explained: dict) -> None:
           "these do not add up to the total)")
 
 
+def export_output_paths(output: str) -> tuple[Path, Path]:
+    """(script, readable) paths for ``-o OUTPUT``: a folder (an existing one, or a path ending in ``/``)
+    means ``OUTPUT/train_gpt.py``, with the readable file beside it. Refused if either exists."""
+    path = Path(output)
+    if output.endswith(("/", os.sep)) or path.is_dir():
+        path = path / DEFAULT_SCRIPT_NAME
+    readable = readable_path_for(path)
+    for existing in (path, readable):
+        if existing.exists():
+            raise PgolfError(f"{existing} already exists; pgolf export never overwrites. Move it away, or give -o "
+                             "another file or folder.")
+    return path, readable
+
+
 def run_export_command(args: argparse.Namespace) -> int:
-    """``pgolf export``: write train_gpt.py and train_gpt.readable.py, report the byte counts."""
-    refuse_existing_outputs(args.output)  # before the work, not after it
-    require_writable_directory(Path(args.output).parent, "the exported script")
-    cfg, preset_name = export_target_config(args.target, args.overrides)
-    script = build_exported_script(cfg, preset_name=preset_name,
-                                   keep_messages=getattr(args, "keep_messages", False),
-                                   wrapper=getattr(args, "wrapper", "auto"),
-                                   full_records=getattr(args, "full_records", False))
-    output, readable = write_exported_script(script, args.output)
+    """``pgolf export``: write train_gpt.py and train_gpt.readable.py, report the byte counts. With
+    ``--json`` stdout holds only the JSON: what the export prints on the way (the default dataset being
+    built or reused) goes to stderr."""
+    output, _ = export_output_paths(args.output)  # before the work, not after it
+    require_writable_directory(output.parent, "the exported script")
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        cfg, preset_name = export_target_config(args.target, args.overrides)
+        script = build_exported_script(cfg, preset_name=preset_name,
+                                       keep_messages=getattr(args, "keep_messages", False),
+                                       wrapper=getattr(args, "wrapper", "auto"),
+                                       full_records=getattr(args, "full_records", False))
+    output, readable = write_exported_script(script, output)
     explained = explanation(script) if getattr(args, "explain", False) else None
     if args.json:
         print(json.dumps({"output": str(output), "readable": str(readable), **script.summary(),
@@ -98,4 +120,7 @@ def run_export_command(args: argparse.Namespace) -> int:
           f"needed by this configuration); preset {preset_name}; code hash {script.code_hash}")
     print(f"data: DATA_PATH={cfg.data.data_path} TOKENIZER_PATH={cfg.data.tokenizer_path} "
           "(baked; override with the environment variables)")
+    if cfg.train.seed != SCRIPT_SEED:
+        print(f"seed: SEED is never baked; run with SEED={cfg.train.seed} for this configuration's seed "
+              f"(without it the script runs {SCRIPT_SEED})")
     return 0

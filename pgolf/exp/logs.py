@@ -106,6 +106,11 @@ class RunLog:
 
 # ---- final scores (what `pgolf significance` and `pgolf record` read) ----
 
+# Why a run directory may lack report.json: the default exported script does not write one.
+NO_REPORT_HINT = ("A run of an exported train_gpt.py writes report.json only when the script was exported "
+                  "with `pgolf export --full-records`; `pgolf train` runs always write it.")
+
+
 def _last_score(text: str, source: str) -> RunScore | None:
     matches = [m for m in map(SCORE_LINE.match, text.splitlines()) if m and not m.group("label").startswith("step")]
     if not matches:
@@ -144,7 +149,8 @@ def score_from_run_dir(run_dir: Path) -> RunScore:
     a diverged run's report holds null)."""
     report_path = run_dir / "report.json"
     if not report_path.is_file():
-        raise PgolfError(f"{run_dir} has no report.json; give a finished pgolf run or a log file.")
+        raise PgolfError(f"{run_dir} has no report.json; give a finished pgolf run or a log file "
+                         f"({run_dir}/train.log). {NO_REPORT_HINT}")
     report = read_json_file(report_path, "restore it from a copy of the run")
     label = report.get("val_bpb_final_label", "quantized")
     loss = report.get(f"val_loss_{label}", report.get("val_loss"))

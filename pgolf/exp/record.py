@@ -7,7 +7,9 @@ print what this module and :mod:`pgolf.exp.record_check` return, from pgolf/comm
 writes ``<out>/<YYYY-MM-DD>_<NAME>/``:
 
 * ``train_gpt.py``: the one-file script ``pgolf export`` makes from the runs' configuration (wrapped:
-  lzma or brotli + base85 + exec; its size on disk is the counted code size) and ``train_gpt.readable.py``
+  lzma or brotli + base85 + exec; its size on disk is the counted code size): the export whose size every
+  run logged (:func:`record_script`; SEED is not baked in: each seed is given as SEED=...), and
+  ``train_gpt.readable.py``
   (which holds the messages the counted script's errors point at);
 * ``train_seed<SEED>.log``: each run's ``train.log``;
 * ``submission.json``: name, author, scores per seed, mean and std, bytes, timings, versions, code hash;
@@ -15,11 +17,11 @@ writes ``<out>/<YYYY-MM-DD>_<NAME>/``:
   from its preset, bytes, timings, environment, and warnings (a validation subset, a CPU run, ...).
 
 The runs must differ only in SEED (and RUN_ID/RUNS_DIR), share one code hash (the package's current
-one, since the script is exported from it), and each have a ``report.json``. The counted total of each
-seed is its artifact plus the exported script's real size. An existing folder is never overwritten.
+one, since the script is exported from it), each have a ``report.json``, and all have logged the size
+of one script (the one the folder ships). The counted total of each seed is its artifact plus that
+script's real size. An existing folder is never overwritten.
 """
 
-import dataclasses
 import datetime
 import json
 import re
@@ -31,8 +33,9 @@ from pathlib import Path
 from pgolf.artifact.size import ARTIFACT_CAP_BYTES
 from pgolf.config import Config, config_from_dict, flatten_config
 from pgolf.errors import PgolfError
-from pgolf.exp.logs import RunScore, checked_final_score, score_from_run_dir
-from pgolf.exp.record_check import RECORD_SCRIPT, check_record_folder, schema_failures, seed_log_name
+from pgolf.exp.logs import NO_REPORT_HINT, RunScore, checked_final_score, score_from_run_dir
+from pgolf.exp.record_check import (RECORD_SCRIPT, check_record_folder, logged_code_bytes, schema_failures,
+                                    seed_log_name)
 from pgolf.exp.record_readme import record_readme
 from pgolf.export.bundle import ExportedScript, build_exported_script, write_exported_script
 from pgolf.fsutil import write_text_atomic
@@ -69,7 +72,8 @@ class SeedRun:
 def _required_file(run_dir: Path, name: str) -> Path:
     path = run_dir / name
     if not path.is_file():
-        raise PgolfError(f"{run_dir} has no {name}; give finished `pgolf train` run directories.")
+        hint = f" {NO_REPORT_HINT}" if name == "report.json" else ""
+        raise PgolfError(f"{run_dir} has no {name}; give finished `pgolf train` run directories.{hint}")
     return path
 
 
@@ -119,12 +123,42 @@ def check_code_unchanged(runs: list[SeedRun]) -> str:
     return current
 
 
+def run_code_bytes(run: SeedRun) -> int:
+    """The code size the run logged (the size of the script that made it), else its report's."""
+    logged = logged_code_bytes(run.log_text)
+    return logged if logged is not None else int(run.report.get("code_bytes", -1))
+
+
+def _sizes_text(sizes: dict[int, int]) -> str:
+    return "; ".join(f"seed {seed}: {size:,} bytes" for seed, size in sizes.items())
+
+
+ONE_SCRIPT_FIX = ("A record ships one train_gpt.py, and every seed's log must state its size: record runs of one "
+                  "pgolf and one configuration (`pgolf seeds`), or export once (`pgolf export RUN_DIR "
+                  "--full-records -o DIR/train_gpt.py`), run every seed with it (`SEED=<seed> python "
+                  "DIR/train_gpt.py`) and record those runs.")
+
+
 def record_script(runs: list[SeedRun], code_hash: str) -> ExportedScript:
-    """The script every seed reproduces with: the runs' configuration with SEED left at pgolf's default
-    (so it is not baked in; each seed is given as SEED=... in the environment)."""
-    cfg = runs[0].cfg
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=Config().train.seed))
-    return build_exported_script(cfg, preset_name=runs[0].report.get("preset", "custom"), code_hash=code_hash)
+    """The script every seed ran: the runs' configuration exported (SEED is never baked, each seed is given
+    as SEED=... in the environment, so all seeds share one script), lean or with ``--full-records``, the
+    one whose size the runs logged. Runs that logged different sizes, or a size neither export has, were
+    not made by one script of this configuration: refused."""
+    sizes = {run.seed: run_code_bytes(run) for run in runs}
+    if len(set(sizes.values())) > 1:
+        raise PgolfError(f"the runs logged different code sizes ({_sizes_text(sizes)}): they were not made by one "
+                         f"script. {ONE_SCRIPT_FIX}")
+    logged = next(iter(sizes.values()))
+    tried = []
+    for full_records in (False, True):
+        script = build_exported_script(runs[0].cfg, preset_name=runs[0].report.get("preset", "custom"),
+                                       code_hash=code_hash, full_records=full_records)
+        if script.wrapped_bytes == logged:
+            return script
+        tried.append(f"{'--full-records' if full_records else 'lean'}: {script.wrapped_bytes:,}")
+    raise PgolfError(f"the runs logged a code size of {logged:,} bytes, but no export of their configuration has "
+                     f"that size ({'; '.join(tried)}), so the script that made them cannot be rebuilt (another "
+                     f"configuration baked in, or KEY=value changes given at export). {ONE_SCRIPT_FIX}")
 
 
 def seed_entry(run: SeedRun, code_bytes: int) -> dict:

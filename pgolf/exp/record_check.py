@@ -8,7 +8,8 @@ Checked, each failure reported with a message that names the file, the key or th
 * bytes: for every seed, artifact bytes + the REAL size of ``train_gpt.py`` on disk <= 16,000,000, and
   the recorded ``code_bytes``, ``total_bytes`` and ``bytes_total`` agree with that size;
 * code: every seed's log was written by the code hash ``submission.json`` names, and so was the
-  wrapped ``train_gpt.py`` (the hash baked into it);
+  wrapped ``train_gpt.py`` (the hash baked into it); every seed's log states, in its ``Code size:``
+  line, the size of the ``train_gpt.py`` the folder ships (else the log was made by another script);
 * scores: ``val_bpb`` (mean) and ``val_bpb_std`` recomputed from the seeds; each seed's score equal to
   the last score line of its log.
 """
@@ -38,11 +39,37 @@ SEED_FIELDS = {
     "code_bytes": "int", "train_seconds": "number", "eval_seconds": "number", "steps": "int",
 }
 DATE_FORMAT = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# The line every run logs with the size of the script that made it (pgolf/quant/model_artifact.py).
+CODE_SIZE_LINE = re.compile(r"^Code size: (\d+) bytes", re.MULTILINE)
 SCORE_TOLERANCE = 1e-8  # logs print scores with 8 decimals
 
 
 def seed_log_name(seed: int) -> str:
     return f"train_seed{seed}.log"
+
+
+def logged_code_bytes(log_text: str) -> int | None:
+    """The code size a run's log states (its last ``Code size:`` line), or None when it has none."""
+    found = CODE_SIZE_LINE.findall(log_text)
+    return int(found[-1]) if found else None
+
+
+def code_size_failures(folder: Path, submission: dict, script_bytes: int) -> list[str]:
+    """Each seed's log must state the size of the shipped script: a log whose ``Code size:`` differs was
+    made by another script (for example one with another SEED baked in), so its totals are not this one's."""
+    failures = []
+    for entry in submission["seeds"]:
+        path = folder / seed_log_name(entry["seed"])
+        if not path.is_file():
+            continue  # reported by log_failures
+        logged = logged_code_bytes(path.read_text(encoding="utf-8", errors="replace"))
+        if logged is None:
+            failures.append(f"seed {entry['seed']}: {path.name} has no 'Code size:' line; the run did not finish")
+        elif logged != script_bytes:
+            failures.append(f"seed {entry['seed']}: {path.name} says 'Code size: {logged}' but {RECORD_SCRIPT} is "
+                            f"{script_bytes:,} bytes; the seed was not run by this script (record the runs of one "
+                            "script, see docs/experiments.md)")
+    return failures
 
 
 def _type_ok(value, kinds: str) -> bool:
@@ -183,5 +210,6 @@ def check_record_folder(folder: str | Path) -> list[str]:
     script = folder / RECORD_SCRIPT
     if script.is_file():
         failures += size_failures(submission, script.stat().st_size)
+        failures += code_size_failures(folder, submission, script.stat().st_size)
         failures += script_hash_failures(script, submission["code_hash"])
     return failures

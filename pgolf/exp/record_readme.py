@@ -6,6 +6,7 @@ from its preset, bytes, timings, environment, files, and warnings. Everything co
 """
 
 from pgolf.config import Config, config_differences
+from pgolf.export.bundle import ENVIRONMENT_FIELDS, SCRIPT_SEED
 from pgolf.presets import PRESETS, preset_config
 
 README_HIDDEN_KEYS = ("seed", "run_id", "runs_dir")
@@ -29,12 +30,16 @@ def _results_section(submission: dict) -> list[str]:
 
 def _reproduce_section(runs) -> list[str]:
     cfg = runs[0].cfg
+    settable = ", ".join(f"`{name.upper()}`" for name in sorted(ENVIRONMENT_FIELDS))
     lines = ["## Reproduce", "", "```bash"]
     lines += [f"SEED={run.seed} torchrun --standalone --nproc_per_node={run.world_size} train_gpt.py" for run in runs]
     lines += ["```", "",
               "`train_gpt.py` is the whole program (written by `pgolf export`; the configuration below is baked "
-              "in, and environment variables with the same names override it). It reads the data from the paths "
-              "baked at export time; move them with:", "",
+              f"in, except SEED: each run gives its own, as above; without `SEED=` it runs pgolf's default "
+              f"{SCRIPT_SEED}). The environment may set only "
+              f"{settable}; the script stops with an error naming any other variable that would change a baked "
+              "value (export again to change one). It reads the data from the paths baked at export time; "
+              "move them with:", "",
               f"`DATA_PATH={cfg.data.data_path} TOKENIZER_PATH={cfg.data.tokenizer_path}`", ""]
     return lines
 

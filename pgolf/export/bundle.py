@@ -74,16 +74,18 @@ READABLE_SUFFIX = ".readable.py"
 ENVIRONMENT_FIELDS = frozenset({
     "seed", "iterations", "max_wallclock_seconds", "train_log_every", "val_loss_every", "val_max_tokens",
     "data_path", "tokenizer_path", "run_id", "runs_dir", "pgolf_cache_dir", "pgolf_device"})
+# The SEED a script runs without SEED= in the environment: pgolf's default, never a run's (export_ready_config).
+SCRIPT_SEED = Config().train.seed
 # Names the entry adds to the shared namespace (checked against the bundled modules' names).
 ENTRY_NAMES = ("_EXPORT_ENVIRONMENT", "_run_exported_script", "_environment_config", "_error_text")
-ENTRY_NEEDS = ("Config", "coerce_config_value", "PgolfError", "ConfigError")
+ENTRY_NEEDS = ("Config", "coerce_config_value", "check_run_settings", "PgolfError", "ConfigError")
 # A number that appears nowhere else, replaced by the script's own size once it is known.
 CODE_BYTES_PLACEHOLDER = 987654321
 FIXED_POINT_TRIES = 10
 # Without a fixed point, the sizes past the largest one seen that are tried as the stated size.
 PADDING_SEARCH = 1024
 # Bump when the exporter's output changes for the same package and configuration (cache key).
-EXPORT_FORMAT_VERSION = 6
+EXPORT_FORMAT_VERSION = 7
 EXPORT_CACHE_FOLDER = "export"
 
 ENTRY_TEMPLATE = '''# ---- train_gpt.py entry (written by pgolf export) ----
@@ -97,7 +99,7 @@ def _run_exported_script() -> int:
     The preset's name and this file's own wrapped size (the counted code bytes) are written in the call."""
     try:
         baked = Config()
-        cfg = _environment_config(baked)
+        cfg = check_run_settings(_environment_config(baked))  # ITERATIONS=0 and the like, as pgolf train refuses them
         {function}(cfg, preset_name={preset!r}{main_arguments})
     except PgolfError as error:
         print(f"train_gpt.py: error: {{_error_text(error)}}", file=sys.stderr)
@@ -204,13 +206,15 @@ class ExportedScript:
 
 
 def export_ready_config(cfg: Config) -> Config:
-    """``cfg`` as the script bakes it: the run section (RUN_ID, RUNS_DIR) back to defaults, since each
-    run of the script picks its own; data paths must be set, since the script cannot build data."""
+    """``cfg`` as the script bakes it: the run section (RUN_ID, RUNS_DIR) and SEED back to defaults, since
+    each run of the script picks its own (``SEED=42 python train_gpt.py``). So every seed of one
+    configuration has one script and logs one code size, which a record's single ``train_gpt.py`` needs;
+    data paths must be set, since the script cannot build data."""
     if not (cfg.data.data_path and cfg.data.tokenizer_path):
         raise ConfigError("the exported script cannot build the embedded default dataset (that code is tooling); "
                           "set DATA_PATH and TOKENIZER_PATH (for the default data: the paths `pgolf export` "
                           "prints when given a preset, or a run's config.json).")
-    ready = dataclasses.replace(cfg, run=type(cfg.run)())
+    ready = dataclasses.replace(cfg, run=type(cfg.run)(), train=dataclasses.replace(cfg.train, seed=SCRIPT_SEED))
     return dataclasses.replace(ready, **{section.name: _floats_as_floats(getattr(ready, section.name))
                                          for section in dataclasses.fields(ready)})
 
@@ -244,16 +248,20 @@ def _changed_defaults(cfg: Config) -> dict[str, dict[str, Any]]:
 
 
 # The entry's _error_text: with messages kept, the message itself; without, where to read it. The
-# counted script's messages are line numbers of train_gpt.readable.py (a caught error's message may end
-# in the number when another message quotes it).
+# counted script's messages are line numbers of train_gpt.readable.py, followed by the values the message
+# quotes (pgolf.export.messages); a caught error's message may end in the number when another message
+# quotes it. Not the class name: the minifier renamed the program's own classes (the line shows it).
 ERROR_TEXT_KEPT = "    return str(error)"
 ERROR_TEXT_POINTER = '''    """Where the message is: this script's messages are lines of train_gpt.readable.py."""
+    where = "of train_gpt.readable.py (written beside this script by pgolf export; --keep-messages keeps the messages here)"
+    line, *quoted = error.args or (None,)
+    if quoted and type(line) is int and not isinstance(error, OSError):
+        return f"see line {line} {where}; it quotes {', '.join(repr(value) for value in quoted)}"
     text = str(error).strip("'")
     before, _, line = text.rpartition(": ")  # (the whole text when it is just the number)
     if not line.isdigit():
         return text
-    return (f"{type(error).__name__}: {before + ': ' if before else ''}see line {line} of train_gpt.readable.py "
-            "(written beside this script by pgolf export; --keep-messages keeps the messages here)")'''
+    return f"{before + ': ' if before else ''}see line {line} {where}"'''
 
 
 def export_entry_module(cfg: Config) -> str:

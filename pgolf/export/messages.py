@@ -14,6 +14,11 @@ variable or a helper function words it; the exporter then drops what only the me
 excludes KeyError (its argument is the key), SystemExit, KeyboardInterrupt and StopIteration (their
 arguments are values the program or Python uses) and any class with its own ``__init__`` or
 ``__new__`` (its arguments may be structured). Checks stay: an assert keeps its test.
+
+A raised message keeps the values it quotes (what an f-string interpolates, the operands of ``%``,
+``+`` and ``.format``) as further arguments after the line, ``ConfigError(580, path)``, so the error a
+competitor sees on another machine still names the file or field; the entry prints them beside the
+pointer. OSError and its subclasses get the line alone: two arguments would make the first an errno.
 """
 
 import ast
@@ -26,6 +31,8 @@ MESSAGE_EXCEPTIONS = frozenset({
     "NotImplementedError", "IndexError"})
 # pgolf's base of the errors a user can cause: "a message that names the thing and the fix" (errors.py).
 USER_ERROR_BASE = "PgolfError"
+# Builtin classes for which a second argument means something else (OSError(errno, strerror)).
+ERRNO_EXCEPTIONS = frozenset({"OSError", "FileNotFoundError"})
 # Methods that make a class's arguments something other than a message.
 CONSTRUCTOR_METHODS = frozenset({"__init__", "__new__"})
 
@@ -42,10 +49,12 @@ def terse_tree(tree: ast.Module) -> int:
     line numbers are the readable file's) by its statement's line; returns how many."""
     message_classes = message_exception_names(tree)
     user_errors = user_error_names(tree, message_classes)
+    errno_errors = subclass_names(tree, message_classes, ERRNO_EXCEPTIONS)
     removed = 0
     for node in ast.walk(tree):
         if isinstance(node, ast.Raise) and raises_message(node, message_classes, user_errors):
-            node.exc.args = [line_constant(node)]
+            quoted = [] if referenced_name(node.exc.func) in errno_errors else quoted_values(node.exc.args[0])
+            node.exc.args = [line_constant(node), *quoted]
             removed += 1
         elif isinstance(node, ast.Assert) and node.msg is not None and is_message(node.msg):
             node.msg = line_constant(node)
@@ -57,15 +66,47 @@ def user_error_names(tree: ast.Module, message_classes: frozenset[str]) -> froze
     """The program's message classes that derive from :data:`USER_ERROR_BASE` (or are it): their one
     argument is a message by the package's own rule, however it is computed (a variable, a call to a
     function that words it), so it goes whatever its form."""
-    bases = {node.name: [referenced_name(base) for base in node.bases]
-             for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+    return frozenset(name for name in subclass_names(tree, message_classes, frozenset({USER_ERROR_BASE}))
+                     if name in _class_bases(tree))
+
+
+def subclass_names(tree: ast.Module, names: frozenset[str], roots: frozenset[str]) -> frozenset[str]:
+    """Those of ``names`` that are one of ``roots`` or derive from one through the program's classes."""
+    bases = _class_bases(tree)
 
     def derives(name: str | None, seen: frozenset[str]) -> bool:
-        if name == USER_ERROR_BASE:
+        if name in roots:
             return True
         return name in bases and name not in seen and any(derives(base, seen | {name}) for base in bases[name])
 
-    return frozenset(name for name in message_classes if name in bases and derives(name, frozenset()))
+    return frozenset(name for name in names if derives(name, frozenset()))
+
+
+def _class_bases(tree: ast.Module) -> dict[str, list[str | None]]:
+    return {node.name: [referenced_name(base) for base in node.bases]
+            for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+
+
+def quoted_values(message: ast.expr) -> list[ast.expr]:
+    """The expressions a message quotes, in order: what an f-string interpolates, the operands of ``%``
+    (each item of a tuple), ``+`` (all but string pieces) and ``.format``; none for anything else."""
+    if isinstance(message, ast.JoinedStr):
+        return [part.value for part in message.values if isinstance(part, ast.FormattedValue)]
+    if isinstance(message, ast.BinOp) and isinstance(message.op, ast.Mod) and is_message(message.left):
+        operand = message.right
+        return [*quoted_values(message.left), *(operand.elts if isinstance(operand, ast.Tuple) else [operand])]
+    if isinstance(message, ast.BinOp) and isinstance(message.op, ast.Add):
+        return [*quoted_values(message.left), *_piece_values(message.right)]
+    if isinstance(message, ast.Call) and is_message(message):
+        return [*message.args, *(keyword.value for keyword in message.keywords)]
+    return []
+
+
+def _piece_values(piece: ast.expr) -> list[ast.expr]:
+    """A ``+`` operand's quoted values: a literal string has none, an f-string its own, others are one."""
+    if isinstance(piece, ast.Constant) and isinstance(piece.value, str):
+        return []
+    return quoted_values(piece) if is_message(piece) else [piece]
 
 
 def line_constant(statement: ast.stmt) -> ast.Constant:

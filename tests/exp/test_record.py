@@ -15,12 +15,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from exp_runs import train_tiny_run
+from exp_runs import tiny_run_config, train_tiny_run
 
 from pgolf.cli import main as cli_main
 from pgolf.errors import PgolfError
 from pgolf.exp.record import make_record
 from pgolf.exp.record_check import check_record_folder
+from pgolf.export.bundle import ENVIRONMENT_FIELDS, SCRIPT_SEED, build_exported_script
 from pgolf.export.minify import unwrap_script
 
 PINNED_HASH = "0123456789abcdef"
@@ -37,9 +38,13 @@ def pinned_code_hash():
 
 @pytest.fixture(scope="module")
 def seed_runs(exp_default_data, tmp_path_factory, pinned_code_hash):
+    """Both seeds log the size of their configuration's exported script (one script for every seed: SEED
+    is not baked), as `pgolf train` runs do, with the pinned code hash."""
     runs = tmp_path_factory.mktemp("runs")
+    first = tiny_run_config(exp_default_data, runs, "seed7", SEED=str(SEEDS[0]))
+    code_bytes = build_exported_script(first, preset_name="tiny_cpu", code_hash=PINNED_HASH, verify=False).wrapped_bytes
     for seed in SEEDS:
-        train_tiny_run(exp_default_data, runs, f"seed{seed}", SEED=str(seed))
+        train_tiny_run(exp_default_data, runs, f"seed{seed}", code_bytes=code_bytes, SEED=str(seed))
     return [runs / f"seed{seed}" for seed in SEEDS]
 
 
@@ -82,7 +87,14 @@ def test_the_record_folder_and_its_numbers(record, seed_runs):
     assert (submission["name"], submission["author"], submission["github_id"]) == ("TinyTest", "Ada", "ada")
     source = unwrap_script((folder / "train_gpt.py").read_bytes())
     assert PINNED_HASH in source and "'SEED'" not in source  # each seed comes from the environment
+    for seed in SEEDS:  # every log states the size of the script the folder ships
+        assert f"Code size: {script_bytes} bytes" in (folder / f"train_seed{seed}.log").read_text()
+    readable = (folder / "train_gpt.readable.py").read_text()
+    assert f"seed: int = {SCRIPT_SEED}" in readable  # pgolf's default, not a run's: each seed comes as SEED=...
     readme = (folder / "README.md").read_text()
+    assert f"without `SEED=` it runs pgolf's default {SCRIPT_SEED}" in readme
+    assert "environment variables with the same names override" not in readme
+    assert all(f"`{name.upper()}`" in readme for name in ENVIRONMENT_FIELDS)
     assert "SEED=7 torchrun --standalone --nproc_per_node=1 train_gpt.py" in readme
     assert f"| 7 | {submission['seeds'][0]['val_bpb']:.8f} |" in readme and "`ITERATIONS` | `4` | `20000`" in readme
     assert any("subset of the validation split" in w for w in warnings) and "## Warnings" in readme
@@ -183,3 +195,52 @@ def test_never_overwrites_and_refuses_changed_code(record, seed_runs, monkeypatc
     monkeypatch.setattr("pgolf.exp.record.pgolf_code_hash", lambda: "another")
     with pytest.raises(PgolfError, match="installed pgolf is another"):
         make_record(seed_runs, name="Later", out=folder.parent)
+
+
+def _log_with_code_size(copy: Path, seed: int, code_bytes: int) -> None:
+    log = copy / f"train_seed{seed}.log"
+    log.write_text(re.sub(r"^Code size: \d+", f"Code size: {code_bytes}", log.read_text(), flags=re.MULTILINE))
+
+
+def test_record_check_catches_a_log_of_another_script(record, tmp_path):
+    """A log whose Code size is not the shipped script's was made by another script (another configuration,
+    or the lean script instead of --full-records): its totals are not the folder's."""
+    copy = shutil.copytree(record[0], tmp_path / "copy")
+    script_bytes = (copy / "train_gpt.py").stat().st_size
+    _log_with_code_size(copy, 8, script_bytes + 4)
+    failures = check_record_folder(copy)
+    assert failures == [f"seed 8: train_seed8.log says 'Code size: {script_bytes + 4}' but train_gpt.py is "
+                        f"{script_bytes:,} bytes; the seed was not run by this script (record the runs of one "
+                        "script, see docs/experiments.md)"]
+
+
+def test_runs_that_logged_other_code_sizes_are_refused(seed_runs, tmp_path, pinned_code_hash):
+    """Runs that logged different sizes were not made by one script, and a record of them would state sizes
+    of scripts it does not ship."""
+    out = tmp_path / "records"
+    other = shutil.copytree(seed_runs[1], tmp_path / "other")
+    logged = int(re.search(r"^Code size: (\d+)", (other / "train.log").read_text(), re.MULTILINE).group(1))
+    log = other / "train.log"
+    log.write_text(log.read_text().replace(f"Code size: {logged} ", f"Code size: {logged + 3} "))
+    with pytest.raises(PgolfError, match=rf"logged different code sizes \(seed 7: {logged:,} bytes; seed 8: "
+                                         rf"{logged + 3:,} bytes\).*SEED=<seed> python DIR/train_gpt.py"):
+        make_record([seed_runs[0], other], name="Mixed", out=out)
+    assert not out.exists()
+
+
+def test_a_code_size_no_export_has_is_refused(seed_runs, tmp_path, pinned_code_hash):
+    out = tmp_path / "records"
+    odd = shutil.copytree(seed_runs[0], tmp_path / "odd")
+    log = odd / "train.log"
+    log.write_text(re.sub(r"^Code size: \d+", "Code size: 12345", log.read_text(), flags=re.MULTILINE))
+    with pytest.raises(PgolfError, match=r"logged a code size of 12,345 bytes, but no export .*lean: .*"
+                                         r"--full-records: "):
+        make_record([odd], name="Odd", out=out)
+    assert not out.exists()
+
+
+def test_a_run_without_report_says_which_export_writes_one(seed_runs, tmp_path, pinned_code_hash):
+    lean = shutil.copytree(seed_runs[0], tmp_path / "lean")
+    (lean / "report.json").unlink()
+    with pytest.raises(PgolfError, match="exported with `pgolf export --full-records`"):
+        make_record([lean], name="Lean", out=tmp_path / "records")

@@ -7,6 +7,7 @@ script of every preset is run against the package in tests/e2e/test_export_scrip
 """
 
 import ast
+import dataclasses
 import json
 import math
 import os
@@ -19,10 +20,11 @@ from pathlib import Path
 import pytest
 
 from pgolf.cli import main as cli_main
-from pgolf.config import apply_config_overrides, config_to_json
+from pgolf.config import Config, apply_config_overrides, config_to_json
 from pgolf.errors import ConfigError, PgolfError
 from pgolf.export import bundle
-from pgolf.export.bundle import (CODE_BYTES_PLACEHOLDER, ENVIRONMENT_FIELDS, _settle_code_bytes, baked_config_values,
+from pgolf.export.bundle import (CODE_BYTES_PLACEHOLDER, ENVIRONMENT_FIELDS, SCRIPT_SEED, _settle_code_bytes,
+                                 baked_config_values,
                                  build_exported_script, counted_source, export_cache_key, export_ready_config,
                                  exported_code_bytes, module_costs, write_exported_script)
 from pgolf.export.flatten import ExportError, core_module_order, flatten_core_modules
@@ -358,6 +360,10 @@ def test_main_with_a_code_bytes_parameter_receives_the_scripts_own_size(tmp_path
 
             def coerce_config_value(key, value, annotation):
                 return annotation(value)
+
+
+            def check_run_settings(cfg):
+                return cfg
             ''',
         "submission.py": '''
             from pgolf.config import Config
@@ -514,6 +520,34 @@ def test_the_counted_script_points_at_the_readable_line_of_each_message(real_scr
     line = int(error.split("see line ")[1].split()[0])
     assert "of train_gpt.readable.py" in error
     assert "is not a valid" in script.readable.splitlines()[line - 1]  # the message, at the line named
+    assert "'not_a_number'" in error  # and the value the message quoted, so the error names what was wrong
+
+
+def test_the_counted_script_names_a_fixed_field_the_environment_tried_to_change(real_script, monkeypatch, capsys):
+    _, script = real_script
+    module = types.ModuleType("exported_minified_fixed_field")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(script.minified, "train_gpt.py", "exec"), module.__dict__)
+    monkeypatch.setenv("NUM_LAYERS", "3")
+    main_guard = ast.parse(script.minified).body[-1]
+    assert getattr(module, main_guard.body[0].value.args[0].func.id)() == 2
+    error = capsys.readouterr().err
+    assert "'NUM_LAYERS'" in error and "see line" in error
+
+
+def test_the_counted_script_refuses_run_settings_pgolf_train_refuses(real_script, monkeypatch, capsys):
+    _, script = real_script
+    module = types.ModuleType("exported_minified_run_settings")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(script.minified, "train_gpt.py", "exec"), module.__dict__)
+    entry = getattr(module, ast.parse(script.minified).body[-1].body[0].value.args[0].func.id)
+    for key, value, words in (("ITERATIONS", "0", "ITERATIONS=0 must be >= 1"),
+                              ("MAX_WALLCLOCK_SECONDS", "-5", "MAX_WALLCLOCK_SECONDS=-5.0 must be >= 0"),
+                              ("VAL_MAX_TOKENS", "-1", "VAL_MAX_TOKENS=-1 must be >= 0")):
+        monkeypatch.setenv(key, value)
+        assert entry() == 2
+        assert words in capsys.readouterr().err
+        monkeypatch.delenv(key)
 
 
 def test_what_only_worded_a_message_is_not_in_the_counted_script(real_script):
@@ -563,3 +597,13 @@ def test_the_export_is_the_same_whatever_the_string_hash_seed():
         assert result.returncode == 0, result.stderr[-2000:]
         digests.add(result.stdout.strip())
     assert len(digests) == 1, digests
+
+
+def test_every_seed_of_a_configuration_has_one_script():
+    # SEED is given at run time (SEED=42 python train_gpt.py), never baked: the seeds of a record share
+    # one train_gpt.py, so every seed's run logs the size of the script the record ships.
+    from_run = apply_config_overrides(tiny_cpu(), {"SEED": "42", "DATA_PATH": "d", "TOKENIZER_PATH": "t.model"},
+                                      source="test")
+    other_seed = dataclasses.replace(from_run, train=dataclasses.replace(from_run.train, seed=7))
+    assert export_ready_config(from_run) == export_ready_config(other_seed)
+    assert export_ready_config(from_run).train.seed == SCRIPT_SEED == Config().train.seed

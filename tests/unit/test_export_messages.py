@@ -148,16 +148,21 @@ def not_errors(x):
     print('printed message')
     warnings.warn('a warning')
     return 'returned message'
+
+def missing_file(path):
+    raise FileNotFoundError(f'no file {path}')
 '''
 
-# Each statement whose message goes, and what it becomes: the line of that statement in SOURCE.
+# Each statement whose message goes, and what it becomes: the line of that statement in SOURCE, then the
+# values the message quotes (none for an OSError: its second argument would be a strerror).
 REPLACED = {
     "raise ValueError('plain message')": "raise ValueError(38)",
-    "raise RuntimeError(f'bad {x}') from None": "raise RuntimeError(41) from None",
-    "raise ConfigError('bad ' + str(x) + '!')": "raise ConfigError(44)",
-    "raise DeepError('bad %s' % x)": "raise DeepError(47)",
-    "raise TypeError('bad {}'.format(x))": "raise TypeError(50)",
-    "raise AppError(f'division: {error}') from error": "raise AppError(56) from error",
+    "raise RuntimeError(f'bad {x}') from None": "raise RuntimeError(41, x) from None",
+    "raise ConfigError('bad ' + str(x) + '!')": "raise ConfigError(44, str(x))",
+    "raise DeepError('bad %s' % x)": "raise DeepError(47, x)",
+    "raise TypeError('bad {}'.format(x))": "raise TypeError(50, x)",
+    "raise AppError(f'division: {error}') from error": "raise AppError(56, error) from error",
+    "raise FileNotFoundError(f'no file {path}')": "raise FileNotFoundError(135)",
     "raise builtins.IndexError('through an attribute')": "raise builtins.IndexError(60)",
     "raise BadValue('subclass of a builtin')": "raise BadValue(63)",
     "assert x > 0, f'x must be positive, got {x}'": "assert x > 0, 66",
@@ -189,24 +194,31 @@ def test_only_messages_change_and_each_becomes_its_line():
     compile(terse, "<terse>", "exec")
 
 
-@pytest.mark.parametrize("function, args, error_type, statement", [
-    ("plain", (), ValueError, "raise ValueError('plain message')"),
-    ("f_string", (1,), RuntimeError, "raise RuntimeError(f'bad {x}') from None"),
-    ("concatenated", (1,), "ConfigError", "raise ConfigError('bad ' + str(x) + '!')"),
-    ("percent", (1,), "DeepError", "raise DeepError('bad %s' % x)"),
-    ("formatted", (1,), TypeError, "raise TypeError('bad {}'.format(x))"),
-    ("chained", (0,), "AppError", "raise AppError(f'division: {error}') from error"),
-    ("attribute", (), IndexError, "raise builtins.IndexError('through an attribute')"),
-    ("subclass_of_builtin", (), ValueError, "raise BadValue('subclass of a builtin')"),
-    ("asserted", (0,), AssertionError, "assert x > 0, f'x must be positive, got {x}'"),
+@pytest.mark.parametrize("function, args, error_type, statement, quoted", [
+    ("plain", (), ValueError, "raise ValueError('plain message')", ()),
+    ("f_string", (1,), RuntimeError, "raise RuntimeError(f'bad {x}') from None", (1,)),
+    ("concatenated", (1,), "ConfigError", "raise ConfigError('bad ' + str(x) + '!')", ("1",)),
+    ("percent", (1,), "DeepError", "raise DeepError('bad %s' % x)", (1,)),
+    ("formatted", (1,), TypeError, "raise TypeError('bad {}'.format(x))", (1,)),
+    ("attribute", (), IndexError, "raise builtins.IndexError('through an attribute')", ()),
+    ("subclass_of_builtin", (), ValueError, "raise BadValue('subclass of a builtin')", ()),
+    ("asserted", (0,), AssertionError, "assert x > 0, f'x must be positive, got {x}'", ()),
+    ("missing_file", ("a.bin",), FileNotFoundError, "raise FileNotFoundError(f'no file {path}')", ()),
 ])
-def test_replaced_messages_raise_the_same_type_with_the_line(function, args, error_type, statement):
+def test_replaced_messages_raise_the_same_type_with_the_line(function, args, error_type, statement, quoted):
     error = run_terse(function, *args)
     if isinstance(error_type, str):  # a class of the sample program
         assert type(error).__name__ == error_type
     else:
         assert isinstance(error, error_type)
-    assert error.args == (line_of(statement),)
+    assert error.args == (line_of(statement), *quoted)
+
+
+def test_a_quoted_value_is_the_object_the_message_showed():
+    error = run_terse("chained", 0)
+    line, quoted = error.args
+    assert line == line_of("raise AppError(f'division: {error}') from error")
+    assert isinstance(quoted, ZeroDivisionError) and quoted is error.__cause__
 
 
 @pytest.mark.parametrize("function, args, error_type, error_args", [
@@ -278,8 +290,10 @@ def test_real_modules_lose_every_message():
     statement_lines = {node.lineno for node, _ in raise_and_assert_arguments(ast.parse(source))}
     pointers = []
     for node, arguments in raise_and_assert_arguments(ast.parse(terse)):
-        assert not holds_string(arguments), ast.unparse(node)
-        if len(arguments) == 1 and isinstance(arguments[0], ast.Constant) and type(arguments[0].value) is int:
+        # the message went; what follows the pointer are the values it quoted, not text of its own
+        assert arguments[:1] == [] or not holds_string(arguments[:1]), ast.unparse(node)
+        assert not any(isinstance(argument, ast.JoinedStr) for argument in arguments), ast.unparse(node)
+        if arguments and isinstance(arguments[0], ast.Constant) and type(arguments[0].value) is int:
             pointers.append(arguments[0].value)
     assert removed > 0
     assert len(pointers) == removed
