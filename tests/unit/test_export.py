@@ -246,6 +246,10 @@ def test_what_tiny_cpu_never_runs_is_not_shipped(real_script):
     for module in ("pgolf.model.features.smear_gate", "pgolf.model.kernels.fused_mlp", "pgolf.optim.sharded",
                    "pgolf.quant.qat", "pgolf.eval.ttt_lora", "pgolf.quant.prune_search"):
         assert module in script.dropped_modules and module not in script.modules
+    # Gradient sync is imported by the loop and dropped only by folding TrainingParts.sharded_gradients (a
+    # dataclass field every construction sets to False): a type(x) of an unknown x anywhere in the program
+    # (once, in the entry's error printer) made every class rebuildable and shipped it.
+    assert "pgolf.optim.grad_sync" not in script.modules
     assert "def relu_squared" in script.readable and "def leaky_relu_squared" not in script.readable
     assert "pgolf.model.gpt" in script.modules and "train_seq_len" in script.fixed_fields
 
