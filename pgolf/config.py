@@ -687,8 +687,8 @@ def check_run_settings(cfg: Config) -> Config:
 
 
 # Every optimizer step is split into world size x gradient-accumulation micro-batches, which is 8 on any
-# world size (SPEC: grad_accum = 8 // WORLD_SIZE, and WORLD_SIZE must divide 8); kept equal to
-# pgolf.dist.REFERENCE_WORLD_SIZE by a test (not imported: this module stays free of torch).
+# world size (SPEC: grad_accum = 8 // WORLD_SIZE, and WORLD_SIZE must divide 8).
+# pgolf.dist.REFERENCE_WORLD_SIZE is defined from it (this module stays free of torch).
 MICRO_BATCHES_PER_STEP = 8
 
 

@@ -12,11 +12,13 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pgolf.config import MICRO_BATCHES_PER_STEP
 from pgolf.errors import ConfigError
 from pgolf.runtime import Runtime, resolve_autocast_dtype
 
-# The challenge's reference is 8 GPUs; gradient accumulation keeps the maths identical on fewer.
-REFERENCE_WORLD_SIZE = 8
+# The challenge's reference is 8 GPUs; gradient accumulation keeps the maths identical on fewer: world
+# size x accumulation steps is always the config's micro-batches per step (its batch-split check).
+REFERENCE_WORLD_SIZE = MICRO_BATCHES_PER_STEP
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from pgolf.commands.configuration import fill_default_data, load_run_dir_config, require_run_config, resolve_config
 from pgolf.config import Config, parse_cli_overrides
-from pgolf.errors import ConfigError, PgolfError
+from pgolf.errors import ConfigError
 from pgolf.fsutil import require_writable_directory
-from pgolf.export.bundle import (SCRIPT_SEED, ExportedScript, build_exported_script, module_costs, readable_path_for,
-                                 write_exported_script)
+from pgolf.export.bundle import (SCRIPT_SEED, ExportedScript, build_exported_script, module_costs,
+                                 refuse_existing_outputs, write_exported_script)
 from pgolf.presets import PRESETS
 
 DEFAULT_SCRIPT_NAME = "train_gpt.py"  # the name of the script inside an -o folder
@@ -84,12 +84,7 @@ def export_output_paths(output: str) -> tuple[Path, Path]:
     path = Path(output)
     if output.endswith(("/", os.sep)) or path.is_dir():
         path = path / DEFAULT_SCRIPT_NAME
-    readable = readable_path_for(path)
-    for existing in (path, readable):
-        if existing.exists():
-            raise PgolfError(f"{existing} already exists; pgolf export never overwrites. Move it away, or give -o "
-                             "another file or folder.")
-    return path, readable
+    return refuse_existing_outputs(path)
 
 
 def run_export_command(args: argparse.Namespace) -> int:

@@ -579,7 +579,8 @@ def refuse_existing_outputs(output: str | Path) -> tuple[Path, Path]:
     readable = readable_path_for(output)
     for path in (output, readable):
         if path.exists():
-            raise PgolfError(f"{path} already exists; pgolf export never overwrites. Move it away or use -o.")
+            raise PgolfError(f"{path} already exists; pgolf export never overwrites. Move it away, or give -o "
+                             "another file or folder.")
     return output, readable
 
 

@@ -66,13 +66,13 @@ def user_error_names(tree: ast.Module, message_classes: frozenset[str]) -> froze
     """The program's message classes that derive from :data:`USER_ERROR_BASE` (or are it): their one
     argument is a message by the package's own rule, however it is computed (a variable, a call to a
     function that words it), so it goes whatever its form."""
-    return frozenset(name for name in subclass_names(tree, message_classes, frozenset({USER_ERROR_BASE}))
-                     if name in _class_bases(tree))
+    return subclass_names(tree, message_classes, frozenset({USER_ERROR_BASE}))
 
 
 def subclass_names(tree: ast.Module, names: frozenset[str], roots: frozenset[str]) -> frozenset[str]:
     """Those of ``names`` that are one of ``roots`` or derive from one through the program's classes."""
-    bases = _class_bases(tree)
+    bases = {node.name: [referenced_name(base) for base in node.bases]
+             for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
 
     def derives(name: str | None, seen: frozenset[str]) -> bool:
         if name in roots:
@@ -80,11 +80,6 @@ def subclass_names(tree: ast.Module, names: frozenset[str], roots: frozenset[str
         return name in bases and name not in seen and any(derives(base, seen | {name}) for base in bases[name])
 
     return frozenset(name for name in names if derives(name, frozenset()))
-
-
-def _class_bases(tree: ast.Module) -> dict[str, list[str | None]]:
-    return {node.name: [referenced_name(base) for base in node.bases]
-            for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
 
 
 def quoted_values(message: ast.expr) -> list[ast.expr]:
