@@ -6,11 +6,13 @@ named in ``non_finite`` (with the value it had), and the run then fails with an 
 
 import json
 import math
+import os
 from pathlib import Path
 
 from pgolf.artifact.size import SizeReport, check_artifact_fits
 from pgolf.config import Config, config_differences, flatten_config
 from pgolf.data.run_data import ValidationData
+from pgolf.data.tokenizer_match import file_sha256
 from pgolf.dist import DistContext
 from pgolf.errors import TrainingError
 from pgolf.eval.bpb import uniform_guess_bpb
@@ -37,9 +39,22 @@ def log_header(logger: RunLogger, cfg: Config, preset_name: str, preset_cfg: Con
             logger.line(f"override:{name.upper()}={after!r} (preset {before!r})")
     for line in _setting_lines(cfg, ctx, data, model):
         logger.line(line)
+    data_record = run_data_record(cfg)
+    logger.line(f"tokenizer_sha256:{data_record['tokenizer_sha256']}")
     logger.event("header", preset=preset_name, code_hash=code_hash, env=env, config=flatten_config(cfg),
-                 model_params=count_parameters(model))
-    return {"code_hash": code_hash, "env": env}
+                 model_params=count_parameters(model), data=data_record)
+    return {"code_hash": code_hash, "env": env, "data": data_record}
+
+
+def run_data_record(cfg: Config) -> dict:
+    """Which data and tokenizer the run read, for the tools that later read the run (``pgolf eval``,
+    ``quantize``, ``check``): the folder it was started in, so relative DATA_PATH/TOKENIZER_PATH in its
+    config.json can be found from anywhere, and the tokenizer's sha256, so a model is never scored with
+    another tokenizer of the same vocabulary (its token ids would name other pieces)."""
+    return {"launch_dir": os.getcwd(),
+            "data_path": str(Path(cfg.data.data_path).resolve()),
+            "tokenizer_path": str(Path(cfg.data.tokenizer_path).resolve()),
+            "tokenizer_sha256": file_sha256(cfg.data.tokenizer_path)}
 
 
 def _setting_lines(cfg: Config, ctx: DistContext, data: ValidationData, model: GPT) -> list[str]:
@@ -160,6 +175,7 @@ def _common_report_fields(cfg: Config, preset_name: str, run_dir: Path, model: G
         "seed": cfg.train.seed,
         "code_hash": header["code_hash"],
         "env": header["env"],
+        "data": header.get("data"),  # None from an exported script, which does not record it
     }
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from pgolf.commands.configuration import load_run_dir_config
+from pgolf.commands.configuration import load_run_dir_config, locate_run_data
 from pgolf.config import Config, parse_cli_overrides
 from pgolf.data.caseops import CASEOPS_BYTES_ORIGINAL, decode_caseops, is_caseops_tokenizer
 from pgolf.data.loader import assert_disjoint_splits
@@ -64,7 +64,8 @@ def load_run(run_dir: Path, overrides: list[str]) -> tuple[Config, dict]:
                          "an exported train_gpt.py.")
     if not report_path.is_file():
         raise PgolfError(f"{report_path} not found; RUN_DIR must be a finished run. {NO_REPORT_HINT}")
-    cfg = load_run_dir_config(run_dir, parse_cli_overrides(overrides))
+    items = parse_cli_overrides(overrides)
+    cfg = locate_run_data(load_run_dir_config(run_dir, items), run_dir, items)
     return cfg, read_json_file(report_path, "restore it from a copy of the run")
 
 

@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from pgolf.commands.configuration import load_run_dir_config, require_run_config
+from pgolf.commands.configuration import load_run_dir_config, locate_run_data, require_run_config
 from pgolf.commands.quantize import find_run_artifact
 from pgolf.config import Config, config_field_index, parse_cli_overrides, validate_config
 from pgolf.dist import DistContext, init_distributed, shutdown_distributed
@@ -43,11 +43,13 @@ def check_eval_overrides(overrides: dict[str, str]) -> None:
 
 
 def load_eval_config(run_dir: Path, items: list[str]) -> tuple[Config, dict[str, str]]:
-    """The run's config.json with the checked overrides applied, and the overrides."""
+    """The run's config.json with the checked overrides applied (its data located, its tokenizer checked),
+    and the overrides."""
     require_run_config(run_dir)  # before the overrides: a wrong RUN_DIR is the first thing to say
     overrides = parse_cli_overrides(items)
     check_eval_overrides(overrides)
-    return validate_config(load_run_dir_config(run_dir, overrides)), overrides
+    cfg = validate_config(load_run_dir_config(run_dir, overrides))
+    return locate_run_data(cfg, run_dir, overrides), overrides
 
 
 def evaluate_run(run_dir: Path, cfg: Config, ctx: DistContext) -> tuple[list[EvalPhase], Path]:

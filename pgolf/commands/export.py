@@ -45,12 +45,14 @@ def export_target_config(target: str, overrides: list[str]) -> tuple[Config, str
     overrides, or a preset resolved as ``pgolf train`` does (preset < environment < ``KEY=value``),
     with empty data paths pointed at the embedded default dataset's cache."""
     path = Path(target)
+    if target in PRESETS:  # a bare preset name is the preset; a folder of that name is written ./NAME
+        if path.is_dir():
+            print(f"note: exporting the preset {target}; for the folder of that name write ./{target}", file=sys.stderr)
+        cfg, _, name = resolve_config(target, overrides)
+        return fill_default_data(cfg), name
     if path.is_dir():
         require_run_config(path)  # before the overrides: a wrong RUN_DIR is the first thing to say
         return load_run_dir_config(path, parse_cli_overrides(overrides)), run_dir_preset(path)
-    if target in PRESETS:
-        cfg, _, name = resolve_config(target, overrides)
-        return fill_default_data(cfg), name
     raise ConfigError(f"{target!r} is neither a run directory nor a preset; presets: {', '.join(sorted(PRESETS))}.")
 
 

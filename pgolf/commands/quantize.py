@@ -24,7 +24,7 @@ from pgolf.artifact.container import unpack_tensor_container
 from pgolf.artifact.pack import pack_quantized_tensors
 from pgolf.quant.packing import unpack_model_artifact
 from pgolf.artifact.size import ARTIFACT_CAP_BYTES
-from pgolf.commands.configuration import load_run_dir_config, require_run_config
+from pgolf.commands.configuration import load_run_dir_config, locate_run_data, require_run_config
 from pgolf.config import (Config, apply_config_overrides, config_field_index, config_to_json, parse_cli_overrides,
                           validate_config)
 from pgolf.dist import init_distributed
@@ -129,10 +129,10 @@ def check_quantize_overrides(overrides: dict[str, str]) -> None:
 
 
 def load_run_config(run_dir: Path, overrides: dict[str, str]) -> Config:
-    """The run's config.json with the (checked) overrides applied."""
+    """The run's config.json with the (checked) overrides applied, its data located and its tokenizer checked."""
     require_run_config(run_dir)  # before the overrides: a wrong RUN_DIR is the first thing to say
     check_quantize_overrides(overrides)
-    return validate_config(load_run_dir_config(run_dir, overrides))
+    return locate_run_data(validate_config(load_run_dir_config(run_dir, overrides)), run_dir, overrides)
 
 
 def load_full_precision_weights(run_dir: Path) -> tuple[dict[str, torch.Tensor], bool]:

@@ -240,7 +240,7 @@ def parse_log_text(text: str, source: str, name: str | None = None) -> RunLog:
 
 # ---- curves from a pgolf run (metrics.jsonl) ----
 
-def _read_events(path: Path) -> list[dict]:
+def read_metrics_events(path: Path) -> list[dict]:
     """The JSON events of a metrics.jsonl; a line that is not a JSON object (cut off by a crash) is skipped."""
     events = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -298,7 +298,7 @@ def read_run_dir_log(run_dir: Path) -> RunLog:
                          "give a pgolf run directory or a log file.")
     text = text_log.read_text(encoding="utf-8", errors="replace") if text_log.is_file() else ""
     log = parse_log_text(text, str(run_dir), run_dir.name)
-    events, prequant = (parse_metrics_events(_read_events(metrics), str(metrics), run_dir.name)
+    events, prequant = (parse_metrics_events(read_metrics_events(metrics), str(metrics), run_dir.name)
                         if metrics.is_file() else (None, None))
     if events is not None and (events.train or events.val):
         log.train, log.val = events.train, events.val
@@ -317,8 +317,10 @@ def read_run_log(path: str | Path) -> RunLog:
         return read_run_dir_log(path)
     if not path.is_file():
         raise PgolfError(f"{path} does not exist; give pgolf run directories or challenge log files.")
+    if path.name == "metrics.jsonl" and (path.parent / "report.json").is_file():
+        return read_run_dir_log(path.parent)  # the run's own file: its report ends the curve as for the directory
     if path.suffix == ".jsonl":
-        log, prequant = parse_metrics_events(_read_events(path), str(path), path.parent.name or path.name)
+        log, prequant = parse_metrics_events(read_metrics_events(path), str(path), path.parent.name or path.name)
         if prequant is not None and None not in prequant:
             _add_final_point(log, *prequant)
         return _fill_val_seconds(log)

@@ -1,7 +1,9 @@
 """Issue 17 item 3 on the commands that read a finished run: `pgolf eval RUN TOKENIZER_PATH=...` and
-`pgolf train --resume RUN TOKENIZER_PATH=...` refuse a tokenizer that did not make the run's shards (both
-scored with it before: a BPB a few percent off), through the same check as training."""
+`pgolf train --resume RUN TOKENIZER_PATH=...` refuse a tokenizer that is not the run's (both scored with
+it before: a BPB a few percent off): by the tokenizer fingerprint the run recorded, and for runs without
+that record, by the check training does (the tokenizer must have made the shards)."""
 
+import json
 import shutil
 
 import pytest
@@ -36,8 +38,18 @@ def other_tokenizer(tmp_path_factory):
     return train_sentencepiece_tokenizer(texts, 1024, tmp_path_factory.mktemp("other") / "other_1024")
 
 
-def test_eval_refuses_another_tokenizer(finished_run, other_tokenizer, capsys):
+def test_eval_refuses_another_tokenizer(finished_run, other_tokenizer, tmp_path, capsys):
+    """Refused by the run's recorded tokenizer fingerprint first; a run without that record (an exported
+    script's, or older) by the shards' check."""
     assert cli_main(["eval", str(finished_run), f"TOKENIZER_PATH={other_tokenizer}"]) == 2
+    assert "is not the tokenizer the run" in capsys.readouterr().err
+    unrecorded = shutil.copytree(finished_run, tmp_path / "unrecorded")
+    report = json.loads((unrecorded / "report.json").read_text())
+    (unrecorded / "report.json").write_text(json.dumps({**report, "data": None}))
+    events = [json.loads(line) for line in (unrecorded / "metrics.jsonl").read_text().splitlines()]
+    (unrecorded / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in e.items() if k != "data"}) + "\n"
+                                                      for e in events))
+    assert cli_main(["eval", str(unrecorded), f"TOKENIZER_PATH={other_tokenizer}"]) == 2
     assert "is not the one the shards" in capsys.readouterr().err
 
 
@@ -46,7 +58,7 @@ def test_resume_refuses_another_tokenizer(finished_run, other_tokenizer, tmp_pat
     shutil.copytree(finished_run, interrupted)
     (interrupted / "report.json").unlink()  # a run stopped before its report: it can be resumed
     assert cli_main(["train", "--resume", str(interrupted), f"TOKENIZER_PATH={other_tokenizer}"]) == 2
-    assert "is not the one the shards" in capsys.readouterr().err
+    assert "is not the tokenizer the run" in capsys.readouterr().err  # the metrics header's record
 
 
 def test_a_run_on_caseops_data_scores_every_phase_on_the_original_bytes(tmp_path):

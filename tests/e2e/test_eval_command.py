@@ -2,6 +2,9 @@
 under RUN_DIR/evals/ without overwriting, and a clear error for keys the artifact fixes."""
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +84,42 @@ def test_keys_the_artifact_fixes_are_refused(finished_run, capsys, item):
 def test_eval_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert cli_main(["eval", str(tmp_path)]) == 2
     assert "config.json not found" in capsys.readouterr().err
+
+
+def test_another_tokenizer_is_refused_before_scoring(finished_run, tmp_path, capsys):
+    """The run recorded its tokenizer's sha256: a TOKENIZER_PATH of other content (here the run's
+    tokenizer with bytes appended; in practice another tokenizer of the same vocabulary, whose ids name
+    other pieces) is refused with both fingerprints, before any data is read."""
+    run_dir, report = finished_run
+    other = tmp_path / "other.model"
+    other.write_bytes(Path(report["data"]["tokenizer_path"]).read_bytes() + b"\0")
+    assert cli_main(["eval", str(run_dir), f"TOKENIZER_PATH={other}"]) == 2
+    err = capsys.readouterr().err
+    assert f"TOKENIZER_PATH={other}" in err and "is not the tokenizer the run" in err
+    assert report["data"]["tokenizer_sha256"][:16] in err and "Traceback" not in err
+
+
+def test_relative_data_paths_are_found_from_the_folder_the_run_started_in(tmp_path, monkeypatch, capsys):
+    """A run started with relative DATA_PATH/TOKENIZER_PATH is evaluated from any folder (its config.json
+    keeps the relative paths; the run recorded where it was started). When they exist neither there nor
+    from here, the error names config.json and says how to give the data's place."""
+    data = ensure_default_dataset(tmp_path / "cache", log=lambda _: None)
+    monkeypatch.chdir(data.data_path.parent)
+    overrides = tiny_run_overrides(data, tmp_path / "runs", "relative", iterations=2)
+    overrides.update(DATA_PATH=data.data_path.name, TOKENIZER_PATH=os.path.relpath(data.tokenizer_path))
+    report = run_main(apply_config_overrides(tiny_cpu(), overrides, source="test"), preset_name="tiny_cpu", echo=False)
+    run_dir = tmp_path / "runs" / "relative"
+    assert json.loads((run_dir / "config.json").read_text())["data"]["data_path"] == data.data_path.name
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert eval_json(capsys, run_dir)["val_bpb"] == pytest.approx(report["val_bpb"], rel=1e-12)
+
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved)
+    (moved / "report.json").write_text(json.dumps({**report, "data": {**report["data"], "launch_dir": str(tmp_path / "gone")}}))
+    assert cli_main(["eval", str(moved)]) == 2
+    err = capsys.readouterr().err
+    assert f"DATA_PATH='{data.data_path.name}'" in err and str(moved / "config.json") in err and "does not exist here" in err
+    assert eval_json(capsys, moved, f"DATA_PATH={data.data_path}", f"TOKENIZER_PATH={data.tokenizer_path}")["val_bpb"] \
+        == pytest.approx(report["val_bpb"], rel=1e-12)

@@ -1,8 +1,11 @@
 """Curves and scores from logs (pgolf.exp.logs): both challenge formats written out here, a real tiny
 pgolf run (metrics.jsonl and the train.log fallback), malformed lines, and logs without a score."""
 
+import hashlib
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 from exp_runs import train_tiny_run
@@ -133,6 +136,29 @@ def test_a_pgolf_run_reads_its_metrics(tiny_run):
                    (4, prequant["val_loss"], prequant["val_bpb"], report["train_seconds"])]
     assert log.name == "curves" and log.seed == report["seed"] and log.code_hash == report["code_hash"]
     assert log.final_score().val_bpb == report["val_bpb_final"]
+
+
+def test_a_runs_metrics_file_gives_the_curves_of_its_directory(tiny_run):
+    """``pgolf plot RUN/metrics.jsonl`` draws what ``pgolf plot RUN`` draws: the run's report ends the
+    validation curve with the final evaluation at the last step (it found no validation point without it)."""
+    run_dir, report = tiny_run
+    from_file, from_dir = read_run_log(run_dir / "metrics.jsonl"), read_run_log(run_dir)
+    assert curves(from_file) == curves(from_dir) and from_file.name == from_dir.name == "curves"
+    assert from_file.val[-1].step == report["steps"]
+
+
+def test_the_run_records_its_data(tiny_run, exp_default_data):
+    """report.json and the metrics header say where the run was started, its data and its tokenizer's
+    sha256 (what pgolf eval/quantize/check check a later TOKENIZER_PATH against)."""
+    run_dir, report = tiny_run
+    expected = hashlib.sha256(exp_default_data.tokenizer_path.read_bytes()).hexdigest()
+    assert report["data"]["tokenizer_sha256"] == expected
+    assert report["data"]["launch_dir"] == os.getcwd()
+    assert Path(report["data"]["data_path"]) == Path(exp_default_data.data_path).resolve()
+    header = next(json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                  if json.loads(line)["event"] == "header")
+    assert header["data"] == report["data"]
+    assert f"tokenizer_sha256:{expected}" in (run_dir / "train.log").read_text()
 
 
 def test_train_log_is_the_fallback_and_a_cut_metrics_line_is_skipped(tiny_run, tmp_path):

@@ -495,6 +495,28 @@ def test_cli_exports_a_preset_and_a_run_directory(real_script, tmp_path, capsys,
     assert "neither a run directory nor a preset" in capsys.readouterr().err
 
 
+def test_a_bare_preset_name_is_the_preset_even_beside_a_folder_of_that_name(tmp_path, capsys, monkeypatch):
+    """``pgolf export tiny_cpu`` where ./tiny_cpu is a run: the preset, with a note naming ./tiny_cpu, the
+    spelling of the folder (the folder won silently before)."""
+    exported = []
+
+    def build(cfg, **_):  # the configuration the command resolved, then stop before the (slow) export
+        exported.append(cfg)
+        raise ConfigError("stopped by the test")
+
+    monkeypatch.setattr("pgolf.commands.export.build_exported_script", build)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny_cpu").mkdir()
+    run_cfg = apply_config_overrides(tiny_cpu(), {**DATA, "NUM_LAYERS": "3"}, source="test")
+    (tmp_path / "tiny_cpu" / "config.json").write_text(config_to_json(run_cfg))
+    overrides = [f"{key}={value}" for key, value in DATA.items()]
+    assert cli_main(["export", "tiny_cpu", *overrides]) == 2
+    assert "note: exporting the preset tiny_cpu; for the folder of that name write ./tiny_cpu" in capsys.readouterr().err
+    assert exported[-1].model.num_layers == tiny_cpu().model.num_layers != 3
+    assert cli_main(["export", "./tiny_cpu"]) == 2
+    assert exported[-1].model.num_layers == 3 and "note:" not in capsys.readouterr().err
+
+
 def test_a_submission_ships_no_resume_or_checkpoints_unless_the_configuration_asks(real_script):
     cfg, script = real_script
     assert "run_submission(cfg, preset_name='tiny_cpu'" in script.readable
