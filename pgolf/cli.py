@@ -130,8 +130,10 @@ def add_data_parser(sub) -> None:
     build.add_argument("--tokenizer", metavar="MODEL", help="use this SentencePiece .model instead of training one")
     build.add_argument("--num-val-docs", type=int, default=50_000, help="first N documents are validation (50000)")
     build.add_argument("--out", required=True, metavar="DIR",
-                       help="writes DIR/tokenizers/ and DIR/datasets/<name>_sp<V>/")
-    build.add_argument("--name", help="dataset name (default: the input file's stem)")
+                       help="writes DIR/tokenizers/<name>_<V>_bpe.model (when it trains one) and "
+                            "DIR/datasets/<name>_sp<V>/")
+    build.add_argument("--name", help="dataset name, also its trained tokenizer's (default: the input file's stem; "
+                                      "'fineweb', the official tokenizers' name, is refused)")
     build.add_argument("--caseops", action="store_true",
                        help="CaseOps (SPEC 5.10): transform the text, train the tokenizer with the case operators, "
                             "write validation byte sidecars")

@@ -10,6 +10,11 @@ shards, the tokenizer files), and fetches only what is not already present and s
 * every file: its content hash equals the hub's (the cache blob is named by it: sha256 for large,
   LFS-stored files, the git blob sha1 for small ones) when the hub cache exposes it.
 
+A tokenizer file already present must be the hub's, byte for byte (it is small: compared with the hub's
+checked copy, or offline with the sha256 recorded when it was fetched): another tokenizer of the same
+vocabulary at that path (one a user trained) would otherwise be paired with the official shards. Such a
+file is refused, never overwritten. The arguments are checked before the first request.
+
 A damaged file is fetched again once, bypassing the cache; still damaged is an error naming it. Files
 are placed with a hard link (or a copy) from the hub cache, through a temporary name and an atomic
 rename, so an interrupted run leaves only complete files and the next run resumes where it stopped.
@@ -74,12 +79,26 @@ def fineweb_default_repo(variant: str) -> str:
 
 
 def fineweb_dataset_dir(variant: str) -> str:
-    """``byte260`` -> ``fineweb10B_byte260``; ``sp<suffix>`` -> ``fineweb10B_sp<suffix>`` (aliases resolved)."""
+    """``byte260`` -> ``fineweb10B_byte260``; ``sp<vocab>[_<suffix>]`` -> ``fineweb10B_sp<vocab>[_<suffix>]``
+    (aliases resolved)."""
     variant = fineweb_variant_name(variant)
-    if variant == "byte260" or re.fullmatch(r"sp[A-Za-z0-9_]+", variant):
+    if variant == "byte260" or re.fullmatch(r"sp[0-9]+(_[A-Za-z0-9_]+)?", variant):
         return f"fineweb10B_{variant}"
-    raise DataError(f"unknown FineWeb variant {variant!r}; use byte260 or sp<vocab>, e.g. sp1024, sp4096, sp8192, "
-                    "sp8192_caseops.")
+    digits = re.fullmatch(r"(?i:sp)?_?([0-9]+)", variant)
+    hint = f" (did you mean sp{digits.group(1)}?)" if digits else ""
+    raise DataError(f"unknown FineWeb variant {variant!r}{hint}; use byte260 or sp<vocab>, e.g. sp1024, sp4096, "
+                    "sp8192, sp8192_caseops.")
+
+
+def check_fineweb_arguments(variant: str, train_shards: int) -> None:
+    """What can be checked without the hub, checked before its first request (a typo should not wait for
+    a hub round trip, or for huggingface_hub's retries when the hub cannot be reached). That there are
+    ``train_shards`` training shards needs the manifest: :func:`plan_fineweb_download` checks it."""
+    fineweb_dataset_dir(variant)
+    if train_shards < 0:
+        raise DataError(f"--train-shards {train_shards} is negative; give how many training shards to fetch: 0 for "
+                        f"the validation split only, up to the number the variant has (the hub's manifest lists "
+                        f"it; sp1024 has {FINEWEB_DEFAULT_TRAIN_SHARDS}).")
 
 
 @dataclass(frozen=True)
@@ -113,6 +132,7 @@ def plan_fineweb_download(manifest: dict, variant: str, train_shards: int) -> Fi
     dataset has them: the manifest entry names ``val_bytes_glob``, or the variant is a CaseOps one), the
     first ``train_shards`` training shards (a prefix of the same frozen shuffled export), then the
     tokenizer files."""
+    check_fineweb_arguments(variant, train_shards)
     dataset_dir = fineweb_dataset_dir(variant)
     entries = [d for d in manifest.get("datasets") or [] if isinstance(d, dict) and d.get("name") == dataset_dir]
     if not entries:
@@ -125,7 +145,7 @@ def plan_fineweb_download(manifest: dict, variant: str, train_shards: int) -> Fi
     files_val, files_train = int(stats.get("files_val", 0)), int(stats.get("files_train", 0))
     if files_val <= 0:
         raise DataError(f"the hub manifest lists no validation shards for {dataset_dir}; the repository is incomplete.")
-    if not 0 <= train_shards <= files_train:
+    if train_shards > files_train:
         raise DataError(f"--train-shards {train_shards} is more than the {files_train} training shards of {dataset_dir}; "
                         f"use a number from 0 to {files_train}.")
     folder = f"datasets/{dataset_dir}"
@@ -263,16 +283,80 @@ class FinewebResult:
     vocab_size: int | None
 
 
-def _fetch_checked(client: HubClient, remote: RemoteFile, local: Path, vocab_size: int | None) -> int:
-    """Fetch one file, check it, re-fetch once bypassing the cache if damaged, then place it."""
+def _checked_hub_copy(client: HubClient, remote: RemoteFile, local: Path, vocab_size: int | None) -> Path:
+    """The hub cache's copy of one file, checked; fetched once more bypassing the cache if damaged."""
     for force in (False, True):
         cached = client.fetch(remote.path, force=force)
         problem = hub_content_digest_problem(cached) or local_file_problem(cached, remote.kind, vocab_size)
         if problem is None:
-            place_file(cached, local)
-            return local.stat().st_size
+            return cached
     raise DataError(f"{client.remote_name(remote.path)} from {client.repo_id} is damaged even after a fresh download: "
                     f"{problem}. Nothing was written to {local}; try again later or report it to the repository's owner.")
+
+
+def _fetch_checked(client: HubClient, remote: RemoteFile, local: Path, vocab_size: int | None) -> int:
+    """Fetch one file, check it (see :func:`_checked_hub_copy`), then place it."""
+    place_file(_checked_hub_copy(client, remote, local, vocab_size), local)
+    return local.stat().st_size
+
+
+def _tokenizer_files(plan: FinewebPlan) -> list[RemoteFile]:
+    """The files of the manifest's tokenizer entry: every file of the plan that is not a shard."""
+    return [remote for remote in plan.files if remote.kind != "shard"]
+
+
+def _recorded_tokenizer_sha256(folder: Path) -> dict:
+    """``{path: sha256}`` of the tokenizer files an earlier run fetched (and checked against the hub), from
+    the dataset folder's manifest it wrote; empty when there is none."""
+    try:
+        recorded = json.loads((folder / FINEWEB_MANIFEST_NAME).read_text(encoding="utf-8"))[FINEWEB_MANIFEST_MARK]
+        return dict(recorded.get("tokenizer_sha256") or {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _not_the_hubs_tokenizer(foreign: list[tuple[Path, str]]) -> DataError:
+    """One error for every foreign tokenizer file (a .model usually has its .vocab twin beside it)."""
+    if len(foreign) == 1:
+        (local, difference), = foreign
+        what = f"{local} is not the hub's tokenizer ({difference})"
+    else:
+        named = "; ".join(f"{local}: {difference}" for local, difference in foreign)
+        what = f"{' and '.join(str(local) for local, _ in foreign)} are not the hub's tokenizer files ({named})"
+    moves = " && ".join(f"mv {local} {local}.mine" for local, _ in foreign)
+    return DataError(f"{what}. It may be a tokenizer you trained (pgolf data build names its tokenizers after the "
+                     "dataset, but older versions used this name) or one from elsewhere; paired with the hub's "
+                     "shards it would tokenize and score them wrongly, so it is neither used nor overwritten. Move "
+                     f"it away (e.g. {moves}) and run the command again to fetch the hub's.")
+
+
+def require_hub_tokenizer_files(client: HubClient, plan: FinewebPlan, out: Path, vocab_size: int | None,
+                                recorded: dict) -> None:
+    """Every tokenizer file already in ``out`` must be the hub's, byte for byte, else a DataError naming it.
+
+    Compared with the hub's copy (fetched into the hub cache and checked against the hub's hash, as every
+    fetched file is), or, for a path in ``recorded`` (``--skip-manifest``: offline), with the sha256
+    recorded when an earlier run fetched it. Checked before any shard is fetched; nothing is overwritten.
+    """
+    foreign = []
+    for remote in _tokenizer_files(plan):
+        local = out / remote.path
+        if not local.exists():
+            continue
+        if not local.is_file():
+            foreign.append((local, "it is not a file"))
+            continue
+        expected = recorded.get(remote.path)
+        if expected is not None:
+            hub_side = f"the hub's copy had sha256 {expected} when it was fetched here"
+        else:
+            expected = file_sha256(_checked_hub_copy(client, remote, local, vocab_size))
+            hub_side = f"{client.remote_name(remote.path)} of {client.repo_id} has sha256 {expected}"
+        actual = file_sha256(local)
+        if actual != expected:
+            foreign.append((local, f"its sha256 is {actual}, {hub_side}"))
+    if foreign:
+        raise _not_the_hubs_tokenizer(foreign)
 
 
 def _load_manifest(client: HubClient, out: Path, dataset_dir: str, skip_manifest: bool) -> dict:
@@ -296,11 +380,12 @@ def _load_manifest(client: HubClient, out: Path, dataset_dir: str, skip_manifest
 
 
 def _write_dataset_manifest(folder: Path, plan: FinewebPlan, manifest: dict, client: HubClient,
-                            train_shards: int, tokenizer: Path | None) -> None:
+                            train_shards: int, tokenizer: Path | None, tokenizer_sha256: dict) -> None:
     """The dataset folder's manifest for ``pgolf data stats|verify`` and for runs: the hub's entries with
     paths made relative to the folder, the training counts only when every training shard is present,
     the fetched tokenizer's sha256 (runs refuse another tokenizer), and ``val_bytes_glob`` when the
-    validation shards have byte sidecars."""
+    validation shards have byte sidecars. ``tokenizer_sha256`` (``{path: sha256}`` of the tokenizer files,
+    each checked to be the hub's) is kept for ``--skip-manifest``'s offline re-check."""
     path = folder / FINEWEB_MANIFEST_NAME
     if path.exists():
         try:
@@ -326,7 +411,8 @@ def _write_dataset_manifest(folder: Path, plan: FinewebPlan, manifest: dict, cli
     if tokenizer is not None and tokenizer.is_file():
         tokenizer_entry["sha256"] = file_sha256(tokenizer)
     local = {FINEWEB_MANIFEST_MARK: {"repo_id": client.repo_id, "prefix": client.prefix,
-                                     "revision": client.revision, "train_shards": train_shards},
+                                     "revision": client.revision, "train_shards": train_shards,
+                                     "tokenizer_sha256": tokenizer_sha256},
              "num_val_docs": plan.num_val_docs, "datasets": [entry],
              "tokenizers": [tokenizer_entry] if tokenizer_entry else [],
              "hub_manifest": manifest}
@@ -346,10 +432,13 @@ def download_fineweb(variant: str, train_shards: int, out: str | os.PathLike, cl
                      skip_manifest: bool = False, log: Callable[[str], None] = print) -> FinewebResult:
     """Fetch what ``variant`` needs into ``out`` (the challenge's ``data/`` layout); see the module doc."""
     out, started = Path(out), time.perf_counter()
+    check_fineweb_arguments(variant, train_shards)
     dataset_dir = fineweb_dataset_dir(variant)
     manifest = _load_manifest(client, out, dataset_dir, skip_manifest)
     plan = plan_fineweb_download(manifest, variant, train_shards)
     vocab_size = plan.tokenizer_entry.get("vocab_size") or plan.dataset_entry.get("vocab_size")
+    recorded = _recorded_tokenizer_sha256(out / "datasets" / dataset_dir) if skip_manifest else {}
+    require_hub_tokenizer_files(client, plan, out, vocab_size, recorded)
     fetched, present, fetched_bytes = [], [], 0
     bar = ProgressBar(f"fineweb {variant}", len(plan.files))
     for done, remote in enumerate(plan.files):
@@ -366,7 +455,8 @@ def download_fineweb(variant: str, train_shards: int, out: str | os.PathLike, cl
     bar.close()
     folder = out / "datasets" / dataset_dir
     tokenizer = next((out / f.path for f in plan.files if f.kind == "tokenizer"), None)
-    _write_dataset_manifest(folder, plan, manifest, client, train_shards, tokenizer)
+    checked = {remote.path: file_sha256(out / remote.path) for remote in _tokenizer_files(plan)}  # the hub's, each
+    _write_dataset_manifest(folder, plan, manifest, client, train_shards, tokenizer, checked)
     summary = _validation_summary(folder, tokenizer, plan.num_val_docs)
     return FinewebResult(folder, tokenizer, fetched, present, fetched_bytes, time.perf_counter() - started, summary,
                          int(vocab_size) if vocab_size else None)

@@ -1,7 +1,8 @@
 """Datasets as a whole: build one from documents, count it, and verify it.
 
 * build: documents -> a tokenizer (trained unless given) and challenge shards, laid out like the
-  challenge's ``data/`` folder: ``DIR/tokenizers/fineweb_<V>_bpe.model`` and ``DIR/datasets/<name>_sp<V>/``.
+  challenge's ``data/`` folder: ``DIR/tokenizers/<name>_<V>_bpe.model`` and ``DIR/datasets/<name>_sp<V>/``
+  (never ``fineweb_<V>_bpe.model``, the name of the challenge's official tokenizer).
 * stats: per split shards, tokens, documents and the bits-per-byte denominator (bytes), counted the
   way the evaluator counts them, streaming the shards in chunks so an 8-GB dataset is never in memory.
 * verify: every problem a dataset can have (broken shards, out-of-range ids, missing BOS, validation
@@ -45,6 +46,7 @@ DATA_TOOLS_DEFAULT_BOS_ID = 1
 DATA_TOOLS_SPLITS = ("val", "train")
 DATA_TOOLS_RESERVED_PIECES = 4 + 256  # pad/bos/eos/unk and the byte-fallback pieces
 DATA_TOOLS_LISTED_DIFFERENCES = 20  # verify --docs: raw documents that differ from their decoded text, listed
+DATA_TOOLS_LISTED_LEAKS = 5  # verify: training documents identical to validation ones, listed after the summary
 # What `pgolf data stats` and `verify` say about each CaseOps byte convention.
 CASEOPS_CONVENTION_MEANINGS = {
     CASEOPS_BYTES_DECODED: "bytes of the decoded text with the case transform undone: the challenge's convention, "
@@ -113,14 +115,43 @@ def iter_text_file_documents(paths: list[str | os.PathLike]) -> Iterator[str]:
         yield text
 
 
+# The official tokenizers are tokenizers/fineweb_<V>_bpe[...].model (`pgolf data fineweb` fetches them and
+# the presets point at them): a tokenizer a build trains is named after its dataset, never so.
+OFFICIAL_TOKENIZER_STEM = "fineweb"
+
+
+def _safe_dataset_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "dataset"
+
+
 def _dataset_dir_name(name: str, vocab_size: int, caseops: bool = False) -> str:
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "dataset"
-    return f"{safe}_sp{vocab_size}" + ("_caseops" if caseops else "")
+    return f"{_safe_dataset_name(name)}_sp{vocab_size}" + ("_caseops" if caseops else "")
+
+
+def trained_tokenizer_prefix(out_root: str | os.PathLike, name: str, vocab_size: int, caseops: bool) -> Path:
+    """Where a build of dataset ``name`` writes the tokenizer it trains (``.model``/``.vocab`` appended):
+    ``DIR/tokenizers/<name>_<V>_bpe``, with CaseOps ``<name>_<V>_bpe_lossless_caps_caseops_v1_reserved``
+    (the record's suffix scheme), so ``docs_sp1024`` gets ``docs_1024_bpe.model``."""
+    suffix = f"_{CASEOPS_TRANSFORM_NAME}_reserved" if caseops else ""
+    return Path(out_root) / "tokenizers" / f"{_safe_dataset_name(name)}_{vocab_size}_bpe{suffix}"
+
+
+def _refuse_official_tokenizer_name(name: str, vocab_size: int, caseops: bool) -> None:
+    """A trained tokenizer named like the official one would be taken for it (by `pgolf data fineweb`,
+    the presets and anyone reading the folder), and would stand where the official one is fetched."""
+    if _safe_dataset_name(name).casefold() == OFFICIAL_TOKENIZER_STEM:
+        official = trained_tokenizer_prefix(".", name, vocab_size, caseops).name
+        raise DataError(f"the dataset name {name!r} (--name, else the input file's name) would name the trained "
+                        f"tokenizer {official}.model, the file name of the challenge's official tokenizer (pgolf "
+                        "data fineweb fetches it, the presets point at it). Choose another name (e.g. --name "
+                        f"{name}_mine), or pass the tokenizer to use with --tokenizer.")
 
 
 def check_build_arguments(vocab_size: int, num_val_docs: int, *, caseops: bool, train_tokenizer: bool,
-                          caseops_bytes: str | None = None) -> None:
+                          caseops_bytes: str | None = None, name: str = "dataset") -> None:
     """Every argument of a build checked before any work (a trained tokenizer is minutes of it)."""
+    if train_tokenizer:
+        _refuse_official_tokenizer_name(name, vocab_size, caseops)
     if caseops_bytes is not None:
         if not caseops:
             raise DataError(f"--caseops-bytes {caseops_bytes} applies only to CaseOps datasets; add --caseops (or "
@@ -136,11 +167,6 @@ def check_build_arguments(vocab_size: int, num_val_docs: int, *, caseops: bool, 
         raise DataError(f"--vocab-size {vocab_size} leaves no room for merges: the tokenizer reserves {reserved} "
                         "pieces (4 special, 256 byte-fallback" + (", 4 CaseOps operators" if caseops else "") +
                         "). Use 1024 or more.")
-
-
-def _tokenizer_prefix(out_root: Path, vocab_size: int, caseops: bool) -> Path:
-    suffix = f"_{CASEOPS_TRANSFORM_NAME}_reserved" if caseops else ""
-    return out_root / "tokenizers" / f"fineweb_{vocab_size}_bpe{suffix}"
 
 
 def _refuse_leftover_tokenizer(model_prefix: Path) -> None:
@@ -176,20 +202,21 @@ def build_dataset(
 
     ``documents`` is called once per pass over the corpus. Every argument, the input text (UTF-8) and
     the output locations are checked before the tokenizer is trained; a tokenizer trained by a build
-    that then fails is removed, so the same command can simply be run again. With ``caseops`` the
-    documents are CaseOps-transformed (SPEC 5.10) for the tokenizer and the shards, and the validation
-    shards get byte sidecars counted by ``caseops_bytes`` (``decoded`` when None, the challenge's
-    convention; ``original`` for the raw documents' exact bytes). Returns counts, paths and per-phase
+    that then fails is removed, so the same command can simply be run again. A trained tokenizer is
+    named after the dataset (:func:`trained_tokenizer_prefix`), never like the official one. With
+    ``caseops`` the documents are CaseOps-transformed (SPEC 5.10) for the tokenizer and the shards, and
+    the validation shards get byte sidecars counted by ``caseops_bytes`` (``decoded`` when None, the
+    challenge's convention; ``original`` for the raw documents' exact bytes). Returns counts, paths and per-phase
     timings (``tokenizer_seconds`` is 0 when a tokenizer was given).
     """
     out_root = Path(out_root)
     train_tokenizer = tokenizer_path is None
     check_build_arguments(vocab_size, num_val_docs, caseops=caseops, train_tokenizer=train_tokenizer,
-                          caseops_bytes=caseops_bytes)
+                          caseops_bytes=caseops_bytes, name=name)
     caseops_bytes = caseops_bytes or CASEOPS_DEFAULT_BYTE_CONVENTION
     data_dir = out_root / "datasets" / _dataset_dir_name(name, vocab_size, caseops)
     refuse_existing_export(data_dir)
-    model_prefix = _tokenizer_prefix(out_root, vocab_size, caseops)
+    model_prefix = trained_tokenizer_prefix(out_root, name, vocab_size, caseops)
     if train_tokenizer:
         _refuse_leftover_tokenizer(model_prefix)
     else:
@@ -507,21 +534,38 @@ def verify_dataset(data_dir: str | os.PathLike, tokenizer_path: str | os.PathLik
     val_digests: dict[bytes, Path] = {}
     _scan_split(data_dir, "val", vocab_size, bos_id, check, chunk_tokens,
                 lambda path, doc: val_digests.setdefault(_document_digest(doc), path))
-    leaks: list[str] = []
+    leaks: list[tuple[Path, int, Path]] = []
 
     def find_leak(path: Path, document: np.ndarray) -> None:
         source = val_digests.get(_document_digest(document))
         if source is not None:
-            leaks.append(f"{path}: a training document ({len(document)} tokens) is identical to a validation document "
-                         f"in {source.name}; validation text leaked into training. Remove it and re-export.")
+            leaks.append((path, len(document), source))
 
     _scan_split(data_dir, "train", vocab_size, bos_id, check, chunk_tokens, find_leak)
-    check.problems += leaks
+    if leaks:
+        check.problems.append(_leak_report(leaks))
     _compare_with_manifest(data_dir, manifest, check)
     if sp is not None:
         _check_tokenizer_made_the_shards(data_dir, sp, tokenizer_path, manifest, bos_id, check)
     _check_byte_sidecars(data_dir, dataset_entry, sp, bos_id, docs_path, check, chunk_tokens)
     return check
+
+
+def _leak_report(leaks: list[tuple[Path, int, Path]]) -> str:
+    """One problem for every leaked document, ``(training shard, tokens, validation shard)`` each: the
+    summary and the fix first, then a few examples, so a dataset with thousands of copies still reads
+    as one problem whose first line says what happened."""
+    files = len({path for path, _, _ in leaks})
+    documents = "1 training document" if len(leaks) == 1 else f"{len(leaks):,} training documents"
+    shards = "1 training shard" if files == 1 else f"{files:,} training shards"
+    lines = [f"{documents} in {shards} {'is' if len(leaks) == 1 else 'are'} identical to validation documents: "
+             "validation text leaked into training, so the validation score would be too good. Remove the duplicated "
+             "documents from the input (deduplicate it) and export the dataset again."]
+    lines += [f"  {path}: a training document ({tokens} tokens) is identical to a validation document in {source.name}"
+              for path, tokens, source in leaks[:DATA_TOOLS_LISTED_LEAKS]]
+    if len(leaks) > DATA_TOOLS_LISTED_LEAKS:
+        lines.append(f"  ... and {len(leaks) - DATA_TOOLS_LISTED_LEAKS:,} more")
+    return "\n".join(lines)
 
 
 def _check_tokenizer_made_the_shards(data_dir: Path, sp, tokenizer_path: Path, manifest, bos_id: int,

@@ -73,7 +73,7 @@ def _documents(tokens: np.ndarray, bos: int = 1) -> list[np.ndarray]:
 def test_build_writes_a_caseops_tokenizer_sidecars_and_a_fingerprinted_manifest(synthetic):
     data_dir, tokenizer, docs, _ = synthetic
     sp = load_sentencepiece(tokenizer)
-    assert tokenizer.name == "fineweb_400_bpe_lossless_caps_caseops_v1_reserved.model"
+    assert tokenizer.name == "docs_400_bpe_lossless_caps_caseops_v1_reserved.model"
     assert [sp.piece_to_id(op) for op in CASEOPS_OPERATORS] == [4, 5, 6, 7]
     assert sorted(p.name for p in data_dir.glob("*.bin")) == [
         "fineweb_train_000000.bin", "fineweb_val_000000.bin", "fineweb_val_bytes_000000.bin"]
@@ -258,7 +258,7 @@ def fineweb_caseops(tmp_path_factory):
     lines = FINEWEB_DOCS.read_text(encoding="utf-8").splitlines(keepends=True)[:200]
     source = root / "docs.jsonl"
     source.write_text("".join(lines), encoding="utf-8")
-    result = build_dataset(lambda: iter_jsonl_documents(source), 1024, root / "out", name="fineweb",
+    result = build_dataset(lambda: iter_jsonl_documents(source), 1024, root / "out", name="sample",
                            num_val_docs=60, caseops=True)
     return Path(result["data_dir"]), Path(result["tokenizer_path"]), list(iter_jsonl_documents(source)), source
 

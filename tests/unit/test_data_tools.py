@@ -113,6 +113,27 @@ def test_verify_finds_a_validation_document_in_training(clean_dataset, tokenizer
     assert "identical to a validation document in fineweb_val_000000.bin" in check.problems[0]
 
 
+def test_many_leaked_documents_are_one_problem_summary_first(clean_dataset, tokenizer, capsys):
+    """With many copies the report used to be one line per copy, scrolling its summary away: now the count,
+    the shards and the fix come first, then 5 examples and how many more."""
+    directory, encoded = clean_dataset
+    for name, leaked in (("fineweb_train_000000.bin", encoded[0:4]), ("fineweb_train_000003.bin", encoded[4:9])):
+        tokens = read_shard(directory / name, mmap=False).tolist()
+        (directory / name).unlink()
+        write_shard(directory / name, tokens + [t for doc in leaked for t in doc])
+    check = verify_dataset(directory, tokenizer, chunk_tokens=5)
+    assert len(check.problems) == 1, check.problems
+    lines = check.problems[0].splitlines()
+    assert lines[0].startswith("9 training documents in 2 training shards are identical to validation documents")
+    assert "deduplicate" in lines[0] and "export the dataset again" in lines[0]
+    examples = [line for line in lines[1:] if "is identical to a validation document in fineweb_val_" in line]
+    assert len(examples) == 5 and str(directory / "fineweb_train_000000.bin") in examples[0]
+    assert lines[-1].strip() == "... and 4 more" and len(lines) == 7
+    assert cli_main(["data", "verify", str(directory), "--tokenizer", str(tokenizer)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("problem: 9 training documents") and out[-1] == "FAILED: 1 problem(s)"
+
+
 def test_verify_first_shard_without_bos_is_a_problem_later_ones_a_note(clean_dataset, tokenizer):
     directory, _ = clean_dataset
     for name in ("fineweb_val_000000.bin", "fineweb_train_000003.bin"):
@@ -194,7 +215,7 @@ def test_build_round_trips_jsonl(tmp_path, capsys):
     args = ["data", "build", "--docs", str(source), "--vocab-size", "400", "--num-val-docs", "7", "--out", str(out)]
     assert cli_main(args) == 0
     data_dir = out / "datasets" / "docs_sp400"
-    model = out / "tokenizers" / "fineweb_400_bpe.model"
+    model = out / "tokenizers" / "docs_400_bpe.model"
     sp = load_sentencepiece(model)
     val = read_shard(data_dir / "fineweb_val_000000.bin", mmap=False)
     decoded = [sp.decode(doc[1:].tolist()) for doc in np.split(val, np.flatnonzero(val == 1)[1:])]
@@ -204,6 +225,34 @@ def test_build_round_trips_jsonl(tmp_path, capsys):
     assert dataset_stats(data_dir)["splits"]["val"]["bytes"] == sum(len(d) for d in docs[:7])
     assert cli_main(args) == 2  # refuses to overwrite the tokenizer
     assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_a_trained_tokenizer_is_named_after_its_dataset_never_like_the_official_one(tmp_path, capsys):
+    """`pgolf data build` used to write tokenizers/fineweb_<V>_bpe.model, the official tokenizer's name (which
+    `pgolf data fineweb` fetches and the presets point at): a build was taken for it, or blocked by it."""
+    source = tmp_path / "docs.jsonl"
+    source.write_text("".join(json.dumps({"text": d}) + "\n" for d in _ascii_docs(120, seed=4)))
+    out = tmp_path / "out"
+    official = out / "tokenizers" / "fineweb_400_bpe.model"
+    official.parent.mkdir(parents=True)
+    official.write_bytes(b"the official tokenizer, fetched earlier")
+    base = ["data", "build", "--docs", str(source), "--vocab-size", "400", "--num-val-docs", "7", "--out", str(out)]
+    assert cli_main(base) == 0  # the official file neither blocks the build nor is touched by it
+    assert official.read_bytes() == b"the official tokenizer, fetched earlier"
+    assert sorted(p.name for p in official.parent.iterdir()) == ["docs_400_bpe.model", "docs_400_bpe.vocab",
+                                                                  "fineweb_400_bpe.model"]
+    assert "tokenizer: " + str(out / "tokenizers" / "docs_400_bpe.model") in capsys.readouterr().out
+    assert cli_main(base + ["--name", "web text"]) == 0  # another dataset of the same size: its own tokenizer
+    assert (out / "tokenizers" / "web_text_400_bpe.model").is_file()
+    assert verify_dataset(out / "datasets" / "web_text_sp400").ok
+    assert cli_main(base + ["--name", "FineWeb"]) == 2  # the official name is refused before any work
+    err = capsys.readouterr().err
+    assert "official tokenizer" in err and "--name FineWeb_mine" in err
+    assert not (out / "datasets" / "FineWeb_sp400").exists()
+    given = base + ["--name", "fineweb", "--tokenizer", str(out / "tokenizers" / "docs_400_bpe.model")]
+    assert cli_main(given) == 0  # nothing is trained, so the name is free
+    assert (out / "datasets" / "fineweb_sp400" / "fineweb_val_000000.bin").is_file()
+    assert official.read_bytes() == b"the official tokenizer, fetched earlier"
 
 
 def test_the_tokenizer_a_build_trains_does_not_depend_on_its_workers(tmp_path):
@@ -216,10 +265,10 @@ def test_the_tokenizer_a_build_trains_does_not_depend_on_its_workers(tmp_path):
         out = tmp_path / f"out{workers}"
         assert cli_main(["data", "build", "--docs", str(source), "--vocab-size", "400", "--num-val-docs", "7",
                          "--out", str(out), "--workers", workers]) == 0
-        fingerprints.add(file_sha256(out / "tokenizers" / "fineweb_400_bpe.model"))
+        fingerprints.add(file_sha256(out / "tokenizers" / "docs_400_bpe.model"))
     assert len(fingerprints) == 1
     assert verify_dataset(tmp_path / "out1" / "datasets" / "docs_sp400",
-                          tmp_path / "out2" / "tokenizers" / "fineweb_400_bpe.model").ok
+                          tmp_path / "out2" / "tokenizers" / "docs_400_bpe.model").ok
 
 
 def test_build_needs_more_documents_than_validation(tmp_path, tokenizer):

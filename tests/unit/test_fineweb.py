@@ -186,6 +186,9 @@ def test_plan_errors_name_the_fix(repository):
         plan_fineweb_download(manifest, "sp8192", 1)
     with pytest.raises(DataError, match="more than the 4 training shards"):
         plan_fineweb_download(manifest, "sp300", 5)
+    with pytest.raises(DataError, match=r"--train-shards -1 is negative") as negative:
+        plan_fineweb_download(manifest, "sp300", -1)
+    assert "more than" not in str(negative.value)
     with pytest.raises(DataError, match="unknown FineWeb variant"):
         fineweb_dataset_dir("gpt2")
     plan = plan_fineweb_download(manifest, "sp300", 0)
@@ -213,6 +216,94 @@ def test_a_users_manifest_in_the_dataset_folder_is_not_overwritten(hub, tmp_path
             _download(url, tmp_path)
     assert json.loads((folder / "manifest.json").read_text()) == {"mine": True}
     np.testing.assert_equal(len(list(folder.glob("*.bin"))), 4)  # the shards themselves were fine to fetch
+
+
+@pytest.mark.parametrize("variant,shards,words", [
+    ("sp300", "-1", "--train-shards -1 is negative"),
+    ("1024", "1", "unknown FineWeb variant '1024' (did you mean sp1024?)"),
+    ("spam", "1", "unknown FineWeb variant 'spam'"),
+    ("sp1024-", "1", "unknown FineWeb variant 'sp1024-'")])
+def test_arguments_are_checked_before_the_hub_is_contacted(variant, shards, words, monkeypatch, tmp_path, capsys):
+    """A typo is reported at once: no request reaches the hub (a closed port stands for it, and a client that
+    fetched anything would fail the test)."""
+    monkeypatch.setattr(HubClient, "fetch", lambda *args, **kwargs: pytest.fail("the hub was contacted"))
+    status = cli_main(["data", "fineweb", "--variant", variant, "--train-shards", shards, "--repo-id", REPO,
+                       "--endpoint", "http://127.0.0.1:9", "--cache-dir", str(tmp_path / "cache"),
+                       "--out", str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert status == 2 and words in err and "more than" not in err
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_known_variant_with_a_suffix_is_accepted():
+    assert fineweb_dataset_dir("sp8192_lossless_caps_caseops_v1_reserved").endswith("_caseops_v1_reserved")
+    assert fineweb_dataset_dir("byte260") == "fineweb10B_byte260"
+
+
+# --------------------------------------------------------------------------- a tokenizer that is not the hub's
+
+
+@pytest.fixture(scope="module")
+def own_tokenizer(tmp_path_factory):
+    """A tokenizer of the hub's vocabulary trained on other text: what `pgolf data build` used to write
+    at the official path."""
+    docs = [doc.upper() for doc in _docs(300, 9)]
+    return train_sentencepiece_tokenizer(docs, VOCAB, tmp_path_factory.mktemp("own") / "own_300_bpe")
+
+
+def _place_own_tokenizer(own_tokenizer, tmp_path) -> Path:
+    """The .model and its .vocab twin at the hub tokenizer's paths; returns the .model's path."""
+    official = tmp_path / "data" / "tokenizers" / "fineweb_300_bpe.model"
+    official.parent.mkdir(parents=True, exist_ok=True)
+    official.write_bytes(own_tokenizer.read_bytes())
+    official.with_suffix(".vocab").write_bytes(own_tokenizer.with_suffix(".vocab").read_bytes())
+    return official
+
+
+def test_a_present_tokenizer_that_is_not_the_hubs_is_refused_and_kept(hub, own_tokenizer, tmp_path):
+    official = _place_own_tokenizer(own_tokenizer, tmp_path)
+    mine = official.read_bytes()
+    assert mine != hub.files["datasets/tokenizers/fineweb_300_bpe.model"]  # same vocabulary, other pieces
+    with RunningHub(hub) as url:
+        with pytest.raises(DataError) as error:
+            _download(url, tmp_path)
+        assert _shard_names(hub) == []  # refused before any shard was fetched
+        message = str(error.value)
+        twin = official.with_suffix(".vocab")
+        assert message.startswith(f"{official} and {twin} are not the hub's tokenizer files")
+        assert f"{official}: its sha256 is" in message
+        assert f"mv {official} {official}.mine && mv {twin} {twin}.mine" in message  # both files, one error
+        assert official.read_bytes() == mine  # never overwritten
+        for path in (official, twin):  # the fix the error names
+            path.rename(f"{path}.mine")
+        result = _download(url, tmp_path)
+    assert official.read_bytes() == hub.files["datasets/tokenizers/fineweb_300_bpe.model"]
+    assert {"tokenizers/fineweb_300_bpe.model", "tokenizers/fineweb_300_bpe.vocab"} <= set(result.fetched)
+    assert Path(f"{official}.mine").read_bytes() == mine
+
+
+def test_the_hubs_own_tokenizer_already_present_is_kept(hub, tmp_path):
+    official = tmp_path / "data" / "tokenizers" / "fineweb_300_bpe.model"
+    official.parent.mkdir(parents=True)
+    official.write_bytes(hub.files["datasets/tokenizers/fineweb_300_bpe.model"])  # a copy, not a cache link
+    with RunningHub(hub) as url:
+        result = _download(url, tmp_path)
+    assert "tokenizers/fineweb_300_bpe.model" in result.already_present
+
+
+def test_skip_manifest_checks_a_present_tokenizer_offline_against_the_recorded_hash(hub, own_tokenizer, tmp_path,
+                                                                                   capsys):
+    with RunningHub(hub) as url:
+        _download(url, tmp_path, train_shards=1)
+    official = tmp_path / "data" / "tokenizers" / "fineweb_300_bpe.model"
+    official.unlink()  # a hard link to the cache's blob: replace it, never edit it
+    official.write_bytes(own_tokenizer.read_bytes())  # its .vocab twin stays the hub's
+    offline = ["data", "fineweb", "--variant", "sp300", "--train-shards", "1", "--repo-id", REPO, "--skip-manifest",
+               "--endpoint", "http://127.0.0.1:9", "--out", str(tmp_path / "data")]
+    assert cli_main(offline) == 2
+    err = capsys.readouterr().err
+    assert f"{official} is not the hub's tokenizer (its sha256 is" in err and "when it was fetched here" in err
+    assert official.read_bytes() == own_tokenizer.read_bytes()
 
 
 # --------------------------------------------------------------------------- CaseOps (issue 16)
