@@ -156,9 +156,9 @@ def add_data_parser(sub) -> None:
     verify.add_argument("--tokenizer", metavar="MODEL")
     verify.add_argument("--vocab-size", type=int)
     verify.add_argument("--docs", metavar="FILE.jsonl",
-                        help="the documents the dataset was built from, for its byte sidecars (a dataset without "
-                             "sidecars does not use them): each must give the shard's tokens; 'original' sidecars "
-                             "must sum to their bytes; how they differ from the decoded text is reported")
+                        help="the documents the dataset was built from (needs a tokenizer): the validation documents, "
+                             "in order, must encode to the shards' tokens; with byte sidecars, 'original' ones must "
+                             "sum to their bytes and how they differ from the decoded text is reported")
 
 
 def add_export_parser(sub) -> None:

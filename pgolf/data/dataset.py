@@ -532,8 +532,17 @@ def verify_dataset(data_dir: str | os.PathLike, tokenizer_path: str | os.PathLik
     if vocab_size is None:
         check.notes.append("no --vocab-size, tokenizer or manifest: token ids were not range-checked.")
     val_digests: dict[bytes, Path] = {}
-    _scan_split(data_dir, "val", vocab_size, bos_id, check, chunk_tokens,
-                lambda path, doc: val_digests.setdefault(_document_digest(doc), path))
+    # --docs without byte sidecars: the raw documents are compared with the tokens as they stream by (with
+    # sidecars, _check_byte_sidecars compares them, together with the sidecars' counts).
+    raw = (_RawDocumentMatch(iter(iter_jsonl_documents(docs_path)), sp)
+           if docs_path is not None and sp is not None and not list_byte_sidecars(data_dir) else None)
+
+    def on_val_document(path: Path, document: np.ndarray) -> None:
+        val_digests.setdefault(_document_digest(document), path)
+        if raw is not None:
+            raw.compare(document)
+
+    _scan_split(data_dir, "val", vocab_size, bos_id, check, chunk_tokens, on_val_document)
     leaks: list[tuple[Path, int, Path]] = []
 
     def find_leak(path: Path, document: np.ndarray) -> None:
@@ -548,7 +557,51 @@ def verify_dataset(data_dir: str | os.PathLike, tokenizer_path: str | os.PathLik
     if sp is not None:
         _check_tokenizer_made_the_shards(data_dir, sp, tokenizer_path, manifest, bos_id, check)
     _check_byte_sidecars(data_dir, dataset_entry, sp, bos_id, docs_path, check, chunk_tokens)
+    if raw is not None:
+        _report_raw_match(Path(docs_path), raw, check.documents.get("val", 0), check)
     return check
+
+
+@dataclass
+class _RawDocumentMatch:
+    """``--docs`` on a dataset without byte sidecars: the validation documents, in order, must be the first
+    raw documents, each ``[BOS] + encode(text)`` (how pgolf data build and the challenge export them)."""
+
+    documents: Iterator[str]
+    sp: object
+    compared: int = 0
+    exhausted: bool = False
+    foreign: list[int] = field(default_factory=list)
+
+    def compare(self, tokens: np.ndarray) -> None:
+        text = None if self.exhausted else next(self.documents, None)
+        if text is None:
+            self.exhausted = True
+            return
+        if self.sp.encode(text) != tokens[1:].tolist():
+            self.foreign.append(self.compared)
+        self.compared += 1
+
+
+def _report_raw_match(docs_path: Path, match: _RawDocumentMatch, val_documents: int, check: DatasetCheck) -> None:
+    if _raw_document_problems(docs_path, match.compared, val_documents, match.exhausted, match.foreign, check):
+        return
+    check.notes.append(f"each of the {match.compared:,} validation documents is its raw document of {docs_path}, "
+                       "encoded (no byte sidecars: the tokenizer's byte tables count its bytes).")
+
+
+def _raw_document_problems(docs_path: Path, compared: int, documents: int, exhausted: bool, foreign: list[int],
+                           check: DatasetCheck) -> bool:
+    """Whether the raw documents of ``docs_path`` are not the validation documents (recorded in ``check``):
+    too few of them, or some that encode to other tokens."""
+    if exhausted:
+        check.problems.append(f"{docs_path} holds {compared} documents but the validation split has "
+                              f"{documents}; give the file the dataset was built from.")
+    if foreign:
+        check.problems.append(f"{len(foreign)} of {compared} documents of {docs_path} are not the validation "
+                              f"documents of this dataset (document {foreign[0]} encodes to other tokens); give the "
+                              "file the dataset was built from.")
+    return bool(foreign)
 
 
 def _leak_report(leaks: list[tuple[Path, int, Path]]) -> str:
@@ -692,8 +745,9 @@ def _check_byte_sidecars(data_dir: Path, dataset_entry: dict, sp, bos_id: int, d
         elif sp is not None and is_caseops_tokenizer(sp):
             check.problems.append(f"{data_dir}: the tokenizer is a CaseOps tokenizer but the validation shards have no "
                                   "byte sidecars; bits per byte cannot be computed. Re-export with --caseops.")
-        if docs_path is not None:
-            check.notes.append("--docs is used only for byte sidecars; this dataset has none.")
+        if docs_path is not None and sp is None:
+            check.notes.append("--docs needs a tokenizer (--tokenizer, or the manifest's) to compare the documents "
+                               "with the shards; they were not compared.")
         return
     try:
         sidecars = find_byte_sidecars(val_files)
@@ -759,13 +813,8 @@ def _report_sidecar_rule(convention: str, named: bool, sp, docs_path, tally: _Si
 
 def _report_raw_documents(docs_path: Path, convention: str, sp, tally: _SidecarTally, check: DatasetCheck) -> None:
     """What comparing the validation documents with the raw documents of ``docs_path`` found."""
-    if tally.raw_exhausted:
-        check.problems.append(f"{docs_path} holds {tally.raw_compared} documents but the validation split has "
-                              f"{tally.documents}; give the file the dataset was built from.")
-    if tally.foreign:
-        check.problems.append(f"{len(tally.foreign)} of {tally.raw_compared} documents of {docs_path} are not the "
-                              f"validation documents of this dataset (document {tally.foreign[0]} encodes to other "
-                              "tokens); give the file the dataset was built from.")
+    if _raw_document_problems(docs_path, tally.raw_compared, tally.documents, tally.raw_exhausted, tally.foreign,
+                              check):
         return
     if convention == CASEOPS_BYTES_ORIGINAL:
         if tally.raw_mismatches:

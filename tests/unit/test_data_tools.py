@@ -222,6 +222,17 @@ def test_build_round_trips_jsonl(tmp_path, capsys):
     assert decoded == docs[:7]
     assert "train docs        113" in capsys.readouterr().out
     assert verify_dataset(data_dir).ok  # finds the tokenizer through the manifest
+    with_docs = verify_dataset(data_dir, docs_path=source)  # no byte sidecars: the tokens are compared
+    assert with_docs.ok and any("each of the 7 validation documents is its raw document" in n for n in with_docs.notes)
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"text": d}) + "\n" for d in [docs[0], docs[1] + " x", *docs[2:]]))
+    wrong = verify_dataset(data_dir, docs_path=other)
+    assert any(f"1 of 7 documents of {other} are not the validation documents" in p and "document 1 " in p
+               for p in wrong.problems)
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[:5]))
+    assert any(f"{short} holds 5 documents but the validation split has 7" in p
+               for p in verify_dataset(data_dir, docs_path=short).problems)
     assert dataset_stats(data_dir)["splits"]["val"]["bytes"] == sum(len(d) for d in docs[:7])
     assert cli_main(args) == 2  # refuses to overwrite the tokenizer
     assert "refusing to overwrite" in capsys.readouterr().err
