@@ -16,6 +16,7 @@ script resolves its baked configuration itself.
 """
 
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def fill_default_data(cfg: Config) -> Config:
     if cfg.model.vocab_size != DEFAULT_CORPUS_VOCAB_SIZE:
         raise ConfigError(f"the embedded default dataset has a {DEFAULT_CORPUS_VOCAB_SIZE}-token vocabulary but "
                           f"VOCAB_SIZE={cfg.model.vocab_size}; set VOCAB_SIZE={DEFAULT_CORPUS_VOCAB_SIZE} or give DATA_PATH/TOKENIZER_PATH.")
-    dataset = ensure_default_dataset(cfg.run.pgolf_cache_dir, log=print_on_main_process)
+    dataset = ensure_default_dataset(cfg.run.pgolf_cache_dir, log=note_on_main_process)
     return apply_config_overrides(cfg, {"data_path": str(dataset.data_path),
                                         "tokenizer_path": str(dataset.tokenizer_path)}, source="default data")
 
@@ -70,6 +71,12 @@ def print_on_main_process(text: str) -> None:
     """Print on torchrun's rank 0 only (every rank resolves the configuration; one reports it)."""
     if is_main_process():
         print(text, flush=True)
+
+
+def note_on_main_process(text: str) -> None:
+    """A status line on rank 0's stderr: stdout stays the command's result (``--json`` prints only JSON)."""
+    if is_main_process():
+        print(text, file=sys.stderr, flush=True)
 
 
 def resolve_resumed_config(run_dir: Path, cli_items: list[str]) -> tuple[Config, Config | None, str]:

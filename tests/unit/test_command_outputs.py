@@ -3,15 +3,18 @@ for a run of the default (lean) exported script (pgolf/commands/export.py, pgolf
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 
 from pgolf.commands import export as export_command
 from pgolf.commands.check import load_run, run_check_command
 from pgolf.commands.export import export_output_paths, run_export_command
-from pgolf.config import Config
+from pgolf.commands.configuration import fill_default_data
+from pgolf.config import Config, apply_config_overrides
 from pgolf.errors import PgolfError
 from pgolf.export.bundle import ExportedScript
+from pgolf.presets import tiny_cpu
 
 
 def test_a_folder_output_means_train_gpt_py_inside_it(tmp_path):
@@ -58,3 +61,13 @@ def test_check_of_a_lean_exported_run_says_to_export_with_full_records(tmp_path)
     (tmp_path / "config.json").write_text("{}")  # what the default exported script writes, without report.json
     with pytest.raises(PgolfError, match=r"report.json not found.*exported with `pgolf export --full-records`"):
         load_run(tmp_path, [])
+
+
+def test_the_default_dataset_status_goes_to_stderr(tmp_path, capsys):
+    """`pgolf seeds --json` / `pgolf sweep --json` printed "default dataset: ..." before their JSON on stdout:
+    the line is a status, so it goes to stderr, for every command."""
+    cfg = apply_config_overrides(tiny_cpu(), {"PGOLF_CACHE_DIR": str(tmp_path)}, source="test")
+    filled = fill_default_data(cfg)
+    printed = capsys.readouterr()
+    assert printed.out == "" and "default dataset: " in printed.err
+    assert Path(filled.data.data_path).is_dir()
