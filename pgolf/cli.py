@@ -208,6 +208,8 @@ def add_experiment_parsers(sub, presets_help: str) -> None:
     seeds.add_argument("--preset", help=presets_help)
     seeds.add_argument("--seeds", required=True, help="comma-separated seeds, e.g. 42,314,999")
     seeds.add_argument("--name", help="seed-group folder name under RUNS_DIR (default: date, time, suffix)")
+    seeds.add_argument("--resume", action="store_true",
+                       help="continue the group --name that stopped (same arguments; finished seeds are reused)")
     seeds.add_argument("--json", action="store_true")
     seeds.add_argument("overrides", nargs="*", default=[], metavar="KEY=value")
     seeds.set_defaults(handler=run_seeds_command)
@@ -219,6 +221,8 @@ def add_experiment_parsers(sub, presets_help: str) -> None:
     sweep.add_argument("--ablate", action="store_true", help="one arm per feature the preset enables, with it off")
     sweep.add_argument("--unpaired", action="store_true", help="Welch comparison instead of per-seed pairs")
     sweep.add_argument("--name", help="sweep folder name under RUNS_DIR (default: date, time, suffix)")
+    sweep.add_argument("--resume", action="store_true",
+                       help="continue the sweep --name that stopped (same arguments; finished runs are reused)")
     sweep.add_argument("--json", action="store_true")
     sweep.add_argument("overrides", nargs="*", default=[], metavar="KEY=value|KEY=v1,v2",
                        help="a comma list makes an axis; a single value is fixed for every arm")
@@ -266,6 +270,9 @@ def add_verdict_parsers(sub) -> None:
                               help="of the margin: nats per token (the README rule) or bpb")
     significance.add_argument("--test", choices=("one-sample", "welch"), default="one-sample")
     significance.add_argument("--alpha", type=float, default=0.01)
+    significance.add_argument("--allow-mixed", action="store_true",
+                              help="test runs of one sample that differ in code hash, configuration or score label "
+                                   "(refused by default; the result is then no evidence for a record)")
     significance.add_argument("--json", action="store_true")
     significance.set_defaults(handler=run_significance_command)
 

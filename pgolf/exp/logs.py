@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pgolf.errors import PgolfError
-from pgolf.train.resume import read_json_file
+from pgolf.train.resume import TRAINING_DONE_FILE, read_json_file
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf)"
 # Scores may read nan or inf (a diverged run): such a line is still the run's last score, and is refused
@@ -61,6 +61,7 @@ class RunScore:
     val_bpb: float
     seed: int | None = None
     code_hash: str | None = None
+    val_subset: bool | None = None  # scored on part of the validation split (report.json; None: not known)
 
     @property
     def tokens_per_byte(self) -> float:
@@ -106,9 +107,73 @@ class RunLog:
 
 # ---- final scores (what `pgolf significance` and `pgolf record` read) ----
 
-# Why a run directory may lack report.json: the default exported script does not write one.
+# Why a run directory may lack report.json (for commands that cannot look inside it: see
+# missing_report_message for the explanation of one directory).
 NO_REPORT_HINT = ("A run of an exported train_gpt.py writes report.json only when the script was exported "
-                  "with `pgolf export --full-records`; `pgolf train` runs always write it.")
+                  "with `pgolf export --full-records`; a `pgolf train` run writes it when it finishes (also "
+                  "when its score is not finite), not when it stopped during training (a non-finite loss, "
+                  "Ctrl-C, a crash: its train.log says which).")
+# The first line of train.log: `pgolf train` writes ``pgolf run preset:...`` (pgolf/report.py), an
+# exported train_gpt.py ``pgolf submission preset:...`` (pgolf/submission.py).
+SUBMISSION_HEADER = re.compile(r"^pgolf submission preset:", re.MULTILINE)
+# What pgolf/run.py's log_failure writes when a run stops on an error, and the loop's non-finite stop.
+ERROR_LINE = re.compile(r"^error: (?P<message>.+)$", re.MULTILINE)
+NON_FINITE_STOP_LINE = re.compile(r"^stopping:non_finite_loss step:(?P<step>\d+)", re.MULTILINE)
+
+
+def _runs_inside(folder: Path) -> list[Path]:
+    """The run directories directly inside ``folder`` (a seed group's or a sweep's)."""
+    if not folder.is_dir():
+        return []
+    return [child for child in folder.iterdir()
+            if child.is_dir() and ((child / "report.json").is_file() or (child / "train.log").is_file())]
+
+
+def _folder_of_runs_message(folder: Path, runs: list[Path]) -> str:
+    """``folder`` holds runs (a seed group, a sweep) but is not one: name the runs to give instead."""
+    names = sorted(run.name for run in runs)
+    if (folder / "group.json").is_file() or all(name.startswith("seed_") for name in names):
+        what, give = "a seed group (`pgolf seeds`)", f"{folder}/seed_*"
+    elif (folder / "plan.json").is_file():
+        arm = names[0].rsplit("_seed", 1)[0]
+        what, give = "a sweep (`pgolf sweep`)", f"the runs of one arm, like {folder}/{arm}_seed*"
+    else:
+        what, give = "a folder of runs", f"the run folders inside it, like {folder / names[0]}"
+    listed = ", ".join(names[:4]) + (f", ... ({len(names)} runs)" if len(names) > 4 else "")
+    return f"{folder} is {what}, not a run: it holds {listed}. Give {give}."
+
+
+def missing_report_message(run_dir: Path, *, logs_accepted: bool = True) -> str:
+    """Why ``run_dir`` has no report.json, as far as its files tell, and what to give instead.
+    ``logs_accepted``: the command also reads a run's train.log (`pgolf significance` does, `pgolf record`
+    needs report.json)."""
+    log_path = run_dir / "train.log"
+    runs = _runs_inside(run_dir)
+    if runs and not log_path.is_file():
+        return _folder_of_runs_message(run_dir, runs)
+    if not log_path.is_file():
+        return (f"{run_dir} has neither report.json nor train.log: it is not a pgolf run directory. Give finished "
+                "pgolf run directories" + (" or log files." if logs_accepted else "."))
+    text = log_path.read_text(encoding="utf-8", errors="replace")
+    errors = ERROR_LINE.findall(text)
+    if errors:
+        return (f"{run_dir} has no report.json: the run stopped on an error and has no score ({errors[-1]}). "
+                f"See {log_path}.")
+    if stop := NON_FINITE_STOP_LINE.search(text):
+        return (f"{run_dir} has no report.json: its training loss became non-finite at step {stop['step']} (the "
+                f"run diverged) and it has no score. See {log_path}.")
+    if SUBMISSION_HEADER.search(text):
+        instead = (f"give its log instead ({log_path})" if logs_accepted else
+                   "export with `pgolf export --full-records` and run the seeds with that script")
+        return (f"{run_dir} was written by an exported train_gpt.py, which writes report.json only when it was "
+                f"exported with `pgolf export --full-records`: {instead}.")
+    if (run_dir / TRAINING_DONE_FILE).is_file():
+        return (f"{run_dir} has no report.json: its training finished ({TRAINING_DONE_FILE}) but the run stopped "
+                f"before its report (in quantization or evaluation), or is still there. `pgolf train --resume "
+                f"{run_dir}` quantizes and evaluates its final weights again, without training.")
+    return (f"{run_dir} has no report.json: the run has not finished (it is still running, or was stopped by "
+            f"Ctrl-C or a crash before writing it; {log_path} ends where it stopped). `pgolf train --resume "
+            f"{run_dir}` continues it from its last checkpoint.")
 
 
 def _last_score(text: str, source: str) -> RunScore | None:
@@ -144,18 +209,36 @@ def score_from_log_text(text: str, source: str) -> RunScore:
     return checked_final_score(RunLog(source, source, score=_last_score(text, source)).final_score())
 
 
+def _report_number(report: dict, key: str, report_path: Path):
+    """A score field of report.json: a number, or None (a diverged run's report holds null); anything
+    else means the file is damaged."""
+    value = report[key]
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise PgolfError(f"{report_path}: {key} is {value!r}, not a number; the file is damaged. Restore it from "
+                         "a copy of the run, or give the run's train.log.")
+    return value
+
+
 def score_from_run_dir(run_dir: Path) -> RunScore:
     """A pgolf run: ``report.json``'s final score (the last evaluation phase), as written (not checked:
-    a diverged run's report holds null)."""
+    a diverged run's report holds null). A report without its score fields is damaged, and said so."""
     report_path = run_dir / "report.json"
     if not report_path.is_file():
-        raise PgolfError(f"{run_dir} has no report.json; give a finished pgolf run or a log file "
-                         f"({run_dir}/train.log). {NO_REPORT_HINT}")
+        raise PgolfError(missing_report_message(run_dir))
     report = read_json_file(report_path, "restore it from a copy of the run")
     label = report.get("val_bpb_final_label", "quantized")
-    loss = report.get(f"val_loss_{label}", report.get("val_loss"))
-    bpb = report.get("val_bpb_final", report.get("val_bpb"))
-    return RunScore(str(run_dir), label, loss, bpb, report.get("seed"), report.get("code_hash"))
+    if not isinstance(label, str) or not label:
+        raise PgolfError(f"{report_path}: val_bpb_final_label is {label!r}, not a phase name; the file is damaged.")
+    loss_key = f"val_loss_{label}" if f"val_loss_{label}" in report else "val_loss"
+    bpb_key = "val_bpb_final" if "val_bpb_final" in report else "val_bpb"
+    missing = [key for key in (bpb_key, loss_key) if key not in report]
+    if missing:
+        raise PgolfError(f"{report_path} has no {' and no '.join(missing)}: it is not the report of a finished run "
+                         "(damaged or cut short); restore it from a copy of the run, or give the run's train.log.")
+    loss, bpb = _report_number(report, loss_key, report_path), _report_number(report, bpb_key, report_path)
+    seed = report.get("seed")
+    return RunScore(str(run_dir), label, loss, bpb, seed if isinstance(seed, int) else None, report.get("code_hash"),
+                    report.get("val_subset") if isinstance(report.get("val_subset"), bool) else None)
 
 
 def read_run_score(path: str | Path) -> RunScore:
@@ -259,8 +342,8 @@ def _number(event: dict, key: str) -> float | None:
 
 
 def parse_metrics_events(events: list[dict], source: str, name: str) -> tuple[RunLog, tuple[float, float] | None]:
-    """Curves, seed and code hash from metrics.jsonl events (malformed events are skipped), and the
-    ``final_prequant`` (loss, bpb) if it was evaluated."""
+    """Curves, seed, code hash and (when the events give it exactly) the end of training from metrics.jsonl
+    events (malformed events are skipped), and the ``final_prequant`` (loss, bpb) if it was evaluated."""
     log = RunLog(name, source)
     prequant = None
     for event in events:
@@ -277,7 +360,33 @@ def parse_metrics_events(events: list[dict], source: str, name: str) -> tuple[Ru
             drop_points_after(log, step)
         elif kind == "eval" and event.get("label") == PREQUANT_LABEL and _number(event, "val_bpb") is not None:
             prequant = (_number(event, "val_loss"), _number(event, "val_bpb"))
+    log.end = exact_training_end(events, log.train)
     return log, prequant
+
+
+def exact_training_end(events: list[dict], train: list[TrainPoint]) -> tuple[int, float] | None:
+    """(last step, training seconds) when metrics.jsonl says exactly where training ended, else None.
+
+    metrics.jsonl has no end-of-training event (train.log's ``train_done`` line and report.json have it),
+    and training points are logged only every TRAIN_LOG_EVERY steps, so in general its last point need not
+    be the last step. Two cases are exact: a run resumed after its training had finished logs a ``resume``
+    event with ``training_done`` and the outcome's step and seconds; and the training loop never runs past
+    ITERATIONS (pgolf/train/loop.py), so a last training point at ITERATIONS (from the header's config)
+    is the last step, at the training clock of that point. A run stopped by its wall-clock cap ends at a
+    step these events do not name: no end (a point there would be a guess)."""
+    end = None
+    for event in events:
+        if (event.get("event") == "resume" and event.get("training_done") is True
+                and isinstance(event.get("step"), int) and _number(event, "train_seconds") is not None):
+            end = (event["step"], _number(event, "train_seconds"))
+    if end is not None:
+        return end
+    iterations = [(event.get("config") or {}).get("iterations") for event in events if event.get("event") == "header"]
+    last = train[-1] if train else None
+    if (last is not None and last.train_seconds is not None and iterations
+            and isinstance(iterations[-1], int) and last.step == iterations[-1]):
+        return (last.step, last.train_seconds)
+    return None
 
 
 def _apply_report(run_dir: Path, log: RunLog) -> None:
@@ -294,6 +403,9 @@ def read_run_dir_log(run_dir: Path) -> RunLog:
     """A pgolf run directory: the curves of metrics.jsonl when it holds any, else of train.log."""
     metrics, text_log = run_dir / "metrics.jsonl", run_dir / "train.log"
     if not (metrics.is_file() or text_log.is_file()):
+        runs = _runs_inside(run_dir)
+        if runs:
+            raise PgolfError(_folder_of_runs_message(run_dir, runs))
         raise PgolfError(f"{run_dir} has neither metrics.jsonl nor train.log; "
                          "give a pgolf run directory or a log file.")
     text = text_log.read_text(encoding="utf-8", errors="replace") if text_log.is_file() else ""
@@ -304,6 +416,8 @@ def read_run_dir_log(run_dir: Path) -> RunLog:
         log.train, log.val = events.train, events.val
         log.seed = events.seed if events.seed is not None else log.seed
         log.code_hash = events.code_hash or log.code_hash
+    if events is not None and log.end is None:
+        log.end = events.end  # no train_done line (train.log missing or cut off): the events' exact end, if any
     _apply_report(run_dir, log)
     if prequant is not None and None not in prequant:
         _add_final_point(log, *prequant)

@@ -31,20 +31,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgolf.artifact.size import ARTIFACT_CAP_BYTES
-from pgolf.config import Config, config_from_dict, flatten_config
+from pgolf.config import Config, flatten_config
 from pgolf.errors import PgolfError
-from pgolf.exp.logs import NO_REPORT_HINT, RunScore, checked_final_score, score_from_run_dir
+from pgolf.exp.logs import RunScore, checked_final_score, missing_report_message, score_from_run_dir
 from pgolf.exp.record_check import (RECORD_SCRIPT, check_record_folder, logged_code_bytes, schema_failures,
                                     seed_log_name)
 from pgolf.exp.record_readme import record_readme
 from pgolf.export.bundle import ExportedScript, build_exported_script, write_exported_script
 from pgolf.fsutil import write_text_atomic
 from pgolf.provenance import pgolf_code_hash
+from pgolf.train.resume import read_config_file, read_json_file
 
 RECORD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 # Keys in which the seeds of one record may differ.
 PER_RUN_KEYS = ("seed", "run_id", "runs_dir")
 REPORT_KEYS = ("seed", "code_hash", "artifact_bytes", "steps", "train_seconds", "val_bpb", "val_loss")
+# The types of the report fields a record copies (the scores are checked by checked_final_score).
+REPORT_TYPES = {"seed": int, "code_hash": str, "artifact_bytes": int, "steps": int, "train_seconds": (int, float)}
+REPORT_TYPE_NAMES = {int: "an integer", str: "a string", (int, float): "a number"}
 WORLD_SIZE_LINE = re.compile(r"^world_size:(\d+)", re.MULTILINE)
 DEFAULT_TRACK = "10min_16mb"
 
@@ -72,21 +76,29 @@ class SeedRun:
 def _required_file(run_dir: Path, name: str) -> Path:
     path = run_dir / name
     if not path.is_file():
-        hint = f" {NO_REPORT_HINT}" if name == "report.json" else ""
-        raise PgolfError(f"{run_dir} has no {name}; give finished `pgolf train` run directories.{hint}")
+        if name == "report.json":
+            raise PgolfError(f"{missing_report_message(run_dir, logs_accepted=False)} (`pgolf record` needs the "
+                             "report.json of finished runs.)")
+        raise PgolfError(f"{run_dir} has no {name}; give finished `pgolf train` run directories.")
     return path
 
 
 def load_seed_run(run_dir: str | Path) -> SeedRun:
+    """A finished run, every file read and checked: a damaged one is an error naming the file."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PgolfError(f"{run_dir} is not a directory; give finished `pgolf train` run directories.")
-    report = json.loads(_required_file(run_dir, "report.json").read_text())
+    report_path = _required_file(run_dir, "report.json")
+    report = read_json_file(report_path, "restore it from a copy of the run")
     missing = [key for key in REPORT_KEYS if key not in report]
     if missing:
-        raise PgolfError(f"{run_dir}/report.json lacks {', '.join(missing)}; "
-                         "the run did not finish packing its artifact.")
-    cfg = config_from_dict(json.loads(_required_file(run_dir, "config.json").read_text()))
+        raise PgolfError(f"{report_path} lacks {', '.join(missing)}; "
+                         "the run did not finish packing its artifact (or the file is damaged).")
+    for key, kinds in REPORT_TYPES.items():
+        if isinstance(report[key], bool) or not isinstance(report[key], kinds):
+            raise PgolfError(f"{report_path}: {key} is {report[key]!r}, not {REPORT_TYPE_NAMES[kinds]}; the file is "
+                             "damaged. Restore it from a copy of the run.")
+    cfg = read_config_file(_required_file(run_dir, "config.json"))
     log_text = _required_file(run_dir, "train.log").read_text(encoding="utf-8", errors="replace")
     return SeedRun(run_dir, report, cfg, log_text, checked_final_score(score_from_run_dir(run_dir)))
 

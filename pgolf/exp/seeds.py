@@ -5,15 +5,23 @@ One configuration trained once per seed, one run after the other in this process
 ``RUNS_DIR/<group>/seed_<SEED>``. ``group.json`` (written first, never overwritten) records the
 configuration, the seeds and the run directories; ``seeds.json`` (written last) the scores. The table
 shows each seed's final score (the last evaluation phase, e.g. TTT, else the round trip) and the mean,
-the standard deviation and the t-interval of the mean. Under ``torchrun`` every rank runs the same
-loop and only rank 0 prints.
+the standard deviation and the t-interval of the mean. A group stopped by a failure or Ctrl-C writes
+``seeds.partial.json`` (the finished seeds, marked partial) and is continued with ``--resume``
+(:func:`pgolf.exp.runner.run_planned`). Under ``torchrun`` every rank runs the same loop and only rank 0
+prints.
 """
 
+import json
 import sys
 from pathlib import Path
 
-from pgolf.exp.runner import (CONFIDENCE, describe_config, mean_interval, now_text, one_process_group_for_all_runs,
-                              print_main, run_or_explain, run_summary, run_training)
+from pgolf.exp.runner import (CONFIDENCE, PlannedRun, describe_config, earlier_partial_holds_more, mean_interval,
+                              now_text, partial_fields, print_stop, reusable_reports,
+                              run_planned, write_partial_summary)
+
+GROUP_PLAN_FILE = "group.json"
+GROUP_SUMMARY_FILE = "seeds.json"
+GROUP_PARTIAL_FILE = "seeds.partial.json"
 
 
 def seed_run_id(seed: int) -> str:
@@ -27,23 +35,40 @@ def group_plan(group_dir: Path, cfg, preset, preset_name: str, seeds: list[int])
             **describe_config(cfg, preset, preset_name)}
 
 
-def run_seed_group(cfg, preset, preset_name: str, seeds: list[int], group_dir: Path, *, echo: bool) -> list[dict]:
-    """Train every seed in order; stops at the first failure with a message naming the seed."""
+def run_seed_group(cfg, preset, preset_name: str, seeds: list[int], group_dir: Path, *, echo: bool,
+                   resume: bool = False) -> list[dict]:
+    """Train every seed in order (with ``resume``, reusing the finished ones and continuing a started one).
+    Stops at the first failure or Ctrl-C, with a message naming the seed, what finished and what did not,
+    after writing the partial summary of the finished seeds (``seeds.partial.json``)."""
+    planned = [PlannedRun(f"seed {seed}", cfg, seed, seed_run_id(seed)) for seed in seeds]
+    reuse = reusable_reports(planned, group_dir) if resume else None
     runs: list[dict] = []
-    with one_process_group_for_all_runs():
-        for index, seed in enumerate(seeds, start=1):
-            print_main(f"== seeds {group_dir.name}: seed {seed} ({index}/{len(seeds)}) ==", err=True)
-            report = run_or_explain(f"seed {seed} ({group_dir / seed_run_id(seed)})", [r["run_dir"] for r in runs],
-                                    run_training, cfg, preset_name=preset_name, preset_cfg=preset,
-                                    out_dir=group_dir, run_id=seed_run_id(seed), seed=seed, echo=echo)
-            runs.append(run_summary(seed, report))
+    try:
+        run_planned(planned, group_dir, runs, preset_name=preset_name, preset_cfg=preset, echo=echo, reuse=reuse,
+                    banner=lambda i: f"== seeds {group_dir.name}: seed {seeds[i]} ({i + 1}/{len(seeds)}) ==")
+    except BaseException as stop:
+        partial_path = group_dir / GROUP_PARTIAL_FILE
+        if not earlier_partial_holds_more(partial_path, len(runs)):
+            partial = partial_seed_group_result(group_dir, preset_name, planned, runs, stop)
+            write_partial_summary(partial_path, json.dumps(partial, indent=2, default=list) + "\n")
+        print_stop("seed group", group_dir, planned, runs, stop, [str(partial_path)],
+                   f"the summary of the finished seed(s) is partial; {GROUP_SUMMARY_FILE} is written when every "
+                   "seed has finished")
+        raise
     return runs
 
 
 def seed_group_result(group_dir: Path, preset_name: str, runs: list[dict]) -> dict:
-    interval = mean_interval([run["val_bpb"] for run in runs], CONFIDENCE)
+    interval = mean_interval([run["val_bpb"] for run in runs], CONFIDENCE) if runs else None
     return {"group": str(group_dir), "preset": preset_name, "seeds": [run["seed"] for run in runs], "runs": runs,
-            "summary": interval.as_dict()}
+            "summary": interval.as_dict() if interval else None}
+
+
+def partial_seed_group_result(group_dir: Path, preset_name: str, planned: list[PlannedRun], runs: list[dict],
+                              stop: BaseException) -> dict:
+    """The summary of the seeds that finished, marked partial, with the seeds it lacks."""
+    return {**partial_fields(stop, planned, runs, group_dir), **seed_group_result(group_dir, preset_name, runs),
+            "planned_seeds": [run.seed for run in planned]}
 
 
 def format_seed_table(result: dict) -> list[str]:

@@ -14,13 +14,16 @@ Tuple-valued keys (``TTT_LORA_TARGETS``, ``CONTROL_TENSOR_NAME_PATTERNS``, ...) 
 value, so their arms are separated by ``|``: ``TTT_LORA_TARGETS='c_q,c_v|c_q,c_k,c_v,proj'``.
 
 Layout: ``RUNS_DIR/<sweep>/plan.json`` (first), ``<arm-slug>_seed<SEED>/`` per run, and
-``sweep.json`` + ``sweep.csv`` (last); nothing is ever overwritten.
+``sweep.json`` + ``sweep.csv`` (last); nothing is ever overwritten. A sweep stopped by a failure or
+Ctrl-C writes ``sweep.partial.json`` + ``sweep.partial.csv`` (the complete pairs, marked partial; a
+later stop replaces them) and is continued with ``--resume``.
 """
 
 import csv
 import dataclasses
 import io
 import itertools
+import json
 import re
 import sys
 import typing
@@ -29,10 +32,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pgolf.config import (Config, apply_config_overrides, closest_config_keys, config_differences,
-                          config_field_index, validate_config)
+                          config_field_index, flatten_config, validate_config)
 from pgolf.errors import ConfigError
-from pgolf.exp.runner import (CONFIDENCE, compare_arm, describe_comparison, describe_config, mean_interval, now_text,
-                              one_process_group_for_all_runs, print_main, run_or_explain, run_summary, run_training)
+from pgolf.exp.runner import (CONFIDENCE, PlannedRun, compare_arm, describe_comparison, describe_config, mean_interval,
+                              earlier_partial_holds_more, now_text, partial_fields,
+                              print_stop, reusable_reports, run_planned, write_partial_summary)
 
 TUPLE_ARM_SEPARATOR = "|"
 
@@ -49,8 +53,10 @@ class FeatureSwitch:
 # that compute the same maths (fused MLP/CE, sharded Muon) and size-only settings are not.
 FEATURE_SWITCHES: dict[str, FeatureSwitch] = {
     "depth_recurrence": FeatureSwitch(lambda c: c.model.num_loops > 0, {"NUM_LOOPS": 0}),
+    # The two-lane mode is a kind of parallel residual: without a start layer it is refused, so "off" is
+    # the single-lane default too.
     "parallel_residuals": FeatureSwitch(lambda c: c.model.parallel_residual_start >= 0,
-                                        {"PARALLEL_RESIDUAL_START": -1}),
+                                        {"PARALLEL_RESIDUAL_START": -1, "PARALLEL_RESIDUAL_MODE": "single"}),
     "xsa": FeatureSwitch(lambda c: c.model.xsa_last_n > 0, {"XSA_LAST_N": 0}),
     "smear_gate": FeatureSwitch(lambda c: c.model.smear_gate_enabled, {"SMEAR_GATE_ENABLED": False}),
     "attn_out_gate": FeatureSwitch(lambda c: c.model.attn_out_gate != "none", {"ATTN_OUT_GATE": "none"}),
@@ -208,30 +214,75 @@ def plan_ablation_arms(reference: Config) -> list[Arm]:
         raise ConfigError("the configuration enables none of the features --ablate knows "
                           f"({', '.join(FEATURE_SWITCHES)}); nothing to ablate.")
     arms = [Arm("a0_reference", "reference", {}, validate_config(reference))]
+    values = flatten_config(reference)
     for index, feature in enumerate(features, start=1):
-        off = FEATURE_SWITCHES[feature].off
+        # Only the settings that change: the label and plan.json then say what the arm really changes.
+        off = {key: value for key, value in FEATURE_SWITCHES[feature].off.items() if values[key.lower()] != value}
         label = f"no {feature} (" + " ".join(f"{key}={format_value(value)}" for key, value in off.items()) + ")"
         arms.append(build_arm(index, reference, off, label, f"no_{feature}"))
     return arms
 
 
-def run_arms(arms: list[Arm], seeds: list[int], sweep_dir: Path, preset: Config, preset_name: str,
-             echo: bool) -> list[list[dict]]:
-    """Every arm under every seed, seed by seed (complete pairs first); per arm, its runs in seed order."""
-    runs: list[list[dict]] = [[] for _ in arms]
-    finished: list[str] = []
-    pairs = [(seed, arm_index) for seed in seeds for arm_index in range(len(arms))]
-    with one_process_group_for_all_runs():
-        for done, (seed, arm_index) in enumerate(pairs, start=1):
-            arm = arms[arm_index]
-            run_id = f"{arm.slug}_seed{seed}"
-            print_main(f"== sweep {sweep_dir.name}: run {done}/{len(pairs)}: {arm.label} seed {seed} ==", err=True)
-            report = run_or_explain(f"arm {arm_index} ({arm.label}) seed {seed} ({sweep_dir / run_id})", finished,
-                                    run_training, arm.cfg, preset_name=preset_name, preset_cfg=preset,
-                                    out_dir=sweep_dir, run_id=run_id, seed=seed, echo=echo)
-            runs[arm_index].append(run_summary(seed, report))
-            finished.append(str(sweep_dir / run_id))
-    return runs
+SWEEP_PLAN_FILE = "plan.json"
+SWEEP_SUMMARY_FILE = "sweep.json"
+SWEEP_PARTIAL_FILE = "sweep.partial.json"
+SWEEP_CSV = "sweep.csv"
+SWEEP_PARTIAL_CSV = "sweep.partial.csv"
+
+
+def planned_runs(arms: list[Arm], seeds: list[int]) -> list[PlannedRun]:
+    """Every arm under every seed, seed by seed (all arms of the first seed, then the next): an
+    interruption leaves complete pairs."""
+    return [PlannedRun(f"arm {index} ({arm.label}) seed {seed}", arm.cfg, seed, f"{arm.slug}_seed{seed}")
+            for seed in seeds for index, arm in enumerate(arms)]
+
+
+def runs_by_arm(done: list[dict], arm_count: int) -> list[list[dict]]:
+    """Run summaries in plan order (seed by seed) -> per arm, its runs in seed order."""
+    return [done[index::arm_count] for index in range(arm_count)]
+
+
+def run_arms(arms: list[Arm], seeds: list[int], sweep_dir: Path, preset: Config, preset_name: str, echo: bool, *,
+             resume: bool = False, summarise: Callable[[list[list[dict]], list[int]], dict] | None = None,
+             ) -> list[list[dict]]:
+    """Every arm under every seed, seed by seed (complete pairs first); per arm, its runs in seed order.
+    With ``resume``, finished runs are reused and a started one continued. On a failure or Ctrl-C, the
+    summary of the complete pairs (``summarise(runs, seeds)``) is written to sweep.partial.json/.csv, what
+    finished and what did not is printed, and the error goes on."""
+    planned = planned_runs(arms, seeds)
+    reuse = reusable_reports(planned, sweep_dir) if resume else None
+    done: list[dict] = []
+    try:
+        run_planned(planned, sweep_dir, done, preset_name=preset_name, preset_cfg=preset, echo=echo, reuse=reuse,
+                    banner=lambda i: f"== sweep {sweep_dir.name}: run {i + 1}/{len(planned)}: "
+                                     f"{arms[i % len(arms)].label} seed {planned[i].seed} ==")
+    except BaseException as stop:
+        complete = len(done) // len(arms)
+        written = [str(sweep_dir / SWEEP_PARTIAL_FILE)]
+        if not earlier_partial_holds_more(sweep_dir / SWEEP_PARTIAL_FILE, len(done)):
+            written = write_partial_sweep(sweep_dir, planned, done, stop, arms, seeds, summarise)
+        pairs = (f"complete pairs: seed(s) {', '.join(map(str, seeds[:complete]))} (every arm)" if complete else
+                 "no seed has finished every arm yet: no complete pair")
+        print_stop("sweep", sweep_dir, planned, done, stop, written, pairs)
+        raise
+    return runs_by_arm(done, len(arms))
+
+
+def write_partial_sweep(sweep_dir: Path, planned: list[PlannedRun], done: list[dict], stop: BaseException,
+                        arms: list[Arm], seeds: list[int], summarise) -> list[str]:
+    """The partial summary of the complete pairs (rank 0); returns the files written."""
+    complete = len(done) // len(arms)
+    by_arm = runs_by_arm(done[:complete * len(arms)], len(arms))
+    result = summarise(by_arm, seeds[:complete]) if summarise is not None and complete else {"arms": []}
+    payload = {**partial_fields(stop, planned, done, sweep_dir), **result, "planned_seeds": seeds,
+               "complete_seeds": seeds[:complete],
+               # finished, but their seed has not finished every arm: no pair yet
+               "unpaired_runs": done[complete * len(arms):]}
+    write_partial_summary(sweep_dir / SWEEP_PARTIAL_FILE, json.dumps(payload, indent=2, default=list) + "\n")
+    if not result["arms"]:  # no complete pair: no table (a later stop never has fewer pairs than an earlier)
+        return [str(sweep_dir / SWEEP_PARTIAL_FILE)]
+    write_partial_summary(sweep_dir / SWEEP_PARTIAL_CSV, sweep_csv_text(payload))
+    return [str(sweep_dir / SWEEP_PARTIAL_FILE), str(sweep_dir / SWEEP_PARTIAL_CSV)]
 
 
 def sweep_result(sweep_dir: Path, preset_name: str, arms: list[Arm], runs: list[list[dict]], seeds: list[int],

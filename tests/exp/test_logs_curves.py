@@ -200,3 +200,107 @@ def test_a_resumed_run_keeps_only_the_redone_steps(tmp_path):
     assert [(p.step, p.train_loss) for p in read_run_log(log_file).train] == [(2, 5.0), (4, 4.0), (6, 3.5)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
     assert [(p.step, p.train_loss) for p in read_run_log(tmp_path).train] == [(2, 5.0), (4, 4.0), (6, 3.5)]
+
+
+# ---- a metrics.jsonl away from its run: the final point only where the events give the last step exactly
+
+
+def test_a_copied_metrics_file_ends_at_the_last_step_when_it_is_iterations(tiny_run, tmp_path):
+    """The tiny run trains ITERATIONS=4 steps and logs every step: its last training point is at
+    ITERATIONS, which the loop never passes, so it is the last step; the final_prequant evaluation is
+    drawn there, at that point's training time (report.json is not beside the copy)."""
+    run_dir, report = tiny_run
+    copy = tmp_path / "elsewhere" / "metrics.jsonl"
+    copy.parent.mkdir()
+    shutil.copyfile(run_dir / "metrics.jsonl", copy)
+    events = [json.loads(line) for line in copy.read_text().splitlines()]
+    last_train = [e for e in events if e["event"] == "train"][-1]
+    prequant = next(e for e in events if e["event"] == "eval" and e["label"] == "final_prequant")
+    log = read_run_log(copy)
+    assert log.end == (report["steps"], last_train["train_seconds"]) == (4, last_train["train_seconds"])
+    assert curves(log)[1][-1] == (4, prequant["val_loss"], prequant["val_bpb"], last_train["train_seconds"])
+    assert [p[0] for p in curves(log)[1]] == [0, 2, 4]
+
+
+def test_a_metrics_file_that_does_not_name_the_last_step_gets_no_final_point(tiny_run, tmp_path):
+    """Without a training point at ITERATIONS (a wall-clock stop, or a step TRAIN_LOG_EVERY skipped) the
+    events do not say where training ended: no point rather than a guessed one. A resume after finished
+    training does say it (its event carries the outcome's step and seconds)."""
+    run_dir, _ = tiny_run
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    without_last = [e for e in events if not (e["event"] == "train" and e["step"] == 4)]
+    cut = write(tmp_path, "cut.jsonl", "".join(json.dumps(e) + "\n" for e in without_last))
+    log = read_run_log(cut)
+    assert log.end is None and [p.step for p in log.val] == [0, 2]
+    resumed = without_last + [{"event": "resume", "step": 4, "path": "x", "train_seconds": 9.5, "training_done": True}]
+    log = read_run_log(write(tmp_path, "resumed.jsonl", "".join(json.dumps(e) + "\n" for e in resumed)))
+    assert log.end == (4, 9.5) and (log.val[-1].step, log.val[-1].train_seconds) == (4, 9.5)
+
+
+# ---- why a run directory has no score: each message true for its case
+
+
+def fake_run_dir(tmp_path, name: str, log: str | None = None, report: str | None = None):
+    run_dir = tmp_path / name
+    run_dir.mkdir(parents=True)
+    if log is not None:
+        (run_dir / "train.log").write_text(log)
+    if report is not None:
+        (run_dir / "report.json").write_text(report)
+    return run_dir
+
+
+HEADER = "pgolf run preset:tiny_cpu code_hash:abc\n"
+
+
+def score_error(path) -> str:
+    with pytest.raises(PgolfError) as error:
+        read_run_score(path)
+    return str(error.value)
+
+
+def test_a_diverged_pgolf_train_run_is_not_told_it_always_has_a_report(tmp_path):
+    run_dir = fake_run_dir(tmp_path, "diverged", HEADER + "step:3/10 train_loss:9.1\n"
+                           "stopping:non_finite_loss step:4 last_finite_loss:9.1000\n"
+                           "error: the training loss is nan at step 4 (last finite 9.1000)\n")
+    message = score_error(run_dir)
+    assert "stopped on an error" in message and "the training loss is nan at step 4" in message
+    assert "always" not in message
+
+
+def test_unfinished_and_exported_runs_are_told_what_happened(tmp_path):
+    message = score_error(fake_run_dir(tmp_path, "running", HEADER + "step:3/10 train_loss:9.1\n"))
+    assert "has not finished" in message and "pgolf train --resume" in message
+    done = fake_run_dir(tmp_path, "evaluating", HEADER)
+    (done / "training_done.json").write_text("{}")
+    assert "its training finished" in score_error(done)
+    lean = fake_run_dir(tmp_path, "lean", "pgolf submission preset:tiny_cpu code_hash:abc seed:1\n")
+    message = score_error(lean)
+    assert "--full-records" in message and f"give its log instead ({lean / 'train.log'})" in message
+
+
+def test_a_folder_of_runs_names_the_runs_to_give(tmp_path):
+    """A seed group used to get a hint about runs/g1/train.log, which does not exist."""
+    group = tmp_path / "g1"
+    for seed in (42, 314):
+        fake_run_dir(group, f"seed_{seed}", HEADER, "{}")
+    (group / "group.json").write_text("{}")
+    message = score_error(group)
+    assert f"Give {group}/seed_*." in message and "seed group" in message and "train.log" not in message
+    with pytest.raises(PgolfError, match=r"is a seed group .* Give .*/seed_\*"):
+        read_run_log(group)  # pgolf plot
+    sweep = tmp_path / "sw"
+    for run in ("a0_reference_seed1", "a1_no_xsa_seed1"):
+        fake_run_dir(sweep, run, HEADER)
+    (sweep / "plan.json").write_text("{}")
+    assert f"like {sweep}/a0_reference_seed*" in score_error(sweep)
+
+
+@pytest.mark.parametrize("report,fragment", [
+    ("{}", "report.json has no val_bpb and no val_loss: it is not the report of a finished run (damaged"),
+    ('{"val_loss": 2.0, "val_bpb": "1.2"}', "val_bpb is '1.2', not a number; the file is damaged"),
+    ('{"val_loss": 2.0, "val_bpb": 1.2, "val_bpb_final_label": 3}', "val_bpb_final_label is 3"),
+])
+def test_a_damaged_report_is_called_damaged_not_diverged(tmp_path, report, fragment):
+    message = score_error(fake_run_dir(tmp_path, "run", HEADER, report))
+    assert fragment in message and "diverged" not in message

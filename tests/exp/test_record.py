@@ -240,7 +240,48 @@ def test_a_code_size_no_export_has_is_refused(seed_runs, tmp_path, pinned_code_h
 
 
 def test_a_run_without_report_says_which_export_writes_one(seed_runs, tmp_path, pinned_code_hash):
+    """A run of the lean exported script (its log starts `pgolf submission`) has no report.json: the
+    message says which export writes one."""
     lean = shutil.copytree(seed_runs[0], tmp_path / "lean")
     (lean / "report.json").unlink()
-    with pytest.raises(PgolfError, match="exported with `pgolf export --full-records`"):
+    log = lean / "train.log"
+    log.write_text(log.read_text().replace("pgolf run preset:", "pgolf submission preset:", 1))
+    with pytest.raises(PgolfError, match="exported with `pgolf export --full-records`") as error:
         make_record([lean], name="Lean", out=tmp_path / "records")
+    assert "give its log" not in str(error.value)  # pgolf record reads report.json, never a log
+
+
+def test_a_pgolf_train_run_without_report_is_not_told_it_always_has_one(seed_runs, tmp_path, pinned_code_hash):
+    """A `pgolf train` run without report.json stopped before it: the message says where, not that such
+    runs always write one."""
+    stopped = shutil.copytree(seed_runs[0], tmp_path / "stopped")
+    (stopped / "report.json").unlink()
+    with pytest.raises(PgolfError, match=r"its training finished .* `pgolf train --resume") as error:
+        make_record([stopped], name="Stopped", out=tmp_path / "records")
+    assert "always" not in str(error.value)
+
+
+@pytest.mark.parametrize("name,text,fragment", [
+    ("report.json", "42", "report.json holds a JSON int, not an object"),  # was a TypeError
+    ("report.json", '{"seed": 7, "code_ha', "report.json is not a readable JSON file"),  # was a JSONDecodeError
+    ("report.json", None, "report.json: artifact_bytes is 'many', not an integer"),  # was a ValueError later
+    ("config.json", "[1, 2]", "config.json holds a JSON list, not an object"),
+    ("config.json", "{not json", "config.json is not a readable JSON file"),
+])
+def test_a_damaged_run_file_is_one_clear_error(seed_runs, tmp_path, capsys, pinned_code_hash, name, text, fragment):
+    damaged = shutil.copytree(seed_runs[0], tmp_path / "damaged")
+    if text is None:  # valid JSON, a wrong type in a field the record copies
+        report = json.loads((damaged / name).read_text())
+        text = json.dumps({**report, "artifact_bytes": "many"})
+    (damaged / name).write_text(text)
+    assert cli_main(["record", str(damaged), "--name", "Damaged", "--out", str(tmp_path / "records")]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and str(damaged / name) in err and "Traceback" not in err
+    assert not (tmp_path / "records").exists()
+
+
+@pytest.mark.parametrize("name", ["../escaped", "/tmp/absolute", "a/b", ".hidden", ""])
+def test_record_names_are_plain_folder_names(seed_runs, tmp_path, pinned_code_hash, name):
+    with pytest.raises(PgolfError, match="--name"):
+        make_record(seed_runs, name=name, out=tmp_path / "records")
+    assert not (tmp_path / "records").exists() and not (tmp_path / "escaped").exists()

@@ -66,6 +66,8 @@ def test_seed_group_end_to_end(exp_default_data, tmp_path, monkeypatch, capsys):
     runs' own reports, and the same --name again is refused. (The exact code size costs a full export
     per run; a stand-in records that each run asks for it with its own configuration.)"""
     asked = []
+    for module in ("pgolf.report", "pgolf.exp.runner"):  # another engineer's edit must not look like a code change
+        monkeypatch.setattr(f"{module}.pgolf_code_hash", lambda: "pinned")
     monkeypatch.setattr("pgolf.exp.runner.exported_code_bytes",
                         lambda cfg, preset_name: asked.append((cfg.train.seed, preset_name)) or 4321)
     items = tiny_items(exp_default_data, tmp_path)
@@ -86,6 +88,19 @@ def test_seed_group_end_to_end(exp_default_data, tmp_path, monkeypatch, capsys):
     assert result["summary"]["mean"] == pytest.approx(sum(scores) / 2, rel=1e-15)
     assert result["summary"]["std"] == pytest.approx(abs(scores[0] - scores[1]) / math.sqrt(2), rel=1e-12)
     assert json.loads((group / "seeds.json").read_text()) == result
+
+    # A group stopped after seed 3, with seed 4 past its training (an interruption in its evaluation):
+    # --resume reuses seed 3 and evaluates seed 4's final weights again (pgolf's own resume), to the
+    # same score.
+    (group / "seeds.json").rename(group / "seeds.json.done")
+    (group / "seed_4" / "report.json").unlink()
+    assert cli_main(["seeds", "--seeds", "3,4", "--name", "grp", "--resume", "--json", *items]) == 0
+    captured = capsys.readouterr()
+    assert f"finished before, reusing {group / 'seed_3'}" in captured.err
+    assert f"(continuing {group / 'seed_4'})" in captured.err
+    assert "training had finished" in (group / "seed_4" / "train.log").read_text()
+    resumed = json.loads(captured.out)
+    assert [run["val_bpb"] for run in resumed["runs"]] == scores and resumed["summary"] == result["summary"]
 
     assert cli_main(["seeds", "--seeds", "5", "--name", "grp", *items]) == 2
     assert "already exists" in capsys.readouterr().err
@@ -110,10 +125,12 @@ def test_a_failing_seed_stops_naming_it_and_keeps_the_finished_ones(exp_default_
         (out_dir / run_id).mkdir()
         return {"val_bpb": 1.5, "run_dir": str(out_dir / run_id), "seed": seed}
 
-    monkeypatch.setattr("pgolf.exp.seeds.run_training", fake_training)
+    monkeypatch.setattr("pgolf.exp.runner.run_training", fake_training)
     assert cli_main(["seeds", "--seeds", "1,2,3", "--name", "bad", *tiny_items(exp_default_data, tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "seed 2" in err and "non-finite loss at step 3" in err and str(tmp_path / "bad" / "seed_1") in err
+    assert "seed 2" in err and "non-finite loss at step 3" in err and "finished (1 of 3): seed_1" in err
     assert started == [1, 2]
     assert (tmp_path / "bad" / "seed_1").is_dir() and (tmp_path / "bad" / "group.json").is_file()
     assert not (tmp_path / "bad" / "seeds.json").exists()
+    partial = json.loads((tmp_path / "bad" / "seeds.partial.json").read_text())
+    assert partial["partial"] is True and partial["interrupted"] is False and partial["seeds"] == [1]

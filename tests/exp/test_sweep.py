@@ -12,11 +12,12 @@ from scipy import stats as scipy_stats
 
 from pgolf.cli import main as cli_main
 from pgolf.commands.sweep import plan_sweep
-from pgolf.config import config_differences, flatten_config
+from pgolf.config import config_differences, flatten_config, validate_config
 from pgolf.errors import ConfigError
 from pgolf.exp.runner import compare_arm
-from pgolf.exp.sweep import FEATURE_SWITCHES, format_sweep_table, parse_sweep_items, plan_ablation_arms, plan_axis_arms
-from pgolf.presets import record_sp8192, tiny_cpu
+from pgolf.exp.sweep import (FEATURE_SWITCHES, enabled_features, format_sweep_table, parse_sweep_items,
+                             plan_ablation_arms, plan_axis_arms)
+from pgolf.presets import PRESETS, record_sp8192, tiny_cpu
 
 TINY = {"ITERATIONS": "2", "TRAIN_SEQ_LEN": "64", "TRAIN_BATCH_TOKENS": "4096", "VAL_MAX_TOKENS": "8192",
         "MAX_WALLCLOCK_SECONDS": "0"}
@@ -106,6 +107,26 @@ def test_ablation_of_the_record_switches_off_one_feature_per_arm():
     assert by_feature["gptq"].quant.quant_method == "rtn" and by_feature["gptq"].train.gptq_reserve_seconds == 0
     assert by_feature["shuffled_loader"].train.train_loader == "sequential"
     assert by_feature["ttt"].ttt.ttt_enabled is False and by_feature["ttt"].eval.sliding_window_enabled
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_presets_ablation_plan_validates(preset):
+    """`pgolf sweep --ablate --preset top_sp8192` was refused before anything trained: its "no
+    parallel_residuals" arm left PARALLEL_RESIDUAL_MODE=two_lane without a start layer. Every arm of every
+    preset's plan must be a valid configuration with its feature off (planned only, nothing trains)."""
+    reference = PRESETS[preset]()
+    if not enabled_features(reference):
+        with pytest.raises(ConfigError, match="nothing to ablate"):
+            plan_ablation_arms(reference)
+        return
+    data = ["DATA_PATH=/data/shards", "TOKENIZER_PATH=/data/t.model"]  # given: no default dataset build
+    arms = plan_sweep(argparse.Namespace(preset=preset, ablate=True, overrides=data))[0]
+    assert len(arms) == len(enabled_features(reference)) + 1
+    for arm in arms[1:]:
+        feature = arm.label.split(" ")[1]
+        validate_config(arm.cfg)
+        assert not FEATURE_SWITCHES[feature].is_on(arm.cfg), feature
+        assert arm.changes and all(value != flatten_config(reference)[key.lower()] for key, value in arm.changes.items())
 
 
 def test_ablation_needs_an_enabled_feature():
