@@ -21,7 +21,8 @@ from pgolf.report import log_header
 from pgolf.runtime import seed_everything
 from pgolf.steps import quantize_and_score, record_run, train_prepared_model
 from pgolf.train.memory import check_training_fits_memory
-from pgolf.train.resume import (RunStart, record_finished_training, restore_finished_training,
+from pgolf.train.checkpoint_state import TrainingInterrupted
+from pgolf.train.resume import (TRAINING_DONE_FILE, RunStart, record_finished_training, restore_finished_training,
                                 set_aside_unfinished_outputs)
 from pgolf.train.run_directory import check_runs_dir_writable, lock_run_directory, open_run_directory
 from pgolf.train.setup import prepare_training
@@ -57,7 +58,11 @@ def main(cfg: Config, *, preset_name: str = "custom", preset_cfg: Config | None 
     try:
         report = run_pipeline(cfg, ctx, start, data, logger, preset_name=preset_name, preset_cfg=preset_cfg,
                               code_bytes=code_bytes, on_checkpoint_written=on_checkpoint_written)
-    except Exception as error:  # not Ctrl-C (TrainingInterrupted), which logs how to resume itself
+    except TrainingInterrupted:  # Ctrl-C in training: a checkpoint was written, the message says how to resume
+        raise
+    except KeyboardInterrupt:  # Ctrl-C before or after training
+        raise interrupted_outside_training(logger, start) from None
+    except Exception as error:
         log_failure(logger, error)
         raise
     finally:
@@ -75,6 +80,24 @@ def log_failure(logger: RunLogger, error: Exception) -> None:
     logger.echo = False  # already on stderr; printing it again would show it twice
     logger.line(f"error: {error}")
     logger.event("error", error_type=type(error).__name__, message=str(error))
+
+
+def interrupted_outside_training(logger: RunLogger, start: RunStart) -> TrainingInterrupted:
+    """Ctrl-C outside the training loop, said in train.log too: after training, ``--resume`` quantizes
+    and evaluates the final weights again; before it, a resumed run resumes again, a new one has nothing."""
+    run_dir = start.run_dir
+    if (run_dir / TRAINING_DONE_FILE).is_file():
+        message = (f"interrupted after training; {run_dir} keeps the trained weights: `pgolf train --resume "
+                   f"{run_dir}` quantizes and evaluates them again, without training")
+    elif start.existing:
+        message = f"interrupted before training went on; `pgolf train --resume {run_dir}` continues it"
+    else:
+        message = (f"interrupted before training started; nothing was trained. Start again (a new RUN_ID, or "
+                   f"move {run_dir} away)")
+    logger.echo = False
+    logger.line(f"interrupted: {message}")
+    logger.event("interrupted", message=message)
+    return TrainingInterrupted(message)
 
 
 def run_pipeline(cfg: Config, ctx: DistContext, start: RunStart, data: ValidationData, logger: RunLogger, *,

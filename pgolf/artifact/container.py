@@ -120,7 +120,7 @@ def _split_container(data: bytes) -> tuple[bytes, bytes]:
     if len(data) < _CONTAINER_PREFIX.size:
         raise ArtifactError(
             f"tensor container is truncated: {len(data)} bytes, shorter than its {_CONTAINER_PREFIX.size}-byte "
-            "prefix. The artifact file is incomplete; re-create or re-copy it."
+            "prefix. The file is incomplete; re-create or re-copy it."
         )
     magic, version, header_length, digest = _CONTAINER_PREFIX.unpack_from(data)
     if magic != TENSOR_CONTAINER_MAGIC:
@@ -137,12 +137,12 @@ def _split_container(data: bytes) -> tuple[bytes, bytes]:
     if header_length > len(body):
         raise ArtifactError(
             f"tensor container is truncated: header says {header_length} header bytes but only {len(body)} "
-            "bytes follow the prefix. Re-create or re-copy the artifact."
+            "bytes follow the prefix. Re-create or re-copy the file (an artifact, checkpoint or final weights)."
         )
     if hashlib.sha256(body).digest() != digest:
         raise ArtifactError(
             "tensor container is corrupt: its sha256 digest does not match its contents (a truncated or "
-            "damaged file). Re-create or re-copy the artifact."
+            "damaged file). Re-create or re-copy the file (an artifact, checkpoint or final weights)."
         )
     return body[:header_length], body[header_length:]
 
@@ -213,7 +213,7 @@ def declared_container_bytes(head: bytes) -> int:
     header_end = container_header_end(head)
     if len(head) < header_end:
         raise ArtifactError(f"tensor container is truncated inside its header ({len(head)} of {header_end} bytes); "
-                            "re-create or re-copy the artifact.")
+                            "re-create or re-copy the file.")
     entries, _ = _parse_container_header(head[_CONTAINER_PREFIX.size:header_end])
     payload = 0
     for entry in entries:

@@ -50,8 +50,7 @@ def load_final_weights(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
     try:
         state, meta = unpack_tensor_container(Path(path).read_bytes())
     except (ArtifactError, OSError) as error:
-        raise ArtifactError(f"final weights {path} cannot be read ({error}). Restore the file from a copy; "
-                            "without it the run must be trained again (a new RUN_ID).") from None
+        raise ArtifactError(f"final weights {path} cannot be read ({error}). Restore the file from a copy.") from None
     if meta.get("kind") != FULL_PRECISION_KIND:
         raise ArtifactError(f"{path} holds {meta.get('kind')!r} tensors, not a run's full-precision weights.")
     return state, bool(meta.get("looping"))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pgolf.config import (Config, apply_config_overrides, config_field_index, config_from_dict,
                           flatten_config)
-from pgolf.errors import ConfigError, PgolfError, TrainingError
+from pgolf.errors import ArtifactError, ConfigError, PgolfError, TrainingError
 from pgolf.fsutil import write_text_atomic
 from pgolf.log import RunLogger
 from pgolf.model.gpt import GPT
@@ -92,7 +92,7 @@ def resume_run_config(run_dir: Path, overrides: dict[str, str],
     with this machine's settings ``machine`` (MACHINE_FIELDS, such as PGOLF_DEVICE, as the caller read
     them from the environment) and command-line ``overrides`` of the adjustable fields, and the run's
     preset name."""
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()  # `--resume .` from inside it: its name is the RUN_ID
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise ConfigError(f"cannot resume {run_dir}: {config_path} not found; pass the directory of a pgolf run.")
@@ -196,7 +196,10 @@ def restore_finished_training(model: GPT, run_dir: Path, logger: RunLogger) -> T
     if marker is None:
         raise TrainingError(f"{Path(run_dir) / TRAINING_DONE_FILE} is missing: training of this run has not finished.")
     weights = Path(run_dir) / FINAL_WEIGHTS_FILE
-    state, looping = load_final_weights(weights)
+    try:
+        state, looping = load_final_weights(weights)
+    except ArtifactError as error:
+        raise ArtifactError(f"{error} {_without_final_weights(Path(run_dir))}") from None
     model.load_state_dict(state, strict=True)
     if looping:
         model.set_looping(True)
@@ -206,6 +209,15 @@ def restore_finished_training(model: GPT, run_dir: Path, logger: RunLogger) -> T
     logger.event("resume", step=outcome.steps, path=str(weights), train_seconds=outcome.train_seconds,
                  training_done=True)
     return outcome
+
+
+def _without_final_weights(run_dir: Path) -> str:
+    """What can be done without the final weights: train on from the newest checkpoint when there is one."""
+    checkpoint = newest_checkpoint(run_dir)
+    if checkpoint is None:
+        return "Without it (the run has no checkpoint) the run must be trained again (a new RUN_ID)."
+    return (f"Or train on from the newest checkpoint ({checkpoint.name}): move {run_dir / FINAL_WEIGHTS_FILE} and "
+            f"{run_dir / TRAINING_DONE_FILE} aside, then `pgolf train --resume {run_dir}`.")
 
 
 def set_aside_unfinished_outputs(run_dir: Path, logger: RunLogger, *, keep_final_weights: bool) -> None:

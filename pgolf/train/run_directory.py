@@ -4,13 +4,17 @@
 The lock is a file ``run.lock`` created with O_EXCL (atomic on every local filesystem) holding the
 writer's pid and host. A second writer (two launches with the same RUN_ID and auto-resume, say) gets
 an error naming the holder; a lock whose process is gone on this host (a killed run, a worker group
-restarted by ``torchrun --max-restarts``) is stale and taken over.
+restarted by ``torchrun --max-restarts``) is stale and taken over. The holder touches the file every
+RUN_LOCK_HEARTBEAT_SECONDS, so a lock of another host (a preempted machine whose RUNS_DIR outlived it,
+the restarted pod having a new host name) is stale once its heartbeat is RUN_LOCK_STALE_SECONDS old:
+the documented restart, the same command again, then resumes without anyone deleting the lock.
 """
 
 import json
 import os
 import secrets
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -70,6 +74,9 @@ def create_run_directory(cfg: Config, ctx: DistContext) -> Path:
 
 
 RUN_LOCK_NAME = "run.lock"
+RUN_LOCK_HEARTBEAT_SECONDS = 60.0
+# Long beside the heartbeat: a busy filesystem or clocks a few minutes apart must not free a live lock.
+RUN_LOCK_STALE_SECONDS = 900.0
 
 
 def process_is_alive(pid: int) -> bool:
@@ -89,6 +96,7 @@ class RunLock:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / RUN_LOCK_NAME
         self.held = False
+        self._stop_heartbeat = threading.Event()
 
     def acquire(self) -> None:
         """Take the lock, taking over a stale one; PgolfError naming the holder if it is alive."""
@@ -105,23 +113,42 @@ class RunLock:
             with os.fdopen(fd, "w") as handle:
                 json.dump(mine, handle)
             self.held = True
+            threading.Thread(target=self._beat, name="pgolf-run-lock", daemon=True).start()
             return
         raise PgolfError(f"could not take the lock {self.path}; another process keeps creating it.")
+
+    def _beat(self) -> None:
+        """Touch the lock while it is held: its age tells other hosts whether the holder still lives."""
+        while not self._stop_heartbeat.wait(RUN_LOCK_HEARTBEAT_SECONDS):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return  # removed or unreachable: nothing to keep fresh
+
+    def _heartbeat_age(self) -> float | None:
+        try:
+            return max(time.time() - self.path.stat().st_mtime, 0.0)
+        except OSError:
+            return None
 
     def _remove_if_stale(self) -> None:
         holder = self._read_holder()
         if not holder:  # being written this instant, or left half-written by a killed process
             time.sleep(1.0)
             holder = self._read_holder()
-        gone = holder.get("host") == socket.gethostname() and not process_is_alive(int(holder.get("pid", -1)))
+        age = self._heartbeat_age()
+        here = holder.get("host") == socket.gethostname()
+        gone = not process_is_alive(int(holder.get("pid", -1))) if here else (age or 0.0) > RUN_LOCK_STALE_SECONDS
         if not holder or gone:
             self.path.unlink(missing_ok=True)  # stale: nobody holds it any more
             return
+        beat = "" if here or age is None else (f"; its last heartbeat was {age:.0f}s ago, and it is taken over "
+                                               f"once that is over {RUN_LOCK_STALE_SECONDS:.0f}s")
         raise PgolfError(
             f"run directory {self.path.parent} is in use by process {holder.get('pid', '?')} on host "
-            f"{holder.get('host', '?')} (since {holder.get('started', '?')}; lock file {self.path}). Two runs "
-            "must not write one directory: wait for it to finish, pick another RUN_ID, or, if that process is "
-            f"gone (a machine that no longer exists), delete {self.path} and resume.")
+            f"{holder.get('host', '?')} (since {holder.get('started', '?')}; lock file {self.path}{beat}). Two "
+            "runs must not write one directory: wait for it to finish, pick another RUN_ID, or, if that process "
+            f"is gone (a machine that no longer exists), delete {self.path} and resume.")
 
     def _read_holder(self) -> dict:
         try:
@@ -131,6 +158,7 @@ class RunLock:
         return holder if isinstance(holder, dict) else {}
 
     def release(self) -> None:
+        self._stop_heartbeat.set()
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False

@@ -17,6 +17,7 @@ import torch
 
 from pgolf.cli import main as cli_main
 from pgolf.errors import ConfigError, PgolfError
+from pgolf import run as run_module
 from pgolf import steps as steps_module
 from pgolf.run import main as run_main
 from pgolf.train import loop as loop_module
@@ -149,6 +150,44 @@ def test_ctrl_c_writes_a_checkpoint_exits_130_and_resumes(default_data, tmp_path
     assert_same_as_reference(run_dir, 3, reference)
     assert cli_main(["train", "--resume", str(run_dir)]) == 2  # finished runs are never resumed
     assert "finished run" in capsys.readouterr().err
+
+
+def test_ctrl_c_after_training_says_how_to_finish_and_resume_does(default_data, tmp_path, reference, monkeypatch,
+                                                                   capsys):
+    """Ctrl-C in quantization or evaluation printed only "pgolf train: interrupted": now the message (and
+    train.log) says the weights are kept and `--resume` evaluates them, which then gives the same score."""
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    real_quantize = run_module.quantize_and_score
+    monkeypatch.setattr(run_module, "quantize_and_score", ctrl_c)
+    assert cli_main(["train", *items(default_data, tmp_path, RUN_ID="late")]) == 130
+    run_dir = tmp_path / "late"
+    err = capsys.readouterr().err
+    assert "interrupted after training" in err and f"pgolf train --resume {run_dir}" in err
+    assert "interrupted: interrupted after training" in (run_dir / "train.log").read_text()
+    monkeypatch.setattr(run_module, "quantize_and_score", real_quantize)
+    assert cli_main(["train", "--resume", str(run_dir)]) == 0
+    report, ref_report = json.loads((run_dir / "report.json").read_text()), reference[0]
+    assert (report["steps"], report["val_bpb"]) == (ref_report["steps"], ref_report["val_bpb"])
+
+
+def test_damaged_final_weights_point_at_the_newest_checkpoint(default_data, tmp_path, monkeypatch, capsys):
+    """The final weights of a run stopped after training, damaged: the error said the run must be trained
+    again, though its checkpoints let it train on; it now names the newest one and the two moves."""
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "quantize_and_score", ctrl_c)
+    assert cli_main(["train", *items(default_data, tmp_path, RUN_ID="fw", CHECKPOINT_EVERY=3)]) == 130
+    run_dir = tmp_path / "fw"
+    weights = run_dir / "final_weights.pgtc"
+    weights.write_bytes(weights.read_bytes()[:100])
+    capsys.readouterr()
+    assert cli_main(["train", "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"final weights {weights} cannot be read" in err and "newest checkpoint (step_00000003)" in err
+    assert f"move {weights} and {run_dir / 'training_done.json'} aside" in err
 
 
 def test_auto_resume_continues_a_crashed_run_with_the_same_command(default_data, tmp_path, reference, monkeypatch):

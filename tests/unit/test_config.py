@@ -1,5 +1,6 @@
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -161,6 +162,16 @@ def test_a_resumed_run_takes_the_machine_settings_from_this_machine(tmp_path):
     assert resume_config_conflicts(json.loads(config_to_json(saved)), cfg) == []
     assert (resume_mode(False, True), resume_mode(False, False), resume_mode(True, False)) == (
         "auto", "never", "required")
+
+
+def test_resume_dot_from_inside_the_run_names_the_run(tmp_path, monkeypatch):
+    """`cd runs/r1 && pgolf train --resume .` took RUN_ID '' and RUNS_DIR '' ("run directory None")."""
+    run_dir = tmp_path / "r1"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(config_to_json(Config()))
+    monkeypatch.chdir(run_dir)
+    cfg, _ = resume_run_config(Path("."), {})
+    assert (cfg.run.run_id, Path(cfg.run.runs_dir)) == ("r1", tmp_path.resolve())
 
 
 def test_two_lane_mode_without_a_start_layer_is_refused():

@@ -1,9 +1,11 @@
 """One writer per run directory: the lock names a live holder, and a dead holder's lock is taken over."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -11,7 +13,8 @@ import torch
 from pgolf.config import Config, RunConfig
 from pgolf.dist import DistContext
 from pgolf.errors import ConfigError, PgolfError
-from pgolf.train.run_directory import RUN_LOCK_NAME, RunLock, create_run_directory, lock_run_directory
+from pgolf.train.run_directory import (RUN_LOCK_NAME, RUN_LOCK_STALE_SECONDS, RunLock, create_run_directory,
+                                      lock_run_directory)
 
 CPU = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_distributed=False)
 
@@ -50,8 +53,33 @@ def test_a_second_writer_gets_an_error_naming_the_live_holder(tmp_path, live_pro
 
 def test_a_lock_held_on_another_host_is_respected(tmp_path):
     write_lock(tmp_path, 1, host="some-other-machine")
-    with pytest.raises(PgolfError, match="some-other-machine"):
+    with pytest.raises(PgolfError, match=r"some-other-machine.*last heartbeat was \d+s ago"):
         RunLock(tmp_path).acquire()
+
+
+def test_a_lock_of_another_host_without_a_heartbeat_is_taken_over(tmp_path):
+    """A preempted machine's lock on a RUNS_DIR that outlived it (the restarted pod has another host name):
+    once its heartbeat is older than RUN_LOCK_STALE_SECONDS, the same command resumes without help."""
+    write_lock(tmp_path, 1, host="old-spot-machine")
+    old = time.time() - RUN_LOCK_STALE_SECONDS - 5
+    os.utime(tmp_path / RUN_LOCK_NAME, (old, old))
+    lock = lock_run_directory(tmp_path, CPU)
+    assert json.loads((tmp_path / RUN_LOCK_NAME).read_text())["host"] == socket.gethostname()
+    lock.release()
+
+
+def test_the_holder_keeps_its_lock_fresh(tmp_path, monkeypatch):
+    monkeypatch.setattr("pgolf.train.run_directory.RUN_LOCK_HEARTBEAT_SECONDS", 0.05)
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    old = time.time() - 3600
+    os.utime(tmp_path / RUN_LOCK_NAME, (old, old))
+    deadline = time.time() + 5
+    while time.time() - (tmp_path / RUN_LOCK_NAME).stat().st_mtime > 60 and time.time() < deadline:
+        time.sleep(0.05)
+    assert time.time() - (tmp_path / RUN_LOCK_NAME).stat().st_mtime < 60  # touched again by the heartbeat
+    lock.release()
+    assert not (tmp_path / RUN_LOCK_NAME).exists()
 
 
 def test_the_lock_of_a_dead_process_on_this_host_is_taken_over(tmp_path):
