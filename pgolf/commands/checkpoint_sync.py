@@ -9,7 +9,9 @@ The remote copy has the run directory's layout: ``config.json``, ``train.log``, 
 ``checkpoints/step_00001234/`` (its files, ``manifest.json`` uploaded last, so a checkpoint without a
 manifest is incomplete and never resumed from), and at the end ``report.json``, ``artifact/``,
 ``final_weights.pgtc`` and ``training_done.json``. ``pgolf_mirror.json`` marks the folder as a mirror and
-names the run. Only the newest ``CHECKPOINT_KEEP`` complete checkpoints are kept remotely (an older one
+names the run: its directory name and the sha256 of its ``config.json`` (written once when the run starts,
+kept by every resume and fetch, and naming the seed, data and RUN_ID), so a mirror holding another run
+is refused before anything is uploaded (:func:`check_mirror_holds_this_run`). Only the newest ``CHECKPOINT_KEEP`` complete checkpoints are kept remotely (an older one
 loses its manifest first).
 
 :class:`CheckpointMirror` is handed to the training as its ``on_checkpoint_written`` hook: the hook
@@ -19,6 +21,7 @@ backoff, logged, and never stops the run. :func:`fetch_mirrored_run` downloads t
 checkpoint and the run's files into a local run directory that ``pgolf train --resume`` continues.
 """
 
+import hashlib
 import json
 import os
 import queue
@@ -235,7 +238,9 @@ class CheckpointMirror:
     def __call__(self, checkpoint_dir: Path) -> None:
         try:
             checkpoint_dir = Path(checkpoint_dir)
-            self.run_dir = checkpoint_dir.parent.parent
+            if self.run_dir is None:
+                self.run_dir = checkpoint_dir.parent.parent
+                remove_stale_staging(self.run_dir)
             staged = self._stage(checkpoint_dir)
             self._newest_staged = staged.name
             self._queue.put(("checkpoint", staged))
@@ -312,7 +317,7 @@ class CheckpointMirror:
 
     def _marker(self, staging: Path) -> Path:
         marker = staging / MIRROR_MARKER_FILE
-        marker.write_text(json.dumps({"format": 1, "run_id": self.run_dir.name}), encoding="utf-8")
+        marker.write_text(json.dumps(run_identity(self.run_dir)), encoding="utf-8")
         return marker
 
     def _prune(self) -> None:
@@ -361,6 +366,87 @@ class CheckpointMirror:
             shutil.rmtree(run_dir / STAGING_DIR_NAME, ignore_errors=True)
 
 
+def remove_stale_staging(run_dir: Path) -> None:
+    """A ``.sync_staging`` folder left by a killed run (``kill -9``, a reclaimed machine). Safe to remove at
+    the first checkpoint this process writes: only the process holding the run's lock writes checkpoints
+    (and stages them), so whatever is staged there belongs to a process that is gone."""
+    if (Path(run_dir) / STAGING_DIR_NAME).is_dir():
+        shutil.rmtree(Path(run_dir) / STAGING_DIR_NAME, ignore_errors=True)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def run_identity(run_dir: Path) -> dict:
+    """What ``pgolf_mirror.json`` records of the mirrored run. The run id alone may repeat (the same RUN_ID
+    on two machines); its ``config.json`` also holds the seed and data and is never rewritten by a resume."""
+    identity = {"format": 2, "run_id": Path(run_dir).name}
+    if (Path(run_dir) / "config.json").is_file():
+        identity["config_sha256"] = file_sha256(Path(run_dir) / "config.json")
+    return identity
+
+
+def read_mirror_marker(store) -> dict | None:
+    """The mirror's ``pgolf_mirror.json`` (None for an empty folder or repository)."""
+    if not store.exists(MIRROR_MARKER_FILE):
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        store.get_file(MIRROR_MARKER_FILE, Path(scratch) / MIRROR_MARKER_FILE)
+        return json.loads((Path(scratch) / MIRROR_MARKER_FILE).read_text(encoding="utf-8"))
+
+
+def mirrored_config_sha256(store, marker: dict) -> str | None:
+    """The sha256 of the mirrored run's config.json: recorded in the marker, or (a mirror written before
+    format 2) of its mirrored ``config.json``."""
+    if marker.get("config_sha256"):
+        return str(marker["config_sha256"])
+    if not store.exists("config.json"):
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        store.get_file("config.json", Path(scratch) / "config.json")
+        return file_sha256(Path(scratch) / "config.json")
+
+
+def check_mirror_holds_this_run(url: str, run_dir: Path | None, continuing: bool, *, store=None) -> None:
+    """Before anything is uploaded: SyncError unless the mirror at ``url`` is empty or holds this run.
+
+    ``continuing``: ``run_dir`` is an existing run being resumed (locally, or fetched from this mirror);
+    the mirror must hold the run with the same ``config.json``. A new run may only take a mirror that holds
+    nothing resumable of a run with its own RUN_ID (an earlier start killed before its first complete
+    checkpoint upload: the same launch command starting over); ``run_dir`` None is a new run whose RUN_ID
+    is not chosen yet."""
+    store = store if store is not None else open_store(url)
+    finished = False
+    try:
+        marker = read_mirror_marker(store)
+        if marker is None:
+            return
+        held_run = str(marker.get("run_id") or "?")
+        if continuing:
+            held_config = mirrored_config_sha256(store, marker)
+            mine = file_sha256(Path(run_dir) / "config.json")
+            if held_config in (None, mine):
+                return
+            why = f"its {MIRROR_MARKER_FILE} names run {held_run!r} with another config.json than {run_dir}'s"
+        else:
+            resumable = remote_complete_checkpoints(store) or store.exists(TRAINING_DONE_FILE)
+            finished = store.exists("report.json")
+            if run_dir is not None and held_run == Path(run_dir).name and not resumable:
+                return
+            why = (f"its {MIRROR_MARKER_FILE} names run {held_run!r}" + (" (with checkpoints or final weights)"
+                                                                         if resumable else ""))
+    except SyncError:
+        raise
+    except Exception as error:  # any failure of a remote store
+        raise SyncError(f"cannot read the mirror {url}: {type(error).__name__}: {error}") from None
+    continue_hint = ("" if continuing or finished else f" To continue run {held_run!r} instead, resume it: "
+                     f"pgolf train --resume {url} (or PGOLF_AUTO_RESUME=1 with RUN_ID={held_run}).")
+    raise SyncError(f"CHECKPOINT_SYNC={url} holds another run: {why}. Mirroring {run_dir or 'this run'} there would "
+                    "mix the two runs, so nothing was uploaded. Give this run its own CHECKPOINT_SYNC URL (end it with "
+                    "the RUN_ID), or remove that mirror if you no longer need it." + continue_hint)
+
+
 def link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
@@ -403,10 +489,7 @@ def fetch_mirrored_run(url: str, runs_dir: Path, run_id: str | None = None, *, s
 
 def mirror_run_id(store) -> str:
     """The run name a mirror's ``pgolf_mirror.json`` records (the directory name of the mirrored run)."""
-    with tempfile.TemporaryDirectory() as scratch:
-        store.get_file(MIRROR_MARKER_FILE, Path(scratch) / MIRROR_MARKER_FILE)
-        marker = json.loads((Path(scratch) / MIRROR_MARKER_FILE).read_text(encoding="utf-8"))
-    return str(marker.get("run_id") or "resumed")
+    return str((read_mirror_marker(store) or {}).get("run_id") or "resumed")
 
 
 def fetch_checkpoint(store, name: str, local_root: Path) -> Path:

@@ -15,8 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from pgolf.commands.checkpoint_sync import (CheckpointMirror, fetch_mirrored_run, is_mirror_folder, is_remote_url,
-                                            mirror_run_id, open_store, remote_complete_checkpoints)
+from pgolf.commands.checkpoint_sync import (CheckpointMirror, check_mirror_holds_this_run, fetch_mirrored_run,
+                                            is_mirror_folder, is_remote_url, mirror_run_id, open_store,
+                                            remote_complete_checkpoints)
 from pgolf.commands.configuration import (configured_runs_dir, fill_default_data, print_on_main_process,
                                           resolve_config, resolve_resumed_config)
 from pgolf.config import parse_cli_overrides
@@ -77,14 +78,39 @@ def fetch_for_auto_resume(cfg) -> None:
         fetch_mirrored_run(run.checkpoint_sync, Path(run.runs_dir), run.run_id, store=store)
 
 
+def continues_a_run(args: argparse.Namespace, cfg, run_dir: Path | None) -> bool:
+    """True when this command resumes an existing run (``--resume``, or auto-resume of a run directory that
+    is here, fetched or not); False for a new run."""
+    resuming = bool(args.resume) or cfg.run.pgolf_auto_resume
+    return resuming and run_dir is not None and (run_dir / "config.json").is_file()
+
+
+def start_mirror(args: argparse.Namespace, cfg, run_dir: Path | None) -> CheckpointMirror | None:
+    """Rank 0's mirror for CHECKPOINT_SYNC, after checking that the mirror is empty or holds this run.
+    A new run whose directory already exists is left to the run's own refusal (nothing is mirrored)."""
+    if not (cfg.run.checkpoint_sync and is_main_process()):
+        return None
+    continuing = continues_a_run(args, cfg, run_dir)
+    if run_dir is None or continuing or not run_dir.exists():
+        check_mirror_holds_this_run(cfg.run.checkpoint_sync, run_dir, continuing)
+    return CheckpointMirror(cfg.run.checkpoint_sync, cfg.train.checkpoint_keep)
+
+
+def log_size(run_dir: Path | None) -> int:
+    log = run_dir / "train.log" if run_dir is not None else None
+    return log.stat().st_size if log is not None and log.is_file() else 0
+
+
 def run_train_command(args: argparse.Namespace) -> int:
     """Train (or with ``--resume RUN_DIR`` continue) a run. Ctrl-C writes a checkpoint and returns 130."""
     cfg, preset, name = train_config(args)
     code_bytes = exported_code_bytes(cfg, preset_name=name) if is_main_process() else None
-    mirror = None
-    if cfg.run.checkpoint_sync and is_main_process():
-        mirror = CheckpointMirror(cfg.run.checkpoint_sync, cfg.train.checkpoint_keep)
     run_dir = Path(cfg.run.runs_dir) / cfg.run.run_id if cfg.run.run_id else None
+    mirror = start_mirror(args, cfg, run_dir)
+    # Only a run this command started or resumed is mirrored at the end: one whose train.log it wrote to
+    # (the log is opened after the run directory is created or resumed and locked). A refused command
+    # (the directory is another run's, or its lock is held) must not upload that run's files.
+    log_size_before = log_size(run_dir)
     try:
         report = run_main(cfg, preset_name=name, preset_cfg=preset, code_bytes=code_bytes, resume=bool(args.resume),
                           on_checkpoint_written=mirror)
@@ -95,7 +121,7 @@ def run_train_command(args: argparse.Namespace) -> int:
         return 130
     finally:
         if mirror is not None:  # the final files and logs too, and every upload waited for
-            mirror.finish(run_dir)
+            mirror.finish(run_dir if log_size(run_dir) > log_size_before else None)
     print_on_main_process(f"val_bpb:{report['val_bpb']:.4f} (round trip) total_bytes:{report.get('total_bytes')} "
                           f"run:{report['run_dir']}")
     return 0

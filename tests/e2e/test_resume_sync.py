@@ -128,3 +128,30 @@ def test_a_run_mirrored_to_the_hub_resumes_from_the_hub(default_data, tmp_path, 
     report = json.loads((tmp_path / "colab2" / "golf" / "report.json").read_text())
     assert (report["val_loss"], report["val_bpb"]) == (reference["val_loss"], reference["val_bpb"])
     assert json.loads(hub.files["golf/report.json"])["val_loss"] == reference["val_loss"]
+
+
+def mirror_files(mirror: Path) -> dict:
+    return {p.relative_to(mirror): p.read_bytes() for p in mirror.rglob("*") if p.is_file()}
+
+
+def test_a_refused_run_uploads_nothing_over_a_mirror(default_data, tmp_path, capsys):
+    """A new run whose directory already exists is refused, and the existing run is not mirrored."""
+    runs, mirror = tmp_path / "runs", tmp_path / "mirror_copy"
+    assert cli_main(["train", *items(default_data, runs, RUN_ID="base")]) == 0  # an unrelated run
+    capsys.readouterr()
+    assert cli_main(["train", *items(default_data, runs, RUN_ID="base", CHECKPOINT_SYNC=str(mirror))]) != 0
+    err = capsys.readouterr().err
+    assert "already exists; pgolf never overwrites a run" in err and "checkpoint_sync:mirrored" not in err
+    assert not mirror.exists() or mirror_files(mirror) == {}
+
+
+def test_a_new_run_is_refused_the_mirror_of_a_finished_run(default_data, tmp_path, capsys):
+    runs, mirror = tmp_path / "runs", tmp_path / "mirror_a"
+    assert cli_main(["train", *items(default_data, runs, RUN_ID="a", CHECKPOINT_EVERY="2",
+                                     CHECKPOINT_SYNC=str(mirror))]) == 0
+    before = mirror_files(mirror)
+    capsys.readouterr()
+    assert cli_main(["train", *items(default_data, runs, RUN_ID="b", CHECKPOINT_EVERY="5",
+                                     CHECKPOINT_SYNC=str(mirror))]) != 0
+    assert "holds another run: its pgolf_mirror.json names run 'a'" in capsys.readouterr().err
+    assert mirror_files(mirror) == before and not (runs / "b").exists()  # refused before training started
