@@ -15,7 +15,8 @@ Each check runs the run's own code path on its own artifact and validation data:
    byte sidecars, CaseOps: the sidecar's bytes == the decoded and inverse-transformed text's; sidecars
    of the ``original`` convention count raw documents, which a run does not have: documents whose
    count differs from the decoded text are skipped and counted in the receipt);
-8. budgets: training (with GPTQ calibration) and evaluation time against their caps.
+8. budgets: training (with GPTQ calibration) and evaluation time against their caps; over a cap on a
+   machine other than the challenge's 8xH100 is ``unverified`` rather than PASS or FAIL.
 
 The receipt goes to ``RUN_DIR/check.json`` (``check_2.json``, ... if one exists: never overwritten).
 """
@@ -53,6 +54,11 @@ CHECK_BYTE_AUDIT_TOKENS = 1 << 20
 CHECK_NORMALIZATION_TOKENS = 16
 CHECK_TTT_CHUNKS = 4
 CHECK_LORA_TOKENS = 4096  # validation prefix of the LoRA check (at least two windows): a few documents
+# The machine the challenge times training and evaluation on (report.json's env says where a run ran).
+CHALLENGE_GPU, CHALLENGE_GPU_COUNT = "H100", 8
+# The challenge's training cap, for a run that had none (MAX_WALLCLOCK_SECONDS=0).
+CHALLENGE_TRAIN_SECONDS = 600.0
+STOP_TOLERANCE_SECONDS = 1.0  # the rank-agreed stop lands within one step of the cap
 CROSSING_ATTENTION = "not applicable: attention crosses documents by design (DOC_ISOLATED_ATTENTION=0)"
 
 
@@ -165,20 +171,83 @@ def audit_byte_accounting(sp, data, bos: int) -> ComplianceResult:
     return result
 
 
-def check_budgets(cfg: Config, report: dict) -> ComplianceResult:
-    """Training (with calibration) and evaluation time against their caps, as measured on this machine."""
-    details, passed = [], True
-    train = report.get("train_seconds", 0.0) + report.get("gptq_calibration_seconds", 0.0)
-    cap = cfg.train.max_wallclock_seconds
-    if cap > 0:
-        passed &= train <= cap + 1.0  # the rank-agreed stop lands within one step of the cap
-        details.append(f"training + calibration {train:.1f}s of {cap:.0f}s")
+@dataclasses.dataclass
+class BudgetResult(ComplianceResult):
+    """The budgets check, with a third verdict besides PASS and FAIL: ``unverified`` when nothing is over
+    a cap that binds here but the rule could not be shown to hold (no cap; over on another machine)."""
+    unverified: bool = False
+
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), "unverified": self.unverified}
+
+
+def ran_on_challenge_machine(report: dict) -> bool:
+    """Whether report.json's env says 8 (or more) H100s; an older report without env counts as another machine."""
+    env = report.get("env") or {}
+    return CHALLENGE_GPU in str(env.get("gpu", "")) and int(env.get("gpu_count") or 0) >= CHALLENGE_GPU_COUNT
+
+
+def machine_description(report: dict) -> str:
+    env = report.get("env") or {}
+    if not env:
+        return "an unrecorded machine (report.json has no env)"
+    return f"{env.get('gpu_count', 1)}x {env['gpu']}" if env.get("gpu") else str(env.get("device", "cpu"))
+
+
+def training_plus_calibration_seconds(report: dict) -> float:
+    """The run's own total (``train_plus_calibration_seconds``), else training + ``calibration_seconds``.
+    Every report since GPTQ calibration was timed writes both; a report with neither had no calibration."""
+    if report.get("train_plus_calibration_seconds") is not None:
+        return float(report["train_plus_calibration_seconds"])
+    return float(report.get("train_seconds") or 0.0) + float(report.get("calibration_seconds") or 0.0)
+
+
+def training_verdict(cfg: Config, report: dict, on_challenge_machine: bool) -> tuple[str, str]:
+    """(``pass``/``fail``/``unverified``, detail) for training + calibration time."""
+    total, cap = training_plus_calibration_seconds(report), cfg.train.max_wallclock_seconds
+    if 0 < cap <= CHALLENGE_TRAIN_SECONDS:
+        fits = total <= cap + STOP_TOLERANCE_SECONDS
+        return ("pass" if fits else "fail"), f"training + calibration {total:.1f}s of {cap:g}s" + (
+            "" if fits else f" (over by {total - cap:.1f}s: raise GPTQ_RESERVE_SECONDS or lower the cap)")
+    # No cap, or one above the challenge's: nothing stopped the run at 600 s, so its measured time is all
+    # there is to judge.
+    why = "the run had no cap (MAX_WALLCLOCK_SECONDS=0)" if cap <= 0 else f"the run's cap {cap:g}s is above the challenge's"
+    detail = f"training budget not enforced: {why}; training + calibration took {total:.1f}s"
+    if total <= CHALLENGE_TRAIN_SECONDS:
+        return "pass", detail + f", within the challenge's {CHALLENGE_TRAIN_SECONDS:g}s"
+    if on_challenge_machine:
+        return "fail", detail + f", over the challenge's {CHALLENGE_TRAIN_SECONDS:g}s"
+    return "unverified", detail + (f", over the challenge's {CHALLENGE_TRAIN_SECONDS:g}s on {machine_description(report)}, "
+                                   "not the challenge's 8xH100: rerun there with MAX_WALLCLOCK_SECONDS=600")
+
+
+def evaluation_verdict(cfg: Config, report: dict, on_challenge_machine: bool) -> tuple[str, str]:
+    """(``pass``/``fail``/``unverified``, detail) for the evaluation time the run measured."""
     evaluation = (report.get("eval_budget") or {}).get("total_seconds")
-    if evaluation is not None:
-        fits = evaluation <= cfg.eval.eval_budget_seconds
-        details.append(f"evaluation {evaluation:.1f}s of {cfg.eval.eval_budget_seconds:.0f}s on this machine"
-                       + ("" if fits else " (over: needs a faster machine; see eval_budget.speedup_needed_to_fit)"))
-    return ComplianceResult("budgets", passed, details)
+    budget = cfg.eval.eval_budget_seconds
+    if evaluation is None:
+        return "unverified", "evaluation time not recorded (report.json has no eval_budget.total_seconds)"
+    detail = f"evaluation {evaluation:.1f}s of {budget:g}s on {machine_description(report)}"
+    if evaluation <= budget:
+        return "pass", detail
+    speedup = f"needs {evaluation / budget:.3g}x faster" if budget > 0 else "no time allowed"
+    if on_challenge_machine:
+        return "fail", detail + f" (over: {speedup})"
+    return "unverified", detail + (f" (over here, {speedup}; this is not the challenge's 8xH100, so whether it "
+                                   "fits there is unknown: run `pgolf eval` there)")
+
+
+def check_budgets(cfg: Config, report: dict) -> BudgetResult:
+    """Training (with calibration) and evaluation time against their caps, as measured on the run's machine:
+    over on the challenge's machine (or over the run's own training cap) fails; over elsewhere, or no cap and
+    over the challenge's 600 s elsewhere, is ``unverified`` (not a pass: the receipt's ``passed`` is false)."""
+    on_challenge_machine = ran_on_challenge_machine(report)
+    verdicts = [training_verdict(cfg, report, on_challenge_machine),
+                evaluation_verdict(cfg, report, on_challenge_machine)]
+    kinds = {kind for kind, _ in verdicts}
+    details = [detail for _, detail in verdicts]
+    return BudgetResult("budgets", "fail" not in kinds and "unverified" not in kinds, details,
+                        unverified="unverified" in kinds and "fail" not in kinds)
 
 
 def run_checks(run_dir: Path, overrides: list[str]) -> dict:
@@ -206,8 +275,27 @@ def run_checks(run_dir: Path, overrides: list[str]) -> dict:
         audit_byte_accounting(sp, data, bos),
         check_budgets(cfg, report),
     ]
+    checks = [r.as_dict() for r in results]
     return {"run_dir": str(run_dir), "artifact": str(artifact), "checked_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "passed": all(r.passed for r in results), "checks": [r.as_dict() for r in results]}
+            "passed": all(r.passed for r in results), "verdict": receipt_verdict(checks), "checks": checks}
+
+
+def receipt_verdict(checks: list[dict]) -> str:
+    """``passed``; ``failed`` if any check failed; else ``unverified`` if one could not be shown to hold here."""
+    if all(check["passed"] for check in checks):
+        return "passed"
+    return "unverified" if all(check["passed"] or check.get("unverified") for check in checks) else "failed"
+
+
+def check_status(check: dict) -> str:
+    if not check["applicable"]:
+        return "N/A "
+    return "PASS" if check["passed"] else "UNVERIFIED" if check.get("unverified") else "FAIL"
+
+
+VERDICT_LINES = {"passed": "all checks passed",
+                 "failed": "FAILED",
+                 "unverified": "NOT VERIFIED: no check failed, but one could not be shown to hold on this run"}
 
 
 def write_receipt(run_dir: Path, receipt: dict) -> Path:
@@ -220,7 +308,8 @@ def write_receipt(run_dir: Path, receipt: dict) -> Path:
 
 
 def run_check_command(args: argparse.Namespace) -> int:
-    """``pgolf check RUN_DIR``: print each check, write the receipt, exit 1 on any failure."""
+    """``pgolf check RUN_DIR``: print each check, write the receipt; exit 1 unless every check passed (a failed
+    or an unverified one: the receipt's ``verdict`` says which)."""
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise PgolfError(f"the run directory {run_dir} does not exist (or is not a directory); give a finished run's "
@@ -232,7 +321,6 @@ def run_check_command(args: argparse.Namespace) -> int:
         print(json.dumps(receipt, indent=2))
     else:
         for check in receipt["checks"]:
-            status = "N/A " if not check["applicable"] else "PASS" if check["passed"] else "FAIL"
-            print(f"{status}  {check['check']}: {'; '.join(check['details'])}")
-        print(f"{'all checks passed' if receipt['passed'] else 'FAILED'}; receipt: {receipt_path}")
+            print(f"{check_status(check)}  {check['check']}: {'; '.join(check['details'])}")
+        print(f"{VERDICT_LINES[receipt['verdict']]}; receipt: {receipt_path}")
     return 0 if receipt["passed"] else 1

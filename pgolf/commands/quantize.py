@@ -12,9 +12,11 @@ scheme, one colour per compressor) when matplotlib is importable.
 """
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -168,13 +170,39 @@ def open_session(run_dir: Path, overrides: dict[str, str], log: ToolLog) -> Quan
     return QuantizeSession(run_dir, cfg, ctx, data, evaluate, state, looping, prequant)
 
 
-def new_output_dir(run_dir: Path, name: str | None, prefix: str = "") -> Path:
-    """``RUN_DIR/quantize/<name>``, which must not exist yet (nothing is ever overwritten)."""
+def require_plain_folder_name(name: str) -> None:
+    """``--name`` is one folder inside ``RUN_DIR/quantize/``: no path separator, ``..`` or absolute path,
+    which would put an artifact (and a report.json that looks like a run) anywhere."""
+    separators = "/\\"
+    if not name.strip() or name in (".", "..") or any(sep in name for sep in separators) or "\0" in name:
+        raise ConfigError(f"--name {name!r} is not a plain folder name; the output goes to RUN_DIR/quantize/<name>/, "
+                          "so give a name without '/', '\\' or '..' (e.g. --name int5_brotli).")
+
+
+def planned_output_dir(run_dir: Path, name: str | None, prefix: str = "") -> Path:
+    """``RUN_DIR/quantize/<name>``, checked before any work (the pre-quantization evaluation takes minutes
+    on a real model): a plain folder name that does not exist yet (nothing is ever overwritten)."""
+    if name is not None:
+        require_plain_folder_name(name)
     out_dir = run_dir / "quantize" / (name or prefix + new_run_id())
     if out_dir.exists():
         raise ConfigError(f"{out_dir} already exists; pgolf never overwrites. Choose another --name.")
-    out_dir.mkdir(parents=True)
     return out_dir
+
+
+@contextlib.contextmanager
+def created_output_dir(out_dir: Path):
+    """Create ``out_dir`` (as late as possible) and remove it again if the command fails inside, so that the
+    same --name can be retried: a folder this command created holds only its own partial output."""
+    try:
+        out_dir.mkdir(parents=True)
+    except FileExistsError:  # appeared since planned_output_dir: someone else's, left alone
+        raise ConfigError(f"{out_dir} already exists; pgolf never overwrites. Choose another --name.") from None
+    try:
+        yield out_dir
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
 
 
 def gptq_hessians_for(session: QuantizeSession, cfg: Config, log: ToolLog):
@@ -214,11 +242,18 @@ def quantize_run(run_dir: Path, overrides: dict[str, str], *, name: str | None =
     """Re-quantize a run into ``RUN_DIR/quantize/<name>/``, round-trip it and report; returns the report."""
     log = ToolLog(echo)
     require_writable_directory(run_dir / "quantize", "the new artifact")  # before any work
+    out_dir = planned_output_dir(run_dir, name)
     session = open_session(run_dir, overrides, log)
-    cfg = session.cfg
-    out_dir = new_output_dir(run_dir, name)
+    hessians, calibration_seconds = gptq_hessians_for(session, session.cfg, log)
+    with created_output_dir(out_dir):
+        return write_requantized(session, out_dir, overrides, hessians, calibration_seconds, log)
+
+
+def write_requantized(session: QuantizeSession, out_dir: Path, overrides: dict[str, str], hessians,
+                      calibration_seconds: float, log: ToolLog) -> dict:
+    """Write the new artifact, its config and report into ``out_dir`` and score its round trip."""
+    run_dir, cfg = session.run_dir, session.cfg
     write_text_atomic(out_dir / "config.json", config_to_json(cfg))
-    hessians, calibration_seconds = gptq_hessians_for(session, cfg, log)
     path, size, fields = write_quantized_artifact(session.state, cfg, out_dir, log, hessians=hessians,
                                                   looping=session.looping, code_bytes=code_bytes_of(run_dir, cfg))
     roundtrip = session.evaluate(load_artifact_into_fresh_model(path, cfg.model, session.ctx.runtime))
@@ -340,8 +375,8 @@ def sweep_run(run_dir: Path, overrides: dict[str, str], *, name: str | None = No
     """The rate-distortion table of a run; saved under ``RUN_DIR/quantize/<name>/``; returns the summary."""
     log = ToolLog(echo)
     require_writable_directory(run_dir / "quantize", "the sweep's table")  # before any work
+    out_dir = planned_output_dir(run_dir, name, prefix="sweep_")
     session = open_session(run_dir, overrides, log)
-    out_dir = new_output_dir(run_dir, name, prefix="sweep_")
     compressors = available_model_compressor_names()
     configs = {label: validate_config(apply_config_overrides(session.cfg, settings, source=f"sweep scheme {label!r}"))
                for label, settings in SWEEP_SCHEMES.items()}
@@ -354,9 +389,10 @@ def sweep_run(run_dir: Path, overrides: dict[str, str], *, name: str | None = No
     summary = {"run_dir": str(run_dir), "output_dir": str(out_dir), "val_bpb_prequant": session.prequant.val_bpb,
                "code_bytes": code_bytes_of(run_dir, session.cfg), "cap_bytes": ARTIFACT_CAP_BYTES,
                "compressors": compressors, "overrides": {key.upper(): value for key, value in overrides.items()}}
-    for line in format_sweep_table(rows, session.prequant.val_bpb) + write_sweep_files(out_dir, rows, summary):
-        log.line(line)
-    write_text_atomic(out_dir / "quantize.log", "\n".join(log.lines) + "\n")
+    with created_output_dir(out_dir):  # only now: the sweep itself writes nothing
+        for line in format_sweep_table(rows, session.prequant.val_bpb) + write_sweep_files(out_dir, rows, summary):
+            log.line(line)
+        write_text_atomic(out_dir / "quantize.log", "\n".join(log.lines) + "\n")
     return {**summary, "rows": rows}
 
 

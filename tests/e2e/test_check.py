@@ -37,6 +37,9 @@ def test_check_passes_on_a_normal_run_and_writes_a_receipt(finished_run, capsys)
                      "model_document_isolation", "validation_isolation", "byte_accounting", "budgets"]
     assert receipt["passed"] and all(c["passed"] for c in receipt["checks"])
     assert [c["check"] for c in receipt["checks"] if not c["applicable"]] == ["model_document_isolation"]
+    assert receipt["verdict"] == "passed"
+    # MAX_WALLCLOCK_SECONDS=0: said, and passed only because the time taken is within the challenge's 600 s
+    assert receipt["checks"][-1]["details"][0].startswith("training budget not enforced: the run had no cap")
     assert cli_main(["check", str(finished_run), "--json"]) == 0
     assert (finished_run / "check_2.json").is_file()  # the first receipt is kept
     assert json.loads((finished_run / "check.json").read_text()) == receipt
@@ -54,3 +57,17 @@ def test_score_before_update_covers_batched_lora_ttt_and_its_phases(finished_run
     assert check["check"] == "score_before_update" and check["passed"]
     steps = int(check["details"][-1].split("(")[1].split()[0])
     assert "LoRA TTT" in check["details"][-1] and "2 phases" in check["details"][-1] and steps > 0
+
+
+def test_evaluation_over_its_budget_here_is_unverified_not_passed(finished_run, capsys):
+    """The run's evaluation is over EVAL_BUDGET_SECONDS on a CPU, not the challenge's 8xH100: neither PASS
+    (it is over) nor FAIL (it may fit there); the exit status and the receipt agree."""
+    assert cli_main(["check", str(finished_run), "EVAL_BUDGET_SECONDS=0.01"]) == 1
+    out = capsys.readouterr().out
+    assert "UNVERIFIED  budgets: " in out and "not the challenge's 8xH100" in out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("NOT VERIFIED: no check failed")
+    receipt = json.loads(open(last.split("receipt: ")[1]).read())
+    assert not receipt["passed"] and receipt["verdict"] == "unverified"
+    budgets = receipt["checks"][-1]
+    assert budgets["check"] == "budgets" and not budgets["passed"] and budgets["unverified"]

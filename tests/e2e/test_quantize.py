@@ -27,6 +27,7 @@ from pgolf.errors import ArtifactError, ConfigError, DataError
 from pgolf.log import RunLogger
 from pgolf.model.gpt import build_model
 from pgolf.presets import tiny_cpu
+from pgolf.commands.check import check_budgets, load_run as check_load_run
 from pgolf.commands.quantize import quantize_run
 from pgolf.quant.calibration import collect_gptq_hessians
 from pgolf.run import main as run_main
@@ -178,6 +179,63 @@ def test_quantize_writes_a_new_folder_and_never_overwrites(gptq_run, capsys):
     with pytest.raises(ConfigError, match="already exists"):
         quantize_run(run_dir, {"MATRIX_BITS": "4"}, name="int5", echo=False)
     assert (out_dir / "report.json").read_bytes() == written
+
+
+def test_gptq_calibration_counts_in_pgolf_checks_training_budget(gptq_run):
+    run_dir, report, _ = gptq_run
+    cfg, loaded = check_load_run(run_dir, ["MAX_WALLCLOCK_SECONDS=600"])
+    assert report["calibration_seconds"] > 0
+    assert report["train_plus_calibration_seconds"] == pytest.approx(report["train_seconds"] + report["calibration_seconds"])
+    details = check_budgets(cfg, loaded).details
+    assert details[0] == f"training + calibration {report['train_plus_calibration_seconds']:.1f}s of 600s"
+
+
+def fail_if_evaluated(*_args, **_kwargs):
+    raise AssertionError("the pre-quantization evaluation ran before --name was checked")
+
+
+@pytest.mark.parametrize("bad_name", ["../../escape", "/abs", "a/b", "..", ".", ""])
+@pytest.mark.parametrize("sweep", [False, True])
+def test_quantize_refuses_a_name_that_is_not_a_plain_folder_before_any_work(gptq_run, monkeypatch, bad_name, sweep):
+    run_dir, _, _ = gptq_run
+    monkeypatch.setattr(quant_tools, "open_session", fail_if_evaluated)
+    action = quant_tools.sweep_run if sweep else quantize_run
+    with pytest.raises(ConfigError, match="is not a plain folder name"):
+        action(run_dir, {}, name=bad_name, echo=False)
+    assert not (run_dir.parent / "escape").exists() and not Path("/abs").exists()
+    assert not (run_dir / "quantize" / "a").exists()
+
+
+@pytest.mark.parametrize("sweep", [False, True])
+def test_quantize_refuses_an_existing_name_before_any_work(gptq_run, monkeypatch, capsys, sweep):
+    run_dir, _, _ = gptq_run
+    taken = run_dir / "quantize" / "taken_by_the_user"
+    taken.mkdir(parents=True)
+    (taken / "notes.txt").write_text("mine")
+    monkeypatch.setattr(quant_tools, "open_session", fail_if_evaluated)
+    try:
+        assert cli_main(["quantize", str(run_dir), *(["--sweep"] if sweep else []), "--name", taken.name]) == 2
+        assert "already exists" in capsys.readouterr().err
+        assert (taken / "notes.txt").read_text() == "mine"
+    finally:
+        shutil.rmtree(taken)
+
+
+def test_a_failed_quantize_leaves_no_folder_and_the_same_name_can_be_retried(gptq_run, monkeypatch):
+    run_dir, _, _ = gptq_run
+    out_dir = run_dir / "quantize" / "retried"
+
+    def round_trip_fails(*_args, **_kwargs):
+        assert (out_dir / "config.json").is_file()  # the folder existed and held the partial output
+        raise RuntimeError("the round trip failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(quant_tools, "load_artifact_into_fresh_model", round_trip_fails)
+        with pytest.raises(RuntimeError, match="the round trip failed"):
+            quantize_run(run_dir, {}, name="retried", echo=False)
+    assert not out_dir.exists()
+    result = quantize_run(run_dir, {}, name="retried", echo=False)
+    assert result["output_dir"] == str(out_dir) and (out_dir / "report.json").is_file()
 
 
 @pytest.mark.parametrize("item,fragment", [
