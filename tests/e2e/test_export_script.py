@@ -17,6 +17,7 @@ as tests/dist requires), and a feature switched on in tiny_cpu must bring its co
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from pgolf.artifact.compress import LRZIP_PROGRAM, PERGROUP_COMPRESSOR, PERGROUP_LRZIP_COMPRESSOR
 from pgolf.config import apply_config_overrides, validate_config
 from pgolf.data.corpus import (DEFAULT_CORPUS_NUM_VAL_DOCS, DEFAULT_CORPUS_VOCAB_SIZE, default_corpus_documents,
                                ensure_default_dataset)
@@ -59,8 +61,14 @@ def shrink(name: str, data) -> "Config":  # noqa: F821
                               ttt_lora_rank=4)
     quant = dataclasses.replace(cfg.quant, gptq_calibration_batches=2)
     paths = dataclasses.replace(cfg.data, data_path=str(data.data_path), tokenizer_path=str(data.tokenizer_path))
+    artifact = cfg.artifact
+    if artifact.compressor == PERGROUP_LRZIP_COMPRESSOR and shutil.which(LRZIP_PROGRAM) is None:
+        # Without the external lrzip program (a system package), the same layout with pgolf's own
+        # compressors: the script still carries every other feature of the preset. lrzip itself is
+        # tested in tests/unit/test_pergroup.py where it is installed.
+        artifact = dataclasses.replace(artifact, compressor=PERGROUP_COMPRESSOR)
     return validate_config(dataclasses.replace(cfg, model=model, train=train, eval=evaluation, ttt=ttt, quant=quant,
-                                               data=paths))
+                                               data=paths, artifact=artifact))
 
 
 @pytest.fixture(scope="module")
