@@ -36,6 +36,7 @@ from pathlib import Path
 import fsspec
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
+from pgolf.data.tokenizer_match import file_sha256
 from pgolf.errors import PgolfError
 from pgolf.log import ProgressBar
 from pgolf.train.checkpoint import (CHECKPOINT_MANIFEST_FILE, CHECKPOINTS_DIR_NAME, PARTIAL_CHECKPOINT_SUFFIX,
@@ -374,8 +375,12 @@ def remove_stale_staging(run_dir: Path) -> None:
         shutil.rmtree(Path(run_dir) / STAGING_DIR_NAME, ignore_errors=True)
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def remote_bytes(store, rel: str) -> bytes:
+    """The content of one (small) remote file, fetched through a scratch folder."""
+    with tempfile.TemporaryDirectory() as scratch:
+        local = Path(scratch) / Path(rel).name
+        store.get_file(rel, local)
+        return local.read_bytes()
 
 
 def run_identity(run_dir: Path) -> dict:
@@ -391,9 +396,7 @@ def read_mirror_marker(store) -> dict | None:
     """The mirror's ``pgolf_mirror.json`` (None for an empty folder or repository)."""
     if not store.exists(MIRROR_MARKER_FILE):
         return None
-    with tempfile.TemporaryDirectory() as scratch:
-        store.get_file(MIRROR_MARKER_FILE, Path(scratch) / MIRROR_MARKER_FILE)
-        return json.loads((Path(scratch) / MIRROR_MARKER_FILE).read_text(encoding="utf-8"))
+    return json.loads(remote_bytes(store, MIRROR_MARKER_FILE).decode("utf-8"))
 
 
 def mirrored_config_sha256(store, marker: dict) -> str | None:
@@ -403,9 +406,7 @@ def mirrored_config_sha256(store, marker: dict) -> str | None:
         return str(marker["config_sha256"])
     if not store.exists("config.json"):
         return None
-    with tempfile.TemporaryDirectory() as scratch:
-        store.get_file("config.json", Path(scratch) / "config.json")
-        return file_sha256(Path(scratch) / "config.json")
+    return hashlib.sha256(remote_bytes(store, "config.json")).hexdigest()
 
 
 def check_mirror_holds_this_run(url: str, run_dir: Path | None, continuing: bool, *, store=None) -> None:

@@ -534,13 +534,13 @@ def verify_dataset(data_dir: str | os.PathLike, tokenizer_path: str | os.PathLik
     val_digests: dict[bytes, Path] = {}
     # --docs without byte sidecars: the raw documents are compared with the tokens as they stream by (with
     # sidecars, _check_byte_sidecars compares them, together with the sidecars' counts).
-    raw = (_RawDocumentMatch(iter(iter_jsonl_documents(docs_path)), sp)
+    raw = (_RawDocumentMatch(iter(iter_jsonl_documents(docs_path)), sp.encode)
            if docs_path is not None and sp is not None and not list_byte_sidecars(data_dir) else None)
 
     def on_val_document(path: Path, document: np.ndarray) -> None:
         val_digests.setdefault(_document_digest(document), path)
         if raw is not None:
-            raw.compare(document)
+            raw.take(document)
 
     _scan_split(data_dir, "val", vocab_size, bos_id, check, chunk_tokens, on_val_document)
     leaks: list[tuple[Path, int, Path]] = []
@@ -564,44 +564,47 @@ def verify_dataset(data_dir: str | os.PathLike, tokenizer_path: str | os.PathLik
 
 @dataclass
 class _RawDocumentMatch:
-    """``--docs`` on a dataset without byte sidecars: the validation documents, in order, must be the first
-    raw documents, each ``[BOS] + encode(text)`` (how pgolf data build and the challenge export them)."""
+    """``--docs``: the validation documents, in order, must be the first raw documents, each
+    ``[BOS] + encode(text)`` (how pgolf data build and the challenge export them; ``encode`` applies the
+    CaseOps transform first for CaseOps data; None: no tokenizer, nothing to compare)."""
 
     documents: Iterator[str]
-    sp: object
+    encode: Callable[[str], list[int]] | None
     compared: int = 0
     exhausted: bool = False
     foreign: list[int] = field(default_factory=list)
 
-    def compare(self, tokens: np.ndarray) -> None:
+    def take(self, tokens: np.ndarray) -> str | None:
+        """The next raw document when it is the one ``tokens`` came from; None when the file has no more
+        documents or this one encodes to other tokens (both recorded)."""
         text = None if self.exhausted else next(self.documents, None)
         if text is None:
             self.exhausted = True
-            return
-        if self.sp.encode(text) != tokens[1:].tolist():
-            self.foreign.append(self.compared)
-        self.compared += 1
+            return None
+        index, self.compared = self.compared, self.compared + 1
+        if self.encode is not None and self.encode(text) != tokens[1:].tolist():
+            self.foreign.append(index)
+            return None
+        return text
+
+    def problems(self, docs_path: Path, documents: int, check: DatasetCheck) -> bool:
+        """Whether the raw documents of ``docs_path`` are not the ``documents`` validation documents
+        (recorded in ``check``): too few of them, or some that encode to other tokens."""
+        if self.exhausted:
+            check.problems.append(f"{docs_path} holds {self.compared} documents but the validation split has "
+                                  f"{documents}; give the file the dataset was built from.")
+        if self.foreign:
+            check.problems.append(f"{len(self.foreign)} of {self.compared} documents of {docs_path} are not the "
+                                  f"validation documents of this dataset (document {self.foreign[0]} encodes to other "
+                                  "tokens); give the file the dataset was built from.")
+        return bool(self.foreign)
 
 
 def _report_raw_match(docs_path: Path, match: _RawDocumentMatch, val_documents: int, check: DatasetCheck) -> None:
-    if _raw_document_problems(docs_path, match.compared, val_documents, match.exhausted, match.foreign, check):
+    if match.problems(docs_path, val_documents, check):
         return
     check.notes.append(f"each of the {match.compared:,} validation documents is its raw document of {docs_path}, "
                        "encoded (no byte sidecars: the tokenizer's byte tables count its bytes).")
-
-
-def _raw_document_problems(docs_path: Path, compared: int, documents: int, exhausted: bool, foreign: list[int],
-                           check: DatasetCheck) -> bool:
-    """Whether the raw documents of ``docs_path`` are not the validation documents (recorded in ``check``):
-    too few of them, or some that encode to other tokens."""
-    if exhausted:
-        check.problems.append(f"{docs_path} holds {compared} documents but the validation split has "
-                              f"{documents}; give the file the dataset was built from.")
-    if foreign:
-        check.problems.append(f"{len(foreign)} of {compared} documents of {docs_path} are not the validation "
-                              f"documents of this dataset (document {foreign[0]} encodes to other tokens); give the "
-                              "file the dataset was built from.")
-    return bool(foreign)
 
 
 def _leak_report(leaks: list[tuple[Path, int, Path]]) -> str:
@@ -699,21 +702,14 @@ class _SidecarTally:
     documents: int = 0
     total: int = 0
     decoded_mismatches: list[str] = field(default_factory=list)
-    raw_compared: int = 0
-    raw_exhausted: bool = False
     raw_mismatches: list[str] = field(default_factory=list)
-    foreign: list[int] = field(default_factory=list)
 
 
-def _tally_raw_document(index: int, raw: str, ids: np.ndarray, count: int, decoded: str | None, sp, convention: str,
+def _tally_raw_document(index: int, raw: str, ids: np.ndarray, count: int, decoded: str | None, convention: str,
                         tally: _SidecarTally, check: DatasetCheck) -> None:
-    """Compare one validation document with its raw text from ``--docs``: it must be the document the
-    tokens came from; under ``original`` its bytes are the sidecar's sum; and how it differs from the
-    decoded text is recorded (information)."""
-    tally.raw_compared += 1
-    if sp is not None and sp.encode(encode_caseops(raw)) != ids[1:].tolist():
-        tally.foreign.append(index)
-        return
+    """One validation document and its raw text from ``--docs`` (already matched to its tokens): under
+    ``original`` its bytes are the sidecar's sum; how it differs from the decoded text is recorded
+    (information)."""
     raw_bytes = len(raw.encode("utf-8"))
     if convention == CASEOPS_BYTES_ORIGINAL:
         expected = raw_bytes if len(ids) > 1 else 0  # a document with no token has nowhere to put its bytes
@@ -757,7 +753,9 @@ def _check_byte_sidecars(data_dir: Path, dataset_entry: dict, sp, bos_id: int, d
         return
     problems_before = len(check.problems)
     tally = _SidecarTally()
-    raw_docs = iter(iter_jsonl_documents(docs_path)) if docs_path is not None else None
+    raw_match = (_RawDocumentMatch(iter(iter_jsonl_documents(docs_path)),
+                                   (lambda text: sp.encode(encode_caseops(text))) if sp is not None else None)
+                 if docs_path is not None else None)
     for index, (ids, counts) in enumerate(_iter_sidecar_documents(val_files, sidecars, bos_id, check, chunk_tokens)):
         count = int(counts.sum())
         tally.documents, tally.total = tally.documents + 1, tally.total + count
@@ -765,12 +763,9 @@ def _check_byte_sidecars(data_dir: Path, dataset_entry: dict, sp, bos_id: int, d
         if convention == CASEOPS_BYTES_DECODED and decoded is not None and count != len(decoded.encode("utf-8")):
             tally.decoded_mismatches.append(f"validation document {index}: its sidecar counts {count} bytes, its "
                                             f"decoded text has {len(decoded.encode('utf-8'))}")
-        if raw_docs is not None and not tally.raw_exhausted:
-            raw = next(raw_docs, None)
-            if raw is None:
-                tally.raw_exhausted = True
-            else:
-                _tally_raw_document(index, raw, ids, count, decoded, sp, convention, tally, check)
+        raw = raw_match.take(ids) if raw_match is not None else None
+        if raw is not None:
+            _tally_raw_document(index, raw, ids, count, decoded, convention, tally, check)
     if len(check.problems) > problems_before or not tally.documents:
         return
     source = "named by the manifest" if named else "the manifest names none: taken as the challenge's, as the record's"
@@ -783,8 +778,8 @@ def _check_byte_sidecars(data_dir: Path, dataset_entry: dict, sp, bos_id: int, d
                               f"bytes but the sidecars sum to {tally.total}; the sidecars were altered. "
                               "Re-export them.")
     _report_sidecar_rule(convention, named, sp, docs_path, tally, check)
-    if docs_path is not None:
-        _report_raw_documents(Path(docs_path), convention, sp, tally, check)
+    if raw_match is not None:
+        _report_raw_documents(Path(docs_path), convention, sp, tally, raw_match, check)
 
 
 def _report_sidecar_rule(convention: str, named: bool, sp, docs_path, tally: _SidecarTally,
@@ -811,29 +806,29 @@ def _report_sidecar_rule(convention: str, named: bool, sp, docs_path, tally: _Si
                            "dataset was built from) to check each document.")
 
 
-def _report_raw_documents(docs_path: Path, convention: str, sp, tally: _SidecarTally, check: DatasetCheck) -> None:
+def _report_raw_documents(docs_path: Path, convention: str, sp, tally: _SidecarTally, raw_match: _RawDocumentMatch,
+                          check: DatasetCheck) -> None:
     """What comparing the validation documents with the raw documents of ``docs_path`` found."""
-    if _raw_document_problems(docs_path, tally.raw_compared, tally.documents, tally.raw_exhausted, tally.foreign,
-                              check):
+    if raw_match.problems(docs_path, tally.documents, check):
         return
     if convention == CASEOPS_BYTES_ORIGINAL:
         if tally.raw_mismatches:
-            check.problems.append(f"{len(tally.raw_mismatches)} of {tally.raw_compared} validation documents: the "
+            check.problems.append(f"{len(tally.raw_mismatches)} of {raw_match.compared} validation documents: the "
                                   f"sidecar does not sum to the raw document's bytes in {docs_path} ("
                                   + "; ".join(tally.raw_mismatches[:3]) + "). Re-export.")
         else:
-            check.notes.append(f"byte sidecars sum to the UTF-8 bytes of each of the {tally.raw_compared:,} raw "
+            check.notes.append(f"byte sidecars sum to the UTF-8 bytes of each of the {raw_match.compared:,} raw "
                                f"documents of {docs_path} (the 'original' rule).")
     if sp is None:
         check.notes.append(f"no tokenizer: the raw documents of {docs_path} were not compared with the decoded text.")
         return
     differences = check.raw_differences
     if not differences:
-        check.notes.append(f"each of the {tally.raw_compared:,} raw documents of {docs_path} equals its decoded text: "
+        check.notes.append(f"each of the {raw_match.compared:,} raw documents of {docs_path} equals its decoded text: "
                            "both conventions count the same bytes.")
         return
     counted = "the decoded text, as the challenge does" if convention == CASEOPS_BYTES_DECODED else "the raw documents"
-    check.notes.append(f"{len(differences):,} of {tally.raw_compared:,} raw documents of {docs_path} differ from their "
+    check.notes.append(f"{len(differences):,} of {raw_match.compared:,} raw documents of {docs_path} differ from their "
                        f"decoded text (SentencePiece's normaliser changed them), by "
                        f"{sum(d['raw_minus_decoded'] for d in differences):+,} bytes in all (raw minus decoded); "
                        f"information, not a problem: the {convention!r} convention counts {counted}.")

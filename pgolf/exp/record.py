@@ -37,12 +37,12 @@ from pgolf.exp.logs import RunScore, checked_final_score, missing_report_message
 from pgolf.exp.record_check import (RECORD_SCRIPT, check_record_folder, logged_code_bytes, schema_failures,
                                     seed_log_name)
 from pgolf.exp.record_readme import record_readme
+from pgolf.exp.runner import check_folder_name
 from pgolf.export.bundle import ExportedScript, build_exported_script, write_exported_script
 from pgolf.fsutil import write_text_atomic
 from pgolf.provenance import pgolf_code_hash
 from pgolf.train.resume import read_config_file, read_json_file
 
-RECORD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 # Keys in which the seeds of one record may differ.
 PER_RUN_KEYS = ("seed", "run_id", "runs_dir")
 REPORT_KEYS = ("seed", "code_hash", "artifact_bytes", "steps", "train_seconds", "val_bpb", "val_loss")
@@ -255,8 +255,7 @@ def write_record_folder(folder: Path, runs: list[SeedRun], script: ExportedScrip
 def make_record(run_dirs: list[str | Path], *, name: str, out: str | Path, author: str = "", github_id: str = "",
                 date: str | None = None) -> tuple[Path, dict, list[str]]:
     """Check the runs, export the script and write the folder; returns (folder, submission, warnings)."""
-    if not RECORD_NAME.match(name):
-        raise PgolfError(f"--name {name!r}: use letters, digits and . _ + - (it becomes a folder name).")
+    check_folder_name(name)
     runs = [load_seed_run(path) for path in run_dirs]
     check_runs_agree(runs)
     code_hash = check_code_unchanged(runs)

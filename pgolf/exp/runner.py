@@ -32,7 +32,7 @@ from pgolf.train.run_directory import new_run_id
 # The sweep/seed tools own these keys: SEED comes from --seeds, RUN_ID from the folder layout.
 RESERVED_KEYS = ("SEED", "RUN_ID")
 CONFIDENCE = 0.95
-# --name (and `pgolf record --name`) is one plain folder name: no separators, no "..", never absolute.
+# --name (of seeds, sweep and record) is one plain folder name: no separators, no "..", never absolute.
 FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
@@ -83,9 +83,8 @@ def refuse_reserved_keys(items: list[str], command: str) -> None:
 def claim_output_dir(cfg: Config, name: str | None, prefix: str, plan_file: str, summary_file: str) -> Path:
     """Create the new folder ``RUNS_DIR/NAME`` (default ``PREFIX_<date>_<time>_<hex>``), the same on
     every rank. An existing folder is an error: a seed group or sweep is never added to or overwritten
-    (one that stopped before its summary ``summary_file`` is continued with --resume)."""
-    if name is not None:
-        check_folder_name(name)
+    (one that stopped before its summary ``summary_file`` is continued with --resume). ``name`` was checked
+    by the command (:func:`check_folder_name`, before any work)."""
     init_distributed(cfg.run.pgolf_device)  # under torchrun the ranks must agree on the (random) default name
     runs_dir = cfg.run.runs_dir
     chosen = broadcast_object_from_main(name or f"{prefix}_{new_run_id()}")
@@ -141,7 +140,6 @@ def reopen_output_dir(cfg: Config, name: str | None, prefix: str, plan_file: str
     (its ``plan_file`` is compared with ``plan_for(folder)``: the same seeds, arms and configuration)."""
     if name is None:
         raise ConfigError(f"--resume continues a {prefix} by name: give its --name (the folder under RUNS_DIR).")
-    check_folder_name(name)
     init_distributed(cfg.run.pgolf_device)
     path = Path(cfg.run.runs_dir) / name
     problem = None
